@@ -1,0 +1,85 @@
+"""The on-disk frame: one batch of records inside a chunk file.
+
+Layout (little endian)::
+
+    magic  b"LFRM"   4
+    kind   u8        1   H = chunk header (meta only), D = data
+    count  u32       4   records in the payload
+    meta   u32       4   length of the JSON meta block
+    size   u32       4   length of the payload
+    seq    u64       8   commit sequence number that wrote this frame
+    crc    u32       4   CRC-32 of the 25 bytes above, the meta and the payload
+    meta   bytes         JSON: source, file key, path, batch end, per-record source offsets
+    payload bytes        the records, one JSON object per line, each ending in b"\\n"
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+MAGIC = b"LFRM"
+HEADER = struct.Struct("<4sBIIIQ")
+CRC = struct.Struct("<I")
+PREFIX_SIZE = HEADER.size + CRC.size
+KIND_HEADER = ord("H")
+KIND_DATA = ord("D")
+
+
+class FrameError(Exception):
+    """A frame could not be decoded: ``torn`` when the file simply ends inside it."""
+
+    def __init__(self, message: str, *, torn: bool) -> None:
+        super().__init__(message)
+        self.torn = torn
+
+
+@dataclass(slots=True)
+class Frame:
+    """A decoded frame."""
+
+    kind: int
+    count: int
+    seq: int
+    meta: dict[str, Any]
+    payload: bytes
+    size: int  # bytes on disk, prefix included
+
+
+def encode(kind: int, seq: int, count: int, meta: dict[str, Any], payload: bytes) -> bytes:
+    """Serialise one frame.
+
+    >>> data = encode(KIND_DATA, 7, 1, {"src": "a"}, b'{"x":1}\\n')
+    >>> frame = decode_from(__import__("io").BytesIO(data))
+    >>> (frame.seq, frame.count, frame.meta, frame.payload)
+    (7, 1, {'src': 'a'}, b'{"x":1}\\n')
+    """
+    meta_bytes = orjson.dumps(meta)
+    head = HEADER.pack(MAGIC, kind, count, len(meta_bytes), len(payload), seq)
+    crc = zlib.crc32(payload, zlib.crc32(meta_bytes, zlib.crc32(head)))
+    return b"".join((head, CRC.pack(crc), meta_bytes, payload))
+
+
+def decode_from(handle: BinaryIO) -> Frame | None:
+    """Read the next frame; ``None`` at a clean end of file; FrameError if damaged."""
+    prefix = handle.read(PREFIX_SIZE)
+    if not prefix:
+        return None
+    if len(prefix) < PREFIX_SIZE:
+        raise FrameError("file ends inside a frame header", torn=True)
+    magic, kind, count, meta_len, size, seq = HEADER.unpack_from(prefix)
+    if magic != MAGIC or kind not in (KIND_HEADER, KIND_DATA):
+        raise FrameError("bad frame magic", torn=False)
+    body = handle.read(meta_len + size)
+    if len(body) < meta_len + size:
+        raise FrameError("file ends inside a frame body", torn=True)
+    (crc,) = CRC.unpack_from(prefix, HEADER.size)
+    if zlib.crc32(body, zlib.crc32(prefix[: HEADER.size])) != crc:
+        # A CRC mismatch on the very last frame is a torn write; the caller decides.
+        raise FrameError("frame checksum mismatch", torn=False)
+    meta = orjson.loads(body[:meta_len]) if meta_len else {}
+    return Frame(kind, count, seq, meta, body[meta_len:], PREFIX_SIZE + meta_len + size)

@@ -1,0 +1,135 @@
+"""Command line: parse arguments, call the runtime; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import orjson
+
+from pipeline import __version__, generator
+from pipeline.config import DEFAULT_CONFIG, Settings, load_settings, settings_from_dict
+from pipeline.dev_config import DEV_CONFIG
+from pipeline.errors import LogferryError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``logferry`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LogferryError as exc:
+        print(f"logferry: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logferry", description="Ship AI agents' interaction logs, exactly once.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    _config_args(run)
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check", help="validate the configuration and print it merged")
+    _config_args(check)
+    check.set_defaults(func=_check)
+    gen = sub.add_parser("generate", help="write generated interaction records (tests, benchmarks)")
+    gen.add_argument("--records", type=int, default=10_000)
+    gen.add_argument("--start", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=1)
+    gen.add_argument("--max-chars", type=int, default=16384)
+    gen.add_argument("--bad-every", type=int, default=0)
+    gen.add_argument("--out", required=True)
+    gen.set_defaults(func=_generate)
+    demo = sub.add_parser("demo", help="write sample interactions through the client library, at a rate")
+    demo.add_argument("--path", default="./var/log/ai-agent/agent.log")
+    demo.add_argument("--rate", type=float, default=2.0, help="records per second")
+    demo.add_argument("--count", type=int, default=0, help="stop after this many (0: run until interrupted)")
+    demo.set_defaults(func=_demo)
+    replay = sub.add_parser("replay", help="put an output's set-aside chunks back in its queue (daemon stopped)")
+    _config_args(replay)
+    replay.add_argument("output")
+    replay.set_defaults(func=_replay)
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=lambda _: print(f"logferry {__version__}") or 0)
+    return parser
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=None, help=f"main config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--conf-d", type=Path, default=None, help="drop-in directory (default: conf.d beside it)")
+    parser.add_argument("--dev", action="store_true", help="use the embedded development config (./var)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.dev:
+        return settings_from_dict(tomllib.loads(DEV_CONFIG), origin="embedded dev config")
+    return load_settings(args.config or DEFAULT_CONFIG, args.conf_d)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.runtime.app import serve
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    dumped = settings.model_dump(mode="json")
+    sys.stdout.write(orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode() + "\n")
+    print("configuration OK", file=sys.stderr)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    written = generator.write(
+        args.out, args.records, start=args.start, seed=args.seed, max_chars=args.max_chars, bad_every=args.bad_every
+    )
+    print(f"records={args.records} bytes={written} out={args.out}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipeline.client import InteractionLogger
+
+    print(f"demo: writing {args.rate}/s interactions to {args.path} (Ctrl-C stops)", file=sys.stderr)
+    with InteractionLogger(args.path) as logger:
+        n = 0
+        for record in generator.records(args.count or 10**12, max_chars=2000, t0=time.time(), spacing=0):
+            extra = {k: v for k, v in record.items() if k not in ("input", "output", "model", "tokens", "latency_ms",
+                                                                   "timestamp", "request_id")}
+            logger.log_interaction(record["input"], record["output"], record["model"], tokens=record["tokens"],
+                                   latency_ms=record["latency_ms"], **extra)
+            n += 1
+            if args.count and n >= args.count:
+                break
+            try:
+                time.sleep(1.0 / args.rate)
+            except KeyboardInterrupt:
+                break
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pipeline.buffer.replay import replay_dead_chunks
+
+    settings = _settings(args)
+    if args.output not in settings.outputs:
+        raise LogferryError(f"no output named {args.output!r}; outputs: {', '.join(settings.outputs)}")
+    moved = replay_dead_chunks(settings.state_dir / "buffer" / args.output)
+    print(f"{moved} chunks queued again for output {args.output}; they are delivered at the next start")
+    return 0

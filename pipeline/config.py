@@ -1,0 +1,213 @@
+"""Configuration: TOML files and drop-ins, merged, overridden by ``LOGFERRY_`` variables, validated once.
+
+Precedence, lowest first (the way systemd drop-ins work):
+
+1. the main file (default ``/etc/logferry/logferry.toml``),
+2. ``conf.d/*.toml`` beside it, merged in name order, later files win key by key,
+3. environment variables: ``LOGFERRY_STATE_DIR=/x``, nested keys with ``__``
+   (``LOGFERRY_OUTPUTS__SEARCH__PASSWORD=…``).
+
+Every component is a frozen model that forbids unknown keys, so a typo fails at load
+time with the full key path (``outputs.archive.buffer.timekey: …``), never at 3 a.m.
+Secrets come from the environment or from a ``*_file`` key, so the main config can be
+world-readable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipeline.configbase import BufferConfig, Component, MiB, OutputBase
+from pipeline.errors import ConfigError
+from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
+from pipeline.outputs.file.config import FileOutputConfig
+from pipeline.outputs.s3.config import S3OutputConfig
+
+DEFAULT_CONFIG = Path("/etc/logferry/logferry.toml")
+__all__ = ["BufferConfig", "Component", "ElasticsearchOutputConfig", "FileOutputConfig", "OutputBase",
+           "S3OutputConfig", "Settings", "load_settings", "settings_from_dict"]
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class TailSourceConfig(Component):
+    """``[sources.NAME] type = "tail"``: follow files matching globs, one JSON object per line."""
+
+    type: Literal["tail"]
+    paths: list[str] = Field(min_length=1, description="Glob patterns of files to follow.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip.")
+    tag: str = Field(description="Tag given to every record of this source; outputs match on it.")
+    format: Literal["json"] = Field("json", description="Line format: one JSON object per line.")
+    read_from_head: bool = Field(
+        True, description="At the very first start, read files already present from their beginning."
+    )
+    max_line_bytes: int = Field(16 * MiB, ge=1024, description="Longer lines go to the dead-letter store.")
+    read_bytes: int = Field(1 * MiB, ge=4096, description="Bytes read from a file in one step.")
+    rescan_interval: float = Field(5.0, gt=0, description="Seconds between glob rescans (notify fallback).")
+    rotate_wait: float = Field(5.0, ge=0, description="Seconds to keep reading a rotated-away file.")
+    max_open_files: int = Field(1024, ge=1, description="Upper bound on descriptors held open.")
+
+
+SourceConfig = Annotated[TailSourceConfig, Field(discriminator="type")]
+
+
+class EnrichConfig(Component):
+    """``[enrich]``: fields added to every record, and where its event time comes from."""
+
+    hostname_key: str = Field("hostname", description="Key for the host name; empty to leave it out.")
+    hostname: str | None = Field(None, description="Host name to write; default: the machine's.")
+    ingested_at_key: str = Field("ingested_at", description="Key for the ingest time; empty to leave out.")
+    tag_key: str = Field("", description="Key for the source's tag; empty to leave it out.")
+    fields: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Static fields added to every record."
+    )
+    time_key: str = Field("timestamp", description="Event time: epoch seconds or ISO-8601 under this key.")
+
+
+OutputConfig = Annotated[
+    FileOutputConfig | ElasticsearchOutputConfig | S3OutputConfig, Field(discriminator="type")
+]
+_COMPONENT_TYPES = {"tail", "file", "elasticsearch", "s3"}
+
+
+class Settings(BaseSettings):
+    """The whole daemon's configuration, validated once at load time."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOGFERRY_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    state_dir: Path = Field(Path("/var/lib/logferry"), description="Positions, buffers, dead letters.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: float = Field(10.0, gt=0, description="Deadline for a clean stop, seconds.")
+    flush_at_shutdown: bool = Field(False, description="Try to deliver staged chunks before exiting.")
+    enrich: EnrichConfig = Field(default_factory=EnrichConfig)
+    sources: dict[str, SourceConfig] = Field(min_length=1)
+    outputs: dict[str, OutputConfig] = Field(min_length=1)
+
+    @field_validator("sources", "outputs")
+    @classmethod
+    def _names_are_plain(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"name {name!r} may only hold letters, digits, '_' and '-'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables win over the TOML files (passed in as init values)."""
+        return (env_settings, init_settings)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into ``base`` key by key; tables merge, other values replace.
+
+    >>> deep_merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": 4})
+    {'a': {'x': 1, 'y': 3}, 'b': 4}
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_files(main: Path, conf_d: Path | None = None) -> list[Path]:
+    """The main file followed by its drop-ins in name order."""
+    drop_in_dir = conf_d if conf_d is not None else main.parent / "conf.d"
+    drop_ins = sorted(drop_in_dir.glob("*.toml")) if drop_in_dir.is_dir() else []
+    return [main, *drop_ins]
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file; errors name the file and position."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def load_settings(main: Path, conf_d: Path | None = None) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError naming every bad key."""
+    merged: dict[str, Any] = {}
+    files = config_files(main, conf_d)
+    for path in files:
+        merged = deep_merge(merged, read_toml(path))
+    return settings_from_dict(merged, origin=", ".join(str(p) for p in files))
+
+
+def settings_from_dict(values: dict[str, Any], origin: str = "config") -> Settings:
+    """Validate an already merged mapping (environment overrides still apply)."""
+    _check_type_keys(values)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: invalid configuration:\n" + format_errors(exc)) from exc
+
+
+def _check_type_keys(values: dict[str, Any]) -> None:
+    """Name a missing or unknown ``type`` plainly (pydantic's union message is cryptic)."""
+    problems = []
+    for section in ("sources", "outputs"):
+        table = values.get(section)
+        if not isinstance(table, dict):
+            continue
+        for name, body in table.items():
+            if isinstance(body, dict) and body.get("type") not in _COMPONENT_TYPES:
+                got = body.get("type")
+                what = "is missing" if got is None else f"is {got!r}"
+                problems.append(f"  {section}.{name}.type: {what}; expected one of {sorted(_COMPONENT_TYPES)}")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
+
+
+def format_errors(exc: ValidationError) -> str:
+    """One line per problem, each starting with its dotted key path."""
+    lines = []
+    for error in exc.errors():
+        path = key_path(error["loc"])
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """Dotted key path from a pydantic location, without the union's type tag.
+
+    >>> key_path(("outputs", "archive", "s3", "buffer", "timekey"))
+    'outputs.archive.buffer.timekey'
+    """
+    parts = [str(p) for p in loc]
+    if len(parts) >= 3 and parts[0] in ("sources", "outputs") and parts[2] in _COMPONENT_TYPES:
+        del parts[2]
+    return ".".join(parts)
+
+
+def secret_value(inline: SecretStr | None, file: Path | None) -> str | None:
+    """A secret from its file (trailing newline stripped) or from config/environment."""
+    if file is not None:
+        return file.read_text().rstrip("\n")
+    return inline.get_secret_value() if inline is not None else None
+
+
+def effective_hostname(enrich: EnrichConfig) -> str:
+    """The host name records carry."""
+    return enrich.hostname or os.uname().nodename

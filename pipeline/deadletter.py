@@ -1,0 +1,81 @@
+"""The dead-letter store for records: lines that could not become records, with the reason.
+
+``STATE_DIR/dead-letter/records-YYYYMMDD.jsonl`` holds one JSON object per bad line::
+
+    {"id": "agent:2049:1234:5678", "time": "…Z", "source": "agent", "path": "/var/log/…",
+     "offset": 5678, "reason": "invalid JSON: …", "line": "…"}   # or "line_base64" if not UTF-8
+
+Lines longer than ``max_line_bytes`` are copied whole to ``oversized/`` and the entry
+names that blob instead of carrying the line. Entries are appended and fsynced in the
+same commit as the positions that move past them, so a bad line is never skipped
+without its entry. After a crash an entry may be written again: ``id`` (source, file,
+offset) identifies repeats. Chunks an output could not deliver live in that output's
+buffer directory under ``dead/`` instead (see :mod:`pipeline.buffer`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def line_fields(line: bytes, limit: int = 1 << 20) -> dict[str, Any]:
+    """The line as text when it is UTF-8, else as base64; cut to ``limit`` bytes (noted)."""
+    fields: dict[str, Any] = {"length": len(line)}
+    sample = line[:limit]
+    try:
+        fields["line"] = sample.decode("utf-8")
+    except UnicodeDecodeError:
+        fields["line_base64"] = base64.b64encode(sample).decode("ascii")
+    if len(line) > limit:
+        fields["truncated"] = True
+    return fields
+
+
+class DeadLetterStore:
+    """Append-only files of bad lines, under ``STATE_DIR/dead-letter``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.oversized_dir = directory / "oversized"
+        self.count = 0
+        self._pending: list[bytes] = []
+
+    def prepare(self) -> None:
+        """Create the directories."""
+        self.oversized_dir.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, source: str, key: str, offset: int) -> Path:
+        """Where an oversized line from (source, file, offset) is copied; the same name on replay."""
+        return self.oversized_dir / f"{source}-{key.replace(':', '-')}-{offset}.line"
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Queue an entry for the next ``flush`` (called on the event loop)."""
+        self._pending.append(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+        self.count += 1
+
+    def take_pending(self) -> list[bytes]:
+        """Hand the queued entries to a commit."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def write(self, entries: list[bytes]) -> None:
+        """Append and fsync entries (worker thread, inside a commit)."""
+        if not entries:
+            return
+        name = time.strftime("records-%Y%m%d.jsonl", time.gmtime())
+        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            os.write(fd, b"".join(entries))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def restore(self, entries: list[bytes]) -> None:
+        """Put back the entries of a commit that failed, to be written by the next one."""
+        self._pending[:0] = entries

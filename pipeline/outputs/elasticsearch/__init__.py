@@ -1,0 +1,1 @@
+"""The Elasticsearch output: bulk indexing with exactly-once results."""

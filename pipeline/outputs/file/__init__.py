@@ -1,0 +1,1 @@
+"""The file output: JSON Lines on local disk."""

@@ -1,0 +1,120 @@
+"""Flusher: one loop per output worker: dequeue → write → ack, or nack + backoff, or set aside."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from pipeline.buffer.chunk import Chunk
+from pipeline.buffer.file_buffer import FileBuffer
+from pipeline.clock import Clock
+from pipeline.errors import RetryableError, UnrecoverableError
+from pipeline.outputs.base import Output
+from pipeline.outputs.retry import RetryState, exhausted, next_delay
+
+log = logging.getLogger("logferry.flusher")
+
+
+@dataclass
+class OutputStats:
+    """Counters of one output, for logs, status and metrics."""
+
+    delivered_chunks: int = 0
+    delivered_records: int = 0
+    failed_attempts: int = 0
+    dead_chunks: int = 0
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+
+
+class Flusher:
+    """Delivers one output's queued chunks with ``workers`` concurrent loops and shared backoff."""
+
+    def __init__(self, name: str, output: Output, buffer: FileBuffer, clock: Clock) -> None:
+        self.name = name
+        self.output = output
+        self.buffer = buffer
+        self.config = buffer.config
+        self.clock = clock
+        self.stats = OutputStats()
+        self.retries: dict[str, RetryState] = {}
+        self._resume_at = 0.0
+
+    async def run(self) -> None:
+        """Run the workers until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            for n in range(self.config.workers):
+                tasks.create_task(self._worker(), name=f"flush:{self.name}:{n}")
+
+    async def _worker(self) -> None:
+        while True:
+            await self._wait_backoff()
+            chunk = await self.buffer.dequeue()
+            await self.deliver(chunk)
+
+    async def _wait_backoff(self) -> None:
+        # Another worker may push the resume time further while this one sleeps.
+        while True:
+            delay = self._resume_at - self.clock.monotonic()
+            if delay <= 0:
+                return
+            await asyncio.sleep(delay)
+
+    async def deliver(self, chunk: Chunk) -> None:
+        """Try one chunk once and settle it: ack, nack with backoff, or set aside."""
+        try:
+            await self.output.write(chunk)
+        except RetryableError as exc:
+            self._failed(chunk, exc)
+        except UnrecoverableError as exc:
+            self._set_aside(chunk, self._state(chunk), f"unrecoverable: {exc}")
+        except Exception as exc:  # an output bug must not stop the other chunks; logged with traceback
+            log.exception("output raised an unexpected error output=%s chunk=%s", self.name, chunk.name)
+            self._failed(chunk, exc)
+        else:
+            self._delivered(chunk)
+
+    def _delivered(self, chunk: Chunk) -> None:
+        self.buffer.ack(chunk)
+        self.retries.pop(chunk.chunk_id, None)
+        self.stats.delivered_chunks += 1
+        self.stats.delivered_records += chunk.records
+        self.stats.last_success = self.clock.time()
+
+    def _state(self, chunk: Chunk) -> RetryState:
+        return self.retries.setdefault(chunk.chunk_id, RetryState(first_failure=self.clock.monotonic()))
+
+    def _failed(self, chunk: Chunk, exc: Exception) -> None:
+        state = self._state(chunk)
+        state.attempts += 1
+        state.last_error = f"{type(exc).__name__}: {exc}"
+        self.stats.failed_attempts += 1
+        self.stats.last_error, self.stats.last_error_time = state.last_error, self.clock.time()
+        if exhausted(self.config, state, self.clock.monotonic()):
+            self._set_aside(chunk, state, f"retries exhausted after {state.attempts} attempts: {state.last_error}")
+            return
+        delay = next_delay(self.config, state.attempts)
+        self._resume_at = max(self._resume_at, self.clock.monotonic() + delay)
+        log.warning(
+            "delivery failed output=%s chunk=%s attempt=%d retry_in=%.1fs error=%r",
+            self.name, chunk.name, state.attempts, delay, state.last_error,
+        )
+        self.buffer.nack(chunk)
+
+    def _set_aside(self, chunk: Chunk, state: RetryState, reason: str) -> None:
+        error = {
+            "output": self.name, "chunk_id": chunk.chunk_id, "timekey": chunk.timekey, "records": chunk.records,
+            "attempts": state.attempts, "error": reason,
+            "set_aside_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.time())),
+        }
+        path = self.buffer.set_aside(chunk, error)
+        self.retries.pop(chunk.chunk_id, None)
+        self.stats.dead_chunks += 1
+        self.stats.last_error, self.stats.last_error_time = reason, self.clock.time()
+        log.error(
+            "chunk set aside output=%s chunk=%s records=%d path=%s reason=%r (replay: logferry replay %s)",
+            self.name, chunk.name, chunk.records, path, reason, self.name,
+        )

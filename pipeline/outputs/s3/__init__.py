@@ -1,0 +1,1 @@
+"""The S3 output: one date-partitioned object per chunk."""

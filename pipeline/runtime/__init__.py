@@ -1,0 +1,1 @@
+"""Runtime: build the pipeline from settings, run it, stop it in order."""

@@ -1,0 +1,180 @@
+"""Committer: the one place where records become durable and positions move.
+
+Each commit takes the processed batches that are ready, stages their frames in every
+routed output's buffer, and then, in one worker thread step, writes and fsyncs the
+frames, writes the dead-letter entries, and saves the positions (see the invariants
+in :mod:`pipeline.buffer`). Only after that does it enqueue chunks that are due, so a
+queued chunk never holds a frame whose position could still be re-read.
+
+A commit that fails (disk full, I/O error) is undone (files cut back), logged, and
+retried with backoff; meanwhile the queues fill and the sources pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipeline.buffer import frame
+from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
+from pipeline.clock import Clock
+from pipeline.deadletter import DeadLetterStore
+from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+from pipeline.transforms.records import ProcessedBatch
+
+log = logging.getLogger("logferry.committer")
+MAX_BATCHES_PER_COMMIT = 32
+COMMIT_RETRY_MAX = 30.0
+
+
+class EndOfInput:
+    """Put on the queue after the last batch: commit what is left and return."""
+
+
+END = EndOfInput()
+Routes = dict[str, list[FileBuffer]]
+
+
+@dataclass
+class CommitterStats:
+    """Counters for logs and status."""
+
+    commits: int = 0
+    records: int = 0
+    dead_lines: int = 0
+    failed_commits: int = 0
+
+
+class Committer:
+    """Owns the staged chunks, the dead-letter appends and the position store."""
+
+    def __init__(
+        self,
+        inbox: asyncio.Queue[ProcessedBatch | EndOfInput],
+        routes: Routes,
+        buffers: Sequence[FileBuffer],
+        positions: PositionStore,
+        dead_letters: DeadLetterStore,
+        clock: Clock,
+    ) -> None:
+        self.inbox = inbox
+        self.routes = routes
+        self.buffers = list(buffers)
+        self.positions = positions
+        self.dead_letters = dead_letters
+        self.clock = clock
+        self.stats = CommitterStats()
+        self._flush_requested = False
+        self._wake = asyncio.Event()
+
+    def request_flush(self) -> None:
+        """Enqueue every staged chunk at the next step (SIGUSR1, shutdown flush)."""
+        self._flush_requested = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Commit batches until END arrives; enqueue chunks as they become due."""
+        getter: asyncio.Task[ProcessedBatch | EndOfInput] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.create_task(self.inbox.get())
+                await self._wait(getter)
+                ready: list[ProcessedBatch | EndOfInput] = []
+                if getter.done():
+                    ready.append(getter.result())
+                    getter = None
+                    ready.extend(self._drain())
+                batches = [b for b in ready if isinstance(b, ProcessedBatch)]
+                if batches:
+                    await self.commit(batches)
+                self._enqueue_due()
+                if any(isinstance(b, EndOfInput) for b in ready):
+                    return
+        finally:
+            if getter is not None:
+                getter.cancel()
+
+    async def _wait(self, getter: asyncio.Task[ProcessedBatch | EndOfInput]) -> None:
+        waits = [b.seconds_until_due() for b in self.buffers]
+        timeout = min((w for w in waits if w is not None), default=None)
+        waker = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({getter, waker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+        self._wake.clear()
+
+    def _drain(self) -> list[ProcessedBatch | EndOfInput]:
+        items: list[ProcessedBatch | EndOfInput] = []
+        while len(items) < MAX_BATCHES_PER_COMMIT and not self.inbox.empty():
+            items.append(self.inbox.get_nowait())
+        return items
+
+    def _enqueue_due(self) -> None:
+        force, self._flush_requested = self._flush_requested, False
+        for buffer in self.buffers:
+            buffer.enqueue_due(force=force)
+
+    async def commit(self, batches: list[ProcessedBatch]) -> None:
+        """Make ``batches`` durable in every routed buffer, then save their positions."""
+        await self._make_room(batches)
+        seq = self.positions.commit_seq + 1
+        plan = CommitPlan()
+        updates: dict[tuple[str, str], FilePosition | None] = {}
+        for item in batches:
+            self._stage(plan, seq, item)
+            for entry in item.dead:
+                self.dead_letters.add(entry)
+            batch = item.batch
+            updates[(batch.source, batch.key)] = None if batch.forget else batch.position
+        dead = self.dead_letters.take_pending()
+        encoded = self.positions.encode(seq, updates)
+        await self._apply(plan, dead, encoded)
+        self.positions.applied(seq, updates)
+        self.stats.commits += 1
+        self.stats.records += sum(b.records for b in batches)
+        self.stats.dead_lines += len(dead)
+
+    def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch) -> None:
+        batch = item.batch
+        for buffer in self.routes.get(batch.source, []):
+            for timekey, group in item.groups[buffer.config.timekey].items():
+                meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
+                        "offs": group.offsets}
+                data = frame.encode(frame.KIND_DATA, seq, len(group.lines), meta, b"".join(group.lines))
+                buffer.plan(plan, timekey, seq, data, len(group.lines))
+
+    async def _make_room(self, batches: list[ProcessedBatch]) -> None:
+        """Apply each routed buffer's overflow action before staging more."""
+        routed = {id(b): b for item in batches for b in self.routes.get(item.batch.source, [])}
+        for buffer in routed.values():
+            if buffer.config.overflow_action == "drop_oldest_chunk":
+                while not buffer.has_space() and buffer.drop_oldest():
+                    pass
+                continue
+            if not buffer.has_space():
+                log.warning("buffer full output=%s bytes=%d: sources paused", buffer.output, buffer.total_bytes)
+                buffer.enqueue_due(force=True)  # let its flusher see everything it can deliver
+                await buffer.wait_for_space()
+                log.info("buffer has room again output=%s: sources resumed", buffer.output)
+
+    async def _apply(self, plan: CommitPlan, dead: list[bytes], encoded: bytes) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self._write, plan, dead, encoded)
+                return
+            except OSError as exc:
+                self.stats.failed_commits += 1
+                log.error("commit failed (%s): nothing was lost, retrying in %.1fs", exc, delay)
+                await asyncio.to_thread(plan.undo)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, COMMIT_RETRY_MAX)
+
+    def _write(self, plan: CommitPlan, dead: list[bytes], encoded: bytes) -> None:
+        plan.apply()
+        self.dead_letters.write(dead)
+        self.positions.save(encoded)

@@ -1,0 +1,147 @@
+"""Topology: everything the daemon runs, built from validated settings, in start-up order.
+
+State directory layout::
+
+    STATE_DIR/lock                     one daemon per state directory
+    STATE_DIR/positions.json           committed read positions (pipeline.sources.tail.checkpoint)
+    STATE_DIR/dead-letter/             bad lines (pipeline.deadletter)
+    STATE_DIR/buffer/OUTPUT/           chunks, dead/ and quarantine/ (pipeline.buffer)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.buffer.file_buffer import FileBuffer, ResumeReport
+from pipeline.clock import Clock
+from pipeline.config import OutputConfig, Settings, effective_hostname
+from pipeline.deadletter import DeadLetterStore
+from pipeline.errors import ConfigError, StateError
+from pipeline.outputs.base import Output, OutputContext
+from pipeline.outputs.flusher import Flusher
+from pipeline.runtime.routing import tag_matches
+from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+from pipeline.sources.tail.source import TailSource
+from pipeline.transforms.records import RecordProcessor
+
+log = logging.getLogger("logferry.topology")
+
+
+@dataclass
+class Topology:
+    """The built pipeline: sources → processor → committer → buffers → flushers → outputs."""
+
+    settings: Settings
+    sources: list[TailSource]
+    processor: RecordProcessor
+    buffers: dict[str, FileBuffer]
+    outputs: dict[str, Output]
+    flushers: dict[str, Flusher]
+    routes: dict[str, list[FileBuffer]]
+    positions: PositionStore
+    dead_letters: DeadLetterStore
+    lock_fd: int
+    resume_reports: dict[str, ResumeReport] = field(default_factory=dict)
+
+    def release(self) -> None:
+        """Give up the state directory lock."""
+        os.close(self.lock_fd)
+
+
+def build(settings: Settings, clock: Clock) -> Topology:
+    """Open the state directory, resume buffers and positions, and wire every component."""
+    state = settings.state_dir
+    lock_fd = _lock_state_dir(state)
+    positions = PositionStore(state / "positions.json")
+    positions.load()
+    dead_letters = DeadLetterStore(state / "dead-letter")
+    dead_letters.prepare()
+    committed = None if positions.corrupt else positions.commit_seq
+    buffers, reports = _resume_buffers(settings, clock, committed)
+    if positions.corrupt:
+        _rebuild_positions(positions, reports)
+    outputs, flushers = {}, {}
+    hostname = effective_hostname(settings.enrich)
+    for name, cfg in settings.outputs.items():
+        context = OutputContext(name, buffers[name].directory, dead_letters, clock, hostname)
+        outputs[name] = _build_output(name, cfg, context)
+        flushers[name] = Flusher(name, outputs[name], buffers[name], clock)
+    routes = {
+        src: [buffers[o] for o, cfg in settings.outputs.items() if tag_matches(cfg.match, scfg.tag)]
+        for src, scfg in settings.sources.items()
+    }
+    for src, routed in routes.items():
+        if not routed:
+            log.warning("source %s (tag %s) matches no output: its records are read and dropped", src,
+                        settings.sources[src].tag)
+    first_start = not positions.existed
+    sources = [
+        TailSource(name, cfg, positions, dead_letters, clock, first_start) for name, cfg in settings.sources.items()
+    ]
+    widths = {b.config.timekey for b in buffers.values()}
+    processor = RecordProcessor(settings.enrich, widths, clock)
+    return Topology(settings, sources, processor, buffers, outputs, flushers, routes, positions, dead_letters,
+                    lock_fd, reports)
+
+
+def _lock_state_dir(state: Path) -> int:
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as exc:
+        raise StateError(f"state_dir {state}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise StateError(f"state_dir {state} is in use by another logferry process") from exc
+    return fd
+
+
+def _resume_buffers(
+    settings: Settings, clock: Clock, committed: int | None
+) -> tuple[dict[str, FileBuffer], dict[str, ResumeReport]]:
+    buffers, reports = {}, {}
+    for name, cfg in settings.outputs.items():
+        buffer = FileBuffer(name, settings.state_dir / "buffer" / name, cfg.buffer, clock)
+        reports[name] = buffer.resume(committed)
+        buffers[name] = buffer
+    return buffers, reports
+
+
+def _rebuild_positions(positions: PositionStore, reports: dict[str, ResumeReport]) -> None:
+    """After a damaged position store: resume each file after the last batch any buffer still holds."""
+    ends: dict[tuple[str, str], tuple[str, int]] = {}
+    for report in reports.values():
+        for key, (path, end) in report.source_ends.items():
+            if end > ends.get(key, ("", -1))[1]:
+                ends[key] = (path, end)
+    # fp_len 0: no fingerprint survived, so any content matches; the offset alone is used.
+    rebuilt = {key: FilePosition(key[0], key[1], path, end, "", 0) for key, (path, end) in ends.items()}
+    positions.applied(max((r.max_seq for r in reports.values()), default=0), dict(rebuilt))
+    log.warning("positions rebuilt from buffers for %d files", len(rebuilt))
+
+
+# type → "module:class"; each class is built as Class(config, context).
+OUTPUT_CLASSES = {
+    "file": "pipeline.outputs.file.output:FileOutput",
+    "elasticsearch": "pipeline.outputs.elasticsearch.output:ElasticsearchOutput",
+    "s3": "pipeline.outputs.s3.output:S3Output",
+}
+
+
+def _build_output(name: str, cfg: OutputConfig, context: OutputContext) -> Output:
+    module_name, _, class_name = OUTPUT_CLASSES[cfg.type].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"outputs.{name}.type: {cfg.type!r} cannot run in this version ({exc.name} is missing)"
+        ) from exc
+    output: Output = getattr(module, class_name)(cfg, context)
+    return output

@@ -1,0 +1,46 @@
+"""What every source hands the pipeline: blocks of complete lines with their source range."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pipeline.sources.tail.checkpoint import FilePosition
+
+
+@dataclass(slots=True)
+class LineBatch:
+    """Complete lines read from one file, and the position to commit once they are durable.
+
+    ``data`` holds whole lines, each ending in ``b"\\n"`` (possibly none: a batch may only
+    move the position, e.g. past an oversized line, or ``forget`` a finished file).
+    """
+
+    source: str
+    tag: str
+    key: str
+    path: str
+    start: int
+    end: int
+    data: bytes
+    position: FilePosition | None
+    forget: bool = False
+    dead: list[dict[str, Any]] = field(default_factory=list)
+
+
+Emit = Callable[[LineBatch], Awaitable[None]]
+
+
+class Source(Protocol):
+    """A source runs until ``stop`` is set, handing batches to ``emit`` (which may block)."""
+
+    name: str
+
+    async def run(self, emit: Emit) -> None:
+        """Read and emit until stopped; return after the last emit."""
+        ...
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish soon."""
+        ...

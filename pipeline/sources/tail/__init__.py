@@ -1,0 +1,1 @@
+"""The tail source: follow files matching globs, through rotation, truncation and restarts."""

@@ -1,0 +1,93 @@
+"""Finding files: glob matches, and the rotated siblings that sit beside them.
+
+A *sibling* is a file in the same directory whose name extends a followed file's name
+(``agent.log.1``, ``agent.log-20261127``, ``agent.log.backup``). Siblings are never
+followed for new data; they are looked at only to finish a file that was rotated away
+(by its saved inode) or that was created and rotated away between two looks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import TailSourceConfig
+from pipeline.sources.tail.reader import file_key
+
+COMPRESSED = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".z")
+SEPARATORS = (".", "-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    """A regular file seen on disk."""
+
+    path: str
+    size: int
+    ctime: float
+
+
+def static_root(pattern: str) -> Path:
+    """The longest leading directory of a glob pattern without wildcards.
+
+    >>> static_root("/var/log/ai-agent/*.log"), static_root("/srv/*/logs/**/*.log")
+    (PosixPath('/var/log/ai-agent'), PosixPath('/srv'))
+    """
+    root: list[str] = []
+    for part in Path(pattern).parts[:-1]:
+        if glob.has_magic(part):
+            break
+        root.append(part)
+    return Path(*root) if root else Path(".")
+
+
+def matched_files(config: TailSourceConfig) -> dict[str, str]:
+    """Regular files matched by the globs and not excluded: file key → path."""
+    found: dict[str, str] = {}
+    for pattern in config.paths:
+        for path in sorted(glob.glob(pattern, recursive=True)):
+            if any(fnmatch.fnmatch(path, ex) for ex in config.exclude):
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # vanished, dangling link, or a symlink loop
+            if stat.S_ISREG(st.st_mode):
+                found.setdefault(file_key(st), path)
+    return found
+
+
+def list_directories(directories: set[str]) -> dict[str, FoundFile]:
+    """Every regular file directly in ``directories``: file key → FoundFile."""
+    found: dict[str, FoundFile] = {}
+    for directory in sorted(directories):
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat()
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        found.setdefault(file_key(st), FoundFile(entry.path, st.st_size, st.st_ctime))
+        except OSError:
+            continue
+    return found
+
+
+def is_sibling(path: str, names: set[str]) -> bool:
+    """Whether ``path``'s name extends one of ``names`` the way rotation does, uncompressed.
+
+    >>> is_sibling("/l/agent.log.1", {"agent.log"}), is_sibling("/l/agent.log.2.gz", {"agent.log"})
+    (True, False)
+    >>> is_sibling("/l/agent.log", {"agent.log"}), is_sibling("/l/other.log.1", {"agent.log"})
+    (False, False)
+    """
+    name = os.path.basename(path)
+    if name.lower().endswith(COMPRESSED):
+        return False
+    return any(name.startswith(base + sep) for base in names for sep in SEPARATORS)

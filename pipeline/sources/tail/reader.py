@@ -1,0 +1,172 @@
+"""One followed file: its identity, read position, and the read step (run in a worker thread).
+
+Identity is (device, inode) plus a fingerprint of the first bytes: the inode alone
+cannot tell a reused inode from the same file, and content alone cannot tell two files
+whose first lines are equal. Empty files need no special case: their fingerprint
+covers zero bytes and grows as they do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.sources.tail.checkpoint import FilePosition
+
+FP_BYTES = 1024
+
+
+def fingerprint(fd: int, length: int) -> tuple[str, int]:
+    """Hash of the first ``length`` bytes (fewer if the file is shorter), and how many were hashed."""
+    head = os.pread(fd, length, 0)
+    return hashlib.blake2b(head, digest_size=8).hexdigest(), len(head)
+
+
+def file_key(st: os.stat_result) -> str:
+    """``"<dev>:<inode>"``."""
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+@dataclass
+class Oversized:
+    """A line longer than ``max_line_bytes`` being streamed to the dead-letter store."""
+
+    start: int
+    blob: Path
+    scanned: int = 0  # bytes of the line copied so far
+
+
+@dataclass
+class TailedFile:
+    """A file being followed."""
+
+    source: str
+    key: str
+    path: str
+    fd: int
+    offset: int  # next byte to read (always a line start)
+    fp: str = ""
+    fp_len: int = 0
+    rotated: bool = False  # no matched path leads here any more
+    idle_since: float | None = None
+    oversized: Oversized | None = None
+    reported: set[str] = field(default_factory=set)
+
+    def position(self, offset: int) -> FilePosition:
+        """The position record to commit for ``offset``."""
+        return FilePosition(self.source, self.key, self.path, offset, self.fp, self.fp_len)
+
+    def refresh_fingerprint(self) -> None:
+        """Extend the fingerprint while the file is shorter than FP_BYTES."""
+        if self.fp_len < FP_BYTES:
+            self.fp, self.fp_len = fingerprint(self.fd, FP_BYTES)
+
+    def matches(self, fp: str, fp_len: int) -> bool:
+        """Whether the file still starts with the bytes a fingerprint was taken of."""
+        return fingerprint(self.fd, fp_len) == (fp, fp_len)
+
+    def close(self) -> None:
+        """Release the descriptor."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+BlobNamer = Callable[["TailedFile", int], Path]
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """What one read step found."""
+
+    start: int
+    end: int
+    data: bytes
+    dead: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_step(
+    tf: TailedFile, read_bytes: int, max_line: int, blob_for: BlobNamer, at_eof_is_eol: bool
+) -> ReadResult | None:
+    """Read the next block of whole lines from ``tf.offset``; None when nothing complete is there.
+
+    ``at_eof_is_eol`` treats the end of the file as a line end (a rotated file that will
+    not grow again); ``blob_for(tf, start)`` names the file an oversized line is copied to.
+    """
+    tf.refresh_fingerprint()
+    read_bytes = min(read_bytes, max_line)  # so every line of a block with a newline fits max_line
+    if tf.oversized is not None:
+        return _continue_oversized(tf, read_bytes, at_eof_is_eol)
+    data = os.pread(tf.fd, read_bytes, tf.offset)
+    if not data:
+        return None
+    cut = data.rfind(b"\n")
+    if cut >= 0:
+        return _advance(tf, data[: cut + 1])
+    if len(data) < read_bytes:
+        return _advance(tf, data + b"\n", consumed=len(data)) if at_eof_is_eol else None
+    return _long_line(tf, read_bytes, max_line, blob_for, at_eof_is_eol)
+
+
+def _advance(tf: TailedFile, data: bytes, consumed: int | None = None) -> ReadResult:
+    start = tf.offset
+    tf.offset += len(data) if consumed is None else consumed
+    return ReadResult(start, tf.offset, data)
+
+
+def _long_line(
+    tf: TailedFile, read_bytes: int, max_line: int, blob_for: BlobNamer, at_eof: bool
+) -> ReadResult | None:
+    """A line longer than one read: take it whole if within ``max_line``, else stream it aside."""
+    scanned = read_bytes  # bytes from tf.offset known to hold no newline
+    while scanned <= max_line:
+        piece = os.pread(tf.fd, read_bytes, tf.offset + scanned)
+        newline = piece.find(b"\n")
+        if newline >= 0:
+            if scanned + newline > max_line:
+                break
+            return _advance(tf, os.pread(tf.fd, scanned + newline + 1, tf.offset))
+        scanned += len(piece)
+        if len(piece) < read_bytes:  # end of file inside the line
+            if scanned > max_line:
+                break
+            if not at_eof:
+                return None  # the writer has not finished this line yet
+            line = os.pread(tf.fd, scanned, tf.offset)
+            return _advance(tf, line + b"\n", consumed=len(line))
+    tf.oversized = Oversized(tf.offset, blob_for(tf, tf.offset))
+    return _continue_oversized(tf, read_bytes, at_eof)
+
+
+def _continue_oversized(tf: TailedFile, read_bytes: int, at_eof: bool) -> ReadResult | None:
+    """Copy the oversized line to its blob; finish at its newline (or at the end of a rotated file)."""
+    state = tf.oversized
+    assert state is not None
+    # The blob's name is fixed by (source, file, offset): a replay after a crash rewrites it.
+    with open(state.blob, "ab" if state.scanned else "wb") as blob:
+        while True:
+            piece = os.pread(tf.fd, read_bytes, state.start + state.scanned)
+            newline = piece.find(b"\n")
+            blob.write(piece if newline < 0 else piece[:newline])
+            if newline < 0:
+                state.scanned += len(piece)
+                if piece:
+                    continue
+                if not at_eof:
+                    return None
+                length, skip = state.scanned, 0
+            else:
+                length, skip = state.scanned + newline, 1
+            blob.flush()
+            os.fsync(blob.fileno())
+            tf.oversized = None
+            tf.offset = state.start + length + skip
+            entry = {
+                "reason": f"line longer than max_line_bytes ({length} bytes)",
+                "offset": state.start, "length": length, "blob": str(state.blob),
+            }
+            return ReadResult(state.start, tf.offset, b"", [entry])

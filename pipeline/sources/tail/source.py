@@ -1,0 +1,390 @@
+"""TailSource: discover files by glob, follow them through rotation, emit blocks of whole lines.
+
+Discovery is a glob rescan (every ``rescan_interval``, and whenever ``watchfiles``
+reports a change it cannot map to a known file); reading is driven by ``watchfiles``
+notifications, with the rescan as the fallback where notification is unavailable.
+
+Rotation, as each case looks from here:
+
+* rename + create: the old inode leaves every matched path; it is read to its end,
+  kept ``rotate_wait`` seconds for late writes, then closed and its position dropped.
+  The new file is a new inode, read from 0.
+* copytruncate: same inode, size below our offset (or first bytes changed): start at 0.
+* deleted while open: like rename; the open descriptor still reads the data.
+* inode reuse: a known inode whose first bytes no longer match the fingerprint is a
+  new file, read from 0.
+* restart after a rotation: a saved position whose inode is no longer matched is
+  looked up among the files in the watched directories (``agent.log.1``) and finished.
+
+All blocking file work runs in worker threads, one step at a time, from this source's
+own loop, so a file is never touched by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from watchfiles import Change, awatch
+
+from pipeline.clock import Clock
+from pipeline.config import TailSourceConfig
+from pipeline.deadletter import DeadLetterStore
+from pipeline.sources.base import Emit, LineBatch
+from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+from pipeline.sources.tail.discovery import FoundFile, is_sibling, list_directories, matched_files, static_root
+from pipeline.sources.tail.reader import FP_BYTES, TailedFile, fingerprint, read_step
+
+log = logging.getLogger("logferry.tail")
+BATCHES_PER_TURN = 8  # per file, before the next file gets its turn
+
+
+class TailSource:
+    """Follow files matching ``config.paths``; emit ``LineBatch`` blocks of complete lines."""
+
+    def __init__(
+        self,
+        name: str,
+        config: TailSourceConfig,
+        positions: PositionStore,
+        dead_letters: DeadLetterStore,
+        clock: Clock,
+        first_start: bool,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.positions = positions
+        self.dead_letters = dead_letters
+        self.clock = clock
+        self.first_start = first_start
+        self.files: dict[str, TailedFile] = {}
+        self.lines_read = 0
+        self._dirty: set[str] = set()
+        self._rescan_requested = False
+        self._pending_forget: list[str] = []
+        self._unreadable: set[str] = set()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._roots = sorted({static_root(p) for p in config.paths})
+        self._last_discovery: float | None = None
+        self._forgotten: set[str] = set()
+        self._copied: dict[tuple[str, int], int] = {}
+
+    def stop(self) -> None:
+        """Finish the current step and return from ``run``."""
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self, emit: Emit) -> None:
+        """Follow the files until stopped."""
+        try:
+            await asyncio.to_thread(self._start)
+            async with asyncio.TaskGroup() as tasks:
+                watcher = tasks.create_task(self._watch(), name=f"watch:{self.name}")
+                try:
+                    await self._loop(emit)
+                finally:
+                    watcher.cancel()
+        finally:
+            for tf in self.files.values():
+                tf.close()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _loop(self, emit: Emit) -> None:
+        next_rescan = self.clock.monotonic() + self.config.rescan_interval
+        while not self._stop.is_set():
+            self._wake.clear()
+            for key in self._pending_forget:
+                await emit(self._forget_batch(key))
+            self._pending_forget.clear()
+            emitted = await self._read_dirty(emit)
+            await self._retire_rotated(emit)
+            now = self.clock.monotonic()
+            if self._rescan_requested or now >= next_rescan:
+                self._rescan_requested = False
+                next_rescan = now + self.config.rescan_interval
+                await asyncio.to_thread(self._rescan)
+                continue
+            if emitted:
+                continue
+            await self._sleep(min(next_rescan - now, self._next_retirement(now)))
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
+
+    async def _read_dirty(self, emit: Emit) -> int:
+        emitted = 0
+        for key in list(self._dirty):
+            tf = self.files.get(key)
+            self._dirty.discard(key)
+            if tf is None:
+                continue
+            for _ in range(BATCHES_PER_TURN):
+                if self._stop.is_set():
+                    return emitted
+                batch = await asyncio.to_thread(self._read, tf, False)
+                if batch is None:
+                    if tf.idle_since is None:
+                        tf.idle_since = self.clock.monotonic()
+                    break
+                tf.idle_since = None
+                await emit(batch)
+                emitted += 1
+            else:
+                self._dirty.add(key)  # more to read: come back after the other files
+        return emitted
+
+    def _read(self, tf: TailedFile, final: bool) -> LineBatch | None:
+        cfg = self.config
+        if not tf.rotated:
+            # Before every read, not only at rescans: reading across a truncate would mix
+            # the old content's offsets with the new content's lines.
+            self._check_replaced(tf)
+        result = read_step(tf, cfg.read_bytes, cfg.max_line_bytes, self._blob_for, final)
+        if result is None:
+            return None
+        dead = [self._dead_entry(tf, entry) for entry in result.dead]
+        return LineBatch(
+            self.name, cfg.tag, tf.key, tf.path, result.start, result.end, result.data,
+            tf.position(result.end), dead=dead,
+        )
+
+    def _blob_for(self, tf: TailedFile, offset: int) -> Path:
+        return self.dead_letters.blob_path(self.name, tf.key, offset)
+
+    def _dead_entry(self, tf: TailedFile, entry: dict[str, Any]) -> dict[str, Any]:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.time()))
+        ident = f"{self.name}:{tf.key}:{entry['offset']}"
+        return {"id": ident, "time": when, "source": self.name, "path": tf.path, **entry}
+
+    def _forget_batch(self, key: str) -> LineBatch:
+        return LineBatch(self.name, self.config.tag, key, "", 0, 0, b"", None, forget=True)
+
+    # -- rotated files -----------------------------------------------------------------
+
+    def _next_retirement(self, now: float) -> float:
+        waits = [
+            tf.idle_since + self.config.rotate_wait - now
+            for tf in self.files.values()
+            if tf.rotated and tf.idle_since is not None
+        ]
+        return min(waits, default=self.config.rescan_interval)
+
+    async def _retire_rotated(self, emit: Emit) -> None:
+        """Close rotated files that stayed idle for ``rotate_wait``, after a last read to their end."""
+        now = self.clock.monotonic()
+        for key, tf in list(self.files.items()):
+            if not tf.rotated or tf.idle_since is None or now - tf.idle_since < self.config.rotate_wait:
+                continue
+            while (batch := await asyncio.to_thread(self._read, tf, True)) is not None:
+                await emit(batch)
+            tf.close()
+            del self.files[key]
+            # The position stays saved while the file exists, so a later look knows it is done.
+            log.info("finished rotated file source=%s path=%s key=%s offset=%d", self.name, tf.path, key, tf.offset)
+
+    # -- discovery (worker thread) -----------------------------------------------------
+
+    def _start(self) -> None:
+        self._discover(at_start=True)
+
+    def _rescan(self) -> None:
+        self._discover(at_start=False)
+
+    def _discover(self, at_start: bool) -> None:
+        """Match globs, notice rotations and replacements, and finish files rotated away."""
+        since = self._last_discovery
+        self._last_discovery = self.clock.time()
+        matched = matched_files(self.config)
+        for key, tf in self.files.items():
+            self._update_tracked(tf, matched.get(key))
+        for key, path in matched.items():
+            if key not in self.files:
+                self._open(key, path, at_start)
+        saved = {p.key: p for p in self.positions.for_source(self.name)}
+        directories = {os.path.dirname(p) for p in matched.values()} | {os.path.dirname(p.path) for p in saved.values()}
+        listing = list_directories(directories)
+        self._finish_saved(saved, listing)
+        if since is not None:
+            names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
+            self._catch_unseen(listing, saved, names, since)
+
+    def _update_tracked(self, tf: TailedFile, path: str | None) -> None:
+        if path is None:
+            if not tf.rotated:
+                log.info("file rotated away or deleted source=%s path=%s", self.name, tf.path)
+            tf.rotated = True
+        else:
+            tf.path, tf.rotated = path, False
+            self._check_replaced(tf)
+        self._dirty.add(tf.key)
+
+    def _finish_saved(self, saved: dict[str, FilePosition], listing: dict[str, FoundFile]) -> None:
+        """Saved positions of files no glob matches: resume what grew, drop what is gone."""
+        for key, pos in saved.items():
+            if key in self.files:
+                continue
+            found = listing.get(key)
+            if found is None:
+                if pos.key not in self._forgotten:
+                    self._forgotten.add(pos.key)
+                    self._pending_forget.append(pos.key)
+                continue
+            if found.size > pos.offset:
+                self._open(key, found.path, at_start=False, rotated=True)
+
+    def _catch_unseen(
+        self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], names: set[str], since: float
+    ) -> None:
+        """Siblings we never followed: copytruncate's copy, or a file created and rotated away unseen."""
+        tracked = {(tf.fp, tf.fp_len) for tf in self.files.values() if not tf.rotated and tf.fp_len}
+        for key, found in listing.items():
+            if key in self.files or key in saved or not is_sibling(found.path, names):
+                continue
+            heads = _heads(found.path, {n for _, n in [*self._copied, *tracked]})
+            copied = next((k for k in self._copied if heads.get(k[1]) == k[0]), None)
+            if copied is not None:
+                # copytruncate's copy: it holds what the original had before the truncate; read
+                # only past the point we had read the original to.
+                self._open(key, found.path, at_start=False, rotated=True, offset=self._copied.pop(copied))
+            elif found.ctime >= since - 1.0 and not any(heads.get(n) == fp for fp, n in tracked):
+                self._open(key, found.path, at_start=False, rotated=True, offset=0)
+
+    def _check_replaced(self, tf: TailedFile) -> None:
+        """copytruncate or rewrite in place: the file got shorter or its first bytes changed."""
+        size = os.fstat(tf.fd).st_size
+        if size >= tf.offset and tf.matches(tf.fp, tf.fp_len):
+            return
+        log.warning(
+            "file truncated or replaced in place source=%s path=%s offset=%d size=%d: reading from 0",
+            self.name, tf.path, tf.offset, size,
+        )
+        # Remember how far the old content was read: copytruncate's copy starts with it.
+        self._copied[(tf.fp, tf.fp_len)] = tf.offset
+        tf.offset, tf.oversized = 0, None
+        tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
+
+    def _open(self, key: str, path: str, at_start: bool, rotated: bool = False, offset: int | None = None) -> None:
+        if len(self.files) >= self.config.max_open_files:
+            log.warning("max_open_files reached source=%s: %s waits for a free descriptor", self.name, path)
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            self._report_unreadable(path)
+            return
+        except OSError:
+            return  # gone between listing and open; the next rescan decides
+        self._unreadable.discard(path)
+        tf = TailedFile(self.name, key, path, fd, 0, rotated=rotated)
+        tf.offset = self._start_offset(tf, at_start) if offset is None else offset
+        tf.refresh_fingerprint()
+        self.files[key] = tf
+        self._forgotten.discard(key)
+        self._dirty.add(key)
+        what = "finishing rotated file" if rotated else "following file"
+        log.info("%s source=%s path=%s offset=%d", what, self.name, path, tf.offset)
+
+    def _start_offset(self, tf: TailedFile, at_start: bool) -> int:
+        """Where to start reading a newly opened file."""
+        saved = self.positions.get(self.name, tf.key)
+        size = os.fstat(tf.fd).st_size
+        if saved is not None:
+            if saved.offset <= size and tf.matches(saved.fingerprint, saved.fp_len):
+                return saved.offset
+            log.warning("file changed since its saved position (inode reused?) path=%s: reading from 0", tf.path)
+            return 0
+        if at_start and self.first_start and not self.config.read_from_head:
+            return _last_line_end(tf.fd, size)
+        return 0
+
+    def _report_unreadable(self, path: str) -> None:
+        if path in self._unreadable:
+            return
+        self._unreadable.add(path)
+        user = _current_user()
+        log.error(
+            "cannot read file source=%s path=%s user=%s: add the user to the file's group or grant an ACL "
+            "(setfacl -m u:%s:r %s); it is picked up as soon as it becomes readable",
+            self.name, path, user, user, path,
+        )
+
+    # -- notification ------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Turn watchfiles notifications into wake-ups; fall back to rescans when unavailable."""
+        recursive = any("**" in p for p in self.config.paths)
+        while not self._stop.is_set():
+            roots = [str(r) for r in self._roots if r.is_dir()]
+            if not roots:
+                await self._sleep_until_stop(self.config.rescan_interval)
+                continue
+            try:
+                async for changes in awatch(
+                    *roots, stop_event=self._stop, debounce=100, step=50, recursive=recursive,
+                    ignore_permission_denied=True,
+                ):
+                    self._note_changes(changes)
+            except (OSError, RuntimeError) as exc:
+                log.warning("file notification unavailable (%s): polling every %ss", exc, self.config.rescan_interval)
+                return
+
+    async def _sleep_until_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _note_changes(self, changes: set[tuple[Change, str]]) -> None:
+        # A rotated file's old path now names its successor; rotated files are read at retirement.
+        known = {tf.path: key for key, tf in self.files.items() if not tf.rotated}
+        for change, path in changes:
+            key = known.get(path)
+            if key is not None:
+                self._dirty.add(key)
+            if (key is None or change is not Change.modified) and self._matches(path):
+                self._rescan_requested = True  # new, renamed or deleted: look again now
+        self._wake.set()
+
+    def _matches(self, path: str) -> bool:
+        return any(fnmatch.fnmatch(path, p) for p in self.config.paths)
+
+
+def _heads(path: str, lengths: set[int]) -> dict[int, str]:
+    """Fingerprints of a file's first ``n`` bytes for each n (only of files at least that long)."""
+    heads: dict[int, str] = {}
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return heads
+    try:
+        for n in lengths:
+            fp, got = fingerprint(fd, n)
+            if got == n:
+                heads[n] = fp
+    finally:
+        os.close(fd)
+    return heads
+
+
+def _last_line_end(fd: int, size: int) -> int:
+    """Where the last complete line ends (for starting at the end without a half line)."""
+    start = max(0, size - (1 << 20))
+    tail = os.pread(fd, size - start, start)
+    cut = tail.rfind(b"\n")
+    return start + cut + 1 if cut >= 0 else size
+
+
+def _current_user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.geteuid())

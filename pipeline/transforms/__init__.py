@@ -1,0 +1,1 @@
+"""Transforms: turn a block of lines into enriched records grouped by time key, in one loop."""

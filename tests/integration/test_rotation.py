@@ -1,0 +1,72 @@
+"""Rotation while writing, performed by Debian's real logrotate, in each mode."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from pipeline import generator
+from tests.conftest import new_daemon
+from tests.support.daemon import Ledger, wait_for
+from tests.support.writer import AgentWriter
+
+pytestmark = pytest.mark.integration
+LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
+COUNT = 6000
+
+
+def logrotate(layout, options: str) -> None:
+    conf = layout.root / "logrotate.conf"
+    conf.write_text(f"{layout.logs}/agent.log {{\n  rotate 20\n  missingok\n  {options}\n}}\n")
+    subprocess.run([LOGROTATE, "-f", "-s", str(layout.root / "logrotate.state"), str(conf)], check=True)
+
+
+QUICK = (1000, 2500, 2600, 4000)  # 2500 and 2600: twice before the daemon can catch up
+SPACED = (1000, 2500, 4000)
+
+
+def rotate_while_writing(layout, daemon_factory, options: str, reopen: bool, marks=QUICK) -> tuple[Ledger, list[int]]:
+    layout.write_config()
+    rotated_at = []
+    with new_daemon(layout, daemon_factory) as daemon:
+        writer = AgentWriter(layout.logs / "agent.log", COUNT, reopen=reopen)
+        writer.start()
+        for mark in marks:
+            wait_for(lambda m=mark: writer.written >= m, what=f"writer at {mark}")
+            logrotate(layout, options)
+            rotated_at.append(writer.written)
+        writer.join(60)
+        assert writer.error is None
+        expected = [generator.request_id(1, n) for n in range(COUNT)]
+        wait_for(lambda: {r["request_id"] for r in layout.records()} >= set(expected) or None, timeout=30,
+                 what="every record") if not options.startswith("copytruncate") else wait_for(
+            lambda: len(layout.records()) >= COUNT - 400 and daemon_idle(layout), timeout=30, what="catch-up")
+        assert daemon.stop() == 0
+    return Ledger.compare(expected, layout.records()), rotated_at
+
+
+def daemon_idle(layout) -> bool:
+    size = (layout.logs / "agent.log").stat().st_size
+    positions = (layout.state / "positions.json").read_bytes()
+    return f'"offset":{size},'.encode() in positions
+
+
+@pytest.mark.parametrize(
+    ("options", "marks"),
+    [("create", QUICK), ("create\n  compress\n  delaycompress", QUICK), ("create\n  compress", SPACED)],
+    ids=["create", "create+delaycompress", "create+compress"],
+)
+def test_rename_rotation_loses_and_duplicates_nothing(layout, daemon_factory, options, marks):
+    ledger, _ = rotate_while_writing(layout, daemon_factory, options, reopen=True, marks=marks)
+    ledger.assert_exact()
+
+
+def test_copytruncate_duplicates_nothing_and_loses_only_inside_its_window(layout, daemon_factory):
+    ledger, rotated_at = rotate_while_writing(layout, daemon_factory, "copytruncate", reopen=False)
+    assert not ledger.duplicated and not ledger.unexpected
+    # copytruncate can lose what is written between its copy and its truncate, for any reader.
+    lost_seqs = sorted(int(i.split("-")[1]) for i in ledger.lost)
+    assert all(seq < rotated_at[-1] for seq in lost_seqs), lost_seqs[:20]
+    assert len(lost_seqs) < 200, f"{len(lost_seqs)} lost"

@@ -1,0 +1,666 @@
+"""Start a real, throw-away Elasticsearch for the tests.
+
+Stdlib only, so it can run before the project's dependencies are installed.
+
+The server is Elastic's *test distribution*
+(``org.elasticsearch.distribution.integ-test-zip:elasticsearch:<version>:zip`` on Maven Central),
+fetched with ``mvn dependency:copy`` and unzipped once into a cache directory:
+
+* ``$LOGFERRY_CACHE/elasticsearch`` if ``LOGFERRY_CACHE`` is set;
+* otherwise ``/var/cache/logferry-test/elasticsearch`` when running as root (``/root`` is 0700, and the
+  server runs as an unprivileged user who must be able to read the distribution);
+* otherwise ``~/.cache/logferry/elasticsearch`` (``$XDG_CACHE_HOME`` respected).
+
+Elasticsearch refuses to run as root: as root, the server runs as the system user ``logferry-test``
+(``LOGFERRY_TEST_ES_USER``), created with ``useradd`` when missing; as any other user, it runs as that user.
+
+The test distribution holds only the modules ``transport-netty4``, ``x-pack-core``, ``x-pack-security`` and
+``apm``: core indexing, ``_bulk``, ``_count``, ``_search``, mappings and (legacy and composable) index
+templates work; data streams, ILM, ingest pipelines, painless, ``_delete_by_query``/``_reindex``,
+``analysis-common`` analyzers and ``mapper-extras`` field types do not, and neither do ``GET /`` and
+``HEAD /`` (no ``rest-root`` module: 405), so a client's ``info()``/``ping()`` fail against it.
+
+Set ``LOGFERRY_TEST_ES_URL`` to use an existing cluster instead (see :func:`external_url`).
+
+Usage::
+
+    with ElasticsearchServer("8.19.21") as es:
+        status, body = request("GET", es.url + "/_cluster/health")
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch"
+ES_USER = os.environ.get("LOGFERRY_TEST_ES_USER", "logferry-test")
+#: Versions verified to download and start here (kept in step with scripts/es-versions.txt).
+VERIFIED_VERSIONS = ("8.19.21", "9.5.4")
+DEFAULT_VERSION = os.environ.get("LOGFERRY_TEST_ES_VERSION", VERIFIED_VERSIONS[0])
+DEFAULT_STARTUP_TIMEOUT = 180.0
+_COMPLETE_MARKER = ".logferry-complete"
+_ERROR_LINE = re.compile(r"\]\[(ERROR|FATAL)\s*\]|^(ERROR|Exception|Caused by|[\w.$]+(Exception|Error)\b)")
+_BIND_ERRORS = ("BindException", "Address already in use", "BindTransportException", "BindHttpException")
+
+# urllib without any proxy from the environment: the servers are on loopback.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ElasticsearchError(RuntimeError):
+    """Preparing or running the test Elasticsearch failed."""
+
+
+class ElasticsearchStartError(ElasticsearchError):
+    """The server did not reach yellow/green health; the message holds the tail of its log."""
+
+
+def external_url() -> str | None:
+    """The user's own cluster (``LOGFERRY_TEST_ES_URL``), or None to start one here."""
+    url = os.environ.get("LOGFERRY_TEST_ES_URL", "").strip()
+    return url.rstrip("/") or None
+
+
+def request(
+    method: str,
+    url: str,
+    body: bytes | str | Mapping[str, Any] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, Any]:
+    """One HTTP request, without proxies; returns (status, decoded JSON body or raw text).
+
+    HTTP error statuses are returned, not raised. A Mapping body is sent as JSON; bytes/str as given
+    (use ``application/x-ndjson`` in ``headers`` for ``_bulk``).
+    """
+    data: bytes | None
+    hdrs = {"Content-Type": "application/json", "Accept": "application/json"}
+    if isinstance(body, Mapping):
+        data = json.dumps(body).encode()
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = body
+    hdrs.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            status, raw = int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+# --------------------------------------------------------------------------------------------
+# distribution
+
+
+def cache_dir() -> Path:
+    """Where distributions are unzipped (see the module docstring)."""
+    env = os.environ.get("LOGFERRY_CACHE")
+    if env:
+        return Path(env).expanduser().resolve() / "elasticsearch"
+    if os.geteuid() == 0:
+        return Path("/var/cache/logferry-test/elasticsearch")
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "logferry" / "elasticsearch"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _mkdirs_readable(path: Path) -> None:
+    """Create path (and parents) as 0755 directories."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for p in missing:
+        p.chmod(0o755)
+
+
+def _download(version: str, dest: Path) -> Path:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ElasticsearchError("Maven (mvn) is needed to fetch Elasticsearch: apt-get install maven")
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        mvn, "-q", "-B", "dependency:copy",
+        f"-Dartifact={ARTIFACT}:{version}:zip",
+        f"-DoutputDirectory={dest}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    zip_path = dest / f"elasticsearch-{version}.zip"
+    if proc.returncode != 0 or not zip_path.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise ElasticsearchError(
+            f"could not fetch {ARTIFACT}:{version}:zip with mvn (exit {proc.returncode}); "
+            f"only some versions are published, see scripts/es-versions.txt\n{tail}"
+        )
+    return zip_path
+
+
+def _extract(zip_path: Path, into: Path) -> Path:
+    """Unzip keeping the executable bits and making everything world-readable; return the top dir."""
+    with zipfile.ZipFile(zip_path) as zf:
+        tops = {name.split("/", 1)[0] for name in zf.namelist()}
+        if len(tops) != 1:
+            raise ElasticsearchError(f"unexpected layout in {zip_path}: {sorted(tops)[:5]}")
+        for info in zf.infolist():
+            target = Path(zf.extract(info, into))
+            mode = (info.external_attr >> 16) & 0o777
+            if info.is_dir():
+                target.chmod(0o755)
+            else:
+                target.chmod((mode | 0o644) & 0o755 if mode & 0o111 else 0o644)
+    return into / tops.pop()
+
+
+def ensure_distribution(version: str) -> Path:
+    """Return ES_HOME of the unzipped test distribution ``version``, fetching it the first time.
+
+    Safe to call from several processes at once (a file lock guards the download).
+    """
+    root = cache_dir()
+    home = root / f"elasticsearch-{version}"
+    if (home / _COMPLETE_MARKER).is_file():
+        return home
+    _mkdirs_readable(root)
+    with _file_lock(root / f".elasticsearch-{version}.lock"):
+        if (home / _COMPLETE_MARKER).is_file():
+            return home
+        zip_path = _download(version, root / "downloads")
+        staging = Path(tempfile.mkdtemp(prefix=f".extract-{version}-", dir=root))
+        try:
+            top = _extract(zip_path, staging)
+            shutil.rmtree(home, ignore_errors=True)
+            top.rename(home)
+            (home / _COMPLETE_MARKER).write_text(f"{ARTIFACT}:{version}:zip\n")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        zip_path.unlink(missing_ok=True)  # Maven keeps its own copy in ~/.m2
+    return home
+
+
+# --------------------------------------------------------------------------------------------
+# java and user
+
+
+def _major(version: str) -> int:
+    return int(version.split(".", 1)[0])
+
+
+def _java_major(java_home: Path) -> int | None:
+    try:
+        text = (java_home / "release").read_text()
+    except OSError:
+        return None
+    m = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', text, re.M)
+    if not m:
+        return None
+    first = int(m.group(1))
+    return int(m.group(2) or 0) if first == 1 else first
+
+
+def find_java_home(es_version: str) -> Path:
+    """A JDK able to run ``es_version``: LOGFERRY_ES_JAVA_HOME if set, else the oldest suitable JDK
+    among JAVA_HOME, the default java and /usr/lib/jvm/* (Java 17+ for 8.x, 21+ for 9.x)."""
+    forced = os.environ.get("LOGFERRY_ES_JAVA_HOME")
+    if forced:
+        return Path(forced)
+    need = {7: 11, 8: 17}.get(_major(es_version), 21)
+    candidates: list[Path] = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]))
+    java = shutil.which("java")
+    if java:
+        candidates.append(Path(java).resolve().parent.parent)
+    jvm_dir = Path("/usr/lib/jvm")
+    if jvm_dir.is_dir():
+        candidates.extend(sorted(jvm_dir.iterdir()))
+    found: dict[Path, int] = {}
+    for cand in candidates:
+        real = cand.resolve()
+        major = _java_major(real)
+        if major is not None and major >= need and (real / "bin" / "java").is_file():
+            found.setdefault(real, major)
+    if not found:
+        raise ElasticsearchError(
+            f"Elasticsearch {es_version} needs Java {need}+; none found (set LOGFERRY_ES_JAVA_HOME)"
+        )
+    return min(found, key=lambda p: (found[p], str(p)))
+
+
+def _ensure_user() -> tuple[int, int] | None:
+    """(uid, gid) to run the server as, or None to run as ourselves (we are not root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(ES_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", ES_USER],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        try:
+            pw = pwd.getpwnam(ES_USER)  # a concurrent useradd may have won
+        except KeyError:
+            raise ElasticsearchError(f"could not create the system user {ES_USER!r} (useradd)") from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _check_readable_by(path: Path, uid: int, gid: int) -> None:
+    for p in (path, *path.parents):
+        st = p.stat()
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+        if not (st.st_mode >> shift) & 0o1:
+            raise ElasticsearchError(
+                f"{p} cannot be entered by user {ES_USER!r}, so it cannot read {path}: "
+                "set LOGFERRY_CACHE to a directory it can read, e.g. /var/cache/logferry-test"
+            )
+
+
+def _chown_tree(path: Path, ids: tuple[int, int] | None) -> None:
+    if ids is None:
+        return
+    os.chown(path, *ids)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), *ids, follow_symlinks=False)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _yaml_value(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return json.dumps(str(value))  # a JSON string is a YAML scalar
+
+
+def _absolutize_jvm_options(path: Path, logs: Path) -> None:
+    """Older distributions write gc.log, hs_err and heap dumps relative to ES_HOME (``logs/``, ``data``),
+    which the server user cannot write: point them at the instance's logs directory."""
+    text = path.read_text()
+    text = re.sub(r"(file=|ErrorFile=)(?:logs/)?(gc\.log|hs_err_pid%p\.log)", rf"\g<1>{logs}/\g<2>", text)
+    text = re.sub(r"^(-XX:HeapDumpPath=)data$", rf"\g<1>{logs}", text, flags=re.M)
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------------------------
+# server
+
+_LIVE: weakref.WeakSet[ElasticsearchServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+class ElasticsearchServer:
+    """A single-node Elasticsearch on 127.0.0.1 for tests.
+
+    ``start()`` picks free HTTP/transport ports and a fresh data directory, then waits for yellow/green.
+    ``stop_start()`` / ``outage()`` stop the JVM and start it again on the same ports and data directory.
+    ``freeze()`` / ``thaw()`` SIGSTOP/SIGCONT it (a hung server: TCP connects, nothing answers).
+    ``stop()`` ends it (SIGTERM, then SIGKILL after ``stop_timeout``) and removes its directory.
+    """
+
+    def __init__(
+        self,
+        version: str = DEFAULT_VERSION,
+        *,
+        heap: str = "512m",
+        settings: Mapping[str, str | int | float | bool] | None = None,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        stop_timeout: float = 60.0,
+        base_dir: str | os.PathLike[str] | None = None,
+        keep_dir: bool = False,
+    ) -> None:
+        self._version = version
+        self._heap = heap
+        self._extra = dict(settings or {})
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._base_dir = base_dir
+        self._keep_dir = keep_dir or os.environ.get("LOGFERRY_TEST_ES_KEEP") == "1"
+        self._ids: tuple[int, int] | None = None
+        self._home: Path | None = None
+        self._java: Path | None = None
+        self._workdir: Path | None = None
+        self._http_port: int | None = None
+        self._transport_port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._console: IO[bytes] | None = None
+        self._launches = 0
+        self.cluster_name = f"logferry-test-{secrets.token_hex(4)}"
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def http_port(self) -> int:
+        if self._http_port is None:
+            raise ElasticsearchError("server not started")
+        return self._http_port
+
+    @property
+    def transport_port(self) -> int:
+        if self._transport_port is None:
+            raise ElasticsearchError("server not started")
+        return self._transport_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise ElasticsearchError("server not started")
+        return self._workdir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """Console output of the server (all launches appended)."""
+        return self.workdir / "console.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def __enter__(self) -> ElasticsearchServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> ElasticsearchServer:
+        """Start with a fresh data directory and free ports; wait for yellow/green health."""
+        if self.running:
+            return self
+        self.stop()  # a previous instance stopped with stop_process(): drop its directory
+        self._ids = _ensure_user()
+        if self._ids is not None:  # fail before a download the server user could not read
+            _check_readable_by(next(p for p in (cache_dir(), *cache_dir().parents) if p.exists()), *self._ids)
+        self._home = ensure_distribution(self._version)
+        self._java = find_java_home(self._version)
+        if self._ids is not None:
+            _check_readable_by(self._home / "lib", *self._ids)
+        for attempt in range(3):
+            self._new_workdir()
+            try:
+                self._launch()
+                self._wait_ready()
+                return self
+            except ElasticsearchStartError as exc:
+                bind_race = any(marker in str(exc) for marker in _BIND_ERRORS)
+                self.stop()
+                if not bind_race or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory (unless keep_dir / LOGFERRY_TEST_ES_KEEP=1)."""
+        self.stop_process()
+        if self._workdir is not None and not self._keep_dir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        self._workdir = None
+        self._http_port = self._transport_port = None
+        _LIVE.discard(self)
+
+    def stop_process(self, *, graceful: bool = True) -> None:
+        """End the JVMs but keep ports and data: SIGTERM (or SIGKILL when not graceful), wait, SIGKILL."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            pgid = proc.pid  # start_new_session: the launcher leads its own process group
+            self._signal_group(pgid, signal.SIGCONT)
+            self._signal_group(pgid, signal.SIGTERM if graceful else signal.SIGKILL)
+            deadline = time.monotonic() + self.stop_timeout
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(pgid, signal.SIGKILL)
+                proc.wait()
+            # the server JVM is a child of the launcher: wait for the whole group to be gone
+            while self._group_alive(pgid):
+                if time.monotonic() > deadline:
+                    self._signal_group(pgid, signal.SIGKILL)
+                time.sleep(0.1)
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+
+    def start_process(self) -> None:
+        """Start the JVM again on the same ports and data directory (after stop_process)."""
+        if self.running:
+            return
+        if self._workdir is None:
+            raise ElasticsearchError("start_process() needs a server started once (call start())")
+        self._launch()
+        self._wait_ready()
+
+    def stop_start(self, downtime: float = 0.0, *, graceful: bool = True) -> None:
+        """An outage: stop the server, stay down ``downtime`` seconds, start it on the same port/data."""
+        self.stop_process(graceful=graceful)
+        time.sleep(downtime)
+        self.start_process()
+
+    @contextlib.contextmanager
+    def outage(self, *, graceful: bool = True) -> Iterator[None]:
+        """``with es.outage(): ...`` -- down inside the block, up again (same port and data) after it."""
+        self.stop_process(graceful=graceful)
+        try:
+            yield
+        finally:
+            self.start_process()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are accepted by the kernel but nothing answers."""
+        if self._proc is not None:
+            self._signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None:
+            self._signal_group(self._proc.pid, signal.SIGCONT)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of all the server's processes (launcher JVM + server JVM)."""
+        if self._proc is None:
+            return 0
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == self._proc.pid:  # fields[2] is the process group id
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # rss in pages
+        return total
+
+    def server_version(self) -> str:
+        """The running node's version, from ``/_nodes/_local`` (the test distribution has no
+        ``rest-root`` module, so ``GET /`` and ``HEAD /`` answer 405)."""
+        status, body = request("GET", self.url + "/_nodes/_local?filter_path=nodes.*.version")
+        if status != 200:
+            raise ElasticsearchError(f"/_nodes/_local: HTTP {status} {body}")
+        return str(next(iter(body["nodes"].values()))["version"])
+
+    # -- internals --------------------------------------------------------------------------
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _settings(self) -> dict[str, str | int | float | bool]:
+        workdir = self.workdir
+        settings: dict[str, str | int | float | bool] = {
+            "cluster.name": self.cluster_name,
+            "node.name": "node-0",
+            "network.host": "127.0.0.1",
+            "http.port": self.http_port,
+            "transport.port": self.transport_port,
+            "discovery.type": "single-node",
+            "path.data": str(workdir / "data"),
+            "path.logs": str(workdir / "logs"),
+            "xpack.security.enabled": False,
+            "cluster.routing.allocation.disk.threshold_enabled": False,
+            "action.destructive_requires_name": False,
+        }
+        settings.update(self._extra)
+        return settings
+
+    def _new_workdir(self) -> None:
+        assert self._home is not None
+        workdir = Path(tempfile.mkdtemp(prefix=f"logferry-es-{self._version}-", dir=self._base_dir))
+        self._workdir = workdir
+        self._http_port, self._transport_port = free_port(), free_port()
+        while self._transport_port == self._http_port:
+            self._transport_port = free_port()
+        shutil.copytree(self._home / "config", workdir / "config")
+        for sub in ("data", "logs", "tmp"):
+            (workdir / sub).mkdir()
+        _absolutize_jvm_options(workdir / "config" / "jvm.options", workdir / "logs")
+        lines = [f"{key}: {_yaml_value(value)}" for key, value in self._settings().items()]
+        (workdir / "config" / "elasticsearch.yml").write_text("\n".join(lines) + "\n")
+        workdir.chmod(0o755)
+        _chown_tree(workdir, self._ids)
+        _LIVE.add(self)
+
+    def _environment(self) -> dict[str, str]:
+        assert self._java is not None
+        workdir = self.workdir
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(workdir),
+            "LANG": "C.UTF-8",
+            "ES_JAVA_HOME": str(self._java),
+            "ES_PATH_CONF": str(workdir / "config"),
+            "ES_TMPDIR": str(workdir / "tmp"),
+            "ES_JAVA_OPTS": f"-Xms{self._heap} -Xmx{self._heap}",
+        }
+
+    def _launch(self) -> None:
+        assert self._home is not None
+        workdir = self.workdir
+        self._launches += 1
+        console = open(workdir / "console.log", "ab")  # closed in stop_process()
+        console.write(f"\n===== logferry: launch {self._launches} of {self._version} =====\n".encode())
+        console.flush()
+        kwargs: dict[str, Any] = {}
+        if self._ids is not None:
+            kwargs = {"user": self._ids[0], "group": self._ids[1], "extra_groups": []}
+        self._console = console
+        self._proc = subprocess.Popen(
+            [str(self._home / "bin" / "elasticsearch")],
+            cwd=workdir / "logs",
+            env=self._environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kwargs,
+        )
+        _LIVE.add(self)
+
+    def _log_tail(self, lines: int = 60) -> str:
+        tail = _tail(self.log_path, 400)
+        errors = [ln[:500] for ln in tail.splitlines() if _ERROR_LINE.search(ln)][:8]
+        parts = ["--- errors ---", *errors] if errors else []
+        parts += [f"--- {self.log_path} (last {lines} lines) ---", *tail.splitlines()[-lines:]]
+        return "\n".join(parts)
+
+    def _fail(self, why: str) -> ElasticsearchStartError:
+        msg = f"Elasticsearch {self._version} on {self.url}: {why}\n{self._log_tail()}"
+        self.stop_process(graceful=False)
+        return ElasticsearchStartError(msg)
+
+    def _wait_ready(self) -> None:
+        """Poll /_cluster/health until yellow or green, the process exits, or the timeout."""
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        health = self.url + "/_cluster/health?wait_for_status=yellow&timeout=2s"
+        last = "no answer yet"
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                raise self._fail(f"exited with status {rc} before becoming ready")
+            try:
+                status, body = request("GET", health, timeout=10)
+                if status == 200 and isinstance(body, dict) and body.get("status") in ("green", "yellow"):
+                    return
+                last = f"HTTP {status}: {str(body)[:200]}"
+            except OSError as exc:  # connection refused/reset while starting
+                last = repr(exc)
+            if time.monotonic() > deadline:
+                raise self._fail(f"not yellow/green after {self.startup_timeout:.0f}s (last: {last})")
+            time.sleep(0.25)

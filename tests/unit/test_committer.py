@@ -1,0 +1,202 @@
+"""Committer.commit on real files: frames, dead letters and positions land together; a failed commit loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.buffer import frame
+from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
+from pipeline.clock import FakeClock
+from pipeline.config import BufferConfig, EnrichConfig
+from pipeline.deadletter import DeadLetterStore
+from pipeline.runtime.committer import END, Committer, EndOfInput
+from pipeline.sources.base import LineBatch
+from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor
+
+WALL = 1_795_000_000.0
+KEY = "8:77"
+
+
+class Env:
+    def __init__(self, root: Path, outputs: tuple[str, ...] = ("search", "archive"), **cfg: Any) -> None:
+        self.root = root
+        self.clock = FakeClock(WALL)
+        self.positions = PositionStore(root / "positions.json")
+        self.positions.load()
+        self.dead_letters = DeadLetterStore(root / "dead-letter")
+        self.dead_letters.prepare()
+        self.buffers = []
+        for name in outputs:
+            buffer = FileBuffer(name, root / "buffer" / name, BufferConfig(**cfg), self.clock)
+            buffer.resume(self.positions.commit_seq)
+            self.buffers.append(buffer)
+        self.inbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
+        self.committer = Committer(
+            self.inbox, {"agent": self.buffers}, self.buffers, self.positions, self.dead_letters, self.clock
+        )
+        self.processor = RecordProcessor(EnrichConfig(hostname="h"), {3600}, self.clock)
+        self.offset = 0
+
+    def batch(self, *lines: bytes) -> ProcessedBatch:
+        data = b"".join(line + b"\n" for line in lines)
+        start, self.offset = self.offset, self.offset + len(data)
+        position = FilePosition("agent", KEY, "/logs/a.jsonl", self.offset, "fp", 10)
+        line_batch = LineBatch("agent", "ai", KEY, "/logs/a.jsonl", start, self.offset, data, position)
+        return self.processor.process(line_batch)
+
+
+def saved_positions(root: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = orjson.loads((root / "positions.json").read_bytes())
+    return doc
+
+
+def chunk_frames(buffer: FileBuffer) -> list[frame.Frame]:
+    out = []
+    for path in sorted(buffer.directory.glob("*.staged")) + sorted(buffer.directory.glob("*.queued")):
+        with path.open("rb") as handle:
+            while (item := frame.decode_from(handle)) is not None:
+                out.append(item)
+    return out
+
+
+def record_values(buffer: FileBuffer) -> list[Any]:
+    return [
+        orjson.loads(line)["n"]
+        for item in chunk_frames(buffer)
+        if item.kind == frame.KIND_DATA
+        for line in item.payload.splitlines()
+    ]
+
+
+def dead_entries(root: Path) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(line)
+        for path in (root / "dead-letter").glob("records-*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+@pytest.mark.asyncio
+async def test_commit_writes_frames_then_positions(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    item = env.batch(b'{"n":1}', b'{"n":2}')
+
+    await env.committer.commit([item])
+
+    doc = saved_positions(tmp_path)
+    assert doc["commit_seq"] == 1 and env.positions.commit_seq == 1
+    assert [(f["source"], f["key"], f["offset"]) for f in doc["files"]] == [("agent", KEY, item.batch.end)]
+    for buffer in env.buffers:
+        frames = chunk_frames(buffer)
+        assert [f.kind for f in frames] == [frame.KIND_HEADER, frame.KIND_DATA]
+        data = frames[1]
+        assert data.seq == 1 and data.count == 2
+        assert data.meta["end"] == item.batch.end and data.meta["offs"] == [0, 8]
+        assert record_values(buffer) == [1, 2]
+        assert not buffer.queue, "the flush interval has not passed: still staged"
+    assert env.committer.stats.commits == 1 and env.committer.stats.records == 2
+
+
+@pytest.mark.asyncio
+async def test_commit_writes_dead_letters(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    item = env.batch(b'{"n":1}', b"{broken", b"[1]")
+
+    await env.committer.commit([item])
+
+    entries = dead_entries(tmp_path)
+    assert [(e["offset"], e["line"]) for e in entries] == [(8, "{broken"), (16, "[1]")]
+    assert all(e["source"] == "agent" and e["path"] == "/logs/a.jsonl" for e in entries)
+    assert env.committer.stats.dead_lines == 2
+    assert saved_positions(tmp_path)["files"][0]["offset"] == item.batch.end, "the position moves past bad lines"
+    assert record_values(env.buffers[0]) == [1]
+
+
+@pytest.mark.asyncio
+async def test_several_commits_append_to_one_chunk(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    await env.committer.commit([env.batch(b'{"n":1}'), env.batch(b'{"n":2}')])
+    await env.committer.commit([env.batch(b'{"n":3}')])
+    assert env.positions.commit_seq == 2
+    frames = chunk_frames(env.buffers[0])
+    assert [f.seq for f in frames] == [1, 1, 1, 2]
+    assert record_values(env.buffers[0]) == [1, 2, 3]
+    assert saved_positions(tmp_path)["files"][0]["offset"] == env.offset
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("failing_commit", [1, 2])
+async def test_failed_apply_is_undone_and_retried_without_loss_or_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_commit: int
+) -> None:
+    env = Env(tmp_path)
+    original = CommitPlan.apply
+    calls = {"n": 0}
+
+    def flaky_apply(plan: CommitPlan) -> None:
+        calls["n"] += 1
+        original(plan)  # the bytes reach the files...
+        if calls["n"] == failing_commit:
+            raise OSError(errno.ENOSPC, "No space left on device")  # ...but the fsync fails
+
+    monkeypatch.setattr(CommitPlan, "apply", flaky_apply)
+
+    await asyncio.wait_for(env.committer.commit([env.batch(b'{"n":1}', b"{bad")]), 5)
+    await asyncio.wait_for(env.committer.commit([env.batch(b'{"n":2}', b'{"n":3}')]), 5)
+
+    assert env.committer.stats.failed_commits == 1 and calls["n"] == 3
+    for buffer in env.buffers:
+        frames = chunk_frames(buffer)
+        assert [f.kind for f in frames].count(frame.KIND_HEADER) == 1, "one header, one chunk"
+        assert [f.seq for f in frames if f.kind == frame.KIND_DATA] == [1, 2]
+        assert record_values(buffer) == [1, 2, 3], "each frame exactly once"
+        assert buffer.total_bytes == sum(p.stat().st_size for p in buffer.directory.glob("*.staged"))
+    doc = saved_positions(tmp_path)
+    assert doc["commit_seq"] == 2
+    assert doc["files"][0]["offset"] == env.offset
+    assert [e["line"] for e in dead_entries(tmp_path)] == ["{bad"], "the dead entry is written once"
+
+    # and the buffer resumes cleanly from what is on disk
+    for buffer in env.buffers:
+        again = FileBuffer(buffer.output, buffer.directory, buffer.config, env.clock)
+        report = again.resume(doc["commit_seq"])
+        assert report.records == 3 and report.rolled_back_frames == 0 and report.torn_tails == 0
+
+
+@pytest.mark.asyncio
+async def test_run_commits_and_flushes_on_request(tmp_path: Path) -> None:
+    env = Env(tmp_path, outputs=("search",))
+    await env.inbox.put(env.batch(b'{"n":1}'))
+    await env.inbox.put(env.batch(b'{"n":2}'))
+    await env.inbox.put(END)
+    env.committer.request_flush()
+
+    await asyncio.wait_for(env.committer.run(), 5)
+
+    (buffer,) = env.buffers
+    assert not buffer.staged and len(buffer.queue) == 1
+    assert record_values(buffer) == [1, 2]
+    assert saved_positions(tmp_path)["files"][0]["offset"] == env.offset
+
+
+@pytest.mark.asyncio
+async def test_drop_oldest_chunk_makes_room(tmp_path: Path) -> None:
+    env = Env(tmp_path, outputs=("search",), total_limit_bytes=64 * 1024, overflow_action="drop_oldest_chunk")
+    (buffer,) = env.buffers
+    big = b'{"n":1,"pad":"' + b"x" * (70 * 1024) + b'"}'
+    await env.committer.commit([env.batch(big)])
+    buffer.enqueue_due(force=True)
+    (oldest,) = buffer.queue
+    assert not buffer.has_space()
+
+    await asyncio.wait_for(env.committer.commit([env.batch(b'{"n":2}')]), 5)
+
+    assert not oldest.path.exists() and buffer.dropped_chunks == 1
+    assert record_values(buffer) == [2]

@@ -1,0 +1,182 @@
+"""Configuration: typos fail with the key path, environment wins over TOML, drop-ins merge in order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import pipeline
+from pipeline.config import FileOutputConfig, Settings, load_settings
+from pipeline.errors import ConfigError
+
+REPO = Path(pipeline.__file__).resolve().parents[1]
+
+BASE = """
+state_dir = "/var/lib/test-logferry"
+
+[sources.agent]
+type = "tail"
+paths = ["/logs/*.jsonl"]
+tag = "ai.chat"
+
+[outputs.debug]
+type = "file"
+path = "/out/%Y%m%d.jsonl"
+
+[outputs.debug.buffer]
+timekey = 60
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_logferry_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("LOGFERRY_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str, name: str = "logferry.toml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def load(tmp_path: Path, text: str) -> Settings:
+    return load_settings(write(tmp_path, text))
+
+
+def debug_output(settings: Settings) -> FileOutputConfig:
+    output = settings.outputs["debug"]
+    assert isinstance(output, FileOutputConfig)
+    return output
+
+
+def test_valid_config_loads(tmp_path: Path) -> None:
+    settings = load(tmp_path, BASE)
+    assert settings.state_dir == Path("/var/lib/test-logferry")
+    assert settings.sources["agent"].tag == "ai.chat"
+    output = debug_output(settings)
+    assert output.path == "/out/%Y%m%d.jsonl" and output.buffer.timekey == 60
+    assert output.buffer.flush_interval == 5.0, "defaults fill the rest"
+
+
+def test_typo_key_names_its_dotted_path(tmp_path: Path) -> None:
+    text = BASE.replace("timekey = 60", "timekeyy = 60")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert "outputs.debug.buffer.timekeyy: unknown key" in str(info.value)
+    assert "file" not in str(info.value).split("\n", 1)[1], "the union's type tag is not part of the path"
+
+
+def test_typo_at_the_top_level(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"stat_dir: unknown key"):
+        load(tmp_path, "stat_dir = '/x'\n" + BASE)
+
+
+def test_wrong_type_names_its_path(tmp_path: Path) -> None:
+    text = BASE.replace("timekey = 60", 'timekey = "an hour"')
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    assert "outputs.debug.buffer.timekey:" in message and "integer" in message
+
+
+def test_out_of_range_value_names_its_path(tmp_path: Path) -> None:
+    text = BASE.replace('tag = "ai.chat"', 'tag = "ai.chat"\nread_bytes = 10')
+    with pytest.raises(ConfigError, match=r"sources\.agent\.read_bytes: "):
+        load(tmp_path, text)
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    text = BASE.replace("timekey = 60", "timekeyy = 60\nworkers = 0")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    assert "outputs.debug.buffer.timekeyy: unknown key" in message
+    assert "outputs.debug.buffer.workers:" in message
+
+
+def test_missing_type(tmp_path: Path) -> None:
+    text = BASE.replace('type = "file"\n', "")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert "outputs.debug.type: is missing" in str(info.value)
+
+
+def test_unknown_type(tmp_path: Path) -> None:
+    text = BASE.replace('type = "file"', 'type = "kafka"')
+    with pytest.raises(ConfigError, match=r"outputs\.debug\.type: is 'kafka'"):
+        load(tmp_path, text)
+
+
+def test_bad_output_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="outputs"):
+        load(
+            tmp_path,
+            BASE.replace("[outputs.debug]", '[outputs."de bug"]').replace(
+                "[outputs.debug.buffer]", '[outputs."de bug".buffer]'
+            ),
+        )
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "\n[[[nope")
+    with pytest.raises(ConfigError, match="invalid TOML") as info:
+        load_settings(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_environment_wins_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGFERRY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LOGFERRY_OUTPUTS__DEBUG__PATH", "/elsewhere/out.jsonl")
+
+    settings = load(tmp_path, BASE)
+
+    assert settings.state_dir == tmp_path / "state"
+    output = debug_output(settings)
+    assert output.path == "/elsewhere/out.jsonl"
+    assert output.buffer.timekey == 60, "the rest of the TOML table is kept"
+    assert settings.sources["agent"].tag == "ai.chat"
+
+
+def test_bad_environment_value_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGFERRY_SHUTDOWN_TIMEOUT", "-1")
+    with pytest.raises(ConfigError, match="shutdown_timeout"):
+        load(tmp_path, BASE)
+
+
+def test_drop_ins_merge_in_name_order_later_wins(tmp_path: Path) -> None:
+    main = write(tmp_path, BASE)
+    write(tmp_path, "[outputs.debug.buffer]\ntimekey = 120\nflush_interval = 9.0\n", "conf.d/20-buffer.toml")
+    write(tmp_path, "[outputs.debug.buffer]\ntimekey = 300\n", "conf.d/30-later.toml")
+    write(tmp_path, "[outputs.debug.buffer]\ntimekey = 7\nworkers = 3\n", "conf.d/10-first.toml")
+    write(tmp_path, "this is not toml at all [", "conf.d/ignored.txt")
+
+    settings = load_settings(main)
+
+    buffer = debug_output(settings).buffer
+    assert buffer.timekey == 300, "30-later.toml is read last"
+    assert buffer.flush_interval == 9.0 and buffer.workers == 3, "tables merge key by key"
+    assert debug_output(settings).path == "/out/%Y%m%d.jsonl"
+
+
+def test_drop_in_can_add_an_output(tmp_path: Path) -> None:
+    main = write(tmp_path, BASE)
+    write(tmp_path, '[outputs.more]\ntype = "file"\npath = "/more.jsonl"\n', "conf.d/50-more.toml")
+    assert sorted(load_settings(main).outputs) == ["debug", "more"]
+
+
+def test_example_config_validates(tmp_path: Path) -> None:
+    example = REPO / "config.example.toml"
+    if not example.exists():
+        pytest.skip("config.example.toml is not in the repository yet")
+    settings = load_settings(example, conf_d=tmp_path / "no-drop-ins")
+    assert settings.sources and settings.outputs

@@ -1,0 +1,234 @@
+"""RecordProcessor: bytes kept as written, added fields, dead letters with their offsets, time grouping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.clock import FakeClock
+from pipeline.config import EnrichConfig
+from pipeline.sources.base import LineBatch
+from pipeline.transforms.enrich import iso_millis
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor
+
+WALL = 1_795_000_000.0
+HOUR = 3600
+NOW_KEY = int(WALL) // HOUR * HOUR
+ADDED = {"hostname": "host-1", "ingested_at": iso_millis(WALL), "tag": "ai.chat"}
+
+
+def processor(clock: FakeClock | None = None, widths: set[int] | None = None) -> RecordProcessor:
+    enrich = EnrichConfig(hostname="host-1", tag_key="tag")
+    return RecordProcessor(enrich, widths or {HOUR}, clock or FakeClock(WALL))
+
+
+def batch(data: bytes, start: int = 1000) -> LineBatch:
+    return LineBatch("agent", "ai.chat", "7:42", "/logs/agent.jsonl", start, start + len(data), data, None)
+
+
+def records(result: ProcessedBatch, width: int = HOUR) -> list[tuple[int, bytes, int]]:
+    """(timekey, line, source offset) of every record, in window then source order."""
+    return [
+        (key, line, offset)
+        for key, group in sorted(result.groups[width].items())
+        for line, offset in zip(group.lines, group.offsets, strict=True)
+    ]
+
+
+def test_valid_lines_are_spliced_keeping_their_bytes() -> None:
+    line = b'{"prompt": "hi",  "tokens" : 12, "nested": {"x": [1, 2.50]}}'
+    result = processor().process(batch(line + b"\n"))
+
+    ((key, out, offset),) = records(result)
+    assert out.startswith(line[:-1]) and out.endswith(b"}\n"), "the line's own bytes are not re-serialised"
+    assert out == line[:-1] + b"," + orjson.dumps(ADDED)[1:] + b"\n"
+    assert orjson.loads(out) == {**orjson.loads(line), **ADDED}
+    assert (key, offset, result.records, result.dead) == (NOW_KEY, 1000, 1, [])
+
+
+def test_added_key_already_present_is_reserialised_with_the_added_value_winning() -> None:
+    line = b'{"hostname":"spoofed","tag":"mine","msg":"x"}'
+    result = processor().process(batch(line + b"\n"))
+
+    ((_, out, _),) = records(result)
+    parsed = orjson.loads(out)
+    assert parsed == {"hostname": "host-1", "tag": "ai.chat", "msg": "x", "ingested_at": ADDED["ingested_at"]}
+    assert out.count(b'"hostname"') == 1 and out.endswith(b"\n")
+
+
+def test_empty_object_gets_the_added_fields() -> None:
+    result = processor().process(batch(b"{}\n"))
+    ((_, out, _),) = records(result)
+    assert orjson.loads(out) == ADDED
+
+
+def test_trailing_whitespace_after_the_brace_still_gives_valid_json() -> None:
+    result = processor().process(batch(b'{"a":1}  \r\n'))
+    ((_, out, _),) = records(result)
+    assert orjson.loads(out) == {"a": 1, **ADDED}
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (b'{"a": 1', "invalid JSON"),
+        (b'{"text": "caf\xe9"}', "invalid UTF-8"),
+        (b"[1, 2, 3]", "not a JSON object"),
+        (b'"just a string"', "not a JSON object"),
+        (b'{"score": NaN}', "invalid JSON"),
+        (b"", "empty line"),
+        (b"   \t", "empty line"),
+    ],
+)
+def test_bad_line_becomes_one_dead_entry_and_neighbours_are_kept(bad: bytes, reason: str) -> None:
+    good1, good2 = b'{"n":1}', b'{"n":2}'
+    data = good1 + b"\n" + bad + b"\n" + good2 + b"\n"
+
+    result = processor().process(batch(data, start=500))
+
+    (entry,) = result.dead
+    assert entry["reason"].startswith(reason)
+    assert entry["source"] == "agent" and entry["path"] == "/logs/agent.jsonl"
+    assert entry["offset"] == 500 + len(good1) + 1
+    assert entry["id"] == f"agent:7:42:{entry['offset']}"
+    assert entry["length"] == len(bad)
+    if reason == "invalid UTF-8":
+        assert "line_base64" in entry
+    else:
+        assert entry["line"] == bad.decode()
+    got = records(result)
+    assert [orjson.loads(line)["n"] for _, line, _ in got] == [1, 2]
+    assert [offset for _, _, offset in got] == [500, 500 + len(good1) + 1 + len(bad) + 1]
+    assert result.records == 2
+
+
+def test_dead_entries_from_the_source_are_kept() -> None:
+    item = batch(b'{"a":1}\n')
+    item.dead.append({"reason": "line longer than max_line_bytes (99 bytes)", "offset": 3})
+    result = processor().process(item)
+    assert result.dead == [{"reason": "line longer than max_line_bytes (99 bytes)", "offset": 3}]
+
+
+def test_batch_with_no_lines() -> None:
+    result = processor().process(batch(b""))
+    assert result.records == 0 and result.groups == {HOUR: {}} and result.dead == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_key"),
+    [
+        (1_700_000_123.75, 1_700_000_123 // HOUR * HOUR),
+        (1_700_000_123, 1_700_000_123 // HOUR * HOUR),
+        ("2023-11-14T22:15:23Z", 1_700_000_123 // HOUR * HOUR),
+        ("2023-11-14T23:15:23+01:00", 1_700_000_123 // HOUR * HOUR),
+        ("2023-11-14T22:15:23.5", 1_700_000_123 // HOUR * HOUR),  # naive means UTC
+        (None, NOW_KEY),
+        ("not a time", NOW_KEY),
+        (True, NOW_KEY),
+        ({"nested": 1}, NOW_KEY),
+        (-5, NOW_KEY),
+        (1e300, NOW_KEY),
+    ],
+)
+def test_event_time_decides_the_window(value: Any, expected_key: int) -> None:
+    line = orjson.dumps({"timestamp": value, "msg": "x"})
+    result = processor().process(batch(line + b"\n"))
+    assert list(result.groups[HOUR]) == [expected_key]
+
+
+def test_absent_time_key_uses_the_clock() -> None:
+    clock = FakeClock(WALL)
+    clock.advance(2 * HOUR)
+    result = processor(clock).process(batch(b'{"msg":"no time"}\n'))
+    assert list(result.groups[HOUR]) == [NOW_KEY + 2 * HOUR]
+
+
+@pytest.mark.parametrize("value", ["1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "9999-12-31T23:00:00-14:00"])
+def test_iso_time_outside_the_usable_range_falls_back_like_a_number(value: str) -> None:
+    """Go's zero time ("0001-01-01T00:00:00Z") is common in agent logs; -1 or > MAX_EPOCH as numbers fall back."""
+    line = orjson.dumps({"timestamp": value})
+    result = processor().process(batch(line + b"\n"))
+    assert list(result.groups[HOUR]) == [NOW_KEY]
+
+
+def test_records_spanning_two_hours_split_into_two_groups() -> None:
+    t0 = NOW_KEY + HOUR - 2  # two seconds before the next window
+    lines = [orjson.dumps({"timestamp": t0 + i, "i": i}) for i in range(4)]
+    data = b"".join(line + b"\n" for line in lines)
+
+    result = processor().process(batch(data, start=0))
+
+    groups = result.groups[HOUR]
+    assert sorted(groups) == [NOW_KEY, NOW_KEY + HOUR]
+    assert [orjson.loads(x)["i"] for x in groups[NOW_KEY].lines] == [0, 1]
+    assert [orjson.loads(x)["i"] for x in groups[NOW_KEY + HOUR].lines] == [2, 3]
+    starts = [sum(len(x) + 1 for x in lines[:i]) for i in range(4)]
+    assert groups[NOW_KEY].offsets == starts[:2] and groups[NOW_KEY + HOUR].offsets == starts[2:]
+
+
+def test_every_width_gets_its_own_grouping() -> None:
+    t = NOW_KEY + 120
+    result = processor(widths={60, HOUR}).process(batch(orjson.dumps({"timestamp": t}) + b"\n"))
+    assert list(result.groups[60]) == [t] and list(result.groups[HOUR]) == [NOW_KEY]
+
+
+# -- properties ------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+json_objects = st.dictionaries(
+    st.sampled_from(["timestamp", "hostname", "tag", "msg", "a", ""]) | st.text(max_size=10),
+    json_values,
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_objects, max_size=5))
+def test_any_json_object_becomes_a_record_with_the_added_fields(objects: list[dict[str, Any]]) -> None:
+    lines = [orjson.dumps(obj) for obj in objects]
+    result = processor().process(batch(b"".join(line + b"\n" for line in lines), start=0))
+
+    assert result.dead == [] and result.records == len(objects)
+    got = sorted(records(result), key=lambda item: item[2])
+    starts = [sum(len(x) + 1 for x in lines[:i]) for i in range(len(lines))]
+    assert [offset for _, _, offset in got] == starts
+    for (_, out, _), obj in zip(got, objects, strict=True):
+        assert out.endswith(b"\n") and out.count(b"\n") == 1
+        assert orjson.loads(out) == {**obj, **ADDED}
+
+
+any_line = st.one_of(
+    st.binary(max_size=40),
+    json_objects.map(orjson.dumps),
+    st.tuples(json_objects.map(orjson.dumps), st.integers(0, 30)).map(lambda t: t[0][: t[1]]),  # cut short
+    st.tuples(json_objects.map(orjson.dumps), st.binary(max_size=4)).map(lambda t: t[0] + t[1]),  # trailing bytes
+).map(lambda line: line.replace(b"\n", b""))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(any_line, max_size=8))
+def test_any_bytes_become_a_record_or_a_dead_entry(lines: list[bytes]) -> None:
+    data = b"".join(line + b"\n" for line in lines)
+
+    result = processor().process(batch(data, start=0))
+
+    got = records(result)
+    assert result.records == len(got)
+    assert len(got) + len(result.dead) == len(lines)
+    starts = [sum(len(x) + 1 for x in lines[:i]) for i in range(len(lines))]
+    seen = sorted([offset for _, _, offset in got] + [entry["offset"] for entry in result.dead])
+    assert seen == starts, "every line is accounted for exactly once, at its own offset"
+    for _, out, _ in got:
+        assert orjson.loads(out).items() >= ADDED.items()

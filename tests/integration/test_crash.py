@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import pytest
 
@@ -12,6 +13,10 @@ from tests.support.daemon import Ledger, wait_for
 from tests.support.writer import AgentWriter
 
 pytestmark = pytest.mark.integration
+
+
+def delivered_at_least(layout, count: int) -> bool:
+    return len(layout.records()) >= count
 
 
 def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(layout, daemon_factory):
@@ -26,7 +31,7 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(layout, da
     total = backlog + live
     for kill_at in sorted(rng.sample(range(1000, total - 1000), 3)):
         daemon = new_daemon(layout, daemon_factory).start()
-        wait_for(lambda k=kill_at: len(layout.records()) >= k, what=f"{kill_at} records before the kill")
+        wait_for(partial(delivered_at_least, layout, kill_at), what=f"{kill_at} records before the kill")
         daemon.kill()
     writer.join(60)
     assert writer.error is None

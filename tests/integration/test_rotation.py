@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from functools import partial
 
 import pytest
 
@@ -34,7 +35,7 @@ def rotate_while_writing(layout, daemon_factory, options: str, reopen: bool, mar
         writer = AgentWriter(layout.logs / "agent.log", COUNT, reopen=reopen)
         writer.start()
         for mark in marks:
-            wait_for(lambda m=mark: writer.written >= m, what=f"writer at {mark}")
+            wait_for(partial(written_at_least, writer, mark), what=f"writer at {mark}")
             logrotate(layout, options)
             rotated_at.append(writer.written)
         writer.join(60)
@@ -45,6 +46,10 @@ def rotate_while_writing(layout, daemon_factory, options: str, reopen: bool, mar
             lambda: len(layout.records()) >= COUNT - 400 and daemon_idle(layout), timeout=30, what="catch-up")
         assert daemon.stop() == 0
     return Ledger.compare(expected, layout.records()), rotated_at
+
+
+def written_at_least(writer: AgentWriter, count: int) -> bool:
+    return writer.written >= count
 
 
 def daemon_idle(layout) -> bool:

@@ -114,12 +114,12 @@ class Daemon:
     def start(self) -> Daemon:
         """Start in the background; output goes to ``log_path`` (appended across restarts)."""
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
+            proc = self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "run", "-c", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
-        wait_for(lambda: "logferry running" in self.log() or self.proc.poll() is not None, 30, what="daemon start")
-        assert self.proc.poll() is None, f"daemon exited at start:\n{self.log()}"
+        wait_for(lambda: "logferry running" in self.log() or proc.poll() is not None, 30, what="daemon start")
+        assert proc.poll() is None, f"daemon exited at start:\n{self.log()}"
         return self
 
     def log(self) -> str:
@@ -167,7 +167,7 @@ class Ledger:
     def compare(cls, expected: Iterable[str], records: Iterable[dict[str, Any]]) -> Ledger:
         """Match arrived records against expected ids."""
         want = set(expected)
-        counts = Counter(r.get("request_id") for r in records)
+        counts = Counter(str(r.get("request_id")) for r in records)
         return cls(
             lost=want - set(counts),
             duplicated={k: n for k, n in counts.items() if n > 1},

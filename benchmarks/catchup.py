@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Backlog catch-up: the whole workload already in the file, daemon started, time until
+every record is in the file output; next to the floor measured in the same run.
+
+  .venv/bin/python benchmarks/catchup.py                      # 100,000 typical records
+  .venv/bin/python benchmarks/catchup.py --records 1000000 --max-chars 300   # small records
+  .venv/bin/python benchmarks/catchup.py --shared-workload   # ../shared/bench/gen_interactions.py
+
+Prints a table and writes benchmarks/results/catchup-<workload>.json. Medians of --runs
+alternating runs (floor, daemon, floor, daemon, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "bench"
+sys.path.insert(0, str(REPO))
+
+from pipeline import generator  # noqa: E402
+
+
+def make_workload(path: Path, records: int, max_chars: int, shared: bool) -> None:
+    if shared:
+        subprocess.run([sys.executable, str(SHARED / "gen_interactions.py"), "--records", str(records),
+                        "--max-chars", str(max_chars), "--out", str(path)], check=True)
+    else:
+        generator.write(str(path), records, max_chars=max_chars)
+
+
+def run_floor(workload: Path, out: Path) -> dict[str, float]:
+    floor = SHARED / "floor.py" if (SHARED / "floor.py").exists() else REPO / "benchmarks" / "floor.py"
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    ru0 = os.times()
+    text = subprocess.run([sys.executable, str(floor), str(workload), str(out)], check=True, capture_output=True,
+                          text=True).stdout
+    ru1 = os.times()
+    fields = dict(re.findall(r"(\w+)=([\d.]+)", text))
+    return {"seconds": float(fields["seconds"]), "cpu_s": (ru1.children_user + ru1.children_system)
+            - (ru0.children_user + ru0.children_system), "wall_with_startup": time.perf_counter() - start}
+
+
+def daemon_config(root: Path, workload: Path) -> Path:
+    config = root / "logferry.toml"
+    config.write_text(f"""
+state_dir = "{root / 'state'}"
+[sources.agent]
+type = "tail"
+paths = ["{workload}"]
+tag = "ai.interactions"
+[outputs.debug]
+type = "file"
+path = "{root / 'out' / '%Y%m%d-%H.jsonl'}"
+[outputs.debug.buffer]
+flush_interval = 0.2
+total_limit_bytes = 268435456
+""")
+    return config
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds and peak RSS (bytes) of a live process."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(stat[11]) + int(stat[12])) / ticks
+    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return cpu, int(hwm.group(1)) * 1024 if hwm else 0
+
+
+def caught_up(root: Path, size: int) -> bool:
+    positions = root / "state" / "positions.json"
+    buffer = root / "state" / "buffer" / "debug"
+    if not positions.exists():
+        return False
+    files = orjson.loads(positions.read_bytes())["files"]
+    if not files or files[0]["offset"] < size:
+        return False
+    return not any(p.suffix in (".staged", ".queued") for p in buffer.iterdir())
+
+
+def run_daemon(root: Path, workload: Path) -> dict[str, float]:
+    shutil.rmtree(root / "state", ignore_errors=True)
+    shutil.rmtree(root / "out", ignore_errors=True)
+    config = daemon_config(root, workload)
+    size = workload.stat().st_size
+    log = (root / "daemon.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-c", str(config)], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=REPO)
+    start = time.perf_counter()
+    while b"logferry running" not in (root / "daemon.log").read_bytes():
+        time.sleep(0.005)
+    ready = time.perf_counter()
+    cpu_ready, _ = proc_stats(proc.pid)
+    while not caught_up(root, size):
+        time.sleep(0.01)
+    done = time.perf_counter()
+    cpu, rss = proc_stats(proc.pid)
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+    return {"seconds": done - ready, "cpu_s": cpu - cpu_ready, "peak_rss_mb": rss / 1e6,
+            "wall_with_startup": done - start}
+
+
+def count_lines(directory: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in directory.iterdir())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--max-chars", type=int, default=65536)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--shared-workload", action="store_true", help="generate with ../shared/bench")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    workload = root / "agent.log"
+    workload.unlink(missing_ok=True)
+    make_workload(workload, args.records, args.max_chars, args.shared_workload)
+    size = workload.stat().st_size
+    floors, daemons = [], []
+    for _ in range(args.runs):
+        floors.append(run_floor(workload, root / "floor.out"))
+        daemons.append(run_daemon(root, workload))
+        delivered = count_lines(root / "out")
+        assert delivered == args.records, f"daemon delivered {delivered} of {args.records}"
+    report = summarize(args, size, floors, daemons)
+    print_table(report)
+    results = REPO / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    name = f"catchup-{args.records}-{args.max_chars}.json"
+    (results / name).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]],
+              daemons: list[dict[str, float]]) -> dict[str, Any]:
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    floor_s, daemon_s = med(floors, "seconds"), med(daemons, "seconds")
+    return {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "python": platform.python_version(), "records": args.records, "bytes": size,
+        "workload": "shared gen_interactions.py" if args.shared_workload else "pipeline.generator",
+        "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6,
+                  "cpu_s": med(floors, "cpu_s"), "runs": floors},
+        "logferry": {"records_per_s": args.records / daemon_s, "mb_per_s": size / daemon_s / 1e6,
+                     "cpu_s": med(daemons, "cpu_s"), "peak_rss_mb": max(d["peak_rss_mb"] for d in daemons),
+                     "runs": daemons},
+        "ratio_to_floor": floor_s / daemon_s,
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']}, {r['date']}")
+    print(f"{'':10} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9}")
+    for name in ("floor", "logferry"):
+        row = r[name]
+        rss = f"{row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else "-"
+        print(f"{name:10} {row['records_per_s']:>10.0f} {row['mb_per_s']:>8.1f} {row['cpu_s']:>7.2f} {rss:>9}")
+    print(f"logferry / floor: {r['ratio_to_floor']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -75,6 +75,8 @@ class TailSource:
         self._last_discovery: float | None = None
         self._forgotten: set[str] = set()
         self._copied: dict[tuple[str, int], int] = {}
+        self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
+        self._waiting: set[str] = set()
 
     def stop(self) -> None:
         """Finish the current step and return from ``run``."""
@@ -207,12 +209,12 @@ class TailSource:
         for key, tf in self.files.items():
             self._update_tracked(tf, matched.get(key))
         for key, path in matched.items():
-            if key not in self.files:
+            if key not in self.files and not self._parked_unchanged(key, path):
                 self._open(key, path, at_start)
         saved = {p.key: p for p in self.positions.for_source(self.name)}
         directories = {os.path.dirname(p) for p in matched.values()} | {os.path.dirname(p.path) for p in saved.values()}
         listing = list_directories(directories)
-        self._finish_saved(saved, listing)
+        self._finish_saved(saved, listing, matched)
         if since is not None:
             names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
             self._catch_unseen(listing, saved, names, since)
@@ -227,10 +229,12 @@ class TailSource:
             self._check_replaced(tf)
         self._dirty.add(tf.key)
 
-    def _finish_saved(self, saved: dict[str, FilePosition], listing: dict[str, FoundFile]) -> None:
+    def _finish_saved(
+        self, saved: dict[str, FilePosition], listing: dict[str, FoundFile], matched: dict[str, str]
+    ) -> None:
         """Saved positions of files no glob matches: resume what grew, drop what is gone."""
         for key, pos in saved.items():
-            if key in self.files:
+            if key in self.files or key in matched:
                 continue
             found = listing.get(key)
             if found is None:
@@ -273,8 +277,10 @@ class TailSource:
         tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
 
     def _open(self, key: str, path: str, at_start: bool, rotated: bool = False, offset: int | None = None) -> None:
-        if len(self.files) >= self.config.max_open_files:
-            log.warning("max_open_files reached source=%s: %s waits for a free descriptor", self.name, path)
+        if len(self.files) >= self.config.max_open_files and not self._park_idlest():
+            if path not in self._waiting:
+                self._waiting.add(path)
+                log.warning("max_open_files reached source=%s: %s waits for a free descriptor", self.name, path)
             return
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -284,6 +290,7 @@ class TailSource:
         except OSError:
             return  # gone between listing and open; the next rescan decides
         self._unreadable.discard(path)
+        self._waiting.discard(path)
         tf = TailedFile(self.name, key, path, fd, 0, rotated=rotated)
         tf.offset = self._start_offset(tf, at_start) if offset is None else offset
         tf.refresh_fingerprint()
@@ -295,8 +302,11 @@ class TailSource:
 
     def _start_offset(self, tf: TailedFile, at_start: bool) -> int:
         """Where to start reading a newly opened file."""
-        saved = self.positions.get(self.name, tf.key)
         size = os.fstat(tf.fd).st_size
+        parked = self._parked.pop(tf.key, None)
+        if parked is not None and parked.offset <= size and tf.matches(parked.fingerprint, parked.fp_len):
+            return parked.offset  # the read position, which may be ahead of the committed one
+        saved = self.positions.get(self.name, tf.key)
         if saved is not None:
             if saved.offset <= size and tf.matches(saved.fingerprint, saved.fp_len):
                 return saved.offset
@@ -305,6 +315,27 @@ class TailSource:
         if at_start and self.first_start and not self.config.read_from_head:
             return _last_line_end(tf.fd, size)
         return 0
+
+    def _park_idlest(self) -> bool:
+        """Close the file idle longest (at its end, still at its path) to free a descriptor."""
+        idle = [tf for tf in self.files.values() if not tf.rotated and tf.idle_since is not None and not tf.oversized]
+        if not idle:
+            return False
+        tf = min(idle, key=lambda t: t.idle_since or 0.0)
+        self._parked[tf.key] = tf.position(tf.offset)
+        tf.close()
+        del self.files[tf.key]
+        self._dirty.discard(tf.key)
+        return True
+
+    def _parked_unchanged(self, key: str, path: str) -> bool:
+        parked = self._parked.get(key)
+        if parked is None:
+            return False
+        try:
+            return os.stat(path).st_size == parked.offset
+        except OSError:
+            return False
 
     def _report_unreadable(self, path: str) -> None:
         if path in self._unreadable:

@@ -25,7 +25,7 @@ from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.transforms.records import ProcessedBatch
 
 log = logging.getLogger("logferry.committer")
-MAX_BATCHES_PER_COMMIT = 32
+MAX_BATCHES_PER_COMMIT = 8
 COMMIT_RETRY_MAX = 30.0
 
 

@@ -152,3 +152,30 @@ def test_oversized_line_goes_to_dead_letters_whole(layout, daemon_factory):
     assert entry["reason"].startswith("line longer than max_line_bytes")
     assert Path(entry["blob"]).read_bytes() == big[:-1]
     assert os.path.getsize(entry["blob"]) == entry["length"]
+
+
+def test_the_client_hook_is_shipped_end_to_end(layout, daemon_factory):
+    from datetime import UTC, datetime
+
+    from pipeline import client
+
+    layout.write_config()
+    ids = []
+    with client.InteractionLogger(layout.logs / "agent.log") as hook:
+        ids.append(hook.log_interaction("What is 2+2?", "4", "gpt-4o", tokens=12, latency_ms=350.0, user_id="u-17"))
+        ids.append(hook.log_interaction("odd values", {"when": datetime(2026, 11, 27, tzinfo=UTC), "raw": b"\xff"},
+                                        "claude-sonnet-4"))
+        with client.timed("gpt-4o-mini", input="hello", logger=hook) as t:
+            t.output = "hi"
+        ids.append(t.request_id)
+    assert hook.errors == 0
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: len(layout.records()) >= 3, what="3 records from the hook")
+        daemon.stop()
+    records = {r["request_id"]: r for r in layout.records()}
+    assert set(records) == set(ids)
+    first = records[ids[0]]
+    assert (first["input"], first["output"], first["model"], first["tokens"]) == ("What is 2+2?", "4", "gpt-4o", 12)
+    assert first["user_id"] == "u-17" and first["hostname"] == socket.gethostname()
+    assert records[ids[2]]["latency_ms"] > 0
+    assert layout.dead_letters() == []

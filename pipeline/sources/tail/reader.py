@@ -66,8 +66,8 @@ class TailedFile:
             self.fp, self.fp_len = fingerprint(self.fd, FP_BYTES)
 
     def matches(self, fp: str, fp_len: int) -> bool:
-        """Whether the file still starts with the bytes a fingerprint was taken of."""
-        return fingerprint(self.fd, fp_len) == (fp, fp_len)
+        """Whether the file still starts with the bytes a fingerprint was taken of (none: yes)."""
+        return fp_len == 0 or fingerprint(self.fd, fp_len) == (fp, fp_len)
 
     def close(self) -> None:
         """Release the descriptor."""

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=2.0, help="records per second")
     demo.add_argument("--count", type=int, default=0, help="stop after this many (0: run until interrupted)")
     demo.set_defaults(func=_demo)
+    status = sub.add_parser("status", help="summarise lag, buffers and errors (exit 1: unhealthy, 3: not running)")
+    _config_args(status)
+    status.set_defaults(func=_status)
     replay = sub.add_parser("replay", help="put an output's set-aside chunks back in its queue (daemon stopped)")
     _config_args(replay)
     replay.add_argument("output")
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, reload=None if args.dev else lambda: _settings(args)))
     return 0
 
 
@@ -122,6 +125,19 @@ def _demo(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 break
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipeline.runtime import status
+
+    settings = _settings(args)
+    address = status.endpoint(settings)
+    snapshot = status.fetch(address) if address else None
+    if snapshot is None:
+        print(status.render_stopped(settings, address))
+        return 3
+    print(status.render_running(snapshot))
+    return 0 if snapshot["healthy"] else 1
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -76,6 +76,23 @@ OutputConfig = Annotated[
 _COMPONENT_TYPES = {"tail", "file", "elasticsearch", "s3"}
 
 
+class HealthConfig(Component):
+    """``[health]``: the HTTP endpoint (metrics, health, status) and what counts as unhealthy."""
+
+    listen: str = Field("127.0.0.1:9428", description="host:port for /metrics, /health, /status; empty: off.")
+    output_failing_after: float = Field(300.0, gt=0, description="Unhealthy: an output failing this long.")
+    buffer_high_water: float = Field(0.9, gt=0, le=1, description="Unhealthy: a buffer this full.")
+    stall_after: float = Field(60.0, gt=0, description="Unhealthy: a file growing while its position is stuck.")
+    check_interval: float = Field(5.0, gt=0, description="Seconds between health checks (and their log lines).")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9428")
+        return value
+
+
 class Settings(BaseSettings):
     """The whole daemon's configuration, validated once at load time."""
 
@@ -88,6 +105,7 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(10.0, gt=0, description="Deadline for a clean stop, seconds.")
     flush_at_shutdown: bool = Field(False, description="Try to deliver staged chunks before exiting.")
     enrich: EnrichConfig = Field(default_factory=EnrichConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     sources: dict[str, SourceConfig] = Field(min_length=1)
     outputs: dict[str, OutputConfig] = Field(min_length=1)
 

@@ -41,6 +41,7 @@ class Flusher:
         self.clock = clock
         self.stats = OutputStats()
         self.retries: dict[str, RetryState] = {}
+        self.failing_since: float | None = None  # monotonic time of the first failure since a success
         self._resume_at = 0.0
 
     async def run(self) -> None:
@@ -83,6 +84,7 @@ class Flusher:
         self.stats.delivered_chunks += 1
         self.stats.delivered_records += chunk.records
         self.stats.last_success = self.clock.time()
+        self.failing_since = None
 
     def _state(self, chunk: Chunk) -> RetryState:
         return self.retries.setdefault(chunk.chunk_id, RetryState(first_failure=self.clock.monotonic()))
@@ -92,6 +94,8 @@ class Flusher:
         state.attempts += 1
         state.last_error = f"{type(exc).__name__}: {exc}"
         self.stats.failed_attempts += 1
+        if self.failing_since is None:
+            self.failing_since = self.clock.monotonic()
         self.stats.last_error, self.stats.last_error_time = state.last_error, self.clock.time()
         if exhausted(self.config, state, self.clock.monotonic()):
             self._set_aside(chunk, state, f"retries exhausted after {state.attempts} attempts: {state.last_error}")

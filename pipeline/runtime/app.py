@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pipeline.clock import Clock, SystemClock
 from pipeline.config import Settings
+from pipeline.errors import LogferryError
 from pipeline.runtime.committer import END, Committer, EndOfInput
+from pipeline.runtime.health import Observer
+from pipeline.runtime.http import serve_http
 from pipeline.runtime.signals import SignalIntents
+from pipeline.runtime.systemd import Notifier
 from pipeline.runtime.topology import Topology, build
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
@@ -44,11 +49,13 @@ async def process_loop(
 class Daemon:
     """The running pipeline."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier({})
         self.topology: Topology | None = None
         self.committer: Committer | None = None
+        self.observer: Observer | None = None
 
     async def run(self, stop: asyncio.Event, quit_now: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set, then stop in order (``quit_now`` skips the waiting)."""
@@ -71,11 +78,17 @@ class Daemon:
             committing = tasks.create_task(committer.run(), name="committer")
             processing = tasks.create_task(process_loop(topo.processor, raw, processed), name="processor")
             reading = [tasks.create_task(s.run(raw.put), name=f"source:{s.name}") for s in topo.sources]
+            observer = self.observer = Observer(topo, committer, self.settings.health, self.clock.monotonic)
+            watching = [tasks.create_task(self._monitor(observer), name="monitor")]
+            if self.settings.health.listen:
+                watching.append(tasks.create_task(self._serve_http(observer), name="http"))
             log.info("logferry running sources=%s outputs=%s", len(reading), len(flushers))
+            self.notifier.ready(f"running: {len(reading)} sources, {len(flushers)} outputs")
             await stop.wait()
+            self.notifier.stopping()
             stopping = self._stop(topo, raw, reading, committing)
             await _until(stopping, quit_now, self.settings.shutdown_timeout, "stop")
-            for task in [*reading, processing, committing, *flushers]:
+            for task in [*reading, processing, committing, *flushers, *watching]:
                 task.cancel()
         for output in topo.outputs.values():
             await output.close()
@@ -97,6 +110,28 @@ class Daemon:
         await committing
         if self.settings.flush_at_shutdown:
             await asyncio.gather(*(b.wait_drained() for b in topo.buffers.values()))
+
+    async def _monitor(self, observer: Observer) -> None:
+        """Log health changes, tell systemd our status, and ping its watchdog unless a tail is stalled."""
+        every = self.settings.health.check_interval
+        interval = min(every, self.notifier.watchdog_interval or every)
+        reported: set[str] = set()
+        while True:
+            snapshot = observer.snapshot()
+            for problem in set(snapshot["problems"]) - reported:
+                log.error("unhealthy: %s", problem)
+            reported = set(snapshot["problems"])
+            self.notifier.status(status_line(snapshot))
+            if not observer.stalled(snapshot):
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _serve_http(self, observer: Observer) -> None:
+        try:
+            await serve_http(self.settings.health.listen, observer.snapshot, self.settings.state_dir / "http.address")
+        except OSError as exc:
+            # Shipping logs matters more than the status endpoint: keep running, say so loudly.
+            log.error("status endpoint %s unavailable: %s", self.settings.health.listen, exc)
 
     def _log_stragglers(self, topo: Topology) -> None:
         for name, buffer in topo.buffers.items():
@@ -122,13 +157,77 @@ async def _until(work: Awaitable[None], quit_now: asyncio.Event, deadline: float
                 await pending
 
 
-async def serve(settings: Settings) -> None:
-    """Run the daemon with signal handling until SIGTERM/SIGINT."""
-    daemon = Daemon(settings)
-    intents = SignalIntents(on_flush=lambda: daemon.committer.request_flush() if daemon.committer else None)
+def status_line(snapshot: dict[str, Any]) -> str:
+    """One line for `systemctl status`."""
+    outputs = ", ".join(f"{n}: {o['delivered_records']} delivered, {o['chunks']} buffered"
+                        for n, o in snapshot["outputs"].items())
+    state = "healthy" if snapshot["healthy"] else f"UNHEALTHY ({len(snapshot['problems'])} problems)"
+    return f"{state}; {outputs}"
+
+
+async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT; on SIGHUP apply a new valid config (an invalid one is refused).
+
+    A reload is a clean stop of the running pipeline followed by a start with the new
+    settings, in the same process: buffers and positions are on disk, so nothing read or
+    buffered is lost, and the new config is validated before the old pipeline stops.
+    """
+    notifier = Notifier()
+    current: list[Daemon] = []
+    intents = SignalIntents(on_flush=lambda: current[-1].committer.request_flush()
+                            if current and current[-1].committer else None)
     intents.install()
     try:
-        await daemon.run(intents.stop, intents.quit)
+        while True:
+            daemon = Daemon(settings, notifier=notifier)
+            current.append(daemon)
+            new = await _run_until_stop_or_reload(daemon, intents, reload)
+            if new is None:
+                break
+            settings = new
+            notifier.send("RELOADING=1")
+            log.info("configuration reloaded: restarting the pipeline with the new settings")
     finally:
         intents.remove()
     log.info("logferry stopped")
+
+
+async def _run_until_stop_or_reload(
+    daemon: Daemon, intents: SignalIntents, reload: Callable[[], Settings] | None
+) -> Settings | None:
+    """Run one pipeline; return new settings after a valid reload request, None after a stop."""
+    halt = asyncio.Event()
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(daemon.run(halt, intents.quit), name="pipeline")
+        while True:
+            await _first(intents.stop.wait(), intents.reload.wait(), asyncio.shield(running))
+            if running.done() or intents.stop.is_set():
+                halt.set()
+                return None
+            intents.reload.clear()
+            new = await _load_new(reload)
+            if new is not None:
+                halt.set()
+                await running
+                return new
+
+
+async def _load_new(reload: Callable[[], Settings] | None) -> Settings | None:
+    if reload is None:
+        log.warning("SIGHUP: this run has no configuration file to reload (--dev); ignored")
+        return None
+    try:
+        return await asyncio.to_thread(reload)
+    except LogferryError as exc:
+        log.error("SIGHUP: new configuration refused, the running one stays: %s", exc)
+        return None
+
+
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of ``waits`` completes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

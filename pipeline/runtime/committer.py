@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.buffer import frame
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
@@ -45,6 +46,8 @@ class CommitterStats:
     records: int = 0
     dead_lines: int = 0
     failed_commits: int = 0
+    records_by_source: Counter[str] = field(default_factory=Counter)
+    dead_by_source: Counter[str] = field(default_factory=Counter)
 
 
 class Committer:
@@ -126,6 +129,8 @@ class Committer:
         updates: dict[tuple[str, str], FilePosition | None] = {}
         for item in batches:
             self._stage(plan, seq, item)
+            self.stats.records_by_source[item.batch.source] += item.records
+            self.stats.dead_by_source[item.batch.source] += len(item.dead)
             for entry in item.dead:
                 self.dead_letters.add(entry)
             batch = item.batch

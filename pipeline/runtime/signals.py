@@ -11,11 +11,12 @@ log = logging.getLogger("logferry.signals")
 
 
 class SignalIntents:
-    """SIGTERM/SIGINT → stop (a second SIGINT: stop now); SIGUSR1 → flush; SIGHUP → reload request."""
+    """SIGTERM/SIGINT → stop (a second one: stop now); SIGUSR1 → flush; SIGHUP → reload; SIGUSR2 → dump tasks."""
 
     def __init__(self, on_flush: Callable[[], None]) -> None:
         self.stop = asyncio.Event()
         self.quit = asyncio.Event()
+        self.reload = asyncio.Event()
         self._on_flush = on_flush
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -47,7 +48,8 @@ class SignalIntents:
         self._on_flush()
 
     def _reload(self) -> None:
-        log.warning("SIGHUP: configuration reload is not supported yet; restart the service to apply changes")
+        log.info("SIGHUP: reloading the configuration")
+        self.reload.set()
 
 
 def dump_tasks() -> None:

@@ -74,8 +74,9 @@ class Layout:
     def write_config(self, buffer: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
                      output: dict[str, Any] | None = None, **top: Any) -> Path:
         """A tail → file pipeline over this layout; keyword arguments override defaults."""
+        health = {"listen": "127.0.0.1:0", **top.pop("health", {})}  # port 0: tests never collide
         doc: dict[str, Any] = {
-            "state_dir": self.state, "shutdown_timeout": 10.0, **top,
+            "state_dir": self.state, "shutdown_timeout": 10.0, **top, "health": health,
             "enrich": {"tag_key": "tag"},
             "sources": {"agent": {"type": "tail", "paths": [str(self.logs / "*.log")], "tag": "ai.interactions",
                                   "rescan_interval": 0.5, "rotate_wait": 1.0, **(source or {})}},
@@ -93,6 +94,18 @@ class Layout:
                 raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
                 found += [orjson.loads(line) for line in raw.splitlines() if line]
         return found
+
+    def http(self, path: str) -> tuple[int, bytes]:
+        """GET a path from the running daemon's status endpoint: (status code, body)."""
+        import urllib.error
+        import urllib.request
+
+        address = (self.state / "http.address").read_text().strip()
+        try:
+            with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """Entries of the record dead-letter store."""
@@ -113,12 +126,13 @@ class Daemon:
 
     def start(self) -> Daemon:
         """Start in the background; output goes to ``log_path`` (appended across restarts)."""
+        before = len(self.log())
         with self.log_path.open("ab") as log:
             proc = self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "run", "-c", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
-        wait_for(lambda: "logferry running" in self.log() or proc.poll() is not None, 30, what="daemon start")
+        wait_for(lambda: "logferry running" in self.log()[before:] or proc.poll() is not None, 30, what="daemon start")
         assert proc.poll() is None, f"daemon exited at start:\n{self.log()}"
         return self
 

@@ -78,6 +78,11 @@ class TailSource:
         self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
         self._waiting: set[str] = set()
 
+    @property
+    def unreadable(self) -> set[str]:
+        """Matched files the daemon's user cannot read (reported once each)."""
+        return set(self._unreadable)
+
     def stop(self) -> None:
         """Finish the current step and return from ``run``."""
         self._stop.set()

@@ -1,0 +1,101 @@
+"""What the daemon reports about itself: one snapshot, served as /status, /health and /metrics.
+
+Nothing here runs on the hot path: counters live where the work happens (committer,
+flushers, buffers) and are read when a snapshot is taken. The stall check remembers,
+per followed file, when its committed position last moved: a file that keeps growing
+while its position does not is the silent tail stall Fluentd users keep hitting, and
+it also withholds the systemd watchdog ping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import HealthConfig
+from pipeline.runtime.committer import Committer
+from pipeline.runtime.topology import Topology
+
+
+@dataclass
+class Progress:
+    """When a file's committed position last moved."""
+
+    offset: int
+    since: float
+
+
+@dataclass
+class Observer:
+    """Builds status snapshots of a running topology."""
+
+    topology: Topology
+    committer: Committer
+    config: HealthConfig
+    clock_mono: Callable[[], float]
+    progress: dict[tuple[str, str], Progress] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole status: sources with per-file lag, outputs with buffers and errors, problems."""
+        sources = {s.name: self._source(s.name) for s in self.topology.sources}
+        outputs = {name: self._output(name) for name in self.topology.flushers}
+        problems = [p for src in sources.values() for f in src["files"] if (p := f.get("problem"))]
+        problems += [o["problem"] for o in outputs.values() if o.get("problem")]
+        return {"healthy": not problems, "problems": problems, "sources": sources, "outputs": outputs,
+                "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines}
+
+    def stalled(self, snapshot: dict[str, Any]) -> bool:
+        """Whether any file is stalled (the watchdog ping is withheld then)."""
+        return any(f.get("stalled") for s in snapshot["sources"].values() for f in s["files"])
+
+    def _source(self, name: str) -> dict[str, Any]:
+        source = next(s for s in self.topology.sources if s.name == name)
+        files = []
+        for tf in list(source.files.values()):
+            saved = self.topology.positions.get(name, tf.key)
+            files.append(self._file(name, tf.key, tf.path, saved.offset if saved else 0, tf.fd))
+        stats = self.committer.stats
+        return {"tag": source.config.tag, "records": stats.records_by_source[name],
+                "dead_lines": stats.dead_by_source[name], "files": files,
+                "unreadable": sorted(source.unreadable)}
+
+    def _file(self, source: str, key: str, path: str, offset: int, fd: int) -> dict[str, Any]:
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            size = offset
+        now = self.clock_mono()
+        seen = self.progress.get((source, key))
+        if seen is None or seen.offset != offset or size <= offset:
+            seen = self.progress[(source, key)] = Progress(offset, now)
+        stalled = size > offset and now - seen.since >= self.config.stall_after
+        entry: dict[str, Any] = {"path": path, "size": size, "offset": offset, "lag_bytes": max(size - offset, 0),
+                                 "stalled": stalled}
+        if stalled:
+            entry["problem"] = f"{path}: grows but its position has not moved for {now - seen.since:.0f}s"
+        return entry
+
+    def _output(self, name: str) -> dict[str, Any]:
+        flusher, buffer = self.topology.flushers[name], self.topology.buffers[name]
+        stats = flusher.stats
+        entry: dict[str, Any] = {
+            "buffer_bytes": buffer.total_bytes, "buffer_limit_bytes": buffer.config.total_limit_bytes,
+            "chunks": buffer.pending_chunks(), "delivered_records": stats.delivered_records,
+            "delivered_chunks": stats.delivered_chunks, "failed_attempts": stats.failed_attempts,
+            "dead_chunks": stats.dead_chunks, "dropped_chunks": buffer.dropped_chunks,
+            "last_success": stats.last_success, "last_error": stats.last_error,
+            "last_error_time": stats.last_error_time,
+        }
+        problem = self._output_problem(name, entry, flusher.failing_since)
+        if problem:
+            entry["problem"] = problem
+        return entry
+
+    def _output_problem(self, name: str, entry: dict[str, Any], failing_since: float | None) -> str | None:
+        if failing_since is not None and self.clock_mono() - failing_since >= self.config.output_failing_after:
+            return f"output {name} failing for {self.clock_mono() - failing_since:.0f}s: {entry['last_error']}"
+        if entry["buffer_bytes"] >= self.config.buffer_high_water * entry["buffer_limit_bytes"]:
+            return f"output {name} buffer at {entry['buffer_bytes']} of {entry['buffer_limit_bytes']} bytes"
+        return None

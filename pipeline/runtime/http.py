@@ -1,0 +1,70 @@
+"""A tiny HTTP/1.0 endpoint on 127.0.0.1 by default: /metrics, /health, /status.
+
+Hand-rolled on asyncio streams because it serves three fixed paths to local scrapers,
+and an owned asyncio server shuts down with the rest of the daemon (prometheus-client's
+own server runs an unowned thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import orjson
+
+from pipeline.runtime.metrics import render
+
+log = logging.getLogger("logferry.http")
+Snapshot = Callable[[], dict[str, Any]]
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def serve_http(listen: str, snapshot: Snapshot, address_file: Path | None = None) -> None:
+    """Serve until cancelled; the bound address (port 0 picks one) is written to ``address_file``."""
+    host, _, port = listen.rpartition(":")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _respond(reader, writer, snapshot)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            log.debug("http client went away: %s", exc)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host.strip("[]"), int(port))
+    bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    address = f"{bound_host}:{bound_port}"
+    if address_file is not None:
+        async with aiofiles.open(address_file, "w") as out:
+            await out.write(address + "\n")
+    log.info("status endpoint listening on http://%s/ (/metrics, /health, /status)", address)
+    async with server:
+        await server.serve_forever()
+
+
+async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, snapshot: Snapshot) -> None:
+    request = await reader.readuntil(b"\r\n\r\n")
+    method, path = (request.split(b"\r\n", 1)[0].split(b" ") + [b"", b""])[:2]
+    status, ctype, body = route(method.decode("latin-1"), path.decode("latin-1").split("?")[0], snapshot)
+    head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+
+
+def route(method: str, path: str, snapshot: Snapshot) -> tuple[str, str, bytes]:
+    """(status line, content type, body) for a request."""
+    if method != "GET":
+        return "405 Method Not Allowed", "text/plain", b"GET only\n"
+    if path == "/metrics":
+        return "200 OK", PROMETHEUS, render(snapshot)
+    if path == "/status":
+        return "200 OK", "application/json", orjson.dumps(snapshot(), option=orjson.OPT_INDENT_2)
+    if path == "/health":
+        snap = snapshot()
+        body = orjson.dumps({"healthy": snap["healthy"], "problems": snap["problems"]})
+        return ("200 OK" if snap["healthy"] else "503 Service Unavailable"), "application/json", body
+    return "404 Not Found", "text/plain", b"try /metrics, /health or /status\n"

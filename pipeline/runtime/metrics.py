@@ -1,0 +1,85 @@
+"""Prometheus exposition of a status snapshot (prometheus-client formats; we only map names)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+Snapshot = Callable[[], dict[str, Any]]
+
+OUTPUT_COUNTERS = {
+    "delivered_records": "Records delivered",
+    "delivered_chunks": "Chunks delivered",
+    "failed_attempts": "Delivery attempts that failed (each is retried or set aside)",
+    "dead_chunks": "Chunks set aside in dead/ after retries",
+    "dropped_chunks": "Chunks dropped by overflow_action = drop_oldest_chunk",
+}
+OUTPUT_GAUGES = {
+    "buffer_bytes": "Bytes in this output's buffer",
+    "buffer_limit_bytes": "total_limit_bytes of this output's buffer",
+    "chunks": "Chunks staged, queued or in flight",
+    "last_success": "Unix time of the last delivered chunk",
+    "last_error_time": "Unix time of the last delivery error",
+}
+
+
+class SnapshotCollector(Collector):
+    """Turns the snapshot into metric families at scrape time."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every logferry metric."""
+        snap = self.snapshot()
+        yield from _source_metrics(snap["sources"])
+        yield from _output_metrics(snap["outputs"])
+        healthy = GaugeMetricFamily("logferry_healthy", "1 when /health reports no problem")
+        healthy.add_metric([], 1.0 if snap["healthy"] else 0.0)
+        yield healthy
+
+
+def _source_metrics(sources: dict[str, Any]) -> Iterator[Metric]:
+    records = CounterMetricFamily("logferry_source_records", "Records read and committed", labels=["source"])
+    dead = CounterMetricFamily("logferry_source_dead_letters", "Lines sent to the dead-letter store",
+                               labels=["source"])
+    lag = GaugeMetricFamily("logferry_file_lag_bytes", "Bytes written but not yet committed",
+                            labels=["source", "path"])
+    stalled = GaugeMetricFamily("logferry_file_stalled", "1 when a file grows but its position is stuck",
+                                labels=["source", "path"])
+    unreadable = GaugeMetricFamily("logferry_unreadable_files", "Matched files the daemon cannot read",
+                                   labels=["source"])
+    for name, src in sources.items():
+        records.add_metric([name], src["records"])
+        dead.add_metric([name], src["dead_lines"])
+        unreadable.add_metric([name], len(src["unreadable"]))
+        for f in src["files"]:
+            lag.add_metric([name, f["path"]], f["lag_bytes"])
+            stalled.add_metric([name, f["path"]], 1.0 if f["stalled"] else 0.0)
+    yield from (records, dead, lag, stalled, unreadable)
+
+
+def _output_metrics(outputs: dict[str, Any]) -> Iterator[Metric]:
+    for key, doc in OUTPUT_COUNTERS.items():
+        family = CounterMetricFamily(f"logferry_output_{key}", doc, labels=["output"])
+        for name, out in outputs.items():
+            family.add_metric([name], out[key])
+        yield family
+    for key, doc in OUTPUT_GAUGES.items():
+        metric = f"logferry_output_{key}_timestamp_seconds" if key.startswith("last_") else f"logferry_output_{key}"
+        gauge = GaugeMetricFamily(metric, doc, labels=["output"])
+        for name, out in outputs.items():
+            if out[key] is not None:
+                gauge.add_metric([name], out[key])
+        yield gauge
+
+
+def render(snapshot: Snapshot) -> bytes:
+    """The Prometheus text format of one snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry)

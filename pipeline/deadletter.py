@@ -5,8 +5,9 @@
     {"id": "agent:2049:1234:5678", "time": "…Z", "source": "agent", "path": "/var/log/…",
      "offset": 5678, "reason": "invalid JSON: …", "line": "…"}   # or "line_base64" if not UTF-8
 
-Lines longer than ``max_line_bytes`` are copied whole to ``oversized/`` and the entry
-names that blob instead of carrying the line. Entries are appended and fsynced in the
+Lines longer than ``max_line_bytes`` are streamed to ``oversized/`` (their first
+``max_line_bytes``; the entry gives the full length and offset) and the entry names that
+blob instead of carrying the line. Entries are appended and fsynced in the
 same commit as the positions that move past them, so a bad line is never skipped
 without its entry. After a crash an entry may be written again: ``id`` (source, file,
 offset) identifies repeats. Chunks an output could not deliver live in that output's

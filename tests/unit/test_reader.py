@@ -123,7 +123,9 @@ def test_oversized_line_is_streamed_to_a_blob(tf: TailedFile, log: Path, tmp_pat
     assert entry["offset"] == len(head) and entry["length"] == len(huge)
     assert "max_line_bytes" in entry["reason"]
     blob = tmp_path / f"blob-{len(head)}.line"
-    assert entry["blob"] == str(blob) and blob.read_bytes() == huge
+    # the blob keeps the first max_line_bytes (the rest stays in the source file, offsets given)
+    assert entry["blob"] == str(blob) and blob.read_bytes() == huge[:MAX_LINE]
+    assert entry["truncated"] is True and entry["blob_bytes"] == MAX_LINE
     assert tf.offset == len(head) + len(huge) + 1 and tf.oversized is None
 
     after = step(tf, tmp_path)
@@ -164,7 +166,7 @@ def test_oversized_line_still_being_written_is_streamed_across_steps(tf: TailedF
     result = step(tf, tmp_path)
 
     assert result is not None and result.dead[0]["length"] == len(part1) + len(part2)
-    assert (tmp_path / "blob-0.line").read_bytes() == part1 + part2
+    assert (tmp_path / "blob-0.line").read_bytes() == (part1 + part2)[:MAX_LINE]
     after = step(tf, tmp_path)
     assert after is not None and after.data == b'{"after":1}\n'
 

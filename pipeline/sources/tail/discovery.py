@@ -45,11 +45,40 @@ def static_root(pattern: str) -> Path:
     return Path(*root) if root else Path(".")
 
 
+def expand(pattern: str) -> list[str]:
+    """Paths matching a glob; ``**`` walks directories once each, however symlinks loop.
+
+    (``glob.glob(recursive=True)`` follows directory symlinks without memory: two links
+    to a parent make it walk 2**40 paths.)
+    """
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    root = str(static_root(pattern))
+    flat = pattern.replace("**/", "")
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for directory, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in files:
+            path = os.path.join(directory, name)
+            if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, flat):
+                found.append(path)
+    return sorted(found)
+
+
 def matched_files(config: TailSourceConfig) -> dict[str, str]:
     """Regular files matched by the globs and not excluded: file key → path."""
     found: dict[str, str] = {}
     for pattern in config.paths:
-        for path in sorted(glob.glob(pattern, recursive=True)):
+        for path in expand(pattern):
             if any(fnmatch.fnmatch(path, ex) for ex in config.exclude):
                 continue
             try:

@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.sources.tail.checkpoint import FilePosition
 
 FP_BYTES = 1024
+OVERSIZED_STEP = 64 * 1024 * 1024  # bytes of an oversized line scanned per read step
 
 
 def fingerprint(fd: int, length: int) -> tuple[str, int]:
@@ -100,7 +101,7 @@ def read_step(
     tf.refresh_fingerprint()
     read_bytes = min(read_bytes, max_line)  # so every line of a block with a newline fits max_line
     if tf.oversized is not None:
-        return _continue_oversized(tf, read_bytes, at_eof_is_eol)
+        return _continue_oversized(tf, read_bytes, max_line, at_eof_is_eol)
     data = os.pread(tf.fd, read_bytes, tf.offset)
     if not data:
         return None
@@ -139,23 +140,33 @@ def _long_line(
             line = os.pread(tf.fd, scanned, tf.offset)
             return _advance(tf, line + b"\n", consumed=len(line))
     tf.oversized = Oversized(tf.offset, blob_for(tf, tf.offset))
-    return _continue_oversized(tf, read_bytes, at_eof)
+    return _continue_oversized(tf, read_bytes, max_line, at_eof)
 
 
-def _continue_oversized(tf: TailedFile, read_bytes: int, at_eof: bool) -> ReadResult | None:
-    """Copy the oversized line to its blob; finish at its newline (or at the end of a rotated file)."""
+def _continue_oversized(tf: TailedFile, read_bytes: int, max_line: int, at_eof: bool) -> ReadResult | None:
+    """Copy the oversized line's first ``max_line`` bytes to its blob; finish at its newline.
+
+    Scans at most OVERSIZED_STEP bytes per call (a progress-only result, start == end, lets
+    the source serve other files and stop requests in between: a 10 GB line without a
+    newline is a real input). The end of a rotated file counts as the line's end.
+    """
     state = tf.oversized
     assert state is not None
     # The blob's name is fixed by (source, file, offset): a replay after a crash rewrites it.
     with open(state.blob, "ab" if state.scanned else "wb") as blob:
+        budget = OVERSIZED_STEP
         while True:
             piece = os.pread(tf.fd, read_bytes, state.start + state.scanned)
             newline = piece.find(b"\n")
-            blob.write(piece if newline < 0 else piece[:newline])
+            body = piece if newline < 0 else piece[:newline]
+            blob.write(body[: max(0, max_line - state.scanned)])
             if newline < 0:
                 state.scanned += len(piece)
-                if piece:
+                budget -= len(piece)
+                if piece and budget > 0:
                     continue
+                if piece:
+                    return ReadResult(tf.offset, tf.offset, b"")
                 if not at_eof:
                     return None
                 length, skip = state.scanned, 0
@@ -166,7 +177,8 @@ def _continue_oversized(tf: TailedFile, read_bytes: int, at_eof: bool) -> ReadRe
             tf.oversized = None
             tf.offset = state.start + length + skip
             entry = {
-                "reason": f"line longer than max_line_bytes ({length} bytes)",
-                "offset": state.start, "length": length, "blob": str(state.blob),
+                "reason": f"line longer than max_line_bytes ({length} bytes)", "offset": state.start,
+                "length": length, "blob": str(state.blob), "blob_bytes": min(length, max_line),
+                "truncated": length > max_line,
             }
             return ReadResult(state.start, tf.offset, b"", [entry])

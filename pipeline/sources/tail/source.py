@@ -143,7 +143,8 @@ class TailSource:
                         tf.idle_since = self.clock.monotonic()
                     break
                 tf.idle_since = None
-                await emit(batch)
+                if batch.end > batch.start or batch.dead:  # else: progress inside an oversized line
+                    await emit(batch)
                 emitted += 1
             else:
                 self._dirty.add(key)  # more to read: come back after the other files

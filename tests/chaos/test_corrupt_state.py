@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
 from pipeline import generator
 from pipeline.buffer import frame
 from tests.conftest import new_daemon
-from tests.support.daemon import Layout, Ledger, wait_for
+from tests.support.daemon import Daemon, Layout, Ledger, wait_for
 
 pytestmark = pytest.mark.integration
 COUNT = 600
 
 
-def buffered_run(layout: Layout, daemon_factory: list) -> list:
+def buffered_run(layout: Layout, daemon_factory: list[Daemon]) -> list[Path]:
     """Read COUNT records into queued chunks that cannot be delivered yet (output blocked), then stop."""
     blocker = layout.out / "blocked"
     blocker.write_text("not a directory")

@@ -159,7 +159,7 @@ def test_the_client_hook_is_shipped_end_to_end(layout, daemon_factory):
     from pipeline import client
 
     layout.write_config()
-    ids = []
+    ids: list[str | None] = []
     with client.InteractionLogger(layout.logs / "agent.log") as hook:
         ids.append(hook.log_interaction("What is 2+2?", "4", "gpt-4o", tokens=12, latency_ms=350.0, user_id="u-17"))
         ids.append(hook.log_interaction("odd values", {"when": datetime(2026, 11, 27, tzinfo=UTC), "raw": b"\xff"},

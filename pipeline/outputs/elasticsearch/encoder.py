@@ -1,0 +1,181 @@
+"""Bulk request bodies built straight from chunk frames.
+
+Each record of a frame is already a JSON document ending in a newline; it goes into the
+body as it is, behind its action line ``{"create":{"_index":…,"_id":…}}``. Each line is
+parsed once (orjson) only to read its id field and its event time.
+
+Document ids are deterministic, so sending a document again after a timeout, a crash or
+a retry cannot index it twice: the ``id_key`` field when the record has a usable one
+(a non-empty string of at most 512 bytes, or an integer), else a hash of where the
+record came from: the source file key and byte offset (frame meta ``file``/``offs``)
+plus the raw event time value, so that a recycled inode cannot give a new record the
+id of an old one.
+
+Batches are bounded by bytes and documents, and streamed: the chunk is read frame by
+frame, never whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Container, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pipeline.buffer.chunk import Chunk
+from pipeline.buffer.frame import Frame
+from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
+from pipeline.transforms.parse_json import event_time
+
+MAX_ID_BYTES = 512  # Elasticsearch refuses longer ids
+
+
+class EncodeError(ValueError):
+    """A frame cannot be turned into documents (its meta does not match its records)."""
+
+
+@dataclass(slots=True)
+class Document:
+    """One record of a chunk, ready for a bulk body."""
+
+    position: int  # record number within the chunk, from 0
+    index: str
+    doc_id: str
+    data: bytes  # action line + document line, both ending in a newline
+    action_size: int
+    source: str
+    file: str
+    path: str
+    offset: int
+
+    @property
+    def line(self) -> bytes:
+        """The document as it is in the chunk, without its newline."""
+        return self.data[self.action_size : -1]
+
+
+def bulk_body(docs: list[Document]) -> bytes:
+    """The NDJSON body of a bulk request for ``docs``."""
+    return b"".join(doc.data for doc in docs)
+
+
+def hashed_id(file: str, offset: int, time_value: object) -> str:
+    """The id of a record without a usable id field: 32 hex digits from where it was read.
+
+    >>> hashed_id("2049:1234", 5678, 1795000000.5) == hashed_id("2049:1234", 5678, 1795000000.5)
+    True
+    >>> len(hashed_id("2049:1234", 5678, None)), hashed_id("2049:1234", 0, None) != hashed_id("2049:1234", 1, None)
+    (32, True)
+    """
+    key = f"{file}:{offset}:".encode() + orjson.dumps(time_value)
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+def record_id(value: object) -> str | None:
+    """The id field's value as a document id, or None if it cannot be one.
+
+    >>> record_id("abc"), record_id(42), record_id(""), record_id(True), record_id({"a": 1})
+    ('abc', '42', None, None, None)
+    """
+    if type(value) is str:
+        return value if 0 < len(value.encode()) <= MAX_ID_BYTES else None
+    if type(value) is int:
+        return str(value)
+    return None
+
+
+class IndexNamer:
+    """Index names from event times: strftime of the pattern in UTC, remembered per second.
+
+    Safe to share between the worker threads encoding different chunks at once: the
+    remembered (second, name) pair is one attribute, read and replaced whole.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.fixed = "%" not in pattern
+        self._last: tuple[int, str] = (-1, pattern)
+
+    def __call__(self, epoch: float) -> str:
+        """The index name for an event at ``epoch``.
+
+        >>> IndexNamer("ai-%Y.%m.%d")(1795000000.25)
+        'ai-2026.11.18'
+        """
+        if self.fixed:
+            return self.pattern
+        second = int(epoch)
+        last_second, last_name = self._last
+        if second == last_second:
+            return last_name
+        name = time.strftime(self.pattern, time.gmtime(second))
+        self._last = (second, name)
+        return name
+
+
+class BulkEncoder:
+    """Turns a chunk into batches of documents, bounded by ``bulk_max_bytes`` and ``bulk_max_docs``."""
+
+    def __init__(self, config: ElasticsearchOutputConfig) -> None:
+        self.op_type = config.op_type
+        self.id_key = config.id_key
+        self.time_key = config.time_key
+        self.max_bytes = config.bulk_max_bytes
+        self.max_docs = config.bulk_max_docs
+        self.index_name = IndexNamer(config.index)
+
+    def batches(self, chunk: Chunk, skip: Container[int] = ()) -> Iterator[list[Document]]:
+        """Batches of the chunk's documents in order, leaving out the positions in ``skip``."""
+        batch: list[Document] = []
+        size = 0
+        for doc in self.documents(chunk, skip):
+            if batch and (size + len(doc.data) > self.max_bytes or len(batch) >= self.max_docs):
+                yield batch
+                batch, size = [], 0
+            batch.append(doc)
+            size += len(doc.data)
+        if batch:
+            yield batch
+
+    def documents(self, chunk: Chunk, skip: Container[int] = ()) -> Iterator[Document]:
+        """Every document of the chunk, frame by frame, leaving out the positions in ``skip``."""
+        position = 0
+        for item in chunk.frames():
+            yield from self.frame_documents(item, position, float(chunk.timekey), skip)
+            position += item.count
+
+    def frame_documents(
+        self, item: Frame, first: int, fallback_time: float, skip: Container[int] = ()
+    ) -> Iterator[Document]:
+        """The documents of one data frame; ``first`` is the position of its first record."""
+        meta = item.meta
+        offsets: list[int] = meta.get("offs") or []
+        lines = item.payload.split(b"\n")
+        lines.pop()  # the payload ends with a newline
+        if len(lines) != item.count or len(offsets) != item.count:
+            raise EncodeError(
+                f"frame of {item.count} records has {len(lines)} lines and {len(offsets)} offsets"
+            )
+        source, file, path = str(meta.get("src", "")), str(meta.get("file", "")), str(meta.get("path", ""))
+        for n, (line, offset) in enumerate(zip(lines, offsets, strict=True)):
+            if first + n in skip:
+                continue
+            record = _parse(line)
+            time_value = record.get(self.time_key)
+            doc_id = record_id(record.get(self.id_key)) or hashed_id(file, offset, time_value)
+            index = self.index_name(event_time(time_value, fallback_time))
+            action = orjson.dumps({self.op_type: {"_index": index, "_id": doc_id}}, option=orjson.OPT_APPEND_NEWLINE)
+            yield Document(first + n, index, doc_id, b"".join((action, line, b"\n")), len(action), source, file,
+                           path, offset)
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    """The record, or {} if the line is not a JSON object (Elasticsearch will say why)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}
+    return record if type(record) is dict else {}

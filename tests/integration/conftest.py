@@ -1,0 +1,66 @@
+"""Real Elasticsearch servers for the integration tests, started once per session when a test asks.
+
+``es_url``: ``LOGFERRY_TEST_ES_URL`` if set, else a throw-away 8.19.21 (about 8 s to start here).
+``es_server``: that throw-away server itself (None with an external cluster), for outages.
+``es9_url``: a throw-away 9.5.4 for a smaller subset (about 9 s to start, ~1 GB of memory).
+``es_small_url``: a throw-away 8.19.21 with ``http.max_content_length: 1kb``, for HTTP 413.
+
+The two extra servers run by default (the whole Elasticsearch module takes about a minute on two
+cores); ``LOGFERRY_TEST_ES9=0`` / ``LOGFERRY_TEST_ES_413=0`` skip them. With an external cluster
+(``LOGFERRY_TEST_ES_URL``) they are opt-in instead: ``=1``. Both live for this directory's module
+that uses them only, so at most three servers run at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.elasticsearch import ElasticsearchServer, external_url
+
+ES8 = "8.19.21"
+ES9 = "9.5.4"
+
+
+def _wanted(variable: str) -> bool:
+    """Whether an extra throw-away server should run: 0/1 in ``variable``, else only without an external one."""
+    value = os.environ.get(variable, "").strip()
+    return value == "1" if value else external_url() is None
+
+
+@pytest.fixture(scope="session")
+def es_server() -> Iterator[ElasticsearchServer | None]:
+    """The session's own Elasticsearch 8 (None when LOGFERRY_TEST_ES_URL names a cluster)."""
+    if external_url():
+        yield None
+        return
+    with ElasticsearchServer(ES8) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def es_url(es_server: ElasticsearchServer | None) -> str:
+    """Base URL of the Elasticsearch the tests index into."""
+    url = external_url() if es_server is None else es_server.url
+    assert url is not None
+    return url
+
+
+@pytest.fixture(scope="module")
+def es9_url() -> Iterator[str]:
+    """Base URL of a throw-away Elasticsearch 9 (LOGFERRY_TEST_ES9=0 skips it)."""
+    if not _wanted("LOGFERRY_TEST_ES9"):
+        pytest.skip("Elasticsearch 9 tests are off: LOGFERRY_TEST_ES9=1 runs them")
+    with ElasticsearchServer(ES9) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def es_small_url() -> Iterator[str]:
+    """Base URL of a throw-away Elasticsearch 8 refusing requests over 1 kB (LOGFERRY_TEST_ES_413=0 skips it)."""
+    if not _wanted("LOGFERRY_TEST_ES_413"):
+        pytest.skip("the HTTP 413 test is off: LOGFERRY_TEST_ES_413=1 runs it")
+    with ElasticsearchServer(ES8, settings={"http.max_content_length": "1kb"}) as server:
+        yield server.url

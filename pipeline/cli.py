@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="summarise lag, buffers and errors (exit 1: unhealthy, 3: not running)")
     _config_args(status)
     status.set_defaults(func=_status)
+    tap = sub.add_parser("tap", help="print enriched records live as they flow (Ctrl-C stops)")
+    _config_args(tap)
+    tap.add_argument("--tag", action="append", default=[], help="only records whose tag matches (repeatable)")
+    tap.add_argument("--output", action="append", default=[], help="only records routed to this output")
+    tap.set_defaults(func=_tap)
     replay = sub.add_parser("replay", help="put an output's set-aside chunks back in its queue (daemon stopped)")
     _config_args(replay)
     replay.add_argument("output")
@@ -138,6 +143,29 @@ def _status(args: argparse.Namespace) -> int:
         return 3
     print(status.render_running(snapshot))
     return 0 if snapshot["healthy"] else 1
+
+
+def _tap(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from pipeline.runtime import status
+
+    settings = _settings(args)
+    address = status.endpoint(settings)
+    query = urllib.parse.urlencode([("tag", t) for t in args.tag] + [("output", o) for o in args.output])
+    try:
+        with urllib.request.urlopen(f"http://{address}/tap?{query}", timeout=None) as stream:
+            for line in stream:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+    except urllib.error.URLError as exc:
+        print(f"logferry: no daemon answers at {address}: {exc.reason}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

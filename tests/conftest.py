@@ -25,8 +25,10 @@ def daemon_factory(layout: Layout) -> Iterator[list[Daemon]]:
         daemon.__exit__(None)
 
 
-def new_daemon(layout: Layout, made: list[Daemon], env: dict[str, str] | None = None) -> Daemon:
+def new_daemon(
+    layout: Layout, made: list[Daemon], env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> Daemon:
     """A daemon on ``layout``'s config, registered for cleanup."""
-    daemon = Daemon(layout.config, layout.root / "daemon.log", env)
+    daemon = Daemon(layout.config, layout.root / "daemon.log", env, prefix)
     made.append(daemon)
     return daemon

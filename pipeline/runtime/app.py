@@ -24,6 +24,7 @@ from pipeline.runtime.health import Observer
 from pipeline.runtime.http import serve_http
 from pipeline.runtime.signals import SignalIntents
 from pipeline.runtime.systemd import Notifier
+from pipeline.runtime.tap import TapHub
 from pipeline.runtime.topology import Topology, build
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
@@ -36,6 +37,7 @@ async def process_loop(
     processor: RecordProcessor,
     inbox: asyncio.Queue[LineBatch | EndOfInput],
     outbox: asyncio.Queue[ProcessedBatch | EndOfInput],
+    tap: TapHub,
 ) -> None:
     """Parse and enrich batches until END, then pass END on."""
     while True:
@@ -43,7 +45,9 @@ async def process_loop(
         if isinstance(batch, EndOfInput):
             await outbox.put(END)
             return
-        await outbox.put(processor.process(batch))
+        processed = processor.process(batch)
+        tap.publish(processed)
+        await outbox.put(processed)
 
 
 class Daemon:
@@ -76,12 +80,14 @@ class Daemon:
         async with asyncio.TaskGroup() as tasks:
             flushers = [tasks.create_task(f.run(), name=f"flusher:{n}") for n, f in topo.flushers.items()]
             committing = tasks.create_task(committer.run(), name="committer")
-            processing = tasks.create_task(process_loop(topo.processor, raw, processed), name="processor")
+            tap = TapHub({src: [b.output for b in routed] for src, routed in topo.routes.items()})
+            processing = tasks.create_task(process_loop(topo.processor, raw, processed, tap), name="processor")
             reading = [tasks.create_task(s.run(raw.put), name=f"source:{s.name}") for s in topo.sources]
-            observer = self.observer = Observer(topo, committer, self.settings.health, self.clock.monotonic)
+            observer = self.observer = Observer(topo, committer, self.settings.health, self.clock.monotonic,
+                                                lambda: len(tap.viewers))
             watching = [tasks.create_task(self._monitor(observer), name="monitor")]
             if self.settings.health.listen:
-                watching.append(tasks.create_task(self._serve_http(observer), name="http"))
+                watching.append(tasks.create_task(self._serve_http(observer, tap), name="http"))
             log.info("logferry running sources=%s outputs=%s", len(reading), len(flushers))
             self.notifier.ready(f"running: {len(reading)} sources, {len(flushers)} outputs")
             await stop.wait()
@@ -126,9 +132,10 @@ class Daemon:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    async def _serve_http(self, observer: Observer) -> None:
+    async def _serve_http(self, observer: Observer, tap: TapHub) -> None:
         try:
-            await serve_http(self.settings.health.listen, observer.snapshot, self.settings.state_dir / "http.address")
+            address_file = self.settings.state_dir / "http.address"
+            await serve_http(self.settings.health.listen, observer.snapshot, address_file, tap)
         except OSError as exc:
             # Shipping logs matters more than the status endpoint: keep running, say so loudly.
             log.error("status endpoint %s unavailable: %s", self.settings.health.listen, exc)

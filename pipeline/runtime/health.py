@@ -35,6 +35,7 @@ class Observer:
     committer: Committer
     config: HealthConfig
     clock_mono: Callable[[], float]
+    tap_viewers: Callable[[], int] = lambda: 0
     progress: dict[tuple[str, str], Progress] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
@@ -44,7 +45,8 @@ class Observer:
         problems = [p for src in sources.values() for f in src["files"] if (p := f.get("problem"))]
         problems += [o["problem"] for o in outputs.values() if o.get("problem")]
         return {"healthy": not problems, "problems": problems, "sources": sources, "outputs": outputs,
-                "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines}
+                "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines,
+                "tap_viewers": self.tap_viewers()}
 
     def stalled(self, snapshot: dict[str, Any]) -> bool:
         """Whether any file is stalled (the watchdog ping is withheld then)."""

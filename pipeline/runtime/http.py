@@ -1,4 +1,4 @@
-"""A tiny HTTP/1.0 endpoint on 127.0.0.1 by default: /metrics, /health, /status.
+"""A tiny HTTP/1.0 endpoint on 127.0.0.1 by default: /metrics, /health, /status, /tap.
 
 Hand-rolled on asyncio streams because it serves three fixed paths to local scrapers,
 and an owned asyncio server shuts down with the rest of the daemon (prometheus-client's
@@ -12,24 +12,28 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiofiles
 import orjson
 
 from pipeline.runtime.metrics import render
+from pipeline.runtime.tap import TapHub
 
 log = logging.getLogger("logferry.http")
 Snapshot = Callable[[], dict[str, Any]]
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def serve_http(listen: str, snapshot: Snapshot, address_file: Path | None = None) -> None:
+async def serve_http(
+    listen: str, snapshot: Snapshot, address_file: Path | None = None, tap: TapHub | None = None
+) -> None:
     """Serve until cancelled; the bound address (port 0 picks one) is written to ``address_file``."""
     host, _, port = listen.rpartition(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _respond(reader, writer, snapshot)
+            await _respond(reader, writer, snapshot, tap)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             log.debug("http client went away: %s", exc)
         finally:
@@ -46,13 +50,32 @@ async def serve_http(listen: str, snapshot: Snapshot, address_file: Path | None 
         await server.serve_forever()
 
 
-async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, snapshot: Snapshot) -> None:
+async def _respond(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, snapshot: Snapshot, tap: TapHub | None
+) -> None:
     request = await reader.readuntil(b"\r\n\r\n")
-    method, path = (request.split(b"\r\n", 1)[0].split(b" ") + [b"", b""])[:2]
-    status, ctype, body = route(method.decode("latin-1"), path.decode("latin-1").split("?")[0], snapshot)
+    method, target = (request.split(b"\r\n", 1)[0].split(b" ") + [b"", b""])[:2]
+    path, _, query = target.decode("latin-1").partition("?")
+    if path == "/tap" and tap is not None and method == b"GET":
+        await _stream_tap(writer, tap, parse_qs(query))
+        return
+    status, ctype, body = route(method.decode("latin-1"), path, snapshot)
     head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     writer.write(head.encode() + body)
     await writer.drain()
+
+
+async def _stream_tap(writer: asyncio.StreamWriter, tap: TapHub, query: dict[str, list[str]]) -> None:
+    """Stream enriched records as JSON Lines until the viewer goes away."""
+    viewer = tap.subscribe(query.get("tag", []), set(query.get("output", [])))
+    try:
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        while True:
+            writer.write(await viewer.queue.get())
+            await writer.drain()
+    finally:
+        tap.unsubscribe(viewer)
 
 
 def route(method: str, path: str, snapshot: Snapshot) -> tuple[str, str, bytes]:

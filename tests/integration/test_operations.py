@@ -138,3 +138,49 @@ def test_the_systemd_unit_verifies(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Type=notify" in unit and "WatchdogSec=" in unit
+
+
+def test_tap_shows_enriched_records_live_filtered_by_tag(layout, daemon_factory):
+    layout.write_config()
+    tap = [sys.executable, "-m", "pipeline", "tap", "-c", str(layout.config)]
+    with new_daemon(layout, daemon_factory) as daemon, \
+            subprocess.Popen([*tap, "--tag", "ai.*"], stdout=subprocess.PIPE, cwd=REPO) as viewer, \
+            subprocess.Popen([*tap, "--tag", "billing.**"], stdout=subprocess.PIPE, cwd=REPO) as other:
+        wait_for(lambda: tap_viewers(layout) == 2, what="two viewers connected")
+        generator.write(str(layout.logs / "agent.log"), 20, max_chars=200)
+        assert viewer.stdout is not None
+        seen = [orjson.loads(viewer.stdout.readline()) for _ in range(20)]
+        viewer.terminate()
+        other.terminate()
+        out, _ = other.communicate(timeout=10)
+        daemon.stop()
+    assert [r["request_id"] for r in seen] == ids(20)
+    assert all(r["tag"] == "ai.interactions" and "ingested_at" in r for r in seen)
+    assert out == b""  # its filter matched nothing
+
+
+def tap_viewers(layout) -> int:
+    status, body = layout.http("/status")
+    return int(orjson.loads(body)["tap_viewers"]) if status == 200 else 0
+
+
+def test_unreadable_file_is_reported_once_with_the_fix_and_picked_up_when_readable(layout, daemon_factory):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the daemon without its file-permission override")
+    log = layout.logs / "agent.log"
+    generator.write(str(log), 30, max_chars=200)
+    log.chmod(0o000)
+    layout.write_config(source={"rescan_interval": 0.2})
+    no_override = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    with new_daemon(layout, daemon_factory, prefix=no_override) as daemon:
+        wait_for(lambda: "cannot read file" in daemon.log(), what="the report")
+        snapshot = orjson.loads(layout.http("/status")[1])
+        assert snapshot["sources"]["agent"]["unreadable"] == [str(log)]
+        assert "UNREADABLE" in subprocess.run([sys.executable, "-m", "pipeline", "status", "-c", str(layout.config)],
+                                              capture_output=True, text=True, cwd=REPO, timeout=30).stdout
+        log.chmod(0o644)
+        wait_for(lambda: len(layout.records()) >= 30, what="records once readable")
+        daemon.stop()
+    assert daemon.log().count("cannot read file") == 1
+    assert "setfacl -m u:root:r" in daemon.log()
+    Ledger.compare(ids(30), layout.records()).assert_exact()

@@ -118,9 +118,11 @@ class Layout:
 class Daemon:
     """The real ``logferry run`` process."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.prefix = prefix or []  # e.g. setpriv, to run without some capabilities
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -129,7 +131,7 @@ class Daemon:
         before = len(self.log())
         with self.log_path.open("ab") as log:
             proc = self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "run", "-c", str(self.config)],
+                [*self.prefix, sys.executable, "-m", "pipeline", "run", "-c", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
         wait_for(lambda: "logferry running" in self.log()[before:] or proc.poll() is not None, 30, what="daemon start")

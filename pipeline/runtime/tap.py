@@ -1,0 +1,61 @@
+"""Tap: a live view of enriched records as they flow, for operators (``logferry tap``).
+
+Best effort by design: a slow viewer loses records from its own view (counted and shown
+to it), never slows the pipeline. With nobody watching, the cost is one set check per
+batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from pipeline.runtime.routing import tag_matches
+from pipeline.transforms.records import ProcessedBatch
+
+QUEUE_BATCHES = 64
+
+
+@dataclass(eq=False)
+class Viewer:
+    """One connected viewer and its filters."""
+
+    tags: list[str]
+    outputs: set[str]
+    queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_BATCHES))
+    dropped: int = 0
+
+
+class TapHub:
+    """Fans processed batches out to viewers."""
+
+    def __init__(self, routes: dict[str, list[str]]) -> None:
+        self.routes = routes  # source → names of the outputs it feeds
+        self.viewers: set[Viewer] = set()
+
+    def subscribe(self, tags: list[str], outputs: set[str]) -> Viewer:
+        """Start receiving batches whose tag matches ``tags`` and that feed one of ``outputs`` (empty: any)."""
+        viewer = Viewer(tags or ["**"], outputs)
+        self.viewers.add(viewer)
+        return viewer
+
+    def unsubscribe(self, viewer: Viewer) -> None:
+        """Stop sending to a viewer."""
+        self.viewers.discard(viewer)
+
+    def publish(self, item: ProcessedBatch) -> None:
+        """Offer one batch's enriched records to every interested viewer."""
+        if not self.viewers or not item.records:
+            return
+        batch = item.batch
+        groups = next(iter(item.groups.values()))
+        data = b"".join(line for group in groups.values() for line in group.lines)
+        for viewer in list(self.viewers):
+            if not tag_matches(viewer.tags, batch.tag):
+                continue
+            if viewer.outputs and viewer.outputs.isdisjoint(self.routes.get(batch.source, [])):
+                continue
+            try:
+                viewer.queue.put_nowait(data)
+            except asyncio.QueueFull:
+                viewer.dropped += item.records

@@ -48,6 +48,7 @@ class CommitterStats:
     failed_commits: int = 0
     records_by_source: Counter[str] = field(default_factory=Counter)
     dead_by_source: Counter[str] = field(default_factory=Counter)
+    failing: str | None = None  # the error of a commit being retried right now
 
 
 class Committer:
@@ -171,9 +172,11 @@ class Committer:
         while True:
             try:
                 await asyncio.to_thread(self._write, plan, dead, encoded)
+                self.stats.failing = None
                 return
             except OSError as exc:
                 self.stats.failed_commits += 1
+                self.stats.failing = f"{exc.strerror or exc} ({exc.filename or 'state directory'})"
                 log.error("commit failed (%s): nothing was lost, retrying in %.1fs", exc, delay)
                 await asyncio.to_thread(plan.undo)
                 await asyncio.sleep(delay)

@@ -44,6 +44,8 @@ class Observer:
         outputs = {name: self._output(name) for name in self.topology.flushers}
         problems = [p for src in sources.values() for f in src["files"] if (p := f.get("problem"))]
         problems += [o["problem"] for o in outputs.values() if o.get("problem")]
+        if self.committer.stats.failing:
+            problems.append(f"cannot write to the state directory, sources paused: {self.committer.stats.failing}")
         return {"healthy": not problems, "problems": problems, "sources": sources, "outputs": outputs,
                 "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines,
                 "tap_viewers": self.tap_viewers()}

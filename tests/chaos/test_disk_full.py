@@ -42,6 +42,8 @@ def test_disk_full_pauses_without_loss_and_recovers_when_space_returns(layout, d
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: "No space left on device" in daemon.log(), what="the disk to fill")
         assert "nothing was lost, retrying" in daemon.log()
+        status, body = layout.http("/health")
+        assert status == 503 and b"cannot write to the state directory" in body
         blocker.unlink()  # the output drains its buffer, which frees the disk
         wait_for(lambda: len(layout.records()) >= COUNT, timeout=90, what="every record after space returned")
         assert daemon.stop() == 0

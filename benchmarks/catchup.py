@@ -13,46 +13,24 @@ alternating runs (floor, daemon, floor, daemon, ...).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "bench"
-sys.path.insert(0, str(REPO))
-
-from pipeline import generator  # noqa: E402
-
-
-def make_workload(path: Path, records: int, max_chars: int, shared: bool) -> None:
-    if shared:
-        subprocess.run([sys.executable, str(SHARED / "gen_interactions.py"), "--records", str(records),
-                        "--max-chars", str(max_chars), "--out", str(path)], check=True)
-    else:
-        generator.write(str(path), records, max_chars=max_chars)
-
-
-def run_floor(workload: Path, out: Path) -> dict[str, float]:
-    floor = SHARED / "floor.py" if (SHARED / "floor.py").exists() else REPO / "benchmarks" / "floor.py"
-    out.unlink(missing_ok=True)
-    start = time.perf_counter()
-    ru0 = os.times()
-    text = subprocess.run([sys.executable, str(floor), str(workload), str(out)], check=True, capture_output=True,
-                          text=True).stdout
-    ru1 = os.times()
-    fields = dict(re.findall(r"(\w+)=([\d.]+)", text))
-    return {"seconds": float(fields["seconds"]), "cpu_s": (ru1.children_user + ru1.children_system)
-            - (ru0.children_user + ru0.children_system), "wall_with_startup": time.perf_counter() - start}
+from common import (
+    DaemonProcess,
+    count_lines,
+    machine,
+    make_workload,
+    print_header,
+    proc_stats,
+    run_floor,
+    write_results,
+)
 
 
 def daemon_config(root: Path, workload: Path) -> Path:
@@ -73,15 +51,6 @@ total_limit_bytes = 268435456
     return config
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds and peak RSS (bytes) of a live process."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(stat[11]) + int(stat[12])) / ticks
-    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return cpu, int(hwm.group(1)) * 1024 if hwm else 0
-
-
 def caught_up(root: Path, size: int) -> bool:
     positions = root / "state" / "positions.json"
     buffer = root / "state" / "buffer" / "debug"
@@ -98,27 +67,14 @@ def run_daemon(root: Path, workload: Path) -> dict[str, float]:
     shutil.rmtree(root / "out", ignore_errors=True)
     config = daemon_config(root, workload)
     size = workload.stat().st_size
-    log = (root / "daemon.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-c", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, cwd=REPO)
-    start = time.perf_counter()
-    while b"logferry running" not in (root / "daemon.log").read_bytes():
-        time.sleep(0.005)
-    ready = time.perf_counter()
-    cpu_ready, _ = proc_stats(proc.pid)
-    while not caught_up(root, size):
-        time.sleep(0.01)
-    done = time.perf_counter()
-    cpu, rss = proc_stats(proc.pid)
-    proc.terminate()
-    proc.wait(30)
-    log.close()
-    return {"seconds": done - ready, "cpu_s": cpu - cpu_ready, "peak_rss_mb": rss / 1e6,
-            "wall_with_startup": done - start}
-
-
-def count_lines(directory: Path) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in directory.iterdir())
+    with DaemonProcess(config, root / "daemon.log") as daemon:
+        cpu_ready, _ = proc_stats(daemon.pid)
+        while not caught_up(root, size):
+            time.sleep(0.01)
+        done = time.perf_counter()
+        cpu, rss = proc_stats(daemon.pid)
+    return {"seconds": done - daemon.ready, "cpu_s": cpu - cpu_ready, "peak_rss_mb": rss / 1e6,
+            "wall_with_startup": done - daemon.started}
 
 
 def main() -> None:
@@ -142,11 +98,9 @@ def main() -> None:
         delivered = count_lines(root / "out")
         assert delivered == args.records, f"daemon delivered {delivered} of {args.records}"
     report = summarize(args, size, floors, daemons)
+    print_header("catch-up: backlog → file output, next to the floor", report)
     print_table(report)
-    results = REPO / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    name = f"catchup-{args.records}-{args.max_chars}.json"
-    (results / name).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    write_results(f"catchup-{args.records}-{args.max_chars}", report)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -157,8 +111,7 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
 
     floor_s, daemon_s = med(floors, "seconds"), med(daemons, "seconds")
     return {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "python": platform.python_version(), "records": args.records, "bytes": size,
+        **machine(), "records": args.records, "bytes": size,
         "workload": "shared gen_interactions.py" if args.shared_workload else "pipeline.generator",
         "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6,
                   "cpu_s": med(floors, "cpu_s"), "runs": floors},

@@ -1,0 +1,375 @@
+"""Helpers shared by the benchmark scripts: the machine, the daemon process, /proc figures,
+the floor, workloads, tables and result files.
+
+Every benchmark runs the real daemon (``python -m pipeline run -c CONFIG``) as a subprocess
+and reads its CPU time, peak RSS, descriptors and context switches from ``/proc`` (Linux).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "bench"
+RESULTS = REPO / "benchmarks" / "results"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pipeline import generator  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+READY = b"logferry running"
+
+
+# --------------------------------------------------------------------------------------------
+# the machine and the run
+
+
+def git_state() -> str:
+    """Commit of the working tree, with ``+dirty`` when pipeline/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "pipeline"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    """Where and when: cores, CPU, Python, date, load, the command line and the code's commit."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        model = found.group(1).strip() if found else ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+        "load_before": os.getloadavg()[0], "command": shlex.join([".venv/bin/python", *sys.argv]),
+        "commit": git_state(),
+    }
+
+
+def print_header(title: str, info: dict[str, Any]) -> None:
+    """The first lines every benchmark prints."""
+    print(f"{title}")
+    print(f"  {info['machine']} ({info['cpu'] or 'cpu unknown'}), Python {info['python']}, {info['date']}, "
+          f"load {info['load_before']:.2f}, commit {info['commit']}")
+    print(f"  command: {info['command']}")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain text table, columns right-aligned except the first."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_results(name: str, report: dict[str, Any]) -> Path:
+    """``benchmarks/results/NAME.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"  results: {path.relative_to(REPO)}")
+    return path
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+# --------------------------------------------------------------------------------------------
+# /proc
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads)."""
+    stat = _stat_fields(pid)
+    return (int(stat[11]) + int(stat[12])) / TICKS
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident set (VmHWM), bytes."""
+    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(hwm.group(1)) * 1024 if hwm else 0
+
+
+def resident(pid: int) -> int:
+    """Current resident set (VmRSS), bytes."""
+    rss = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(rss.group(1)) * 1024 if rss else 0
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds and peak RSS (bytes) of a live process."""
+    return cpu_seconds(pid), peak_rss(pid)
+
+
+def context_switches(pid: int) -> tuple[int, int, int]:
+    """(voluntary, involuntary, threads) summed over every thread of a live process."""
+    voluntary = involuntary = threads = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # a thread that just ended
+            continue
+        threads += 1
+        for key, value in re.findall(r"^(voluntary|nonvoluntary)_ctxt_switches:\s+(\d+)", text, re.M):
+            if key == "voluntary":
+                voluntary += int(value)
+            else:
+                involuntary += int(value)
+    return voluntary, involuntary, threads
+
+
+def thread_switches(pid: int) -> dict[int, tuple[str, int]]:
+    """Voluntary context switches by thread id: (thread name, count)."""
+    found: dict[int, tuple[str, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            count = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", (task / "status").read_text(), re.M)
+        except OSError:  # a thread that just ended
+            continue
+        found[int(task.name)] = (name, int(count.group(1)) if count else 0)
+    return found
+
+
+def open_fds(pid: int) -> int:
+    """Descriptors a live process holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def group_pids(pgid: int) -> Iterator[int]:
+    """Live processes of a process group."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            yield int(stat.parent.name)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds of the live processes of a process group (children that ended are not counted)."""
+    total = 0.0
+    for pid in group_pids(pgid):
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# the daemon
+
+
+class DaemonProcess:
+    """``python -m pipeline run -c CONFIG`` in the background, output to ``log_path``."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config, self.log_path = config, log_path
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = self.ready = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not running"
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> DaemonProcess:
+        """Start and wait for its "logferry running" line; ``ready`` is when it was seen."""
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-c", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
+        self.started = time.perf_counter()
+        while READY not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.perf_counter() - self.started > timeout:
+                self.stop()
+                raise RuntimeError(f"daemon did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.005)
+        self.ready = time.perf_counter()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); the exit code."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(10)
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def positions(state: Path) -> dict[str, int]:
+    """Committed offset by file path, from the daemon's ``positions.json`` (empty before the first commit)."""
+    path = state / "positions.json"
+    if not path.exists():
+        return {}
+    try:
+        files = orjson.loads(path.read_bytes())["files"]
+    except (orjson.JSONDecodeError, KeyError):  # replaced while we read it
+        return {}
+    return {f["path"]: int(f["offset"]) for f in files}
+
+
+def buffer_empty(state: Path, output: str) -> bool:
+    """No staged or queued chunk left in an output's buffer: everything read was delivered."""
+    buffer = state / "buffer" / output
+    return buffer.exists() and not any(p.suffix in (".staged", ".queued") for p in buffer.iterdir())
+
+
+def delivered_all(state: Path, output: str, sizes: dict[str, int]) -> bool:
+    """Every file read to the given size and the output's buffer drained."""
+    found = positions(state)
+    return all(found.get(path, -1) >= size for path, size in sizes.items()) and buffer_empty(state, output)
+
+
+# --------------------------------------------------------------------------------------------
+# workloads and the floor
+
+
+def floor_script() -> Path:
+    """The shared yardstick when present, else our own copy."""
+    shared = SHARED / "floor.py"
+    return shared if shared.exists() else REPO / "benchmarks" / "floor.py"
+
+
+def run_floor(workload: Path, out: Path) -> dict[str, float]:
+    """One run of the floor over ``workload``: its own timing, and CPU seconds of the child."""
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    ru0 = os.times()
+    text = subprocess.run([sys.executable, str(floor_script()), str(workload), str(out)], check=True,
+                          capture_output=True, text=True).stdout
+    ru1 = os.times()
+    fields = dict(re.findall(r"(\w+)=([\d.]+)", text))
+    return {"seconds": float(fields["seconds"]), "cpu_s": (ru1.children_user + ru1.children_system)
+            - (ru0.children_user + ru0.children_system), "wall_with_startup": time.perf_counter() - start}
+
+
+def make_workload(path: Path, records: int, max_chars: int, shared: bool = False) -> None:
+    """Generated records: ``pipeline.generator``, or ``../shared/bench/gen_interactions.py`` when ``shared``."""
+    if shared:
+        subprocess.run([sys.executable, str(SHARED / "gen_interactions.py"), "--records", str(records),
+                        "--max-chars", str(max_chars), "--out", str(path)], check=True)
+    else:
+        generator.write(str(path), records, max_chars=max_chars)
+
+
+class LineFactory:
+    """Unique JSON lines cheaply: a pool of generated record bodies reused with fresh ids.
+
+    ``line(seq, now)`` gives ``{"request_id": ..., "seq": seq, "written_at": now, "timestamp": now, <body>}``,
+    so event time is the write time (the current hour's chunk) and latency can be read off each record.
+    """
+
+    def __init__(self, max_chars: int, pool: int = 2000, seed: int = 7) -> None:
+        self.seed = seed
+        self.bodies: list[bytes] = []
+        for record in generator.records(pool, seed=seed, max_chars=max_chars):
+            for key in ("request_id", "seq", "timestamp"):
+                del record[key]
+            self.bodies.append(orjson.dumps(record)[1:] + b"\n")  # without its opening brace
+
+    def line(self, seq: int, now: float | None = None) -> bytes:
+        at = time.time() if now is None else now
+        head = b'{"request_id":"%08x-%012d","seq":%d,"written_at":%.6f,"timestamp":%.6f,' % (
+            self.seed, seq, seq, at, at)
+        return head + self.bodies[seq % len(self.bodies)]
+
+
+def count_lines(directory: Path) -> int:
+    """Lines in every file under ``directory``."""
+    total = 0
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                while block := f.read(1 << 24):
+                    total += block.count(b"\n")
+    return total
+
+
+class OutputReader(threading.Thread):
+    """Follows every file in a directory (poll); arrival minus ``written_at`` for each new record."""
+
+    def __init__(self, directory: Path, poll: float) -> None:
+        super().__init__(daemon=True)
+        self.directory, self.poll = directory, poll
+        self.offsets: dict[str, int] = {}
+        self.partial: dict[str, bytes] = {}
+        self.latencies: list[float] = []
+        self.ids: set[str] = set()
+        self.duplicates = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.read_new()
+            self.stopping.wait(self.poll)
+        self.read_new()
+
+    def read_new(self) -> None:
+        for entry in os.scandir(self.directory):
+            offset = self.offsets.get(entry.path, 0)
+            if not entry.is_file() or entry.stat().st_size <= offset:
+                continue
+            with open(entry.path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            arrived = time.time()
+            self.offsets[entry.path] = offset + len(data)
+            *lines, rest = (self.partial.get(entry.path, b"") + data).split(b"\n")
+            self.partial[entry.path] = rest
+            for line in lines:
+                record = orjson.loads(line)
+                if record["request_id"] in self.ids:
+                    self.duplicates += 1
+                    continue
+                self.ids.add(record["request_id"])
+                self.latencies.append(arrived - record["written_at"])

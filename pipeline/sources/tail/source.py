@@ -229,11 +229,14 @@ class TailSource:
         if path is None:
             if not tf.rotated:
                 log.info("file rotated away or deleted source=%s path=%s", self.name, tf.path)
+                self._dirty.add(tf.key)  # one more read starts its rotate_wait
             tf.rotated = True
         else:
             tf.path, tf.rotated = path, False
             self._check_replaced(tf)
-        self._dirty.add(tf.key)
+        # Only files with unread bytes: a rescan of 1,000 quiet files must not read them all.
+        if os.fstat(tf.fd).st_size != tf.offset:
+            self._dirty.add(tf.key)
 
     def _finish_saved(
         self, saved: dict[str, FilePosition], listing: dict[str, FoundFile], matched: dict[str, str]

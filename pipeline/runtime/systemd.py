@@ -30,7 +30,10 @@ class Notifier:
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             try:
-                sock.sendto("\n".join(fields).encode(), self.address)
+                # Never block the event loop on a listener that does not read.
+                sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
+            except BlockingIOError:
+                log.debug("sd_notify to %s dropped: the listener is not reading", self.address)
             except OSError as exc:
                 log.warning("sd_notify to %s failed: %s", self.address, exc)
 

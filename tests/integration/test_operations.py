@@ -184,3 +184,42 @@ def test_unreadable_file_is_reported_once_with_the_fix_and_picked_up_when_readab
     assert daemon.log().count("cannot read file") == 1
     assert "setfacl -m u:root:r" in daemon.log()
     Ledger.compare(ids(30), layout.records()).assert_exact()
+
+
+def test_a_stalled_tail_turns_health_red_and_withholds_the_watchdog(layout, daemon_factory, tmp_path):
+    # A full buffer (its output blocked) pauses the source: the file grows, its position does not move.
+    blocker = layout.out / "blocked"
+    blocker.write_text("not a directory")
+    layout.write_config(output={"path": str(blocker / "%Y%m%d-%H.jsonl")},
+                        buffer={"total_limit_bytes": 64 * 1024, "chunk_limit_bytes": 16 * 1024, "retry_limit": 1000,
+                                "retry_max_interval": 0.2},
+                        source={"read_bytes": 16 * 1024},
+                        health={"stall_after": 1.0, "check_interval": 0.2, "output_failing_after": 3600})
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(10)
+        daemon = new_daemon(layout, daemon_factory, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+        daemon.start()
+        generator.write(str(layout.logs / "agent.log"), 2000, max_chars=300)
+        wait_for(lambda: b"grows but its position has not moved" in layout.http("/health")[1],
+                 what="the stall to be reported")
+        assert layout.http("/health")[0] == 503
+        sock.settimeout(0.1)
+        while True:  # drain what was sent before the stall was seen
+            try:
+                sock.recv(4096)
+            except TimeoutError:
+                break
+        sock.settimeout(1.0)
+        seen = []
+        for _ in range(5):  # watchdog interval is 0.2 s: five STATUS messages, no WATCHDOG=1
+            seen.append(sock.recv(4096).decode())
+        assert all(m.startswith("STATUS=UNHEALTHY") for m in seen), seen
+        blocker.unlink()  # the output recovers, the buffer drains, the tail moves again
+        wait_for(lambda: layout.http("/health")[0] == 200, timeout=60, what="healthy again")
+        sock.settimeout(5)
+        while sock.recv(4096) != b"WATCHDOG=1":
+            pass
+        daemon.stop()
+    Ledger.compare(ids(2000), layout.records()).assert_exact()

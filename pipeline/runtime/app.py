@@ -109,6 +109,29 @@ class Daemon:
     ) -> None:
         for source in topo.sources:
             source.stop()
+        assert self.committer is not None
+        draining = asyncio.ensure_future(self._drain(topo, raw, reading, committing))
+        paused = asyncio.ensure_future(self.committer.paused.wait())
+        try:
+            await asyncio.wait({draining, paused}, return_when=asyncio.FIRST_COMPLETED)
+            if draining.done():
+                draining.result()
+                return
+            # A full buffer holds the pipeline: nothing more can be committed now. What was
+            # read but not committed is read again at the next start.
+            log.info("stopping while the sources are paused (a buffer is full): uncommitted lines are "
+                     "read again at the next start")
+        finally:
+            for task in (draining, paused):
+                task.cancel()
+
+    async def _drain(
+        self,
+        topo: Topology,
+        raw: asyncio.Queue[LineBatch | EndOfInput],
+        reading: list[asyncio.Task[None]],
+        committing: asyncio.Task[None],
+    ) -> None:
         await asyncio.gather(*reading)
         await raw.put(END)
         if self.settings.flush_at_shutdown and self.committer is not None:

@@ -13,6 +13,7 @@ retried with backoff; meanwhile the queues fill and the sources pause.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -72,6 +73,7 @@ class Committer:
         self.stats = CommitterStats()
         self._flush_requested = False
         self._wake = asyncio.Event()
+        self.paused = asyncio.Event()  # set while a full buffer holds the sources back
 
     def request_flush(self) -> None:
         """Enqueue every staged chunk at the next step (SIGUSR1, shutdown flush)."""
@@ -164,8 +166,20 @@ class Committer:
             if not buffer.has_space():
                 log.warning("buffer full output=%s bytes=%d: sources paused", buffer.output, buffer.total_bytes)
                 buffer.enqueue_due(force=True)  # let its flusher see everything it can deliver
-                await buffer.wait_for_space()
+                await self._wait_for_space(buffer)
                 log.info("buffer has room again output=%s: sources resumed", buffer.output)
+
+    async def _wait_for_space(self, full: FileBuffer) -> None:
+        """Wait for room in ``full`` while the other outputs keep flushing what is due for them."""
+        self.paused.set()
+        try:
+            while not full.has_space():
+                self._enqueue_due()
+                waits = [w for b in self.buffers if (w := b.seconds_until_due()) is not None]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(full.wait_for_space(), min(waits, default=None))
+        finally:
+            self.paused.clear()
 
     async def _apply(self, plan: CommitPlan, dead: list[bytes], encoded: bytes) -> None:
         delay = 0.5

@@ -241,18 +241,26 @@ class TailSource:
     def _finish_saved(
         self, saved: dict[str, FilePosition], listing: dict[str, FoundFile], matched: dict[str, str]
     ) -> None:
-        """Saved positions of files no glob matches: resume what grew, drop what is gone."""
-        for key, pos in saved.items():
+        """Saved positions of files no glob matches: resume what grew, drop what is gone or replaced.
+
+        A saved inode that now holds other bytes was freed and reused (a finished file was
+        compressed away and a new file got its inode): the entry is stale and removed from
+        ``saved``, so the new file counts as unseen.
+        """
+        for key, pos in list(saved.items()):
             if key in self.files or key in matched:
                 continue
             found = listing.get(key)
-            if found is None:
-                if pos.key not in self._forgotten:
-                    self._forgotten.add(pos.key)
-                    self._pending_forget.append(pos.key)
-                continue
-            if found.size > pos.offset:
+            if found is None or not _same_start(found.path, pos):
+                del saved[key]
+                self._forget(key)
+            elif found.size > pos.offset:
                 self._open(key, found.path, at_start=False, rotated=True)
+
+    def _forget(self, key: str) -> None:
+        if key not in self._forgotten:
+            self._forgotten.add(key)
+            self._pending_forget.append(key)
 
     def _catch_unseen(
         self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], names: set[str], since: float
@@ -394,6 +402,11 @@ class TailSource:
 
     def _matches(self, path: str) -> bool:
         return any(fnmatch.fnmatch(path, p) for p in self.config.paths)
+
+
+def _same_start(path: str, pos: FilePosition) -> bool:
+    """Whether the file at ``path`` still starts with the bytes ``pos`` was fingerprinted on."""
+    return pos.fp_len == 0 or _heads(path, {pos.fp_len}).get(pos.fp_len) == pos.fingerprint
 
 
 def _heads(path: str, lengths: set[int]) -> dict[int, str]:

@@ -75,3 +75,30 @@ def test_copytruncate_duplicates_nothing_and_loses_only_inside_its_window(layout
     lost_seqs = sorted(int(i.split("-")[1]) for i in ledger.lost)
     assert all(seq < rotated_at[-1] for seq in lost_seqs), lost_seqs[:20]
     assert len(lost_seqs) < 200, f"{len(lost_seqs)} lost"
+
+
+def opened(daemon, count: int) -> bool:
+    return daemon.log().count("following file") > count
+
+
+def finished(daemon, count: int) -> bool:
+    return daemon.log().count("finished rotated file") > count
+
+
+def test_deleted_while_open_and_a_new_file_on_the_old_inode(layout, daemon_factory):
+    layout.write_config()
+    path = layout.logs / "agent.log"
+    inodes = []
+    with new_daemon(layout, daemon_factory) as daemon:
+        for round_ in range(4):
+            generator.write(str(path), 500, start=round_ * 500, max_chars=400)
+            inodes.append(path.stat().st_ino)
+            wait_for(partial(opened, daemon, round_), what="the daemon to open it")
+            path.unlink()  # while the daemon is reading it
+            # once the daemon lets go of it, its inode is free: the next file usually gets it
+            wait_for(partial(finished, daemon, round_), what="the deleted file finished")
+        wait_for(lambda: len(layout.records()) >= 2000, what="every record")
+        assert daemon.stop() == 0
+    expected = [generator.request_id(1, n) for n in range(2000)]
+    Ledger.compare(expected, layout.records()).assert_exact()
+    assert len(set(inodes)) < len(inodes), f"no inode was reused this time: {inodes}"

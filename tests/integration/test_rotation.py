@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import generator
 from tests.conftest import new_daemon
-from tests.support.daemon import Ledger, wait_for
+from tests.support.daemon import Daemon, Ledger, wait_for
 from tests.support.writer import AgentWriter
 
 pytestmark = pytest.mark.integration
@@ -77,11 +77,11 @@ def test_copytruncate_duplicates_nothing_and_loses_only_inside_its_window(layout
     assert len(lost_seqs) < 200, f"{len(lost_seqs)} lost"
 
 
-def opened(daemon, count: int) -> bool:
+def opened(daemon: Daemon, count: int) -> bool:
     return daemon.log().count("following file") > count
 
 
-def finished(daemon, count: int) -> bool:
+def finished(daemon: Daemon, count: int) -> bool:
     return daemon.log().count("finished rotated file") > count
 
 

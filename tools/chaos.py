@@ -35,7 +35,13 @@ sys.path.insert(0, str(REPO))
 
 from pipeline import generator  # noqa: E402
 from tests.support.daemon import Daemon, Layout, Ledger, render_toml, wait_for  # noqa: E402
-from tests.support.elasticsearch import DEFAULT_VERSION, ElasticsearchServer, request  # noqa: E402
+from tests.support.elasticsearch import (  # noqa: E402
+    DEFAULT_VERSION,
+    ElasticsearchServer,
+    all_documents,
+    count_documents,
+    request,
+)
 from tests.support.s3server import CREDENTIALS, S3Server, all_records  # noqa: E402
 from tests.support.writer import AgentWriter  # noqa: E402
 
@@ -245,26 +251,6 @@ def s3_output(url: str, bucket: str, buffer: dict[str, Any] | None = None) -> di
             "request_timeout": REQUEST_TIMEOUT, "max_attempts": 1, "buffer": {**RETRY, **(buffer or {})}}
 
 
-def es_count(url: str, pattern: str) -> int:
-    request("POST", f"{url}/{pattern}/_refresh")
-    status, body = request("GET", f"{url}/{pattern}/_count")
-    return int(body["count"]) if status == 200 else 0
-
-
-def es_records(url: str, pattern: str) -> list[dict[str, Any]]:
-    """Every document's source in ``pattern`` (scrolled: no 10,000 limit)."""
-    request("POST", f"{url}/{pattern}/_refresh")
-    status, body = request("POST", f"{url}/{pattern}/_search?scroll=1m", {"size": 5000, "sort": ["_doc"]})
-    assert status == 200, body
-    found: list[dict[str, Any]] = []
-    while body["hits"]["hits"]:
-        found += [hit["_source"] for hit in body["hits"]["hits"]]
-        status, body = request("POST", f"{url}/_search/scroll", {"scroll": "1m", "scroll_id": body["_scroll_id"]})
-        assert status == 200, body
-    request("DELETE", f"{url}/_search/scroll", {"scroll_id": body["_scroll_id"]})
-    return found
-
-
 def new_bucket(s3: S3Server, name: str) -> str:
     s3.client().create_bucket(Bucket=name)
     return name
@@ -279,7 +265,7 @@ def frozen(kind: str, root: Path, rng: random.Random, n: int) -> tuple[Originals
         server = es = SERVERS.es()
         request("DELETE", f"{es.url}/frozen-*")
         output = es_output(es.url, "frozen-%Y.%m.%d", {"chunk_limit_bytes": 256 * KiB})
-        count = partial(es_count, es.url, "frozen-*")
+        count = partial(count_documents, es.url, "frozen-*")
     else:
         server = s3 = SERVERS.s3()
         bucket = new_bucket(s3, f"frozen-{rng.randrange(10**9)}")
@@ -301,7 +287,7 @@ def frozen(kind: str, root: Path, rng: random.Random, n: int) -> tuple[Originals
         wait_for(lambda: count() >= n * per, timeout=180, interval=0.5, what="catch-up")
         daemon.stop()
     if kind == "elasticsearch":
-        return originals_in_parts(per, n), {kind: es_records(es.url, "frozen-*")}
+        return originals_in_parts(per, n), {kind: all_documents(es.url, "frozen-*")}
     return originals_in_parts(per, n), {kind: all_records(s3.client(), bucket)}
 
 
@@ -366,7 +352,7 @@ def both_down(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delive
                 es.start_process()
         wait_for(lambda: settled(layout, outputs), timeout=120, interval=0.2, what="catch-up")
         daemon.stop()
-    delivered = {"elasticsearch": es_records(es.url, "both-*"), "s3": all_records(s3.client(), bucket),
+    delivered = {"elasticsearch": all_documents(es.url, "both-*"), "s3": all_records(s3.client(), bucket),
                  "file": layout.records()}
     return originals_in_parts(per, n), delivered
 

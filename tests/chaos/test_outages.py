@@ -43,7 +43,15 @@ from pipeline import generator
 from pipeline.buffer import frame
 from tests.conftest import new_daemon
 from tests.support.daemon import Daemon, Layout, Ledger, render_toml, wait_for
-from tests.support.elasticsearch import DEFAULT_VERSION, ElasticsearchServer, external_url, free_port, request
+from tests.support.elasticsearch import (
+    DEFAULT_VERSION,
+    ElasticsearchServer,
+    all_documents,
+    count_documents,
+    external_url,
+    free_port,
+    request,
+)
 from tests.support.s3server import CREDENTIALS, S3Server, all_records, list_keys
 from tests.support.writer import AgentWriter
 
@@ -133,22 +141,6 @@ def request_ids(count: int, start: int = 0) -> list[str]:
     return [generator.request_id(1, n) for n in range(start, start + count)]
 
 
-def es_count(url: str, pattern: str) -> int:
-    """Documents in the indices matching ``pattern`` after a refresh (0 before the first one exists)."""
-    request("POST", f"{url}/{pattern}/_refresh")
-    status, body = request("GET", f"{url}/{pattern}/_count")
-    return int(body["count"]) if status == 200 else 0
-
-
-def es_records(url: str, pattern: str) -> list[dict[str, Any]]:
-    """Every document's source in ``pattern`` (up to 10,000)."""
-    request("POST", f"{url}/{pattern}/_refresh")
-    status, body = request("POST", f"{url}/{pattern}/_search", {"size": 10_000, "query": {"match_all": {}}})
-    assert status == 200, body
-    assert body["hits"]["total"]["value"] < 10_000, "too many documents for one search"
-    return [hit["_source"] for hit in body["hits"]["hits"]]
-
-
 def s3_count(s3: S3Server, bucket: str) -> int:
     return len(all_records(s3.client(), bucket))
 
@@ -188,7 +180,7 @@ def test_elasticsearch_answering_after_the_request_timeout_loses_and_duplicates_
     writer = AgentWriter(layout.logs / "agent.log", total, per_batch=10, pause=0.01, max_chars=1000)
     daemon = new_daemon(layout, daemon_factory, DAEMON_ENV).start()
     writer.start()
-    wait_for(lambda: es_count(es.url, "slow-*") >= 300, what="documents before the freeze")
+    wait_for(lambda: count_documents(es.url, "slow-*") >= 300, what="documents before the freeze")
     mark = len(daemon.log())
     es.freeze()
     try:
@@ -199,10 +191,10 @@ def test_elasticsearch_answering_after_the_request_timeout_loses_and_duplicates_
         es.thaw()
     writer.join(60)
     assert writer.error is None and writer.written == total
-    wait_for(lambda: es_count(es.url, "slow-*") >= total, timeout=60, interval=0.25,
+    wait_for(lambda: count_documents(es.url, "slow-*") >= total, timeout=60, interval=0.25,
              what=f"{total} documents after the thaw; daemon log:\n{daemon.log()[-3000:]}")
     assert daemon.stop() == 0
-    Ledger.compare(request_ids(total), es_records(es.url, "slow-*")).assert_exact()
+    Ledger.compare(request_ids(total), all_documents(es.url, "slow-*")).assert_exact()
     assert re.search(r"delivery failed output=search .*ConnectionTimeout", daemon.log())
     assert not (layout.state / "buffer" / "search" / "dead").exists()
 
@@ -257,10 +249,10 @@ def test_elasticsearch_refusing_with_429_under_pressure_delivers_everything_once
         wait_for(lambda: daemon.log().count("HTTP 429 es_rejected_execution_exception") >= 3, timeout=30,
                  what=f"429s in the daemon log:\n{daemon.log()[-3000:]}")
     assert load.statuses.get(429), f"the load itself was never refused: {load.statuses}"
-    wait_for(lambda: es_count(url, "busy-*") >= total, timeout=60, interval=0.25,
+    wait_for(lambda: count_documents(url, "busy-*") >= total, timeout=60, interval=0.25,
              what=f"{total} documents once the pressure is gone; daemon log:\n{daemon.log()[-3000:]}")
     assert daemon.stop() == 0
-    Ledger.compare(request_ids(total), es_records(url, "busy-*")).assert_exact()
+    Ledger.compare(request_ids(total), all_documents(url, "busy-*")).assert_exact()
     assert rejected_writes(url) > 0
     log = daemon.log()
     whole = re.search(r"delivery failed output=search .*Elasticsearch at \S+: HTTP 429 es_rejected_execution", log)
@@ -350,7 +342,7 @@ def test_both_destinations_down_pause_the_source_and_everything_arrives_once_aft
     first, total = 100, 2000  # ~0.2 MB before the outage, ~3.6 MB during it: 14 times the buffers' limit
     generator.write(str(log), first, max_chars=1000)
     daemon = new_daemon(layout, daemon_factory, DAEMON_ENV).start()
-    wait_for(lambda: es_count(es.url, "both-*") >= first and s3_count(s3, bucket) >= first
+    wait_for(lambda: count_documents(es.url, "both-*") >= first and s3_count(s3, bucket) >= first
              and len(layout.records()) >= first, interval=0.2, what="the first records in all three outputs")
     es.stop_process()  # connections refused
     s3.freeze()  # connections accepted, nothing answered (moto keeps its objects)
@@ -374,12 +366,12 @@ def test_both_destinations_down_pause_the_source_and_everything_arrives_once_aft
         s3.thaw()
         es.start_process()
     wait_for(lambda: "sources resumed" in since(daemon, mark), timeout=60, what="the sources to resume")
-    wait_for(lambda: es_count(es.url, "both-*") >= total and s3_count(s3, bucket) >= total
+    wait_for(lambda: count_documents(es.url, "both-*") >= total and s3_count(s3, bucket) >= total
              and len(layout.records()) >= total, timeout=90, interval=0.25,
              what=f"{total} records in all three outputs; daemon log:\n{daemon.log()[-3000:]}")
     assert daemon.stop() == 0
     expected = request_ids(total)
-    Ledger.compare(expected, es_records(es.url, "both-*")).assert_exact()
+    Ledger.compare(expected, all_documents(es.url, "both-*")).assert_exact()
     Ledger.compare(expected, all_records(s3.client(), bucket)).assert_exact()
     Ledger.compare(expected, layout.records()).assert_exact()
     assert "dropped" not in daemon.log()
@@ -429,10 +421,10 @@ def test_sigterm_while_the_sources_are_paused_stops_promptly_and_loses_nothing(l
     # Elasticsearch is reachable at the next start: what was read is delivered once, the rest read again.
     write_config(layout, outputs(es.url), read_bytes=READ_BYTES)
     with new_daemon(layout, daemon_factory, DAEMON_ENV) as daemon:
-        wait_for(lambda: es_count(es.url, "paused-*") >= total and len(layout.records()) >= total, timeout=60,
+        wait_for(lambda: count_documents(es.url, "paused-*") >= total and len(layout.records()) >= total, timeout=60,
                  interval=0.25, what=f"{total} records after the restart")
         assert daemon.stop() == 0
-    Ledger.compare(request_ids(total), es_records(es.url, "paused-*")).assert_exact()
+    Ledger.compare(request_ids(total), all_documents(es.url, "paused-*")).assert_exact()
     Ledger.compare(request_ids(total), layout.records()).assert_exact()
     # Nothing can be committed to a full buffer: a stop should not wait for room until shutdown_timeout.
     hung = "stop did not finish" in first_run

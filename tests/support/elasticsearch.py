@@ -664,3 +664,24 @@ class ElasticsearchServer:
             if time.monotonic() > deadline:
                 raise self._fail(f"not yellow/green after {self.startup_timeout:.0f}s (last: {last})")
             time.sleep(0.25)
+
+
+def count_documents(url: str, pattern: str) -> int:
+    """Documents in the indices matching ``pattern`` after a refresh (0 before the first one exists)."""
+    request("POST", f"{url}/{pattern}/_refresh")
+    status, body = request("GET", f"{url}/{pattern}/_count")
+    return int(body["count"]) if status == 200 else 0
+
+
+def all_documents(url: str, pattern: str) -> list[dict[str, Any]]:
+    """Every document's source in ``pattern`` (scrolled: no 10,000 limit)."""
+    request("POST", f"{url}/{pattern}/_refresh")
+    status, body = request("POST", f"{url}/{pattern}/_search?scroll=1m", {"size": 5000, "sort": ["_doc"]})
+    assert status == 200, body
+    found: list[dict[str, Any]] = []
+    while body["hits"]["hits"]:
+        found += [hit["_source"] for hit in body["hits"]["hits"]]
+        status, body = request("POST", f"{url}/_search/scroll", {"scroll": "1m", "scroll_id": body["_scroll_id"]})
+        assert status == 200, body
+    request("DELETE", f"{url}/_search/scroll", {"scroll_id": body["_scroll_id"]})
+    return found

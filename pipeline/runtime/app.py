@@ -75,8 +75,23 @@ class Daemon:
         committer = self.committer = Committer(
             processed, topo.routes, list(topo.buffers.values()), topo.positions, topo.dead_letters, self.clock
         )
-        for output in topo.outputs.values():
-            await output.start()
+        try:
+            await self._pipeline(topo, committer, raw, processed, stop, quit_now)
+        finally:
+            for output in topo.outputs.values():
+                await output.close()
+
+    async def _pipeline(
+        self,
+        topo: Topology,
+        committer: Committer,
+        raw: asyncio.Queue[LineBatch | EndOfInput],
+        processed: asyncio.Queue[ProcessedBatch | EndOfInput],
+        stop: asyncio.Event,
+        quit_now: asyncio.Event,
+    ) -> None:
+        # Outputs check their destinations concurrently: an unreachable one must not delay the others.
+        await asyncio.gather(*(output.start() for output in topo.outputs.values()))
         async with asyncio.TaskGroup() as tasks:
             flushers = [tasks.create_task(f.run(), name=f"flusher:{n}") for n, f in topo.flushers.items()]
             committing = tasks.create_task(committer.run(), name="committer")
@@ -96,8 +111,6 @@ class Daemon:
             await _until(stopping, quit_now, self.settings.shutdown_timeout, "stop")
             for task in [*reading, processing, committing, *flushers, *watching]:
                 task.cancel()
-        for output in topo.outputs.values():
-            await output.close()
         self._log_stragglers(topo)
 
     async def _stop(

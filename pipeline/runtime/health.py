@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.config import HealthConfig
 from pipeline.runtime.committer import Committer
 from pipeline.runtime.topology import Topology
+from pipeline.sources.tail.source import TailSource
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Observer:
 
     def snapshot(self) -> dict[str, Any]:
         """The whole status: sources with per-file lag, outputs with buffers and errors, problems."""
-        sources = {s.name: self._source(s.name) for s in self.topology.sources}
+        sources = {s.name: self._source(s) for s in self.topology.sources}
         outputs = {name: self._output(name) for name in self.topology.flushers}
         problems = [p for src in sources.values() for f in src["files"] if (p := f.get("problem"))]
         problems += [o["problem"] for o in outputs.values() if o.get("problem")]
@@ -54,8 +55,8 @@ class Observer:
         """Whether any file is stalled (the watchdog ping is withheld then)."""
         return any(f.get("stalled") for s in snapshot["sources"].values() for f in s["files"])
 
-    def _source(self, name: str) -> dict[str, Any]:
-        source = next(s for s in self.topology.sources if s.name == name)
+    def _source(self, source: TailSource) -> dict[str, Any]:
+        name = source.name
         files = []
         for tf in list(source.files.values()):
             saved = self.topology.positions.get(name, tf.key)
@@ -90,7 +91,7 @@ class Observer:
             "delivered_chunks": stats.delivered_chunks, "failed_attempts": stats.failed_attempts,
             "dead_chunks": stats.dead_chunks, "dropped_chunks": buffer.dropped_chunks,
             "last_success": stats.last_success, "last_error": stats.last_error,
-            "last_error_time": stats.last_error_time,
+            "last_error_time": stats.last_error_time, "failing": flusher.failing_since is not None,
         }
         problem = self._output_problem(name, entry, flusher.failing_since)
         if problem:

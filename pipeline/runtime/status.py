@@ -55,18 +55,13 @@ def render_running(snap: dict[str, Any]) -> str:
                   for f in src["files"]]
         lines += [f"  {path}: UNREADABLE by the daemon's user" for path in src["unreadable"]]
     for name, out in snap["outputs"].items():
-        state = "FAILING" if out.get("problem") or _failing(out) else "ok"
+        state = "FAILING" if out.get("problem") or out["failing"] else "ok"
         lines.append(f"output {name}: {state}; buffer {size(out['buffer_bytes'])} of "
                      f"{size(out['buffer_limit_bytes'])} ({out['chunks']} chunks); "
                      f"delivered {out['delivered_records']} records; {out['dead_chunks']} chunks set aside")
         if out["last_error"]:
             lines.append(f"  last error {_ago(out['last_error_time'])}: {out['last_error']}")
     return "\n".join(lines)
-
-
-def _failing(out: dict[str, Any]) -> bool:
-    error, success = out.get("last_error_time"), out.get("last_success")
-    return error is not None and (success is None or error > success)
 
 
 def _ago(when: float | None) -> str:

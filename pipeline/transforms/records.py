@@ -78,7 +78,8 @@ class RecordProcessor:
             try:
                 record = loads(line)
             except decode_error as exc:
-                dead.append(self._dead(batch, base + pos, bytes(line), describe_error(bytes(line), exc), now))
+                bad = bytes(line)
+                dead.append(self._dead(batch, base + pos, bad, describe_error(bad, exc), now))
                 pos = end + 1
                 continue
             if type(record) is not dict:

@@ -231,11 +231,12 @@ class TailSource:
                 log.info("file rotated away or deleted source=%s path=%s", self.name, tf.path)
                 self._dirty.add(tf.key)  # one more read starts its rotate_wait
             tf.rotated = True
+            size = os.fstat(tf.fd).st_size
         else:
             tf.path, tf.rotated = path, False
-            self._check_replaced(tf)
+            size = self._check_replaced(tf)
         # Only files with unread bytes: a rescan of 1,000 quiet files must not read them all.
-        if os.fstat(tf.fd).st_size != tf.offset:
+        if size != tf.offset:
             self._dirty.add(tf.key)
 
     def _finish_saved(
@@ -279,11 +280,11 @@ class TailSource:
             elif found.ctime >= since - 1.0 and not any(heads.get(n) == fp for fp, n in tracked):
                 self._open(key, found.path, at_start=False, rotated=True, offset=0)
 
-    def _check_replaced(self, tf: TailedFile) -> None:
-        """copytruncate or rewrite in place: the file got shorter or its first bytes changed."""
+    def _check_replaced(self, tf: TailedFile) -> int:
+        """copytruncate or rewrite in place: the file got shorter or its first bytes changed. Returns its size."""
         size = os.fstat(tf.fd).st_size
         if size >= tf.offset and tf.matches(tf.fp, tf.fp_len):
-            return
+            return size
         log.warning(
             "file truncated or replaced in place source=%s path=%s offset=%d size=%d: reading from 0",
             self.name, tf.path, tf.offset, size,
@@ -292,6 +293,7 @@ class TailSource:
         self._copied[(tf.fp, tf.fp_len)] = tf.offset
         tf.offset, tf.oversized = 0, None
         tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
+        return size
 
     def _open(self, key: str, path: str, at_start: bool, rotated: bool = False, offset: int | None = None) -> None:
         if len(self.files) >= self.config.max_open_files and not self._park_idlest():

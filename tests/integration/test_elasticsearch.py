@@ -280,14 +280,15 @@ def test_an_elasticsearch_outage_mid_stream_loses_and_duplicates_nothing(
 
 def test_sigkill_mid_bulk_then_restart_indexes_everything_once(layout, daemon_factory, cluster, es_url):
     es = cluster("crash")
-    es_config(layout, es_url, "crash-%Y.%m.%d", output={"bulk_max_docs": 50, "bulk_concurrency": 2},
+    # Small bulks keep the delivery long enough (against the count's polling) to kill it mid-stream twice.
+    es_config(layout, es_url, "crash-%Y.%m.%d", output={"bulk_max_docs": 20, "bulk_concurrency": 2},
               buffer={"chunk_limit_records": 400, "workers": 2})
-    total = 6000
-    generator.write(str(layout.logs / "agent.log"), total, max_chars=1000)
+    total = 10_000
+    generator.write(str(layout.logs / "agent.log"), total, max_chars=300)
     for _ in range(2):
         before = es.count("crash-*")
         daemon = new_daemon(layout, daemon_factory).start()
-        wait_count(es, "crash-*", before + 500, daemon)
+        wait_count(es, "crash-*", before + 300, daemon)
         daemon.kill()
         assert es.count("crash-*") < total, "killed mid-stream"
     with new_daemon(layout, daemon_factory) as daemon:

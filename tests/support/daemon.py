@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,6 +55,29 @@ def render_toml(tables: dict[str, Any], prefix: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
+def complete_lines(raw: bytes, gzipped: bool = False) -> list[bytes]:
+    """The newline-terminated, non-empty lines of a file that may still be growing."""
+    if gzipped:
+        raw = _complete_gzip_members(raw)
+    return [line for line in raw[: raw.rfind(b"\n") + 1].splitlines() if line]
+
+
+def _complete_gzip_members(raw: bytes) -> bytes:
+    """The decompressed content of every complete member of a (possibly growing) gzip file."""
+    out: list[bytes] = []
+    while raw:
+        member = zlib.decompressobj(31)
+        try:
+            data = member.decompress(raw)
+        except zlib.error:
+            break  # a member cut off in its header
+        if not member.eof:
+            break  # the last member is still being written
+        out.append(data)
+        raw = member.unused_data
+    return b"".join(out)
+
+
 @dataclass
 class Layout:
     """Paths of one test pipeline: logs in, outputs out, state."""
@@ -87,12 +110,17 @@ class Layout:
         return self.config
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record in the file output, in file order."""
+        """Every record in the file output, in file order.
+
+        The daemon may be appending while we read: a chunk's trailing part that has not
+        been written yet (an unfinished line or gzip member) is left out, as ``tail -f``
+        would. A record that never gets completed still fails the ledger's count.
+        """
         found: list[dict[str, Any]] = []
         for path in sorted(self.out.rglob("*")):
             if path.is_file():
-                raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-                found += [orjson.loads(line) for line in raw.splitlines() if line]
+                raw = path.read_bytes()
+                found += [orjson.loads(line) for line in complete_lines(raw, gzipped=path.suffix == ".gz")]
         return found
 
     def http(self, path: str) -> tuple[int, bytes]:
@@ -111,7 +139,7 @@ class Layout:
         """Entries of the record dead-letter store."""
         entries: list[dict[str, Any]] = []
         for path in sorted((self.state / "dead-letter").glob("records-*.jsonl")):
-            entries += [orjson.loads(line) for line in path.read_bytes().splitlines()]
+            entries += [orjson.loads(line) for line in complete_lines(path.read_bytes())]
         return entries
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,7 @@ class FileOutput:
         try:
             start = self._claim(chunk, path, fd)
             try:
-                for data in self._encoded(chunk):
-                    _write_all(fd, data)
+                _write_all(fd, list(self._encoded(chunk)))
                 os.fsync(fd)
             except BaseException:
                 os.ftruncate(fd, start)  # leave no half chunk behind for readers
@@ -117,7 +117,7 @@ class FileOutput:
         directory = self.context.state_dir
         return {cid: e for cid, e in journal.items() if any(directory.glob(f"*.{cid}.*"))}
 
-    def _encoded(self, chunk: Chunk) -> Any:
+    def _encoded(self, chunk: Chunk) -> Iterator[bytes]:
         if self.config.compress == "none":
             yield from chunk.payloads()
             return
@@ -127,7 +127,17 @@ class FileOutput:
         yield packer.flush()
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+_IOV_MAX = 1024  # Linux's limit on buffers per writev()
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every part, in order, with as few system calls as the kernel allows."""
+    pending = [memoryview(p) for p in parts if p]
+    first = 0
+    while first < len(pending):
+        written = os.writev(fd, pending[first : first + _IOV_MAX])
+        while written and written >= len(pending[first]):
+            written -= len(pending[first])
+            first += 1
+        if written:
+            pending[first] = pending[first][written:]

@@ -5,6 +5,10 @@ every record is in the file output; next to the floor measured in the same run.
   .venv/bin/python benchmarks/catchup.py                      # 100,000 typical records
   .venv/bin/python benchmarks/catchup.py --records 1000000 --max-chars 300   # small records
   .venv/bin/python benchmarks/catchup.py --shared-workload   # ../shared/bench/gen_interactions.py
+  .venv/bin/python benchmarks/catchup.py --fsync true         # only the default mode
+
+Both durability modes are measured by default: ``fsync = true`` (the default: power-loss
+safe) and ``fsync = false`` (page cache only, still safe against kill -9).
 
 Prints a table and writes benchmarks/results/catchup-<workload>.json. Medians of --runs
 alternating runs (floor, daemon, floor, daemon, ...).
@@ -33,10 +37,11 @@ from common import (
 )
 
 
-def daemon_config(root: Path, workload: Path) -> Path:
+def daemon_config(root: Path, workload: Path, fsync: bool) -> Path:
     config = root / "logferry.toml"
     config.write_text(f"""
 state_dir = "{root / 'state'}"
+fsync = {'true' if fsync else 'false'}
 [sources.agent]
 type = "tail"
 paths = ["{workload}"]
@@ -62,10 +67,10 @@ def caught_up(root: Path, size: int) -> bool:
     return not any(p.suffix in (".staged", ".queued") for p in buffer.iterdir())
 
 
-def run_daemon(root: Path, workload: Path) -> dict[str, float]:
+def run_daemon(root: Path, workload: Path, fsync: bool) -> dict[str, float]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
-    config = daemon_config(root, workload)
+    config = daemon_config(root, workload, fsync)
     size = workload.stat().st_size
     with DaemonProcess(config, root / "daemon.log") as daemon:
         cpu_ready, _ = proc_stats(daemon.pid)
@@ -84,19 +89,23 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--shared-workload", action="store_true", help="generate with ../shared/bench")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--fsync", choices=("both", "true", "false"), default="both", help="durability modes to run")
     args = ap.parse_args()
+    modes = {"both": [True, False], "true": [True], "false": [False]}[args.fsync]
     root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     workload = root / "agent.log"
     workload.unlink(missing_ok=True)
     make_workload(workload, args.records, args.max_chars, args.shared_workload)
     size = workload.stat().st_size
-    floors, daemons = [], []
+    floors: list[dict[str, float]] = []
+    daemons: dict[bool, list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(args.runs):
         floors.append(run_floor(workload, root / "floor.out"))
-        daemons.append(run_daemon(root, workload))
-        delivered = count_lines(root / "out")
-        assert delivered == args.records, f"daemon delivered {delivered} of {args.records}"
+        for mode in modes:
+            daemons[mode].append(run_daemon(root, workload, mode))
+            delivered = count_lines(root / "out")
+            assert delivered == args.records, f"daemon delivered {delivered} of {args.records}"
     report = summarize(args, size, floors, daemons)
     print_header("catch-up: backlog → file output, next to the floor", report)
     print_table(report)
@@ -104,32 +113,43 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+ROW = {True: "logferry", False: "logferry_no_fsync"}  # result keys: fsync = true (default) / false
+
+
 def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]],
-              daemons: list[dict[str, float]]) -> dict[str, Any]:
+              daemons: dict[bool, list[dict[str, float]]]) -> dict[str, Any]:
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
-    floor_s, daemon_s = med(floors, "seconds"), med(daemons, "seconds")
-    return {
+    floor_s = med(floors, "seconds")
+    report: dict[str, Any] = {
         **machine(), "records": args.records, "bytes": size,
         "workload": "shared gen_interactions.py" if args.shared_workload else "pipeline.generator",
         "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6,
                   "cpu_s": med(floors, "cpu_s"), "runs": floors},
-        "logferry": {"records_per_s": args.records / daemon_s, "mb_per_s": size / daemon_s / 1e6,
-                     "cpu_s": med(daemons, "cpu_s"), "peak_rss_mb": max(d["peak_rss_mb"] for d in daemons),
-                     "runs": daemons},
-        "ratio_to_floor": floor_s / daemon_s,
     }
+    for mode, runs in daemons.items():
+        daemon_s = med(runs, "seconds")
+        report[ROW[mode]] = {
+            "fsync": mode, "records_per_s": args.records / daemon_s, "mb_per_s": size / daemon_s / 1e6,
+            "cpu_s": med(runs, "cpu_s"), "peak_rss_mb": max(d["peak_rss_mb"] for d in runs), "runs": runs,
+            "ratio_to_floor": floor_s / daemon_s,
+        }
+    return report
 
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']}, {r['date']}")
-    print(f"{'':10} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9}")
-    for name in ("floor", "logferry"):
-        row = r[name]
+    print(f"{'':24} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8}")
+    labels = {"floor": "floor", "logferry": "logferry (fsync)", "logferry_no_fsync": "logferry (fsync=false)"}
+    for key, label in labels.items():
+        if key not in r:
+            continue
+        row = r[key]
         rss = f"{row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else "-"
-        print(f"{name:10} {row['records_per_s']:>10.0f} {row['mb_per_s']:>8.1f} {row['cpu_s']:>7.2f} {rss:>9}")
-    print(f"logferry / floor: {r['ratio_to_floor']:.2f}x")
+        ratio = f"{row['ratio_to_floor']:.2f}x" if "ratio_to_floor" in row else "-"
+        print(f"{label:24} {row['records_per_s']:>10.0f} {row['mb_per_s']:>8.1f} {row['cpu_s']:>7.2f} {rss:>9} "
+              f"{ratio:>8}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: float = Field(10.0, gt=0, description="Deadline for a clean stop, seconds.")
     flush_at_shutdown: bool = Field(False, description="Try to deliver staged chunks before exiting.")
+    fsync: bool = Field(
+        True,
+        description="Force commits, deliveries and state to disk (power-loss safe); false: page cache only, "
+        "still safe against process crashes and kill -9 (see pipeline/durability.py).",
+    )
     enrich: EnrichConfig = Field(default_factory=EnrichConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     sources: dict[str, SourceConfig] = Field(min_length=1)

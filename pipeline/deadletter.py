@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.durability import sync
+
 
 def line_fields(line: bytes, limit: int = 1 << 20) -> dict[str, Any]:
     """The line as text when it is UTF-8, else as base64; cut to ``limit`` bytes (noted)."""
@@ -73,7 +75,7 @@ class DeadLetterStore:
         fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             os.write(fd, b"".join(entries))
-            os.fsync(fd)
+            sync(fd)
         finally:
             os.close(fd)
 

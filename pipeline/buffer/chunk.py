@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.buffer import frame
 from pipeline.buffer.frame import Frame
+from pipeline.durability import sync
 
 
 class ChunkState(Enum):
@@ -78,7 +79,7 @@ class Chunk:
     def sync(self) -> None:
         """Make every appended byte durable."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            sync(self._fd)
 
     def truncate(self, size: int) -> None:
         """Cut the file back to ``size`` bytes (undo a failed commit's frames before a retry)."""

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from pipeline.buffer import frame
 from pipeline.buffer.chunk import Chunk, ChunkState, header_frame, new_chunk_id
 from pipeline.clock import Clock
 from pipeline.config import BufferConfig
+from pipeline.durability import sync_dir, write_atomic
 
 log = logging.getLogger("logferry.buffer")
 
@@ -50,7 +52,7 @@ class CommitPlan:
         for chunk in self.parts:
             chunk.sync()
         for directory in self.new_dirs:
-            fsync_dir(directory)
+            sync_dir(directory)
 
     def undo(self) -> None:
         """Cut every touched file back to its size before this commit, so ``apply`` can run again."""
@@ -101,6 +103,7 @@ class FileBuffer:
         self._settled_event = asyncio.Event()
         self._space_event = asyncio.Event()
         self._space_event.set()
+        self.on_flusher_idle: Callable[[], None] = _nothing  # the committer enqueues held chunks then
 
     @property
     def dead_dir(self) -> Path:
@@ -145,11 +148,19 @@ class FileBuffer:
         return chunk.size >= self.config.chunk_limit_bytes or chunk.records >= self.config.chunk_limit_records
 
     def enqueue_due(self, force: bool = False) -> int:
-        """Move full, expired or (``force``) all staged chunks to the queue; returns how many."""
+        """Move full, expired or (``force``) all staged chunks to the queue; returns how many.
+
+        A chunk that is due but not full stays staged, and keeps filling, while no flusher
+        is free to take it: enqueuing it now would not get it delivered any sooner, and
+        under a backlog this makes chunks full-sized instead of one commit each (fewer
+        files, syncs and requests per record). ``on_flusher_idle`` fires when a flusher
+        asks for a chunk and finds none, so a held chunk goes out then.
+        """
         due = self._sealed
         self._sealed = []
+        hold = self._flushers_busy() and not force
         for timekey, chunk in list(self.staged.items()):
-            if force or self._is_due(chunk):
+            if force or self._is_full(chunk) or (not hold and self._is_due(chunk)):
                 due.append(self.staged.pop(timekey))
         for chunk in due:
             chunk.enqueue()
@@ -170,11 +181,17 @@ class FileBuffer:
         return self.clock.time() >= window_end or age >= cfg.timekey + cfg.timekey_wait
 
     def seconds_until_due(self) -> float | None:
-        """How long until the next staged chunk is due; None when nothing is staged."""
+        """How long until the next staged chunk is due; None when nothing is staged, or
+        while due chunks are held back for busy flushers (``on_flusher_idle`` wakes then)."""
         if self._sealed:
             return 0.0
         waits = [self._wait_for(chunk) for chunk in self.staged.values()]
-        return max(0.0, min(waits)) if waits else None
+        if not waits or (min(waits) <= 0 and self._flushers_busy()):
+            return None
+        return max(0.0, min(waits))
+
+    def _flushers_busy(self) -> bool:
+        return bool(self.queue) or len(self.in_flight) >= self.config.workers
 
     def _wait_for(self, chunk: Chunk) -> float:
         cfg = self.config
@@ -226,6 +243,7 @@ class FileBuffer:
     async def dequeue(self) -> Chunk:
         """Wait for the next queued chunk and mark it in flight."""
         while not self.queue:
+            self.on_flusher_idle()
             self._queued_event.clear()
             await self._queued_event.wait()
         chunk = self.queue.popleft()
@@ -252,7 +270,7 @@ class FileBuffer:
         target = self.dead_dir / chunk.path.name
         write_atomic(self.dead_dir / f"{chunk.path.name}.error.json", orjson.dumps(error))
         os.replace(chunk.path, target)
-        fsync_dir(self.dead_dir)
+        sync_dir(self.dead_dir)
         self._release(chunk)
         self._settled_event.set()
         return target
@@ -392,25 +410,5 @@ def _creation_seq(path: Path) -> int:
     return int(frame.HEADER.unpack(prefix)[5])
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (new, renamed or removed files) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+def _nothing() -> None:
+    """The default ``on_flusher_idle``: no committer listening."""

@@ -30,7 +30,7 @@ from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
 
 log = logging.getLogger("logferry")
-QUEUE_BATCHES = 4  # blocks in flight between stages: bounds memory, gives back-pressure
+QUEUE_BATCHES = 8  # blocks in flight between stages: bounds memory, gives back-pressure
 
 
 async def process_loop(

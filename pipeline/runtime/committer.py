@@ -74,6 +74,8 @@ class Committer:
         self._flush_requested = False
         self._wake = asyncio.Event()
         self.paused = asyncio.Event()  # set while a full buffer holds the sources back
+        for buffer in self.buffers:
+            buffer.on_flusher_idle = self._wake.set  # chunks held back for busy flushers go out now
 
     def request_flush(self) -> None:
         """Enqueue every staged chunk at the next step (SIGUSR1, shutdown flush)."""

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import durability
 from pipeline.buffer.file_buffer import FileBuffer, ResumeReport
 from pipeline.clock import Clock
 from pipeline.config import OutputConfig, Settings, effective_hostname
@@ -55,6 +56,7 @@ class Topology:
 
 def build(settings: Settings, clock: Clock) -> Topology:
     """Open the state directory, resume buffers and positions, and wire every component."""
+    durability.configure(settings.fsync)
     state = settings.state_dir
     lock_fd = _lock_state_dir(state)
     positions = PositionStore(state / "positions.json")

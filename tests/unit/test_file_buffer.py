@@ -186,6 +186,43 @@ def test_force_enqueues_everything(tmp_path: Path) -> None:
     assert all(name.endswith(".queued") for name in files(buffer))
 
 
+@pytest.mark.asyncio
+async def test_a_due_chunk_keeps_filling_while_the_flusher_is_busy_and_goes_when_it_asks(tmp_path: Path) -> None:
+    clock = FakeClock(WALL)
+    buffer = make(tmp_path, clock, flush_interval=1.0, chunk_limit_bytes=10_000)
+    idle_calls: list[int] = []
+    buffer.on_flusher_idle = lambda: idle_calls.append(1)
+    commit(buffer, 1, NOW_KEY, lines(1))
+    clock.advance(1.0)
+    assert buffer.enqueue_due() == 1
+    first = await buffer.dequeue()  # the only flusher (workers = 1) is now busy with it
+
+    commit(buffer, 2, NOW_KEY, lines(1))
+    clock.advance(1.0)
+    assert buffer.enqueue_due() == 0, "due, but no flusher could take it any sooner"
+    assert buffer.seconds_until_due() is None, "the committer waits for the flusher, it does not spin"
+    commit(buffer, 3, NOW_KEY, lines(1))
+    [held] = buffer.staged.values()
+    assert held.records == 2, "the held chunk kept filling"
+
+    buffer.ack(first)
+    waiter = asyncio.create_task(buffer.dequeue())
+    await asyncio.sleep(0)
+    assert idle_calls and not waiter.done(), "the idle flusher told the committer"
+    assert buffer.enqueue_due() == 1
+    assert await asyncio.wait_for(waiter, 1) is held
+
+
+@pytest.mark.asyncio
+async def test_a_full_chunk_is_enqueued_even_while_the_flusher_is_busy(tmp_path: Path) -> None:
+    buffer = make(tmp_path, chunk_limit_records=2)
+    commit(buffer, 1, NOW_KEY, lines(2))
+    buffer.enqueue_due()
+    await buffer.dequeue()
+    commit(buffer, 2, NOW_KEY, lines(2))
+    assert buffer.enqueue_due() == 1 and len(buffer.queue) == 1
+
+
 # -- resume ------------------------------------------------------------------------------
 
 

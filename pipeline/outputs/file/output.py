@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from pipeline.buffer.chunk import Chunk
-from pipeline.buffer.file_buffer import write_atomic
+from pipeline.durability import sync, write_atomic
 from pipeline.errors import RetryableError, UnrecoverableError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.file.config import FileOutputConfig
@@ -72,7 +72,7 @@ class FileOutput:
             start = self._claim(chunk, path, fd)
             try:
                 _write_all(fd, list(self._encoded(chunk)))
-                os.fsync(fd)
+                sync(fd)
             except BaseException:
                 os.ftruncate(fd, start)  # leave no half chunk behind for readers
                 raise
@@ -101,7 +101,7 @@ class FileOutput:
                     log.warning("cutting back interrupted delivery output=%s chunk=%s path=%s bytes=%d",
                                 self.context.name, chunk_id, entry["path"], st.st_size - entry["offset"])
                     os.ftruncate(fd, entry["offset"])
-                    os.fsync(fd)
+                    sync(fd)
             finally:
                 os.close(fd)
         write_atomic(self.journal_path, b"{}")

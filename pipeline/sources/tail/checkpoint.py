@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.buffer.file_buffer import write_atomic
+from pipeline.durability import write_atomic
 
 log = logging.getLogger("logferry.positions")
 VERSION = 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.durability import sync
 from pipeline.sources.tail.checkpoint import FilePosition
 
 FP_BYTES = 1024
@@ -173,7 +174,7 @@ def _continue_oversized(tf: TailedFile, read_bytes: int, max_line: int, at_eof: 
             else:
                 length, skip = state.scanned + newline, 1
             blob.flush()
-            os.fsync(blob.fileno())
+            sync(blob.fileno())
             tf.oversized = None
             tf.offset = state.start + length + skip
             entry = {

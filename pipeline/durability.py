@@ -1,0 +1,55 @@
+"""How written bytes become durable: the one place that calls fsync.
+
+``fsync = true`` (the default) forces every commit, delivery and state file to disk
+before the step after it is taken: nothing is lost or duplicated even when the machine
+loses power or the kernel crashes. ``fsync = false`` leaves the data in the page cache
+for the kernel to write back: every guarantee against a process crash (``kill -9``,
+OOM kill, restart) still holds, because the kernel keeps what was written, but a power
+loss or kernel crash can lose or repeat the last few seconds (what Fluentd's and Fluent
+Bit's file buffers do by default). Set once at start (``configure``), like logging.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_fsync_enabled = True
+
+
+def configure(fsync: bool) -> None:
+    """Choose whether ``sync`` and ``sync_dir`` reach the disk (from ``Settings.fsync``)."""
+    global _fsync_enabled
+    _fsync_enabled = fsync
+
+
+def sync(fd: int) -> None:
+    """Make every byte written to ``fd`` durable (with ``fsync = true``)."""
+    if _fsync_enabled:
+        os.fsync(fd)
+
+
+def sync_dir(directory: Path) -> None:
+    """Make a directory's entries (new, renamed or removed files) durable."""
+    if not _fsync_enabled:
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        sync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    sync_dir(path.parent)

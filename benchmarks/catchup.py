@@ -32,6 +32,7 @@ from common import (
     make_workload,
     print_header,
     proc_stats,
+    quiet_disk,
     run_floor,
     write_results,
 )
@@ -71,6 +72,7 @@ def run_daemon(root: Path, workload: Path, fsync: bool) -> dict[str, float]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
     config = daemon_config(root, workload, fsync)
+    quiet_disk()
     size = workload.stat().st_size
     with DaemonProcess(config, root / "daemon.log") as daemon:
         cpu_ready, _ = proc_stats(daemon.pid)

@@ -111,22 +111,46 @@ def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its live descendants (the daemon's worker processes)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except OSError:  # a thread that just ended
+                continue
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (all its threads)."""
-    stat = _stat_fields(pid)
-    return (int(stat[11]) + int(stat[12])) / TICKS
+    """User + system CPU seconds of a live process (all its threads) and its live descendants."""
+    total = 0.0
+    for member in family(pid):
+        stat = _stat_fields(member)
+        total += (int(stat[11]) + int(stat[12])) / TICKS
+    return total
 
 
 def peak_rss(pid: int) -> int:
-    """Peak resident set (VmHWM), bytes."""
-    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(hwm.group(1)) * 1024 if hwm else 0
+    """Peak resident set (VmHWM), bytes, summed over the process and its live descendants
+    (an upper bound of their peak together: each one's peak may come at another moment)."""
+    total = 0
+    for member in family(pid):
+        hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{member}/status").read_text())
+        total += int(hwm.group(1)) * 1024 if hwm else 0
+    return total
 
 
 def resident(pid: int) -> int:
-    """Current resident set (VmRSS), bytes."""
-    rss = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(rss.group(1)) * 1024 if rss else 0
+    """Current resident set (VmRSS), bytes, of the process and its live descendants."""
+    total = 0
+    for member in family(pid):
+        rss = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{member}/status").read_text())
+        total += int(rss.group(1)) * 1024 if rss else 0
+    return total
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
@@ -280,9 +304,16 @@ def floor_script() -> Path:
     return shared if shared.exists() else REPO / "benchmarks" / "floor.py"
 
 
+def quiet_disk() -> None:
+    """Write back every dirty page before a timed run, so no run pays for the one before it."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def run_floor(workload: Path, out: Path) -> dict[str, float]:
     """One run of the floor over ``workload``: its own timing, and CPU seconds of the child."""
     out.unlink(missing_ok=True)
+    quiet_disk()
     start = time.perf_counter()
     ru0 = os.times()
     text = subprocess.run([sys.executable, str(floor_script()), str(workload), str(out)], check=True,

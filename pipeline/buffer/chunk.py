@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.buffer import frame
 from pipeline.buffer.frame import Frame
-from pipeline.durability import sync
+from pipeline.durability import sync, write_all
 
 
 class ChunkState(Enum):
@@ -67,14 +67,11 @@ class Chunk:
 
     # -- writing (committer's worker thread) -------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        """Append bytes (whole frames) to the file, creating it on first use."""
+    def write(self, *pieces: bytes) -> None:
+        """Append whole frames (their pieces, in order) to the file, creating it on first use."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        write_all(self._fd, pieces)
 
     def sync(self) -> None:
         """Make every appended byte durable."""

@@ -36,19 +36,19 @@ class CommitPlan:
     size_before: dict[Chunk, int] = field(default_factory=dict)
     new_dirs: set[Path] = field(default_factory=set)
 
-    def add(self, chunk: Chunk, data: bytes, size_before: int, created: bool) -> None:
-        """Schedule ``data`` to be appended to ``chunk``."""
+    def add(self, chunk: Chunk, pieces: list[bytes], size_before: int, created: bool) -> None:
+        """Schedule a frame's ``pieces`` to be appended to ``chunk``."""
         if chunk not in self.parts:
             self.parts[chunk] = []
             self.size_before[chunk] = size_before
-        self.parts[chunk].append(data)
+        self.parts[chunk] += pieces
         if created:
             self.new_dirs.add(chunk.directory)
 
     def apply(self) -> None:
         """Write and fsync every scheduled frame (runs in a worker thread)."""
         for chunk, parts in self.parts.items():
-            chunk.write(b"".join(parts))
+            chunk.write(*parts)
         for chunk in self.parts:
             chunk.sync()
         for directory in self.new_dirs:
@@ -117,8 +117,8 @@ class FileBuffer:
 
     # -- staging (committer) -----------------------------------------------------------
 
-    def plan(self, plan: CommitPlan, timekey: int, seq: int, data: bytes, count: int) -> None:
-        """Schedule a data frame for the staged chunk of ``timekey`` in this commit."""
+    def plan(self, plan: CommitPlan, timekey: int, seq: int, pieces: list[bytes], count: int) -> None:
+        """Schedule a data frame (``frame.encode_parts``) for the staged chunk of ``timekey`` in this commit."""
         chunk = self.staged.get(timekey)
         created = False
         if chunk is not None and self._is_full(chunk):
@@ -126,11 +126,12 @@ class FileBuffer:
             chunk = None
         if chunk is None:
             chunk = self._new_chunk(timekey)
-            plan.add(chunk, header_frame(chunk, seq, self.output), 0, created=True)
-            self._grow(chunk, len(plan.parts[chunk][0]), 0)
+            header = header_frame(chunk, seq, self.output)
+            plan.add(chunk, [header], 0, created=True)
+            self._grow(chunk, len(header), 0)
             created = True
-        plan.add(chunk, data, chunk.size, created)
-        self._grow(chunk, len(data), count)
+        plan.add(chunk, pieces, chunk.size, created)
+        self._grow(chunk, sum(map(len, pieces)), count)
 
     def _new_chunk(self, timekey: int) -> Chunk:
         chunk = Chunk(self.directory, timekey, new_chunk_id(), ChunkState.STAGED)

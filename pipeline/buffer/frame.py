@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -50,18 +51,25 @@ class Frame:
     size: int  # bytes on disk, prefix included
 
 
+def encode_parts(kind: int, seq: int, count: int, meta: dict[str, Any], payload: Sequence[bytes]) -> list[bytes]:
+    """Serialise one frame as pieces to write in order; the payload pieces are not copied."""
+    meta_bytes = orjson.dumps(meta)
+    head = HEADER.pack(MAGIC, kind, count, len(meta_bytes), sum(map(len, payload)), seq)
+    crc = zlib.crc32(meta_bytes, zlib.crc32(head))
+    for piece in payload:
+        crc = zlib.crc32(piece, crc)
+    return [b"".join((head, CRC.pack(crc), meta_bytes)), *payload]
+
+
 def encode(kind: int, seq: int, count: int, meta: dict[str, Any], payload: bytes) -> bytes:
-    """Serialise one frame.
+    """Serialise one frame as one byte string.
 
     >>> data = encode(KIND_DATA, 7, 1, {"src": "a"}, b'{"x":1}\\n')
     >>> frame = decode_from(__import__("io").BytesIO(data))
     >>> (frame.seq, frame.count, frame.meta, frame.payload)
     (7, 1, {'src': 'a'}, b'{"x":1}\\n')
     """
-    meta_bytes = orjson.dumps(meta)
-    head = HEADER.pack(MAGIC, kind, count, len(meta_bytes), len(payload), seq)
-    crc = zlib.crc32(payload, zlib.crc32(meta_bytes, zlib.crc32(head)))
-    return b"".join((head, CRC.pack(crc), meta_bytes, payload))
+    return b"".join(encode_parts(kind, seq, count, meta, [payload]))
 
 
 def decode_from(handle: BinaryIO) -> Frame | None:
@@ -74,12 +82,14 @@ def decode_from(handle: BinaryIO) -> Frame | None:
     magic, kind, count, meta_len, size, seq = HEADER.unpack_from(prefix)
     if magic != MAGIC or kind not in (KIND_HEADER, KIND_DATA):
         raise FrameError("bad frame magic", torn=False)
-    body = handle.read(meta_len + size)
-    if len(body) < meta_len + size:
+    # Two reads, so the payload (megabytes) is never copied out of a larger buffer.
+    meta_raw = handle.read(meta_len)
+    payload = handle.read(size)
+    if len(meta_raw) < meta_len or len(payload) < size:
         raise FrameError("file ends inside a frame body", torn=True)
     (crc,) = CRC.unpack_from(prefix, HEADER.size)
-    if zlib.crc32(body, zlib.crc32(prefix[: HEADER.size])) != crc:
+    if zlib.crc32(payload, zlib.crc32(meta_raw, zlib.crc32(prefix[: HEADER.size]))) != crc:
         # A CRC mismatch on the very last frame is a torn write; the caller decides.
         raise FrameError("frame checksum mismatch", torn=False)
-    meta = orjson.loads(body[:meta_len]) if meta_len else {}
-    return Frame(kind, count, seq, meta, body[meta_len:], PREFIX_SIZE + meta_len + size)
+    meta = orjson.loads(meta_raw) if meta_len else {}
+    return Frame(kind, count, seq, meta, payload, PREFIX_SIZE + meta_len + size)

@@ -154,8 +154,11 @@ class Committer:
             for timekey, group in item.groups[buffer.config.timekey].items():
                 meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
                         "offs": group.offsets}
-                data = frame.encode(frame.KIND_DATA, seq, len(group.lines), meta, b"".join(group.lines))
-                buffer.plan(plan, timekey, seq, data, len(group.lines))
+                # One payload string per frame: its CRC is one call (per-line calls would each release
+                # the GIL), and it is the only copy of the records until they reach the kernel.
+                payload = b"".join(group.lines)
+                pieces = frame.encode_parts(frame.KIND_DATA, seq, len(group.lines), meta, [payload])
+                buffer.plan(plan, timekey, seq, pieces, len(group.lines))
 
     async def _make_room(self, batches: list[ProcessedBatch]) -> None:
         """Apply each routed buffer's overflow action before staging more."""

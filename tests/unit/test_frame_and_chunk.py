@@ -33,6 +33,18 @@ def test_encode_decode_roundtrip_keeps_every_field() -> None:
     assert frame.decode_from(handle) is None, "a clean end of file is None, not an error"
 
 
+def test_a_frame_written_as_pieces_is_the_same_frame(tmp_path: Path) -> None:
+    lines = [b'{"a":1}\n', b'{"b":2}\n', b'{"c":"\xc3\xa9"}\n']
+    meta = {"src": "agent", "offs": [0, 8, 16]}
+    pieces = frame.encode_parts(frame.KIND_DATA, 5, 3, meta, lines)
+
+    assert pieces[1:] == lines, "the records are written as they are, not copied into one string"
+    assert b"".join(pieces) == frame.encode(frame.KIND_DATA, 5, 3, meta, b"".join(lines))
+    chunk = Chunk(tmp_path, 1795000000, "feed", ChunkState.STAGED)
+    chunk.write(*pieces, *pieces)  # one writev of two frames
+    assert list(chunk.payloads()) == [b"".join(lines)] * 2
+
+
 def test_empty_meta_and_payload_roundtrip() -> None:
     data = frame.encode(frame.KIND_HEADER, 0, 0, {}, b"")
     decoded = frame.decode_from(io.BytesIO(data))

@@ -26,12 +26,13 @@ from typing import Any
 import orjson
 
 from pipeline.buffer.chunk import Chunk
-from pipeline.durability import sync, write_atomic
+from pipeline.durability import sync, sync_data, sync_dir, write_all
 from pipeline.errors import RetryableError, UnrecoverableError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.file.config import FileOutputConfig
 
 log = logging.getLogger("logferry.output.file")
+_PAGE = 4096
 
 
 class FileOutput:
@@ -42,13 +43,17 @@ class FileOutput:
         self.context = context
         self.journal_path = context.state_dir / "file-output.journal"
         self._one_at_a_time = asyncio.Lock()  # the journal's guarantee needs sequential appends
+        self._journal_fd: int | None = None
 
     async def start(self) -> None:
         """Cut back any chunk whose append was interrupted by a crash (see module doc)."""
         await asyncio.to_thread(self._recover)
 
     async def close(self) -> None:
-        """Nothing to release."""
+        """Release the journal."""
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
 
     def target(self, chunk: Chunk) -> Path:
         """The file a chunk goes to."""
@@ -71,7 +76,7 @@ class FileOutput:
         try:
             start = self._claim(chunk, path, fd)
             try:
-                _write_all(fd, list(self._encoded(chunk)))
+                write_all(fd, list(self._encoded(chunk)))
                 sync(fd)
             except BaseException:
                 os.ftruncate(fd, start)  # leave no half chunk behind for readers
@@ -84,8 +89,28 @@ class FileOutput:
         st = os.fstat(fd)
         journal = self._load_journal()
         journal[chunk.chunk_id] = {"path": str(path), "file": f"{st.st_dev}:{st.st_ino}", "offset": st.st_size}
-        write_atomic(self.journal_path, orjson.dumps(journal))
+        self._save_journal(journal)
         return st.st_size
+
+    def _save_journal(self, journal: dict[str, Any]) -> None:
+        """Overwrite the journal in place, padded to whole pages with JSON whitespace.
+
+        One write and one fdatasync per chunk: the file keeps its size, so no metadata
+        (and no rename or directory sync) is involved. A write torn by a power loss
+        leaves invalid JSON, which reads as an empty journal: that chunk may then be
+        appended twice, never lost.
+        """
+        data = orjson.dumps(journal)
+        if self._journal_fd is None:
+            self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT, 0o640)
+        size = os.fstat(self._journal_fd).st_size
+        padded = data.ljust(max(size, -(-len(data) // _PAGE) * _PAGE))
+        os.pwrite(self._journal_fd, padded, 0)
+        if len(padded) == size:
+            sync_data(self._journal_fd)
+        else:  # created or grown: the size and the directory entry must be durable too
+            sync(self._journal_fd)
+            sync_dir(self.journal_path.parent)
 
     def _recover(self) -> None:
         """Cut files back to where an interrupted (still unacked) chunk began."""
@@ -104,7 +129,7 @@ class FileOutput:
                     sync(fd)
             finally:
                 os.close(fd)
-        write_atomic(self.journal_path, b"{}")
+        self._save_journal({})
 
     def _load_journal(self) -> dict[str, Any]:
         """Entries of chunks still in the buffer (acked chunks' entries are dropped)."""
@@ -113,9 +138,9 @@ class FileOutput:
         except FileNotFoundError:
             return {}
         except orjson.JSONDecodeError:
-            return {}  # written atomically, so only a foreign edit gets here; start a new one
-        directory = self.context.state_dir
-        return {cid: e for cid, e in journal.items() if any(directory.glob(f"*.{cid}.*"))}
+            return {}  # a torn write (power loss) or a foreign edit: start a new one
+        names = os.listdir(self.context.state_dir)
+        return {cid: e for cid, e in journal.items() if any(f".{cid}." in name for name in names)}
 
     def _encoded(self, chunk: Chunk) -> Iterator[bytes]:
         if self.config.compress == "none":
@@ -126,18 +151,3 @@ class FileOutput:
             yield packer.compress(payload)
         yield packer.flush()
 
-
-_IOV_MAX = 1024  # Linux's limit on buffers per writev()
-
-
-def _write_all(fd: int, parts: list[bytes]) -> None:
-    """Write every part, in order, with as few system calls as the kernel allows."""
-    pending = [memoryview(p) for p in parts if p]
-    first = 0
-    while first < len(pending):
-        written = os.writev(fd, pending[first : first + _IOV_MAX])
-        while written and written >= len(pending[first]):
-            written -= len(pending[first])
-            first += 1
-        if written:
-            pending[first] = pending[first][written:]

@@ -44,8 +44,8 @@ class Document:
     position: int  # record number within the chunk, from 0
     index: str
     doc_id: str
-    data: bytes  # action line + document line, both ending in a newline
-    action_size: int
+    action: bytes  # the action line, ending in a newline
+    record: memoryview  # the document as it is in the chunk's frame, without its newline (not a copy)
     source: str
     file: str
     path: str
@@ -54,12 +54,20 @@ class Document:
     @property
     def line(self) -> bytes:
         """The document as it is in the chunk, without its newline."""
-        return self.data[self.action_size : -1]
+        return bytes(self.record)
+
+    @property
+    def size(self) -> int:
+        """Bytes this document adds to a bulk body."""
+        return len(self.action) + len(self.record) + 1
 
 
 def bulk_body(docs: list[Document]) -> bytes:
-    """The NDJSON body of a bulk request for ``docs``."""
-    return b"".join(doc.data for doc in docs)
+    """The NDJSON body of a bulk request for ``docs``: the one copy of their records."""
+    parts: list[bytes | memoryview] = []
+    for doc in docs:
+        parts += (doc.action, doc.record, b"\n")
+    return b"".join(parts)
 
 
 def hashed_id(file: str, offset: int, time_value: object) -> str:
@@ -126,17 +134,32 @@ class BulkEncoder:
         self.max_bytes = config.bulk_max_bytes
         self.max_docs = config.bulk_max_docs
         self.index_name = IndexNamer(config.index)
+        self._prefixes: dict[str, bytes] = {}
+
+    def _action_prefix(self, index: str) -> bytes:
+        """``{"create":{"_index":"…","_id":`` for ``index``, built once per index name.
+
+        Concatenated rather than serialised per document: orjson's result for a small
+        object keeps a 4 KiB allocation, which thousands of documents in flight would hold.
+        """
+        prefix = self._prefixes.get(index)
+        if prefix is None:
+            if len(self._prefixes) > 64:  # date-named indices: keep the cache small
+                self._prefixes.clear()
+            prefix = self._prefixes[index] = b'{"%s":{"_index":%s,"_id":' % (
+                self.op_type.encode(), orjson.dumps(index))
+        return prefix
 
     def batches(self, chunk: Chunk, skip: Container[int] = ()) -> Iterator[list[Document]]:
         """Batches of the chunk's documents in order, leaving out the positions in ``skip``."""
         batch: list[Document] = []
         size = 0
         for doc in self.documents(chunk, skip):
-            if batch and (size + len(doc.data) > self.max_bytes or len(batch) >= self.max_docs):
+            if batch and (size + doc.size > self.max_bytes or len(batch) >= self.max_docs):
                 yield batch
                 batch, size = [], 0
             batch.append(doc)
-            size += len(doc.data)
+            size += doc.size
         if batch:
             yield batch
 
@@ -153,8 +176,7 @@ class BulkEncoder:
         """The documents of one data frame; ``first`` is the position of its first record."""
         meta = item.meta
         offsets: list[int] = meta.get("offs") or []
-        lines = item.payload.split(b"\n")
-        lines.pop()  # the payload ends with a newline
+        lines = _lines(item.payload)
         if len(lines) != item.count or len(offsets) != item.count:
             raise EncodeError(
                 f"frame of {item.count} records has {len(lines)} lines and {len(offsets)} offsets"
@@ -167,12 +189,25 @@ class BulkEncoder:
             time_value = record.get(self.time_key)
             doc_id = record_id(record.get(self.id_key)) or hashed_id(file, offset, time_value)
             index = self.index_name(event_time(time_value, fallback_time))
-            action = orjson.dumps({self.op_type: {"_index": index, "_id": doc_id}}, option=orjson.OPT_APPEND_NEWLINE)
-            yield Document(first + n, index, doc_id, b"".join((action, line, b"\n")), len(action), source, file,
-                           path, offset)
+            action = self._action_prefix(index) + orjson.dumps(doc_id) + b"}}\n"
+            yield Document(first + n, index, doc_id, action, line, source, file, path, offset)
 
 
-def _parse(line: bytes) -> dict[str, Any]:
+def _lines(payload: bytes) -> list[memoryview]:
+    """The payload's lines (it ends with a newline) as views into it: no copy per record."""
+    view, find = memoryview(payload), payload.find
+    lines: list[memoryview] = []
+    start, size = 0, len(payload)
+    while start < size:
+        end = find(b"\n", start)
+        if end < 0:
+            end = size
+        lines.append(view[start:end])
+        start = end + 1
+    return lines
+
+
+def _parse(line: memoryview) -> dict[str, Any]:
     """The record, or {} if the line is not a JSON object (Elasticsearch will say why)."""
     try:
         record = orjson.loads(line)

@@ -72,7 +72,7 @@ class TailSource:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._roots = sorted({static_root(p) for p in config.paths})
-        self._last_discovery: float | None = None
+        self._last_discovery: tuple[float, float] | None = None  # (wall, monotonic) of the previous look
         self._forgotten: set[str] = set()
         self._copied: dict[tuple[str, int], int] = {}
         self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
@@ -209,8 +209,7 @@ class TailSource:
 
     def _discover(self, at_start: bool) -> None:
         """Match globs, notice rotations and replacements, and finish files rotated away."""
-        since = self._last_discovery
-        self._last_discovery = self.clock.time()
+        since = self._files_new_since()
         matched = matched_files(self.config)
         for key, tf in self.files.items():
             self._update_tracked(tf, matched.get(key))
@@ -224,6 +223,20 @@ class TailSource:
         if since is not None:
             names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
             self._catch_unseen(listing, saved, names, since)
+
+    def _files_new_since(self) -> float | None:
+        """The wall time from which a file's ctime means "appeared after the previous look".
+
+        ctimes come from the wall clock, which NTP may step back between two looks: a file
+        created after a step back has a ctime before the previous look's wall time. So the
+        previous look is also placed on today's wall clock by the monotonic time since, and
+        the earlier of the two is used (a step forward is covered by the recorded one).
+        """
+        wall, mono = self.clock.time(), self.clock.monotonic()
+        previous, self._last_discovery = self._last_discovery, (wall, mono)
+        if previous is None:
+            return None
+        return min(previous[0], wall - (mono - previous[1]))
 
     def _update_tracked(self, tf: TailedFile, path: str | None) -> None:
         if path is None:

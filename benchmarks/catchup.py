@@ -28,6 +28,7 @@ import orjson
 from common import (
     DaemonProcess,
     count_lines,
+    durable_write_seconds,
     machine,
     make_workload,
     print_header,
@@ -101,14 +102,18 @@ def main() -> None:
     make_workload(workload, args.records, args.max_chars, args.shared_workload)
     size = workload.stat().st_size
     floors: list[dict[str, float]] = []
+    disk: list[float] = []
     daemons: dict[bool, list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(args.runs):
         floors.append(run_floor(workload, root / "floor.out"))
+        disk.append(durable_write_seconds(root, size))
         for mode in modes:
             daemons[mode].append(run_daemon(root, workload, mode))
             delivered = count_lines(root / "out")
             assert delivered == args.records, f"daemon delivered {delivered} of {args.records}"
     report = summarize(args, size, floors, daemons)
+    report["durable_io"] = {"seconds": statistics.median(disk), "runs": disk,
+                            "records_per_s": args.records / statistics.median(disk)}
     print_header("catch-up: backlog → file output, next to the floor", report)
     print_table(report)
     write_results(f"catchup-{args.records}-{args.max_chars}", report)
@@ -152,6 +157,10 @@ def print_table(r: dict[str, Any]) -> None:
         ratio = f"{row['ratio_to_floor']:.2f}x" if "ratio_to_floor" in row else "-"
         print(f"{label:24} {row['records_per_s']:>10.0f} {row['mb_per_s']:>8.1f} {row['cpu_s']:>7.2f} {rss:>9} "
               f"{ratio:>8}")
+    if "durable_io" in r:
+        io = r["durable_io"]
+        print(f"this disk alone, writing the workload twice (buffer + output) with an fsync every 8 MiB: "
+              f"{io['seconds']:.2f} s = {io['records_per_s']:.0f} rec/s, a bound for fsync = true")
 
 
 if __name__ == "__main__":

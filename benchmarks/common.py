@@ -310,6 +310,35 @@ def quiet_disk() -> None:
     time.sleep(0.5)
 
 
+def durable_write_seconds(directory: Path, size: int, files: int = 2, piece: int = 8 << 20) -> float:
+    """Seconds this disk takes to write ``size`` bytes to each of ``files`` files at once, fsyncing
+    every ``piece``: what a durable buffer plus a durable output cost in I/O alone, whatever the code."""
+    data = os.urandom(min(piece, max(size, 1)))
+
+    def write(path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            written = 0
+            while written < size:
+                written += os.write(fd, data[: size - written])
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    paths = [directory / f"disk-probe-{n}" for n in range(files)]
+    quiet_disk()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=write, args=(path,)) for path in paths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    for path in paths:
+        path.unlink()
+    return seconds
+
+
 def run_floor(workload: Path, out: Path) -> dict[str, float]:
     """One run of the floor over ``workload``: its own timing, and CPU seconds of the child."""
     out.unlink(missing_ok=True)

@@ -59,7 +59,8 @@ class DeadLetterStore:
 
     def add(self, entry: dict[str, Any]) -> None:
         """Queue an entry for the next ``flush`` (called on the event loop)."""
-        self._pending.append(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+        # A compact copy: orjson's result holds at least 4 KiB until the next commit.
+        self._pending.append(bytes(memoryview(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))))
         self.count += 1
 
     def take_pending(self) -> list[bytes]:

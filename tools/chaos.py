@@ -7,9 +7,10 @@
 
 Each scenario drives the real ``logferry run`` process with real writers and checks every
 output against the writers' ledger of request_ids: lost, duplicated, corrupted (differs
-from what was written apart from the added fields). The destination outages run against a
-throw-away Elasticsearch (tests/support/elasticsearch.py) and moto_server (S3), started
-once for the run when a scenario needs them. The CI-sized versions of these runs are the
+from what was written apart from the added fields). The destination outages and
+kill9-all-outputs run against a throw-away Elasticsearch (tests/support/elasticsearch.py) and
+moto_server (S3), started once for the run when a scenario needs them; sparse-10g also checks
+the dead-letter store and the daemon's peak RSS. The CI-sized versions of these runs are the
 tests under tests/chaos/ and tests/integration/.
 """
 
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -141,7 +144,8 @@ def rotation(options: str, reopen: bool) -> Scenario:
             writer = AgentWriter(layout.logs / "agent.log", total, reopen=reopen, pause=0.001)
             writer.start()
             for i in range(n):
-                wait_for(lambda i=i: writer.written >= 1000 * (i + 1) - rng.randrange(200), what="writer")
+                target = 1000 * (i + 1) - rng.randrange(200)
+                wait_for(partial(lambda w, t: w.written >= t, writer, target), what="writer")
                 logrotate(layout, options)
             writer.join()
             wait_for(lambda: settled(layout), timeout=60, interval=0.2, what="catch-up")
@@ -183,16 +187,106 @@ def deleted_while_open(root: Path, rng: random.Random, n: int) -> tuple[Original
         for i in range(n):
             path = layout.logs / "agent.log"
             generator.write(str(path), per, start=i * per, max_chars=400)
-            wait_for(lambda i=i: daemon.log().count("following file") > i, what="the daemon to open it")
+            wait_for(partial(lambda d, k: d.log().count("following file") > k, daemon, i), what="the daemon to open it")
             time.sleep(rng.uniform(0.0, 0.05))  # the fault: deletion at a random point of reading
             path.unlink()
         wait_for(lambda: len(layout.records()) >= n * per, timeout=60, interval=0.2, what="catch-up")
         daemon.stop()
     return originals_in_parts(per, n), {"file": layout.records()}
 
-# -- destination outages ------------------------------------------------------------------------
+
+# -- hostile input ------------------------------------------------------------------------------
 
 KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+MAX_LINE = 16 * MiB  # the tail source's default max_line_bytes
+SPARSE_BYTES = 10 * GiB
+RSS_BOUND_MB = 150
+#: Figures a scenario measured, shown with its row(s): row name ("kill9-all-outputs (s3)") or scenario name.
+MEASURED: dict[str, str] = {}
+
+
+def sparse_lines() -> list[tuple[int, int]]:
+    """(offset, length) of every line of the sparse file: NUL bytes (holes) cut by a newline at the end of
+    each GiB, after three short lines at the limits: 1,000 bytes, exactly ``MAX_LINE`` (the longest line
+    held whole) and ``MAX_LINE + 1`` (the shortest set aside); the last newline is the file's last byte."""
+    lines, start = [], 0
+    ends = [1000, 1000 + 1 + MAX_LINE, 1000 + 1 + MAX_LINE + 1 + MAX_LINE + 1]
+    ends += [k * GiB - 1 for k in range(1, SPARSE_BYTES // GiB + 1)]
+    for end in ends:
+        lines.append((start, end - start))
+        start = end + 1
+    assert start == SPARSE_BYTES
+    return lines
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def sparse_10g(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delivered]:
+    """A 10 GiB sparse file (holes read as NUL bytes, a newline at the end of each GiB) beside a live file
+    that an agent keeps writing. The daemon must never die, its peak RSS stays under ``RSS_BOUND_MB``, each
+    NUL line gets one dead-letter entry with its reason (over ``max_line_bytes``: offset + full length, its
+    first ``max_line_bytes`` in a blob), and every real record arrives exactly once."""
+    layout = fresh(root, "sparse-10g")
+    layout.write_config()
+    sparse, lines = layout.logs / "sparse.log", sparse_lines()
+    with sparse.open("wb") as f:  # no data blocks but the newlines: a 10 GiB file costs ~40 KiB of disk
+        f.truncate(SPARSE_BYTES)
+        for start, length in lines:
+            f.seek(start + length)
+            f.write(b"\n")
+    per = 10_000 * n
+    writer = AgentWriter(layout.logs / "agent.log", per, per_batch=20, pause=0.02)  # ~1,000 records/s
+
+    def sparse_entries() -> list[dict[str, Any]]:
+        return [d for d in layout.dead_letters() if d["path"] == str(sparse)]
+
+    with Daemon(layout.config, layout.root / "daemon.log") as daemon:
+        proc = daemon.proc
+        assert proc is not None
+        started = time.monotonic()
+        writer.start()
+
+        def alive(done: Callable[[], bool]) -> Callable[[], bool]:
+            def check() -> bool:  # a crash fails at once, not at the timeout
+                assert proc.poll() is None, f"daemon exited with {proc.returncode}:\n{daemon.log()[-3000:]}"
+                return done()
+            return check
+
+        wait_for(alive(lambda: len(sparse_entries()) >= len(lines)), timeout=600, interval=0.2,
+                 what="the sparse file's dead letters")
+        through = time.monotonic() - started
+        writer.join()
+        wait_for(alive(lambda: len(layout.records()) >= per and offset(layout, sparse) == SPARSE_BYTES),
+                 timeout=120, interval=0.2, what="catch-up")
+        rss = peak_rss_mb(proc.pid)
+        assert daemon.stop() == 0
+    entries = {d["offset"]: d for d in sparse_entries()}
+    assert len(entries) == len(sparse_entries()) == len(lines), "one dead-letter entry per line"
+    for start, length in lines:
+        entry = entries[start]
+        assert entry["length"] == length, (start, length, entry)
+        if length > MAX_LINE:
+            assert entry["reason"].startswith("line longer than max_line_bytes"), entry
+            assert entry["blob_bytes"] == Path(entry["blob"]).stat().st_size == MAX_LINE, entry
+        else:
+            assert entry["reason"].startswith("invalid JSON"), entry["reason"]
+    assert rss < RSS_BOUND_MB, f"peak RSS {rss:.0f} MB"
+    sparse.unlink()  # frees the ~10 GiB of zeroed page cache that reading the holes left behind
+    MEASURED["sparse-10g"] = f"peak RSS {rss:.0f} MB; 10 GiB read in {through:.0f} s"
+    print(f"sparse-10g: {len(lines)} NUL lines dead-lettered, 10 GiB in {through:.1f} s, peak RSS {rss:.1f} MB",
+          flush=True)
+    return originals_for(per), {"file": layout.records()}
+
+# -- destination outages ------------------------------------------------------------------------
+
 REQUEST_TIMEOUT = 2.0
 DAEMON_ENV = {**CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
               "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
@@ -341,7 +435,8 @@ def both_down(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delive
                 mark = len(daemon.log())
                 writer = AgentWriter(log, per, start=i * per, per_batch=20, pause=0.002)
                 writer.start()
-                wait_for(lambda mark=mark: "sources paused" in daemon.log()[mark:], timeout=60, what="the pause")
+                wait_for(partial(lambda d, m: "sources paused" in d.log()[m:], daemon, mark), timeout=60,
+                         what="the pause")
                 writer.join()
                 paused_at = offset(layout, log)
                 time.sleep(rng.uniform(1.0, 5.0))  # the outage goes on
@@ -357,9 +452,56 @@ def both_down(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delive
     return originals_in_parts(per, n), delivered
 
 
+def kill9_all_outputs(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delivered]:
+    """kill -9 at a random instant with one source routed to a file, Elasticsearch and S3 at once, then
+    restart; n times. Records keep arriving throughout (about one kill cycle's worth per iteration), and
+    small chunks flushed every 0.05 s keep bulk requests, uploads and appends in flight, so the kills land
+    while reading, committing, flushing and delivering, in any output."""
+    layout = fresh(root, "kill9-all-outputs")
+    es, s3 = SERVERS.es(), SERVERS.s3()
+    request("DELETE", f"{es.url}/kill9-*")
+    bucket = new_bucket(s3, f"kill9-{rng.randrange(10**9)}")
+    fast = {"chunk_limit_bytes": 32 * KiB, "flush_interval": 0.05}
+    outputs = ("search", "archive", "debug")
+    write_outputs(layout, {
+        "search": es_output(es.url, "kill9-%Y.%m.%d", fast), "archive": s3_output(s3.url, bucket, fast),
+        "debug": {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"), "buffer": {**RETRY, **fast}},
+    }, read_bytes=16 * KiB)  # a frame is one read: small reads make small chunks even in a catch-up
+    total = 2000 * n
+    # ~1,000 records/s: the writing lasts about as long as the kill cycles (start + up to 1 s each).
+    writer = AgentWriter(layout.logs / "agent.log", total, per_batch=20, pause=0.02)
+    writer.start()
+    for _ in range(n):
+        daemon = Daemon(layout.config, layout.root / "daemon.log", DAEMON_ENV).start()
+        time.sleep(rng.uniform(0.05, 1.0))  # the fault: a kill at a random instant
+        daemon.kill()
+    writer.join()
+    with Daemon(layout.config, layout.root / "daemon.log", DAEMON_ENV) as daemon:
+        wait_for(lambda: settled(layout, outputs), timeout=300, interval=0.5, what="catch-up")
+        assert daemon.stop() == 0
+    # Evidence that kills landed mid-delivery (a resend after a request timeout counts too).
+    log = (layout.root / "daemon.log").read_text()
+    puts = Counter(re.findall(rf'"PUT /{bucket}/(\S+) HTTP', s3.log()))  # moto logs each answered request
+    rolled = sum(1 for frames in re.findall(r"output=debug .*rolled_back_frames=(\d+)", log) if int(frames))
+    MEASURED.update({
+        "kill9-all-outputs (elasticsearch)": f"this run: {log.count('already indexed')} chunks sent again, "
+                                             "their indexed documents answered 409",
+        "kill9-all-outputs (s3)": f"this run: {sum(n > 1 for n in puts.values())} objects stored but not yet "
+                                  "acknowledged at a kill, uploaded again over themselves",
+        "kill9-all-outputs (file)": f"this run: {log.count('cutting back interrupted delivery')} interrupted "
+                                    f"appends cut back; {rolled} restarts rolled back uncommitted frames",
+    })
+    delivered = {"elasticsearch": all_documents(es.url, "kill9-*"), "s3": all_records(s3.client(), bucket),
+                 "file": layout.records()}
+    return originals_for(total), delivered
+
+
 SCENARIOS: dict[str, tuple[Scenario, int, int, str, str]] = {
     # name: (scenario, iterations, records per iteration, guarantee, note)
     "kill9": (kill9, 50, 4000, "no loss, no duplicates", "kill -9 at a random instant, then restart"),
+    "kill9-all-outputs": (kill9_all_outputs, 50, 2000, "no loss, no duplicates",
+                          "kill -9 at a random instant, then restart; one source to file + Elasticsearch + S3, "
+                          "32 KiB chunks flushed every 0.05 s, records arriving throughout"),
     "rotate-create": (rotation("create", True), 20, 1000, "no loss, no duplicates",
                       "logrotate create while writing, rotations 0-200 records apart"),
     "rotate-delaycompress": (rotation("create\n  compress\n  delaycompress", True), 20, 1000,
@@ -369,6 +511,12 @@ SCENARIOS: dict[str, tuple[Scenario, int, int, str, str]] = {
                             "logrotate copytruncate, writer keeps its descriptor"),
     "deleted-while-open": (deleted_while_open, 20, 1000, "no loss, no duplicates",
                            "file deleted while being read; a new file takes its name"),
+    "sparse-10g": (sparse_10g, 1, 10_000,
+                   f"never a crash, peak RSS under {RSS_BOUND_MB} MB; each NUL line in the dead-letter store with "
+                   "its reason (the 11 over 16 MiB: offset + full length, first 16 MiB kept); real records "
+                   "exactly once",
+                   "a 10 GiB sparse file (NULs, a newline at each GiB's end: 13 lines, 10 of ~1 GiB) beside a file "
+                   "being written"),
     "es-frozen": (partial(frozen, "elasticsearch"), 10, 2000, "no loss, no duplicates (resends answered 409)",
                   "Elasticsearch SIGSTOPped 2.5-8 s (request_timeout 2 s) mid-stream, then SIGCONT"),
     "s3-frozen": (partial(frozen, "s3"), 10, 2000, "no loss, no duplicates (a resent chunk overwrites its object)",
@@ -387,7 +535,9 @@ def run(name: str, root: Path, rng: random.Random, iterations: int) -> list[Resu
     originals, delivered = scenario(root, rng, iterations)
     results = []
     for output, records in delivered.items():
-        result = Result(name if len(delivered) == 1 else f"{name} ({output})", guarantee=guarantee, note=note)
+        fault = name if len(delivered) == 1 else f"{name} ({output})"
+        measured = MEASURED.get(fault) or MEASURED.get(name)
+        result = Result(fault, guarantee=f"{guarantee} ({measured})" if measured else guarantee, note=note)
         result.add(len(originals), Ledger.compare(originals, records), corrupted(records, originals))
         result.iterations = iterations
         print(f"{result.fault}: {asdict(result)} in {time.monotonic() - started:.0f}s", flush=True)

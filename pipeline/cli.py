@@ -87,12 +87,10 @@ def _setup_logging(level: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.runtime.allocator import tune_allocator
     from pipeline.runtime.app import serve
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
-    tune_allocator()
     asyncio.run(serve(settings, reload=None if args.dev else lambda: _settings(args)))
     return 0
 

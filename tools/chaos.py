@@ -31,8 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -158,24 +156,9 @@ def rotation(options: str, reopen: bool) -> Scenario:
 def settled(layout: Layout, outputs: tuple[str, ...] = ("debug",)) -> bool:
     """The daemon has committed every byte of the live file and ``outputs`` delivered everything."""
     live = layout.logs / "agent.log"
-    if not live.exists() or offset(layout, live) != live.stat().st_size:
+    if not live.exists() or layout.saved_offset(live) != live.stat().st_size:
         return False
-    return not any(chunk_files(layout, output) for output in outputs)
-
-
-def offset(layout: Layout, path: Path) -> int:
-    """The saved read position of ``path`` (-1 before the first save)."""
-    positions = layout.state / "positions.json"
-    if not positions.exists():
-        return -1
-    files = {f["path"]: f["offset"] for f in orjson.loads(positions.read_bytes())["files"]}
-    return int(files.get(str(path), -1))
-
-
-def chunk_files(layout: Layout, output: str) -> list[Path]:
-    """An output's staged and queued chunks."""
-    directory = layout.state / "buffer" / output
-    return [*directory.glob("*.staged"), *directory.glob("*.queued")]
+    return not any(layout.buffered_chunks(output) for output in outputs)
 
 
 def deleted_while_open(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delivered]:
@@ -264,7 +247,7 @@ def sparse_10g(root: Path, rng: random.Random, n: int) -> tuple[Originals, Deliv
                  what="the sparse file's dead letters")
         through = time.monotonic() - started
         writer.join()
-        wait_for(alive(lambda: len(layout.records()) >= per and offset(layout, sparse) == SPARSE_BYTES),
+        wait_for(alive(lambda: len(layout.records()) >= per and layout.saved_offset(sparse) == SPARSE_BYTES),
                  timeout=120, interval=0.2, what="catch-up")
         rss = peak_rss_mb(proc.pid)
         assert daemon.stop() == 0
@@ -438,9 +421,9 @@ def both_down(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delive
                 wait_for(partial(lambda d, m: "sources paused" in d.log()[m:], daemon, mark), timeout=60,
                          what="the pause")
                 writer.join()
-                paused_at = offset(layout, log)
+                paused_at = layout.saved_offset(log)
                 time.sleep(rng.uniform(1.0, 5.0))  # the outage goes on
-                moved = offset(layout, log) - paused_at
+                moved = layout.saved_offset(log) - paused_at
                 assert moved == 0 and paused_at < log.stat().st_size, f"read {moved} bytes while paused"
             finally:
                 s3.thaw()

@@ -151,11 +151,7 @@ class Agent:
 
     def committed(self) -> bool:
         """Whether the daemon has read and time-keyed every line written (its saved position is the end)."""
-        positions = self.layout.state / "positions.json"
-        if not positions.exists():
-            return False
-        offsets = {f["path"]: f["offset"] for f in orjson.loads(positions.read_bytes())["files"]}
-        return bool(offsets.get(str(self.path)) == self.path.stat().st_size)
+        return self.layout.saved_offset(self.path) == self.path.stat().st_size
 
     def arrived(self, prefix: str) -> int:
         """How many records whose request_id starts with ``prefix`` are in the output files."""
@@ -165,12 +161,6 @@ class Agent:
 def ids(prefix: str, count: int) -> list[str]:
     """``count`` request_ids starting with ``prefix``."""
     return [f"{prefix}-{n}" for n in range(count)]
-
-
-def staged_or_queued(layout: Layout) -> list[Path]:
-    """Chunks of the file output still in its buffer."""
-    directory = layout.state / "buffer" / "debug"
-    return sorted([*directory.glob("*.staged"), *directory.glob("*.queued")])
 
 
 def wait_until(daemon: Daemon, predicate: Callable[[], Any], timeout: float, what: str) -> None:
@@ -223,7 +213,7 @@ def test_wall_clock_stepped_back_across_the_hour_keeps_records_in_their_hour_and
     wait_until(daemon, agent.committed, 15, "the records after the step forward read")
     wait_until(daemon, lambda: agent.arrived("forward-") == 30, BACKSTOP + SLACK, "the records after the step forward")
 
-    assert not staged_or_queued(layout), "a chunk is still buffered although every record arrived"
+    assert not layout.buffered_chunks(), "a chunk is still buffered although every record arrived"
     assert daemon.stop() == 0
     Ledger.compare(agent.expected, layout.records()).assert_exact()
     arrived: dict[str, tuple[str, str]] = {}

@@ -145,21 +145,6 @@ def s3_count(s3: S3Server, bucket: str) -> int:
     return len(all_records(s3.client(), bucket))
 
 
-def chunk_files(layout: Layout, output: str) -> list[Path]:
-    """The output's staged and queued chunks on disk."""
-    directory = layout.state / "buffer" / output
-    return sorted([*directory.glob("*.staged"), *directory.glob("*.queued")])
-
-
-def offset(layout: Layout, path: Path) -> int:
-    """The saved read position of ``path`` (-1 before the first save)."""
-    positions = layout.state / "positions.json"
-    if not positions.exists():
-        return -1
-    files = {f["path"]: f["offset"] for f in orjson.loads(positions.read_bytes())["files"]}
-    return int(files.get(str(path), -1))
-
-
 def since(daemon: Daemon, mark: int) -> str:
     """The daemon's log from character ``mark`` on."""
     return daemon.log()[mark:]
@@ -269,7 +254,7 @@ def test_s3_refusing_connections_mid_stream_then_restarted_on_the_same_port(layo
     log = layout.logs / "agent.log"
     generator.write(str(log), 500, max_chars=1000)
     with new_daemon(layout, daemon_factory, DAEMON_ENV) as daemon:
-        wait_for(lambda: s3_count(s3, bucket) >= 500 and not chunk_files(layout, "archive"), interval=0.2,
+        wait_for(lambda: s3_count(s3, bucket) >= 500 and not layout.buffered_chunks("archive"), interval=0.2,
                  what="the first 500 records delivered and acknowledged")
         Ledger.compare(request_ids(500), all_records(s3.client(), bucket)).assert_exact()
         mark = len(daemon.log())
@@ -354,13 +339,13 @@ def test_both_destinations_down_pause_the_source_and_everything_arrives_once_aft
         assert re.search(r"buffer full output=(search|archive) bytes=\d+: sources paused", since(daemon, mark))
         writer.join(60)
         assert writer.error is None
-        paused_at = offset(layout, log)
+        paused_at = layout.saved_offset(log)
         hold(time.monotonic(), 2.0)  # the destinations stay down: nothing more may be read meanwhile
-        assert offset(layout, log) == paused_at < log.stat().st_size, "the source kept reading while paused"
+        assert layout.saved_offset(log) == paused_at < log.stat().st_size, "the source kept reading while paused"
         assert lines_before(log, paused_at) < total, "everything was read: the buffers never filled"
         for output in ("search", "archive"):
             # The limit is checked before each commit: it is exceeded by one commit (9 reads) at most.
-            on_disk = sum(p.stat().st_size for p in chunk_files(layout, output))
+            on_disk = sum(p.stat().st_size for p in layout.buffered_chunks(output))
             assert 256 * KiB <= on_disk <= 256 * KiB + 9 * READ_BYTES * 1.25, (output, on_disk)
     finally:
         s3.thaw()
@@ -395,11 +380,11 @@ def test_file_output_gets_every_record_read_while_elasticsearch_is_down_and_its_
     writer.start()
     wait_for(lambda: "sources paused" in daemon.log(), timeout=30, what="Elasticsearch's buffer to fill")
     assert layout.records(), "the file output delivered nothing while Elasticsearch was down"
-    paused_at = offset(layout, log)
+    paused_at = layout.saved_offset(log)
     read = lines_before(log, paused_at)
     wait_for(lambda: len(layout.records()) >= read, timeout=5,
              what=f"the file output to deliver the {read} records read before the pause "
-                  f"(has {len(layout.records())}; its buffer holds {chunk_files(layout, 'debug')})")
+                  f"(has {len(layout.records())}; its buffer holds {layout.buffered_chunks('debug')})")
     Ledger.compare(request_ids(read), layout.records()).assert_exact()
     writer.join(60)
     daemon.kill()
@@ -491,12 +476,12 @@ def test_drop_oldest_chunk_logs_every_drop_and_delivers_exactly_the_rest_once(la
         writer.start()
         writer.join(60)
         assert writer.error is None
-        wait_for(lambda: offset(layout, log) == log.stat().st_size, timeout=30, what="everything read")
+        wait_for(lambda: layout.saved_offset(log) == log.stat().st_size, timeout=30, what="everything read")
         drops = DROP.findall(daemon.log())
         assert len(drops) >= 10, daemon.log()[-3000:]
         blocker.unlink()  # the output comes back
         lost = sum(int(d[3]) for d in drops)
-        wait_for(lambda: not chunk_files(layout, "debug") and len(layout.records()) >= total - lost, timeout=30,
+        wait_for(lambda: not layout.buffered_chunks("debug") and len(layout.records()) >= total - lost, timeout=30,
                  what=f"{total - lost} records delivered")
         assert daemon.stop() == 0
     assert len(DROP.findall(daemon.log())) == len(drops), "dropped after the output came back"
@@ -546,7 +531,7 @@ def test_event_times_far_from_now_land_in_their_own_windows_and_no_chunk_stays_s
                  what=f"the 2100 records (flushed by the monotonic backstop); log:\n{daemon.log()[-2000:]}")
         future_after = time.monotonic() - written
         wait_for(lambda: len(layout.records()) >= len(rows), timeout=10, what="every record")
-        assert not chunk_files(layout, "debug"), "a chunk is still buffered"
+        assert not layout.buffered_chunks("debug"), "a chunk is still buffered"
         assert daemon.stop() == 0
     # A lazy chunk is not flushed before its window (2 s) and wait (1 s) have passed on the monotonic clock.
     assert future_after >= 2.9, f"the 2100 records arrived after {future_after:.1f}s: flushed before the backstop"

@@ -135,6 +135,19 @@ class Layout:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
+    def saved_offset(self, path: Path) -> int:
+        """The daemon's saved read position of ``path`` (-1 before its first save)."""
+        positions = self.state / "positions.json"
+        if not positions.exists():
+            return -1
+        files = {f["path"]: f["offset"] for f in orjson.loads(positions.read_bytes())["files"]}
+        return int(files.get(str(path), -1))
+
+    def buffered_chunks(self, output: str = "debug") -> list[Path]:
+        """An output's staged and queued chunks on disk (delivered ones are gone)."""
+        directory = self.state / "buffer" / output
+        return sorted([*directory.glob("*.staged"), *directory.glob("*.queued")])
+
     def dead_letters(self) -> list[dict[str, Any]]:
         """Entries of the record dead-letter store."""
         entries: list[dict[str, Any]] = []

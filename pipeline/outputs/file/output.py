@@ -76,7 +76,8 @@ class FileOutput:
         try:
             start = self._claim(chunk, path, fd)
             try:
-                write_all(fd, list(self._encoded(chunk)))
+                for data in self._encoded(chunk):  # frame by frame: never the whole chunk in memory
+                    write_all(fd, [data])
                 sync(fd)
             except BaseException:
                 os.ftruncate(fd, start)  # leave no half chunk behind for readers

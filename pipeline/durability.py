@@ -11,6 +11,7 @@ Bit's file buffers do by default). Set once at start (``configure``), like loggi
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,37 @@ def write_all(fd: int, pieces: Sequence[bytes]) -> None:
             first += 1
         if written:
             pending[first] = pending[first][written:]
+
+
+_COPY_STEP = 1 << 30
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int) -> None:
+    """Copy ``count`` bytes of ``src`` from ``offset`` to ``dst`` at ``dst_offset``.
+
+    ``copy_file_range`` moves the bytes inside the kernel: no copy through Python's
+    memory and no GIL held while they move. Where the file systems cannot (another
+    file system on old kernels, some network ones), the bytes go through a buffer.
+    """
+    while count:
+        try:
+            copied = os.copy_file_range(src, dst, min(count, _COPY_STEP), offset, dst_offset)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            copied = _copy_through_buffer(src, dst, offset, min(count, 1 << 20), dst_offset)
+        if copied == 0:
+            raise OSError(errno.EIO, f"source ended {count} bytes early")
+        offset, dst_offset, count = offset + copied, dst_offset + copied, count - copied
+
+
+def _copy_through_buffer(src: int, dst: int, offset: int, count: int, dst_offset: int) -> int:
+    data = os.pread(src, count, offset)
+    view = memoryview(data)
+    while view:
+        view = view[os.pwrite(dst, view, dst_offset + len(data) - len(view)) :]
+    return len(data)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -70,6 +70,29 @@ def encode(kind: int, seq: int, count: int, meta: dict[str, Any], payload: bytes
     (7, 1, {'src': 'a'}, b'{"x":1}\\n')
     """
     return b"".join(encode_parts(kind, seq, count, meta, [payload]))
+
+
+def payload_spans(handle: BinaryIO) -> Iterator[tuple[int, int]]:
+    """(offset, length) of every data frame's payload, from the start, reading the headers only.
+
+    For outputs that copy the records unchanged, file to file inside the kernel. The
+    checksums are not verified here: a chunk is verified when the buffer resumes it at
+    start, or was written by this process.
+    """
+    end = handle.seek(0, 2)
+    handle.seek(0)
+    while len(prefix := handle.read(PREFIX_SIZE)) == PREFIX_SIZE:
+        magic, kind, _count, meta_len, size, _seq = HEADER.unpack_from(prefix)
+        if magic != MAGIC or kind not in (KIND_HEADER, KIND_DATA):
+            raise FrameError("bad frame magic", torn=False)
+        start = handle.seek(meta_len, 1)
+        if start + size > end:
+            raise FrameError("file ends inside a frame body", torn=True)
+        if kind == KIND_DATA and size:
+            yield start, size
+        handle.seek(size, 1)
+    if prefix:
+        raise FrameError("file ends inside a frame header", torn=True)
 
 
 def decode_from(handle: BinaryIO) -> Frame | None:

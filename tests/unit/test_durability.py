@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +54,38 @@ def test_sync_and_sync_dir_follow_the_switch(tmp_path: Path, fsync_calls: list[i
         assert len(fsync_calls) == 2
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "through-a-buffer"])
+def test_copy_range_copies_exactly_the_range_at_the_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: bool
+) -> None:
+    if not kernel_copy:  # e.g. another file system on an old kernel
+
+        def refused(*args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refused)
+    source = bytes(range(256)) * 20_000  # 5 MB: more than one buffer
+    (tmp_path / "src").write_bytes(source)
+    (tmp_path / "dst").write_bytes(b"head:")
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_WRONLY)
+    try:
+        durability.copy_range(src, dst, 1000, len(source) - 2000, 5)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (tmp_path / "dst").read_bytes() == b"head:" + source[1000:-1000]
+
+
+def test_copy_range_reports_a_source_shorter_than_promised(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(b"x" * 100)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="ended 50 bytes early"):
+            durability.copy_range(src, dst, 0, 150, 0)
+    finally:
+        os.close(src)
+        os.close(dst)

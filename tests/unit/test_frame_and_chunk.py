@@ -123,3 +123,18 @@ def test_header_frame_names_its_chunk(tmp_path: Path) -> None:
     assert decoded is not None
     assert decoded.kind == frame.KIND_HEADER and decoded.count == 0 and decoded.seq == 9
     assert decoded.meta == {"chunk_id": "abc", "output": "archive", "timekey": 3600}
+
+
+def test_payload_spans_locate_each_data_payload_without_reading_it(tmp_path: Path) -> None:
+    chunk = Chunk(tmp_path, 1795000000, "c0ffee", ChunkState.STAGED)
+    chunk.write(header_frame(chunk, 1, "out"))
+    chunk.write(data_frame(seq=1, payload=b'{"a":1}\n'))
+    chunk.write(data_frame(seq=2, payload=b'{"b":2}\n{"c":3}\n'))
+    raw = chunk.path.read_bytes()
+
+    with chunk.path.open("rb") as handle:
+        spans = list(frame.payload_spans(handle))
+
+    assert [raw[offset : offset + length] for offset, length in spans] == [b'{"a":1}\n', b'{"b":2}\n{"c":3}\n']
+    with io.BytesIO(raw[:-3]) as torn, pytest.raises(frame.FrameError):
+        list(frame.payload_spans(torn))  # cut inside the last payload: its span would run past the end

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.sources.tail.reader import FP_BYTES, ReadResult, TailedFile, file_key, fingerprint, read_step
+from pipeline.sources.tail.reader import (
+    FP_BYTES,
+    RWF_NOWAIT,
+    CachedReader,
+    NotCached,
+    ReadResult,
+    TailedFile,
+    file_key,
+    fingerprint,
+    read_step,
+)
 
 READ = 4096
 MAX_LINE = 16 * 1024
@@ -242,3 +253,86 @@ def test_position_carries_identity(tf: TailedFile, log: Path) -> None:
     assert (pos.fingerprint, pos.fp_len) == (tf.fp, tf.fp_len)
     st = os.stat(log)
     assert tf.key == f"{st.st_dev}:{st.st_ino}"
+
+
+# -- CachedReader: the same step on the event loop, for bytes already in the page cache ----------
+
+HEAD = b'{"session":"start","pad":"' + b"x" * FP_BYTES + b'"}\n'  # a first line longer than the fingerprint
+
+
+def started(tf: TailedFile, log: Path, tmp_path: Path) -> None:
+    """The file's first line read through the blocking step, as the source does first."""
+    append(log, HEAD)
+    assert step(tf, tmp_path) is not None and tf.fp_len == FP_BYTES
+
+
+@pytest.mark.skipif(RWF_NOWAIT is None, reason="no RWF_NOWAIT on this platform")
+def test_cached_read_returns_whole_lines_like_the_blocking_step(tf: TailedFile, log: Path, tmp_path: Path) -> None:
+    started(tf, log, tmp_path)
+    append(log, b'{"a":1}\n{"b":2}\n{"c":')
+    reader = CachedReader(READ)
+
+    result = reader.read(tf)
+
+    assert result is not None and result.data == b'{"a":1}\n{"b":2}\n'
+    assert (result.start, result.end) == (len(HEAD), len(HEAD) + 16) and tf.offset == result.end
+    with pytest.raises(NotCached):  # only half a line left: the blocking step decides what it is
+        reader.read(tf)
+    append(log, b"3}\n")
+    result = reader.read(tf)
+    assert result is not None and result.data == b'{"c":3}\n'
+    assert reader.read(tf) is None, "nothing new"
+
+
+@pytest.mark.skipif(RWF_NOWAIT is None, reason="no RWF_NOWAIT on this platform")
+def test_cached_read_leaves_a_rewritten_or_truncated_file_to_the_blocking_step(
+    tf: TailedFile, log: Path, tmp_path: Path
+) -> None:
+    started(tf, log, tmp_path)
+    reader = CachedReader(READ)
+    log.write_bytes(b'{"other":"file"}\n' + HEAD)  # rewritten in place, longer than before
+    with pytest.raises(NotCached):
+        reader.read(tf)
+    log.write_bytes(b'{"short":1}\n')  # truncated below the offset
+    with pytest.raises(NotCached):
+        reader.read(tf)
+
+
+@pytest.mark.skipif(RWF_NOWAIT is None, reason="no RWF_NOWAIT on this platform")
+def test_cached_read_of_bytes_not_in_memory_falls_back(tf: TailedFile, log: Path, tmp_path: Path) -> None:
+    started(tf, log, tmp_path)
+    append(log, b'{"a":1}\n' * 10_000)
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # clean pages can be dropped from the page cache
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(READ)], tf.offset, RWF_NOWAIT or 0)
+            pytest.skip("this file system keeps its files in memory (tmpfs): no cache miss to test")
+        except BlockingIOError:
+            pass
+    finally:
+        os.close(fd)
+    reader = CachedReader(READ)
+
+    with pytest.raises(NotCached):
+        reader.read(tf)
+    assert reader.enabled, "a cache miss is not a reason to stop trying"
+    result = step(tf, tmp_path)  # the blocking step reads it from the disk
+    assert result is not None and result.data.startswith(b'{"a":1}\n')
+
+
+def test_cached_read_gives_up_where_the_kernel_cannot(
+    tf: TailedFile, log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started(tf, log, tmp_path)
+    append(log, b'{"a":1}\n')
+
+    def unsupported(*args: object) -> int:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "preadv", unsupported)
+    reader = CachedReader(READ)
+    with pytest.raises(NotCached):
+        reader.read(tf)
+    assert not reader.enabled, "every later step goes to the worker thread straight away"

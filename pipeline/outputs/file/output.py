@@ -25,8 +25,9 @@ from typing import Any
 
 import orjson
 
+from pipeline.buffer import frame
 from pipeline.buffer.chunk import Chunk
-from pipeline.durability import sync, sync_data, sync_dir, write_all
+from pipeline.durability import copy_range, sync, sync_data, sync_dir
 from pipeline.errors import RetryableError, UnrecoverableError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.file.config import FileOutputConfig
@@ -72,18 +73,31 @@ class FileOutput:
     def _write(self, chunk: Chunk) -> None:
         path = self.target(chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)  # appends at explicit offsets (copy_range)
         try:
             start = self._claim(chunk, path, fd)
             try:
-                for data in self._encoded(chunk):  # frame by frame: never the whole chunk in memory
-                    write_all(fd, [data])
+                self._append(chunk, fd, start)
                 sync(fd)
             except BaseException:
                 os.ftruncate(fd, start)  # leave no half chunk behind for readers
                 raise
         finally:
             os.close(fd)
+
+    def _append(self, chunk: Chunk, fd: int, end: int) -> None:
+        """Append the chunk's records at ``end``, frame by frame: never the whole chunk in memory."""
+        if self.config.compress == "none":
+            with chunk.path.open("rb") as src:
+                for offset, length in frame.payload_spans(src):
+                    copy_range(src.fileno(), fd, offset, length, end)
+                    end += length
+            return
+        for data in self._encoded(chunk):
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, end)
+                view, end = view[written:], end + written
 
     def _claim(self, chunk: Chunk, path: Path, fd: int) -> int:
         """Journal where this chunk starts, before appending it."""
@@ -144,9 +158,6 @@ class FileOutput:
         return {cid: e for cid, e in journal.items() if any(f".{cid}." in name for name in names)}
 
     def _encoded(self, chunk: Chunk) -> Iterator[bytes]:
-        if self.config.compress == "none":
-            yield from chunk.payloads()
-            return
         packer = zlib.compressobj(6, zlib.DEFLATED, 31)
         for payload in chunk.payloads():
             yield packer.compress(payload)

@@ -8,6 +8,7 @@ covers zero bytes and grows as they do.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -26,6 +27,14 @@ def fingerprint(fd: int, length: int) -> tuple[str, int]:
     """Hash of the first ``length`` bytes (fewer if the file is shorter), and how many were hashed."""
     head = os.pread(fd, length, 0)
     return hashlib.blake2b(head, digest_size=8).hexdigest(), len(head)
+
+
+def last_line_end(fd: int, size: int) -> int:
+    """Where the last complete line ends (for starting at the end without a half line)."""
+    start = max(0, size - (1 << 20))
+    tail = os.pread(fd, size - start, start)
+    cut = tail.rfind(b"\n")
+    return start + cut + 1 if cut >= 0 else size
 
 
 def file_key(st: os.stat_result) -> str:
@@ -183,3 +192,59 @@ def _continue_oversized(tf: TailedFile, read_bytes: int, max_line: int, at_eof: 
                 "truncated": length > max_line,
             }
             return ReadResult(state.start, tf.offset, b"", [entry])
+
+
+class NotCached(Exception):
+    """The cached read cannot serve this step: the blocking read step must (in a worker thread)."""
+
+
+# Linux 4.14+: a read that returns only what the page cache already holds, never waiting for the disk.
+RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+class CachedReader:
+    """The read step for the common case, cheap enough for the event loop: bytes already in memory.
+
+    A tailed file is usually read right after it was written, so its new bytes are in the
+    page cache. Reading them with ``RWF_NOWAIT`` into a reused buffer costs tens of
+    microseconds per MiB, while a worker thread's round trip costs milliseconds of waiting
+    for the GIL and the event loop when the loop is busy parsing (benchmarks/catchup.py).
+    Anything else (a cache miss, a truncated or replaced file, a line longer than the
+    buffer, an incomplete fingerprint) raises NotCached, and the blocking step in
+    :func:`read_step` decides.
+    """
+
+    def __init__(self, read_bytes: int) -> None:
+        self.enabled = RWF_NOWAIT is not None
+        self._buffer = bytearray(read_bytes)
+        self._view = memoryview(self._buffer)
+        self._head = bytearray(FP_BYTES)
+
+    def read(self, tf: TailedFile) -> ReadResult | None:
+        """The next block of whole lines, None at the end of the file; NotCached if it cannot tell."""
+        if not self.enabled or tf.oversized is not None or tf.fp_len < FP_BYTES:
+            raise NotCached
+        size = os.fstat(tf.fd).st_size
+        if size < tf.offset or self._nowait(tf, memoryview(self._head), 0) < FP_BYTES:
+            raise NotCached
+        if hashlib.blake2b(self._head, digest_size=8).hexdigest() != tf.fp:
+            raise NotCached  # rewritten in place: the blocking step resets the file
+        if size == tf.offset:
+            return None
+        got = self._nowait(tf, self._view, tf.offset)
+        cut = self._buffer.rfind(b"\n", 0, got)
+        if cut < 0:
+            raise NotCached  # a long line, or one not finished yet
+        return _advance(tf, bytes(self._view[: cut + 1]))
+
+    def _nowait(self, tf: TailedFile, into: memoryview, offset: int) -> int:
+        assert RWF_NOWAIT is not None
+        try:
+            return os.preadv(tf.fd, [into], offset, RWF_NOWAIT)
+        except BlockingIOError:
+            raise NotCached from None  # not in the page cache
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.enabled = False  # this file system or kernel has no RWF_NOWAIT: always the thread
+            raise NotCached from None

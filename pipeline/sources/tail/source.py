@@ -17,7 +17,9 @@ Rotation, as each case looks from here:
   looked up among the files in the watched directories (``agent.log.1``) and finished.
 
 All blocking file work runs in worker threads, one step at a time, from this source's
-own loop, so a file is never touched by two threads at once.
+own loop, so a file is never touched by two threads at once. The one exception is the
+read of bytes already in the page cache, which never blocks and is done on the event
+loop (see :class:`~pipeline.sources.tail.reader.CachedReader`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ from pipeline.deadletter import DeadLetterStore
 from pipeline.sources.base import Emit, LineBatch
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.sources.tail.discovery import FoundFile, is_sibling, list_directories, matched_files, static_root
-from pipeline.sources.tail.reader import FP_BYTES, TailedFile, fingerprint, read_step
+from pipeline.sources.tail.reader import (
+    FP_BYTES,
+    CachedReader,
+    NotCached,
+    ReadResult,
+    TailedFile,
+    fingerprint,
+    last_line_end,
+    read_step,
+)
 
 log = logging.getLogger("logferry.tail")
 BATCHES_PER_TURN = 8  # per file, before the next file gets its turn
@@ -77,6 +88,7 @@ class TailSource:
         self._copied: dict[tuple[str, int], int] = {}
         self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
         self._waiting: set[str] = set()
+        self._cached = CachedReader(min(config.read_bytes, config.max_line_bytes))
 
     @property
     def unreadable(self) -> set[str]:
@@ -137,7 +149,10 @@ class TailSource:
             for _ in range(BATCHES_PER_TURN):
                 if self._stop.is_set():
                     return emitted
-                batch = await asyncio.to_thread(self._read, tf, False)
+                try:
+                    batch = self._read_cached(tf)
+                except NotCached:
+                    batch = await asyncio.to_thread(self._read, tf, False)
                 if batch is None:
                     if tf.idle_since is None:
                         tf.idle_since = self.clock.monotonic()
@@ -157,11 +172,17 @@ class TailSource:
             # the old content's offsets with the new content's lines.
             self._check_replaced(tf)
         result = read_step(tf, cfg.read_bytes, cfg.max_line_bytes, self._blob_for, final)
-        if result is None:
-            return None
+        return None if result is None else self._batch(tf, result)
+
+    def _read_cached(self, tf: TailedFile) -> LineBatch | None:
+        """The read step on the event loop, for bytes in the page cache; NotCached otherwise."""
+        result = self._cached.read(tf)
+        return None if result is None else self._batch(tf, result)
+
+    def _batch(self, tf: TailedFile, result: ReadResult) -> LineBatch:
         dead = [self._dead_entry(tf, entry) for entry in result.dead]
         return LineBatch(
-            self.name, cfg.tag, tf.key, tf.path, result.start, result.end, result.data,
+            self.name, self.config.tag, tf.key, tf.path, result.start, result.end, result.data,
             tf.position(result.end), dead=dead,
         )
 
@@ -280,17 +301,24 @@ class TailSource:
         self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], names: set[str], since: float
     ) -> None:
         """Siblings we never followed: copytruncate's copy, or a file created and rotated away unseen."""
-        tracked = {(tf.fp, tf.fp_len) for tf in self.files.values() if not tf.rotated and tf.fp_len}
+        # (fingerprint, its length, file size) of each followed file: a sibling that starts with
+        # the same bytes and is no longer may be a copy of it that copytruncate has not truncated yet.
+        tracked = [(tf.fp, tf.fp_len, os.fstat(tf.fd).st_size) for tf in self.files.values()
+                   if not tf.rotated and tf.fp_len]
         for key, found in listing.items():
             if key in self.files or key in saved or not is_sibling(found.path, names):
                 continue
-            heads = _heads(found.path, {n for _, n in [*self._copied, *tracked]})
+            heads = _heads(found.path, {n for _, n in self._copied} | {n for _, n, _ in tracked})
             copied = next((k for k in self._copied if heads.get(k[1]) == k[0]), None)
             if copied is not None:
                 # copytruncate's copy: it holds what the original had before the truncate; read
                 # only past the point we had read the original to.
                 self._open(key, found.path, at_start=False, rotated=True, offset=self._copied.pop(copied))
-            elif found.ctime >= since - 1.0 and not any(heads.get(n) == fp for fp, n in tracked):
+            elif found.ctime >= since - 1.0 and not any(
+                heads.get(n) == fp and found.size <= size for fp, n, size in tracked
+            ):
+                # Longer than every followed file it shares its first bytes with (files that all
+                # start with the same header line): a generation rotated away unseen, not a copy.
                 self._open(key, found.path, at_start=False, rotated=True, offset=0)
 
     def _check_replaced(self, tf: TailedFile) -> int:
@@ -345,7 +373,7 @@ class TailSource:
             log.warning("file changed since its saved position (inode reused?) path=%s: reading from 0", tf.path)
             return 0
         if at_start and self.first_start and not self.config.read_from_head:
-            return _last_line_end(tf.fd, size)
+            return last_line_end(tf.fd, size)
         return 0
 
     def _park_idlest(self) -> bool:
@@ -439,14 +467,6 @@ def _heads(path: str, lengths: set[int]) -> dict[int, str]:
     finally:
         os.close(fd)
     return heads
-
-
-def _last_line_end(fd: int, size: int) -> int:
-    """Where the last complete line ends (for starting at the end without a half line)."""
-    start = max(0, size - (1 << 20))
-    tail = os.pread(fd, size - start, start)
-    cut = tail.rfind(b"\n")
-    return start + cut + 1 if cut >= 0 else size
 
 
 def _current_user() -> str:

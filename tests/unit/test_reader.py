@@ -298,21 +298,42 @@ def test_cached_read_leaves_a_rewritten_or_truncated_file_to_the_blocking_step(
         reader.read(tf)
 
 
-@pytest.mark.skipif(RWF_NOWAIT is None, reason="no RWF_NOWAIT on this platform")
-def test_cached_read_of_bytes_not_in_memory_falls_back(tf: TailedFile, log: Path, tmp_path: Path) -> None:
-    started(tf, log, tmp_path)
-    append(log, b'{"a":1}\n' * 10_000)
-    fd = os.open(log, os.O_RDONLY)
+def drop_from_page_cache(path: Path) -> None:
+    """Evict a file's pages, written back first (tmpfs keeps them: see page_cache_can_miss)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)  # clean pages can be dropped from the page cache
+        os.fsync(fd)  # only clean pages can be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        try:
-            os.preadv(fd, [bytearray(READ)], tf.offset, RWF_NOWAIT or 0)
-            pytest.skip("this file system keeps its files in memory (tmpfs): no cache miss to test")
-        except BlockingIOError:
-            pass
     finally:
         os.close(fd)
+
+
+def page_cache_can_miss(tmp_path: Path) -> bool:
+    """Whether an evicted file here misses the cache (not on tmpfs), tried on a scratch file.
+
+    Not on the file under test: a missed RWF_NOWAIT read starts the kernel's readahead,
+    which would bring the pages back before the step under test looks.
+    """
+    scratch = tmp_path / "scratch"
+    scratch.write_bytes(b"x" * READ)
+    drop_from_page_cache(scratch)
+    fd = os.open(scratch, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(READ)], 0, RWF_NOWAIT or 0)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(RWF_NOWAIT is None, reason="no RWF_NOWAIT on this platform")
+def test_cached_read_of_bytes_not_in_memory_falls_back(tf: TailedFile, log: Path, tmp_path: Path) -> None:
+    if not page_cache_can_miss(tmp_path):
+        pytest.skip("this file system keeps its files in memory (tmpfs): no cache miss to test")
+    started(tf, log, tmp_path)
+    append(log, b'{"a":1}\n' * 10_000)
+    drop_from_page_cache(log)
     reader = CachedReader(READ)
 
     with pytest.raises(NotCached):

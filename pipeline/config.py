@@ -5,7 +5,8 @@ Precedence, lowest first (the way systemd drop-ins work):
 1. the main file (default ``/etc/logferry/logferry.toml``),
 2. ``conf.d/*.toml`` beside it, merged in name order, later files win key by key,
 3. environment variables: ``LOGFERRY_STATE_DIR=/x``, nested keys with ``__``
-   (``LOGFERRY_OUTPUTS__SEARCH__PASSWORD=…``).
+   (``LOGFERRY_OUTPUTS__SEARCH__PASSWORD=…``). A ``LOGFERRY_`` variable that names no
+   key is an error too (except the few the project reads for other purposes, NOT_SETTINGS).
 
 Every component is a frozen model that forbids unknown keys, so a typo fails at load
 time with the full key path (``outputs.archive.buffer.timekey: …``), never at 3 a.m.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +36,11 @@ DEFAULT_CONFIG = Path("/etc/logferry/logferry.toml")
 __all__ = ["BufferConfig", "Component", "ElasticsearchOutputConfig", "FileOutputConfig", "OutputBase",
            "S3OutputConfig", "Settings", "load_settings", "settings_from_dict"]
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+ENV_PREFIX = "LOGFERRY_"
+# LOGFERRY_ variables the project reads that are not settings: the agent hook's log path
+# (pipeline.client), and the test suite's knobs (tests/support/elasticsearch.py, tests/integration).
+NOT_SETTINGS = frozenset({"LOGFERRY_AGENT_LOG", "LOGFERRY_CACHE", "LOGFERRY_ES_JAVA_HOME"})
+NOT_SETTINGS_PREFIXES = ("LOGFERRY_TEST_",)
 
 
 class TailSourceConfig(Component):
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
     """The whole daemon's configuration, validated once at load time."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LOGFERRY_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
     state_dir: Path = Field(Path("/var/lib/logferry"), description="Positions, buffers, dead letters.")
@@ -179,11 +186,32 @@ def load_settings(main: Path, conf_d: Path | None = None) -> Settings:
 
 def settings_from_dict(values: dict[str, Any], origin: str = "config") -> Settings:
     """Validate an already merged mapping (environment overrides still apply)."""
+    _check_environment(os.environ)
     _check_type_keys(values)
     try:
         return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(f"{origin}: invalid configuration:\n" + format_errors(exc)) from exc
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Reject ``LOGFERRY_*`` variables that name no top-level key.
+
+    pydantic-settings reads only the variables of known fields and ignores the rest, so a
+    typo (``LOGFERRY_STATEDIR``) would silently leave the TOML value in force. Nested names
+    (``LOGFERRY_OUTPUTS__SEARCH__PASSWURD``) need no check here: they reach validation as
+    keys and fail there with their path. Names are matched case-insensitively, as pydantic-settings does.
+    """
+    unknown = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        key = name.removeprefix(ENV_PREFIX).split("__", 1)[0].lower()
+        if key not in Settings.model_fields:
+            unknown.append(f"  {variable}: unknown environment variable (no top-level key {key!r})")
+    if unknown:
+        raise ConfigError("invalid configuration:\n" + "\n".join(unknown))
 
 
 def _check_type_keys(values: dict[str, Any]) -> None:

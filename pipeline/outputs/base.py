@@ -14,12 +14,13 @@ not fail the chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from pipeline.buffer.chunk import Chunk
 from pipeline.clock import Clock
+from pipeline.config import EnrichConfig
 from pipeline.deadletter import DeadLetterStore
 
 
@@ -32,6 +33,7 @@ class OutputContext:
     dead_letters: DeadLetterStore
     clock: Clock
     hostname: str
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)  # the fields every record gets (index templates)
 
 
 class Output(Protocol):

@@ -20,13 +20,15 @@ from pathlib import Path
 from pipeline import durability
 from pipeline.buffer.file_buffer import FileBuffer, ResumeReport
 from pipeline.clock import Clock
-from pipeline.config import OutputConfig, Settings, effective_hostname
+from pipeline.config import OutputConfig, Settings, TailSourceConfig, effective_hostname
 from pipeline.deadletter import DeadLetterStore
 from pipeline.errors import ConfigError, StateError
 from pipeline.outputs.base import Output, OutputContext
 from pipeline.outputs.flusher import Flusher
 from pipeline.runtime.routing import tag_matches
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+from pipeline.sources.tail.discovery import matched_files
+from pipeline.sources.tail.reader import FP_BYTES, file_key, fingerprint, last_line_end
 from pipeline.sources.tail.source import TailSource
 from pipeline.transforms.records import RecordProcessor
 
@@ -70,7 +72,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     outputs, flushers = {}, {}
     hostname = effective_hostname(settings.enrich)
     for name, cfg in settings.outputs.items():
-        context = OutputContext(name, buffers[name].directory, dead_letters, clock, hostname)
+        context = OutputContext(name, buffers[name].directory, dead_letters, clock, hostname, settings.enrich)
         outputs[name] = _build_output(name, cfg, context)
         flushers[name] = Flusher(name, outputs[name], buffers[name], clock)
     routes = {
@@ -81,9 +83,14 @@ def build(settings: Settings, clock: Clock) -> Topology:
         if not routed:
             log.warning("source %s (tag %s) matches no output: its records are read and dropped", src,
                         settings.sources[src].tag)
-    first_start = not positions.existed
+    if not positions.existed and not all(cfg.read_from_head for cfg in settings.sources.values()):
+        _save_start_positions(settings, positions)
+    # Where a first start matters (read_from_head = false) its offsets are saved now: to the
+    # sources every start is a restart, and a file without a saved position appeared after
+    # that first look, so it is read from its head.
     sources = [
-        TailSource(name, cfg, positions, dead_letters, clock, first_start) for name, cfg in settings.sources.items()
+        TailSource(name, cfg, positions, dead_letters, clock, first_start=False)
+        for name, cfg in settings.sources.items()
     ]
     widths = {b.config.timekey for b in buffers.values()}
     processor = RecordProcessor(settings.enrich, widths, clock)
@@ -114,6 +121,44 @@ def _resume_buffers(
         reports[name] = buffer.resume(committed)
         buffers[name] = buffer
     return buffers, reports
+
+
+def _save_start_positions(settings: Settings, positions: PositionStore) -> None:
+    """First start with ``read_from_head = false``: save the files' ends, before anything runs.
+
+    Positions are otherwise written only by a commit. Without this, a daemon that read no
+    line before it stopped would meet no position store at its next start, take that for a
+    first start again and start at the files' new ends: every line written while it was
+    down would be skipped. The store is written even with no file to save, so that files
+    created while the daemon is down are read from their head.
+    """
+    starts: dict[tuple[str, str], FilePosition | None] = {}
+    for name, cfg in settings.sources.items():
+        if not cfg.read_from_head:
+            starts.update(_end_positions(name, cfg))
+    positions.save_now(starts)
+    if starts:
+        log.info("first start: %d existing files are followed from their end (read_from_head = false)",
+                 len(starts))
+
+
+def _end_positions(source: str, cfg: TailSourceConfig) -> dict[tuple[str, str], FilePosition | None]:
+    """The end of the last whole line of each file a source matches now, with its fingerprint."""
+    ends: dict[tuple[str, str], FilePosition | None] = {}
+    for path in matched_files(cfg).values():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # unreadable or gone: the source reports it, and reads it from its head once it can
+        try:
+            st = os.fstat(fd)  # of what was opened, should the path have been replaced since the glob
+            # The source's own cut for starting at a file's end, so that there is only one.
+            key, end = file_key(st), last_line_end(fd, st.st_size)
+            fp, fp_len = fingerprint(fd, FP_BYTES)
+            ends[(source, key)] = FilePosition(source, key, path, end, fp, fp_len)
+        finally:
+            os.close(fd)
+    return ends
 
 
 def _rebuild_positions(positions: PositionStore, reports: dict[str, ResumeReport]) -> None:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 import pipeline
 from pipeline.config import FileOutputConfig, Settings, load_settings
@@ -180,3 +186,108 @@ def test_example_config_validates(tmp_path: Path) -> None:
         pytest.skip("config.example.toml is not in the repository yet")
     settings = load_settings(example, conf_d=tmp_path / "no-drop-ins")
     assert settings.sources and settings.outputs
+
+
+@pytest.mark.parametrize("variable", ["LOGFERRY_BOGUS", "LOGFERRY_STATEDIR", "logferry_bogus", "LOGFERRY_BOGUS__X"])
+def test_unknown_environment_variable_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, BASE)
+    assert f"{variable}: unknown environment variable" in str(info.value)
+
+
+def test_every_unknown_environment_variable_is_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGFERRY_ONE", "1")
+    monkeypatch.setenv("LOGFERRY_TWO", "2")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, BASE)
+    assert "LOGFERRY_ONE:" in str(info.value) and "LOGFERRY_TWO:" in str(info.value)
+
+
+@pytest.mark.parametrize("variable", ["LOGFERRY_AGENT_LOG", "LOGFERRY_CACHE", "LOGFERRY_ES_JAVA_HOME",
+                                      "LOGFERRY_TEST_ES_URL", "LOGFERRY_TEST_ANYTHING", "LOGFERRY_LOG_LEVEL",
+                                      "logferry_log_level"])
+def test_the_projects_own_variables_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "debug")
+    assert load(tmp_path, BASE).sources["agent"].tag == "ai.chat"
+
+
+def test_unknown_nested_environment_key_names_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGFERRY_OUTPUTS__DEBUG__PATHH", "/x.jsonl")
+    with pytest.raises(ConfigError, match=r"outputs\.debug\.pathh: unknown key"):
+        load(tmp_path, BASE)
+
+
+def test_environment_check_applies_to_the_cli(tmp_path: Path) -> None:
+    """``LOGFERRY_BOGUS=1 logferry check -c FILE`` fails and names the variable."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LOGFERRY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "check", "-c", str(write(tmp_path, BASE))],
+        capture_output=True, text=True, cwd=REPO, timeout=60, env={**env, "LOGFERRY_BOGUS": "1"},
+    )
+    assert result.returncode != 0
+    assert "LOGFERRY_BOGUS: unknown environment variable" in result.stderr
+
+
+# Keys the example leaves out on purpose: secrets belong in the environment or a *_file, never in the file.
+SECRETS = {"password", "api_key"}
+# Commented-out keys whose value is an example, not the default.
+EXAMPLE_VALUES = {"addressing_style"}
+
+
+def example_tables() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each table of config.example.toml: (keys set, keys commented out as ``#key = value``)."""
+    tables: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {"": ({}, {})}
+    current = ""
+    for line in (REPO / "config.example.toml").read_text().splitlines():
+        if header := re.fullmatch(r"\[([\w.]+)\]", line):
+            current = header.group(1)
+            tables[current] = ({}, {})
+        elif key := re.fullmatch(r"(#?)(\w+) = (.*)", line):
+            commented, name, value = key.groups()
+            tables[current][1 if commented else 0][name] = tomllib.loads(f"v = {value}")["v"]
+    return tables
+
+
+def model_of(table: str, settings: Settings) -> type[BaseModel]:
+    """The config model a table of the example is validated by."""
+    parts = table.split(".") if table else []
+    if not parts:
+        return Settings
+    if parts[0] in ("sources", "outputs"):
+        component = getattr(settings, parts[0])[parts[1]]
+        return type(component.buffer) if parts[2:] == ["buffer"] else type(component)
+    return type(getattr(settings, parts[0]))
+
+
+def parent_key(table: str, settings: Settings) -> tuple[type[BaseModel], str]:
+    """The key a table is of its parent: [health] and [sources.agent] of Settings, [outputs.x.buffer] of outputs.x."""
+    parts = table.split(".")
+    if len(parts) <= 2:
+        return Settings, parts[0]
+    return model_of(".".join(parts[:-1]), settings), parts[-1]
+
+
+def test_example_config_names_every_key_with_its_default(tmp_path: Path) -> None:
+    """config.example.toml shows every settable key: set, or commented out with its default."""
+    settings = load_settings(REPO / "config.example.toml", conf_d=tmp_path / "no-drop-ins")
+    shown: dict[type[BaseModel], set[str]] = {}
+    for table, (values, commented) in example_tables().items():
+        model = model_of(table, settings)
+        fields = model.model_fields
+        assert set(commented) <= set(fields), f"[{table}]: commented-out keys that do not exist"
+        for name, value in commented.items():
+            default = fields[name].get_default(call_default_factory=True)
+            if default is not None and name not in EXAMPLE_VALUES:
+                assert value == default, f"[{table}] #{name} = {value!r}: the default is {default!r}"
+        shown.setdefault(model, set()).update(values, commented)
+        if table:
+            parent, key = parent_key(table, settings)
+            shown.setdefault(parent, set()).add(key)
+    for model, names in shown.items():
+        missing = set(model.model_fields) - names - SECRETS
+        assert not missing, f"{model.__name__}: keys missing from config.example.toml: {sorted(missing)}"

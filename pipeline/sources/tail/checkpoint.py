@@ -107,6 +107,16 @@ class PositionStore:
         """Write encoded bytes atomically (worker thread)."""
         write_atomic(self.path, data)
 
+    def save_now(self, updates: dict[tuple[str, str], FilePosition | None]) -> None:
+        """Apply ``updates`` and write the store at once, outside any commit (blocking).
+
+        For positions that cover no data, such as where a first start begins: the commit
+        sequence number stays as it is, so the buffers' roll-back is unaffected.
+        """
+        self.save(self.encode(self.commit_seq, updates))
+        self.applied(self.commit_seq, updates)
+        self.existed = True
+
     def applied(self, seq: int, updates: dict[tuple[str, str], FilePosition | None]) -> None:
         """Record in memory that a commit's positions reached the disk."""
         self.commit_seq = seq

@@ -4,21 +4,26 @@
 ``es_server``: that throw-away server itself (None with an external cluster), for outages.
 ``es9_url``: a throw-away 9.5.4 for a smaller subset (about 9 s to start, ~1 GB of memory).
 ``es_small_url``: a throw-away 8.19.21 with ``http.max_content_length: 1kb``, for HTTP 413.
+``s3_server``: a throw-away S3 (moto) for this directory's modules that ship to S3 besides Elasticsearch.
+``es_secure``: a throw-away 8.19.21 with security on, HTTPS, a file-realm user (and an API key where the
+distribution can make one), about 12 s to start.
 
-The two extra servers run by default (the whole Elasticsearch module takes about a minute on two
-cores); ``LOGFERRY_TEST_ES9=0`` / ``LOGFERRY_TEST_ES_413=0`` skip them. With an external cluster
-(``LOGFERRY_TEST_ES_URL``) they are opt-in instead: ``=1``. Both live for this directory's module
-that uses them only, so at most three servers run at once.
+The extra servers run by default (the whole Elasticsearch module takes about a minute on two
+cores); ``LOGFERRY_TEST_ES9=0`` / ``LOGFERRY_TEST_ES_413=0`` / ``LOGFERRY_TEST_ES_SECURITY=0`` skip them.
+With an external cluster (``LOGFERRY_TEST_ES_URL``) they are opt-in instead: ``=1``. Each lives for the
+module that uses it only, so at most three servers run at once.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support.elasticsearch import ElasticsearchServer, external_url
+from tests.support.elasticsearch import ElasticsearchServer, SecuredElasticsearchServer, external_url
+from tests.support.s3server import S3Server
 
 ES8 = "8.19.21"
 ES9 = "9.5.4"
@@ -64,3 +69,20 @@ def es_small_url() -> Iterator[str]:
         pytest.skip("the HTTP 413 test is off: LOGFERRY_TEST_ES_413=1 runs it")
     with ElasticsearchServer(ES8, settings={"http.max_content_length": "1kb"}) as server:
         yield server.url
+
+
+@pytest.fixture(scope="module")
+def es_secure() -> Iterator[SecuredElasticsearchServer]:
+    """A throw-away Elasticsearch 8 with security and TLS on HTTP (LOGFERRY_TEST_ES_SECURITY=0 skips it)."""
+    if not _wanted("LOGFERRY_TEST_ES_SECURITY"):
+        pytest.skip("the secured Elasticsearch tests are off: LOGFERRY_TEST_ES_SECURITY=1 runs them")
+    with SecuredElasticsearchServer(ES8) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto S3 server for the module (test_s3.py has its own ``s3``)."""
+    log: Path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with S3Server(log) as server:
+        yield server

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,50 +13,19 @@ import orjson
 import pytest
 
 from pipeline import generator
-from pipeline.client import InteractionLogger
 from tests.conftest import new_daemon
-from tests.support.daemon import Daemon, Layout, render_toml, wait_for
-from tests.support.elasticsearch import ElasticsearchServer, free_port, request
+from tests.support.daemon import REPO, Daemon, Layout, Ledger, render_toml, wait_for
+from tests.support.elasticsearch import Cluster, ElasticsearchServer, access_for, free_port, request
+from tests.support.s3server import CREDENTIALS, all_records, list_keys
 from tests.support.writer import AgentWriter
 
 pytestmark = pytest.mark.integration
 
 DAY = "2026.11.18"  # generator.T0 (1_795_000_000) is 2026-11-18T11:06:40Z
 NDJSON = {"Content-Type": "application/x-ndjson"}
-
-
-class Cluster:
-    """A few HTTP calls against the test cluster (urllib: independent of the code under test)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
-        status, answer = request(method, self.url + path, body)
-        assert status in ok, f"{method} {path}: HTTP {status} {answer}"
-        return answer
-
-    def count(self, pattern: str) -> int:
-        """Documents in the indices matching ``pattern``, after a refresh (0 while a new index starts)."""
-        self.call("POST", f"/{pattern}/_refresh", ok=(200, 503))
-        answer = self.call("GET", f"/{pattern}/_count", ok=(200, 503))
-        return int(answer["count"]) if "count" in answer else 0
-
-    def ids(self, pattern: str) -> list[str]:
-        """Every document id in ``pattern`` (up to 10,000)."""
-        self.call("POST", f"/{pattern}/_refresh")
-        hits = self.call("POST", f"/{pattern}/_search", {"size": 10_000, "_source": False})["hits"]["hits"]
-        return [hit["_id"] for hit in hits]
-
-    def source(self, index: str, doc_id: str) -> dict[str, Any]:
-        """One document's source."""
-        found: dict[str, Any] = self.call("GET", f"/{index}/_doc/{doc_id}")["_source"]
-        return found
-
-    def drop(self, prefix: str) -> None:
-        """Delete the indices and the template a test made."""
-        self.call("DELETE", f"/{prefix}-*", ok=(200, 404))
-        self.call("DELETE", f"/_index_template/{prefix}", ok=(200, 404))
+# The daemon's S3 client: the test credentials, and nothing from the machine's own AWS setup.
+S3_ENV = {**CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
+          "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
 
 
 @pytest.fixture
@@ -75,14 +46,17 @@ def cluster(es_url: str) -> Iterator[Callable[[str], Cluster]]:
 
 def es_config(layout: Layout, url: str, index: str, output: dict[str, Any] | None = None,
               buffer: dict[str, Any] | None = None) -> Path:
-    """tail → elasticsearch over ``layout``, with quick flushes and retries."""
+    """tail → elasticsearch over ``layout``, with quick flushes and retries, and the cluster's credentials and CA
+    (a secured ``LOGFERRY_TEST_ES_URL``)."""
     doc: dict[str, Any] = {
         "state_dir": layout.state, "shutdown_timeout": 10.0,
+        "health": {"listen": "127.0.0.1:0"},  # a free port: never in the way of another daemon
         "enrich": {"tag_key": "tag"},
         "sources": {"agent": {"type": "tail", "paths": [str(layout.logs / "*.log")], "tag": "ai.interactions",
                               "rescan_interval": 0.5}},
         "outputs": {"search": {
-            "type": "elasticsearch", "hosts": [url], "index": index, "request_timeout": 10.0, **(output or {}),
+            "type": "elasticsearch", "hosts": [url], "index": index, "request_timeout": 10.0,
+            **access_for(url).output_options(), **(output or {}),
             "buffer": {"flush_interval": 0.2, "retry_wait": 0.1, "retry_max_interval": 1.0, **(buffer or {})},
         }},
     }
@@ -96,10 +70,7 @@ def request_ids(count: int, start: int = 0) -> list[str]:
 
 def assert_exactly(es: Cluster, pattern: str, expected: list[str]) -> None:
     """The cluster holds exactly the expected ids, each once."""
-    assert es.count(pattern) == len(expected)
-    found = es.ids(pattern)
-    assert len(found) == len(set(found)) == len(expected)
-    assert set(found) == set(expected), f"missing {sorted(set(expected) - set(found))[:5]}"
+    es.assert_exactly(pattern, expected)
 
 
 def wait_count(es: Cluster, pattern: str, count: int, daemon: Daemon, timeout: float = 60.0) -> None:
@@ -132,55 +103,52 @@ def test_every_generated_record_is_searchable_exactly_once(layout, daemon_factor
     every_record_once(layout, daemon_factory, cluster("ai-interactions"), es_url, 3000)
 
 
-EXAMPLE = """
-# logferry: tail an AI agent's interaction log, ship it to Elasticsearch and keep a local archive.
-state_dir = "{state}"
+def example_for_test(layout: Layout, es_url: str, s3_url: str) -> dict[str, Any]:
+    """REPO/config.example.toml as it is, but for what cannot be the same in a test.
 
-[enrich]
-tag_key = "tag"
-fields = {{ environment = "test" }}
-
-[sources.agent]
-type = "tail"
-paths = ["{logs}/*.log"]
-tag = "ai.interactions"
-
-[outputs.search]
-type = "elasticsearch"
-match = ["ai.**"]
-hosts = ["{url}"]
-index = "example-interactions-%Y.%m.%d"
-username = "logferry"
-# the password comes from LOGFERRY_OUTPUTS__SEARCH__PASSWORD (or password_file)
-request_timeout = 10.0
-bulk_max_docs = 1000
-
-[outputs.search.buffer]
-flush_interval = 1.0
-
-[outputs.archive]
-type = "file"
-path = "{out}/interactions-%Y%m%d.jsonl"
-
-[outputs.archive.buffer]
-flush_interval = 1.0
-"""
+    Changed: the state directory, the tailed paths, the status endpoint (a free port), the cluster
+    (hosts, plus its credentials and CA if ``LOGFERRY_TEST_ES_URL`` is secured), the S3 endpoint (the
+    test's moto server, path-style), and the file output's directory (its file name pattern is kept).
+    """
+    example = tomllib.loads((REPO / "config.example.toml").read_text())
+    example["state_dir"] = str(layout.state)
+    example["health"]["listen"] = "127.0.0.1:0"
+    example["sources"]["agent"]["paths"] = [str(layout.logs / "*.log")]
+    outputs = example["outputs"]
+    outputs["search"] |= {"hosts": [es_url], **access_for(es_url).output_options()}
+    outputs["archive"] |= {"endpoint_url": s3_url, "addressing_style": "path"}
+    outputs["debug"]["path"] = str(layout.out / Path(outputs["debug"]["path"]).name)
+    return example
 
 
-def test_example_config_end_to_end(layout, daemon_factory, cluster, es_url):
-    es = cluster("example-interactions")
-    layout.config.write_text(EXAMPLE.format(state=layout.state, logs=layout.logs, url=es_url, out=layout.out))
-    env = {"LOGFERRY_OUTPUTS__SEARCH__PASSWORD": "not-checked-by-the-test-cluster"}
-    with new_daemon(layout, daemon_factory, env) as daemon:
-        with InteractionLogger(str(layout.logs / "agent.log")) as agent:
-            sent = [agent.log_interaction("What is 2+2?", "4", "gpt-4o-mini", tokens=12, latency_ms=321.5)
-                    for _ in range(20)]
-        wait_count(es, "example-interactions-*", 1, daemon)
-        wait_count(es, "example-interactions-*", 20, daemon)
-        wait_for(lambda: len(layout.records()) >= 20, what="the archive")
+def test_example_config_end_to_end(layout, daemon_factory, cluster, es_url, s3_server):
+    # The seed's check is `GET ai-interactions*/_count` >= 1; here every record must be in each output once.
+    es = cluster("ai-interactions")
+    example = example_for_test(layout, es_url, s3_server.url)
+    search, archive = example["outputs"]["search"], example["outputs"]["archive"]
+    assert search["index"] == "ai-interactions", "the seed's index name (and the check below) changed"
+    text = render_toml(example)
+    assert tomllib.loads(text) == example, "written back as it was read"
+    layout.config.write_text(text)
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket=archive["bucket"])  # create_bucket = false in the example, as in production
+    total = 1000
+    generator.write(str(layout.logs / "agent.log"), total, max_chars=1000)  # 2026-11-18: the hour is closed
+    expected = request_ids(total)
+    with new_daemon(layout, daemon_factory, S3_ENV) as daemon:
+        wait_for(lambda: es.count("ai-interactions*") >= 1, timeout=30, what=f"the seed check:\n{daemon.log()}")
+        wait_count(es, "ai-interactions*", total, daemon)
+        wait_for(lambda: len(all_records(s3, archive["bucket"])) >= total, timeout=60, what="the archive in S3")
+        wait_for(lambda: len(layout.records()) >= total, timeout=60, what="the debug file")
         assert daemon.stop() == 0
-    assert_exactly(es, "example-interactions-*", sent)
-    assert {r["request_id"] for r in layout.records()} == set(sent)
+    status, body = request("GET", f"{es_url}/ai-interactions*/_count")
+    assert status == 200 and body["count"] == total
+    assert_exactly(es, search["index"], expected)
+    Ledger.compare(expected, all_records(s3, archive["bucket"])).assert_exact()
+    Ledger.compare(expected, layout.records()).assert_exact()
+    assert {key.rsplit("/", 1)[0] for key in list_keys(s3, archive["bucket"])} == {"interactions/2026/11/18"}
+    assert "index template ai-interactions installed for ai-interactions" in daemon.log()
+    assert "delivery failed" not in daemon.log()
 
 
 def test_documents_refused_for_a_mapping_conflict_are_dead_lettered(layout, daemon_factory, cluster, es_url):
@@ -240,11 +208,15 @@ def test_documents_refused_for_a_while_are_resent_and_progress_is_kept(layout, d
 
 def test_several_hosts_one_of_them_down(layout, daemon_factory, cluster, es_url):
     es = cluster("hosts")
+    access = access_for(es_url)
     password = layout.root / "password"
-    password.write_text("secret\n")
-    down = f"http://127.0.0.1:{free_port()}"
-    es_config(layout, down, "hosts-%Y.%m.%d",
-              output={"hosts": [down, es_url], "username": "logferry", "password_file": str(password)})
+    password.write_text(f"{access.password or 'secret'}\n")  # an open cluster takes any
+    down = f"{es_url.split(':', 1)[0]}://127.0.0.1:{free_port()}"  # same scheme: a ca_file needs https everywhere
+    # es_config() is given the host that is down, so it adds no credentials: the real ones (if any) go here.
+    output = {key: value for key, value in access.output_options().items() if key != "password"}
+    if not access.api_key:
+        output.update(username=access.username or "logferry", password_file=str(password))
+    es_config(layout, down, "hosts-%Y.%m.%d", output={"hosts": [down, es_url], **output})
     generator.write(str(layout.logs / "agent.log"), 500, max_chars=500)
     with new_daemon(layout, daemon_factory) as daemon:
         wait_count(es, "hosts-*", 500, daemon)
@@ -295,6 +267,10 @@ def test_sigkill_mid_bulk_then_restart_indexes_everything_once(layout, daemon_fa
         wait_count(es, "crash-*", total, daemon)
         assert daemon.stop() == 0
     assert_exactly(es, "crash-*", request_ids(total))
+    # The chunks cut off mid-delivery were sent again whole: what was indexed before the kill was
+    # answered 409 and counted as delivered (the only trace of it is this log line, per chunk).
+    resent = re.findall(r"output search: chunk \S+: (\d+) documents were already indexed \(sent again", daemon.log())
+    assert 0 < sum(map(int, resent)) < total, "no document was answered 409 after the kills"
 
 
 def test_too_large_requests_are_split_and_a_lone_oversized_document_is_dead_lettered(

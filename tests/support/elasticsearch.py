@@ -20,7 +20,17 @@ templates work; data streams, ILM, ingest pipelines, painless, ``_delete_by_quer
 ``analysis-common`` analyzers and ``mapper-extras`` field types do not, and neither do ``GET /`` and
 ``HEAD /`` (no ``rest-root`` module: 405), so a client's ``info()``/``ping()`` fail against it.
 
-Set ``LOGFERRY_TEST_ES_URL`` to use an existing cluster instead (see :func:`external_url`).
+Set ``LOGFERRY_TEST_ES_URL`` to use an existing cluster instead (see :func:`external_url`); a secured one
+takes its credentials from the URL (``https://user:password@host:9200``) or from ``LOGFERRY_TEST_ES_USERNAME``
+/ ``LOGFERRY_TEST_ES_PASSWORD`` or ``LOGFERRY_TEST_ES_API_KEY``, and the CA of its certificate from
+``LOGFERRY_TEST_ES_CA`` (see :func:`external_access`). (``LOGFERRY_TEST_ES_USER`` is taken: it names the
+system user the throw-away server runs as.)
+
+:class:`SecuredElasticsearchServer` starts a node with security on: TLS on HTTP (a CA and a node certificate
+made here with ``cryptography``, imported only then), a file-realm superuser and an API key.
+
+:func:`request` and the helpers built on it authenticate by themselves: each URL gets the
+:class:`ClusterAccess` of its cluster (:func:`access_for`).
 
 Usage::
 
@@ -31,8 +41,12 @@ Usage::
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
+import datetime
 import fcntl
+import functools
+import ipaddress
 import json
 import os
 import pwd
@@ -41,6 +55,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -49,9 +64,11 @@ import urllib.request
 import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch"
 ES_USER = os.environ.get("LOGFERRY_TEST_ES_USER", "logferry-test")
@@ -63,9 +80,6 @@ _COMPLETE_MARKER = ".logferry-complete"
 _ERROR_LINE = re.compile(r"\]\[(ERROR|FATAL)\s*\]|^(ERROR|Exception|Caused by|[\w.$]+(Exception|Error)\b)")
 _BIND_ERRORS = ("BindException", "Address already in use", "BindTransportException", "BindHttpException")
 
-# urllib without any proxy from the environment: the servers are on loopback.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 class ElasticsearchError(RuntimeError):
     """Preparing or running the test Elasticsearch failed."""
@@ -75,10 +89,114 @@ class ElasticsearchStartError(ElasticsearchError):
     """The server did not reach yellow/green health; the message holds the tail of its log."""
 
 
+@dataclass(frozen=True)
+class ClusterAccess:
+    """How to get into a cluster: credentials (basic or API key) and which certificates to trust.
+
+    The empty default is an open cluster over HTTP (or HTTPS trusted by the system's CAs).
+    """
+
+    username: str | None = None
+    password: str | None = None
+    api_key: str | None = None  # base64 "id:key", as the "encoded" of POST /_security/api_key
+    ca_file: Path | None = None
+    verify_certs: bool = True
+
+    def headers(self) -> dict[str, str]:
+        """The Authorization header, if any (an API key wins over a user)."""
+        if self.api_key:
+            return {"Authorization": f"ApiKey {self.api_key}"}
+        if self.username is not None:
+            pair = f"{self.username}:{self.password or ''}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        return {}
+
+    def output_options(self) -> dict[str, Any]:
+        """The same access as options of an ``elasticsearch`` output, for the configs the tests write.
+
+        The secret goes inline: the file is the test's own. Tests of the other ways (``password_file``,
+        the environment) build their options themselves.
+        """
+        options: dict[str, Any] = {}
+        if self.api_key:
+            options["api_key"] = self.api_key
+        elif self.username is not None:
+            options.update(username=self.username, password=self.password or "")
+        if self.ca_file is not None:
+            options["ca_file"] = str(self.ca_file)
+        if not self.verify_certs:
+            options["verify_certs"] = False
+        return options
+
+
+#: The access of clusters other than the external one, by origin (``scheme://host:port``).
+_ACCESS: dict[str, ClusterAccess] = {}
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}".lower()
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``.
+
+    >>> without_userinfo("https://elastic:s3cret@es:9200/x"), without_userinfo("http://es:9200")
+    ('https://es:9200/x', 'http://es:9200')
+    """
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def register_access(url: str, access: ClusterAccess | None) -> None:
+    """Use ``access`` for every request to the cluster at ``url`` (None forgets it)."""
+    if access is None:
+        _ACCESS.pop(_origin(url), None)
+    else:
+        _ACCESS[_origin(url)] = access
+
+
 def external_url() -> str | None:
-    """The user's own cluster (``LOGFERRY_TEST_ES_URL``), or None to start one here."""
+    """The user's own cluster (``LOGFERRY_TEST_ES_URL``, without any credentials), or None to start one here."""
     url = os.environ.get("LOGFERRY_TEST_ES_URL", "").strip()
-    return url.rstrip("/") or None
+    return without_userinfo(url).rstrip("/") or None
+
+
+def external_access() -> ClusterAccess:
+    """The access of ``LOGFERRY_TEST_ES_URL``: ``user:password@`` in it, else ``LOGFERRY_TEST_ES_USERNAME`` and
+    ``LOGFERRY_TEST_ES_PASSWORD``, or ``LOGFERRY_TEST_ES_API_KEY``; ``LOGFERRY_TEST_ES_CA`` (a PEM file) verifies
+    its certificate."""
+    env = os.environ
+    parts = urlsplit(env.get("LOGFERRY_TEST_ES_URL", "").strip())
+    username = unquote(parts.username) if parts.username else env.get("LOGFERRY_TEST_ES_USERNAME") or None
+    password = unquote(parts.password or "") if parts.username else env.get("LOGFERRY_TEST_ES_PASSWORD")
+    ca = env.get("LOGFERRY_TEST_ES_CA")
+    return ClusterAccess(username=username, password=password if username else None,
+                         api_key=env.get("LOGFERRY_TEST_ES_API_KEY") or None,
+                         ca_file=Path(ca).expanduser().resolve() if ca else None)
+
+
+def access_for(url: str) -> ClusterAccess:
+    """The access of the cluster ``url`` points at: credentials in the URL itself win, then those of a
+    server started here, then the external cluster's (:func:`external_access`)."""
+    origin = _origin(url)
+    access = _ACCESS.get(origin)
+    if access is None:
+        external = external_url()
+        access = external_access() if external and _origin(external) == origin else ClusterAccess()
+    parts = urlsplit(url)
+    if parts.username is not None:
+        access = replace(access, username=unquote(parts.username), password=unquote(parts.password or ""), api_key=None)
+    return access
+
+
+@functools.lru_cache(maxsize=32)
+def _opener(access: ClusterAccess) -> urllib.request.OpenerDirector:
+    """urllib without any proxy from the environment (the servers are on loopback), trusting ``access``'s CA."""
+    context = ssl.create_default_context(cafile=str(access.ca_file) if access.ca_file else None)
+    if not access.verify_certs:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
 
 
 def request(
@@ -88,14 +206,17 @@ def request(
     *,
     headers: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    access: ClusterAccess | None = None,
 ) -> tuple[int, Any]:
     """One HTTP request, without proxies; returns (status, decoded JSON body or raw text).
 
     HTTP error statuses are returned, not raised. A Mapping body is sent as JSON; bytes/str as given
-    (use ``application/x-ndjson`` in ``headers`` for ``_bulk``).
+    (use ``application/x-ndjson`` in ``headers`` for ``_bulk``). Credentials and TLS trust are
+    ``access``, by default those of the cluster (:func:`access_for`).
     """
+    access = access_for(url) if access is None else access
     data: bytes | None
-    hdrs = {"Content-Type": "application/json", "Accept": "application/json"}
+    hdrs = {"Content-Type": "application/json", "Accept": "application/json", **access.headers()}
     if isinstance(body, Mapping):
         data = json.dumps(body).encode()
     elif isinstance(body, str):
@@ -103,9 +224,9 @@ def request(
     else:
         data = body
     hdrs.update(headers or {})
-    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    req = urllib.request.Request(without_userinfo(url), data=data, method=method, headers=hdrs)
     try:
-        with _OPENER.open(req, timeout=timeout) as resp:
+        with _opener(access).open(req, timeout=timeout) as resp:
             status, raw = int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -352,6 +473,8 @@ class ElasticsearchServer:
     ``stop()`` ends it (SIGTERM, then SIGKILL after ``stop_timeout``) and removes its directory.
     """
 
+    scheme = "http"
+
     def __init__(
         self,
         version: str = DEFAULT_VERSION,
@@ -400,7 +523,12 @@ class ElasticsearchServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def access(self) -> ClusterAccess:
+        """How the tests get in (nothing needed here; see :class:`SecuredElasticsearchServer`)."""
+        return ClusterAccess()
 
     @property
     def workdir(self) -> Path:
@@ -426,7 +554,7 @@ class ElasticsearchServer:
         return self.pid is not None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def __enter__(self) -> ElasticsearchServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -434,7 +562,7 @@ class ElasticsearchServer:
     ) -> None:
         self.stop()
 
-    def start(self) -> ElasticsearchServer:
+    def start(self) -> Self:
         """Start with a fresh data directory and free ports; wait for yellow/green health."""
         if self.running:
             return self
@@ -462,6 +590,8 @@ class ElasticsearchServer:
     def stop(self) -> None:
         """Stop the server and remove its directory (unless keep_dir / LOGFERRY_TEST_ES_KEEP=1)."""
         self.stop_process()
+        if self._http_port is not None:
+            register_access(self.url, None)
         if self._workdir is not None and not self._keep_dir:
             shutil.rmtree(self._workdir, ignore_errors=True)
         self._workdir = None
@@ -540,7 +670,7 @@ class ElasticsearchServer:
     def server_version(self) -> str:
         """The running node's version, from ``/_nodes/_local`` (the test distribution has no
         ``rest-root`` module, so ``GET /`` and ``HEAD /`` answer 405)."""
-        status, body = request("GET", self.url + "/_nodes/_local?filter_path=nodes.*.version")
+        status, body = request("GET", self.url + "/_nodes/_local?filter_path=nodes.*.version", access=self.access)
         if status != 200:
             raise ElasticsearchError(f"/_nodes/_local: HTTP {status} {body}")
         return str(next(iter(body["nodes"].values()))["version"])
@@ -572,12 +702,19 @@ class ElasticsearchServer:
             "discovery.type": "single-node",
             "path.data": str(workdir / "data"),
             "path.logs": str(workdir / "logs"),
-            "xpack.security.enabled": False,
             "cluster.routing.allocation.disk.threshold_enabled": False,
             "action.destructive_requires_name": False,
+            **self._security_settings(),
         }
         settings.update(self._extra)
         return settings
+
+    def _security_settings(self) -> dict[str, str | int | float | bool]:
+        """Security off: plain HTTP, no credentials."""
+        return {"xpack.security.enabled": False}
+
+    def _prepare_config(self, config: Path) -> None:
+        """Called with the instance's fresh config directory before it is handed to the server user."""
 
     def _new_workdir(self) -> None:
         assert self._home is not None
@@ -592,8 +729,10 @@ class ElasticsearchServer:
         _absolutize_jvm_options(workdir / "config" / "jvm.options", workdir / "logs")
         lines = [f"{key}: {_yaml_value(value)}" for key, value in self._settings().items()]
         (workdir / "config" / "elasticsearch.yml").write_text("\n".join(lines) + "\n")
+        self._prepare_config(workdir / "config")
         workdir.chmod(0o755)
         _chown_tree(workdir, self._ids)
+        register_access(self.url, self.access)
         _LIVE.add(self)
 
     def _environment(self) -> dict[str, str]:
@@ -655,7 +794,7 @@ class ElasticsearchServer:
             if rc is not None:
                 raise self._fail(f"exited with status {rc} before becoming ready")
             try:
-                status, body = request("GET", health, timeout=10)
+                status, body = request("GET", health, timeout=10, access=self.access)
                 if status == 200 and isinstance(body, dict) and body.get("status") in ("green", "yellow"):
                     return
                 last = f"HTTP {status}: {str(body)[:200]}"
@@ -664,6 +803,183 @@ class ElasticsearchServer:
             if time.monotonic() > deadline:
                 raise self._fail(f"not yellow/green after {self.startup_timeout:.0f}s (last: {last})")
             time.sleep(0.25)
+
+
+class SecuredElasticsearchServer(ElasticsearchServer):
+    """A single-node Elasticsearch with security on, as a production cluster would run.
+
+    HTTP is TLS only, with a node certificate for 127.0.0.1 and localhost signed by a CA made for this
+    instance (:attr:`ca_file`, see :func:`write_certificates`); :attr:`username` / :attr:`password` is a
+    file-realm user with the ``superuser`` role, added with ``bin/elasticsearch-users useradd``; once the
+    node is up an API key is created through the REST API as that user (:attr:`api_key`, base64 ``id:key``).
+    Requests to :attr:`url` use :attr:`access` (the user and the CA) unless told otherwise.
+
+    API keys live in the ``.security`` index, whose mapping needs the ``analysis-common`` module, which the
+    test distribution lacks: there the key cannot be made, :attr:`api_key` stays None and
+    :attr:`api_key_problem` says why (the node itself works).
+    """
+
+    scheme = "https"
+
+    def __init__(self, version: str = DEFAULT_VERSION, *, username: str = "logferry", **kwargs: Any) -> None:
+        super().__init__(version, **kwargs)
+        self.username = username
+        # Random, and recognisable: tests look for it where it must never appear (logs, status).
+        self.password = f"pw-{secrets.token_urlsafe(18)}"
+        self.api_key: str | None = None
+        self.api_key_problem: str | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate (PEM) that signed the node's HTTP certificate."""
+        return self.workdir / "config" / "certs" / "ca.crt"
+
+    @property
+    def access(self) -> ClusterAccess:
+        """The superuser, over TLS verified with :attr:`ca_file`."""
+        return ClusterAccess(self.username, self.password, ca_file=self.ca_file)
+
+    @property
+    def api_key_access(self) -> ClusterAccess:
+        """The API key, over TLS verified with :attr:`ca_file`."""
+        if self.api_key is None:
+            raise ElasticsearchError("server not started")
+        return ClusterAccess(api_key=self.api_key, ca_file=self.ca_file)
+
+    def start(self) -> Self:
+        """Start (see :meth:`ElasticsearchServer.start`), then try to create the API key."""
+        if self.running:
+            return self
+        self.api_key = self.api_key_problem = None
+        super().start()
+        status, body = request("POST", self.url + "/_security/api_key", {"name": "logferry-test"}, access=self.access)
+        if status == 200 and isinstance(body, dict) and "encoded" in body:
+            self.api_key = str(body["encoded"])
+        else:
+            error = body.get("error") if isinstance(body, dict) else body
+            reason = error.get("reason") if isinstance(error, dict) else error
+            self.api_key_problem = f"POST /_security/api_key: HTTP {status} {str(reason)[:300]}"
+        return self
+
+    def _security_settings(self) -> dict[str, str | int | float | bool]:
+        # Paths are relative to the config directory. Transport TLS is not needed by a single node.
+        return {
+            "xpack.security.enabled": True,
+            "xpack.security.http.ssl.enabled": True,
+            "xpack.security.http.ssl.key": "certs/node.key",
+            "xpack.security.http.ssl.certificate": "certs/node.crt",
+            "xpack.security.http.ssl.certificate_authorities": "certs/ca.crt",
+        }
+
+    def _prepare_config(self, config: Path) -> None:
+        write_certificates(config / "certs")
+        self._cli_tool("elasticsearch-users", "useradd", self.username, "-p", self.password, "-r", "superuser")
+
+    def _cli_tool(self, tool: str, *args: str) -> None:
+        """Run one of the distribution's command-line tools on this instance's config directory.
+
+        Run as ourselves even as root: the files it writes are handed to the server user afterwards.
+        """
+        assert self._home is not None
+        proc = subprocess.run([str(self._home / "bin" / tool), *args], env=self._environment(),
+                              capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            # The arguments may hold the password: name only the tool and the subcommand.
+            raise ElasticsearchError(f"{tool} {args[0]} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+
+
+def write_certificates(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> None:
+    """A CA (``ca.crt``) and a node certificate for ``hosts`` signed by it (``node.crt``, ``node.key``), as PEM.
+
+    EC P-256 keys: quick to make, and both the JDK and Python's ssl take them. Valid from an hour
+    ago (clock skew) for two days.
+    """
+    # Imported here: the rest of this module is stdlib only (it runs before the venv exists).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, node_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "logferry test CA")])
+    node_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+
+    def builder(subject: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+
+    usage = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+                           "encipher_only", "decipher_only"), False)
+    ca = (builder(ca_name, ca_key)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, **usage),
+                         critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    node = (builder(node_name, node_key)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, **usage),
+                           critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "node.crt").write_bytes(node.public_bytes(serialization.Encoding.PEM))
+    (directory / "node.key").write_bytes(node_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "node.key").chmod(0o600)
+
+
+class Cluster:
+    """A few HTTP calls against a test cluster (urllib: independent of the code under test)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+        status, answer = request(method, self.url + path, body)
+        assert status in ok, f"{method} {path}: HTTP {status} {answer}"
+        return answer
+
+    def count(self, pattern: str) -> int:
+        """Documents in the indices matching ``pattern``, after a refresh (0 while a new index starts)."""
+        self.call("POST", f"/{pattern}/_refresh", ok=(200, 503))
+        answer = self.call("GET", f"/{pattern}/_count", ok=(200, 503))
+        return int(answer["count"]) if "count" in answer else 0
+
+    def ids(self, pattern: str) -> list[str]:
+        """Every document id in ``pattern`` (up to 10,000)."""
+        self.call("POST", f"/{pattern}/_refresh")
+        hits = self.call("POST", f"/{pattern}/_search", {"size": 10_000, "_source": False})["hits"]["hits"]
+        return [hit["_id"] for hit in hits]
+
+    def assert_exactly(self, pattern: str, expected: list[str]) -> None:
+        """The indices matching ``pattern`` hold exactly the expected ids, each once."""
+        assert self.count(pattern) == len(expected)
+        found = self.ids(pattern)
+        assert len(found) == len(set(found)) == len(expected)
+        assert set(found) == set(expected), f"missing {sorted(set(expected) - set(found))[:5]}"
+
+    def source(self, index: str, doc_id: str) -> dict[str, Any]:
+        """One document's source."""
+        found: dict[str, Any] = self.call("GET", f"/{index}/_doc/{doc_id}")["_source"]
+        return found
+
+    def drop(self, prefix: str) -> None:
+        """Delete the indices (``prefix`` itself and ``prefix-*``) and the template a test made."""
+        self.call("DELETE", f"/{prefix}-*", ok=(200, 404))
+        self.call("DELETE", f"/{prefix}", ok=(200, 404))
+        self.call("DELETE", f"/_index_template/{prefix}", ok=(200, 404))
 
 
 def count_documents(url: str, pattern: str) -> int:

@@ -1,7 +1,8 @@
-"""Smoke test of the test Elasticsearch: ``python -m tests.support.es_smoke [VERSION] [--restart]``.
+"""Smoke test of the test Elasticsearch: ``python -m tests.support.es_smoke [VERSION] [--restart] [--secure]``.
 
 Fetches (first time) and starts the server, bulk-indexes 3 documents, checks ``_count`` == 3,
 optionally stops and starts it on the same port and data (``--restart``) and counts again, prints timings.
+``--secure`` starts it with security on (HTTPS, a file-realm user; requests authenticate by themselves).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from .elasticsearch import (
     DEFAULT_VERSION,
     ElasticsearchServer,
+    SecuredElasticsearchServer,
     ensure_distribution,
     find_java_home,
     request,
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("version", nargs="?", default=DEFAULT_VERSION)
     parser.add_argument("--restart", action="store_true", help="also stop_start() and count again")
+    parser.add_argument("--secure", action="store_true", help="security on: HTTPS and a file-realm user")
     args = parser.parse_args(argv)
     timings: dict[str, float] = {}
 
@@ -49,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     timings["distribution_s"] = time.monotonic() - t0
     print(f"distribution {home} ({timings['distribution_s']:.1f}s), java {find_java_home(args.version)}")
 
-    server = ElasticsearchServer(args.version)
+    server = (SecuredElasticsearchServer if args.secure else ElasticsearchServer)(args.version)
     t0 = time.monotonic()
     with server:
         timings["start_to_green_s"] = time.monotonic() - t0
         print(f"started {server.server_version()} at {server.url} in {timings['start_to_green_s']:.1f}s")
+        if isinstance(server, SecuredElasticsearchServer):
+            print(f"user {server.username}, CA {server.ca_file}; API key: {server.api_key_problem or 'made'}")
         status, body = request(
             "POST", f"{server.url}/_bulk?refresh=true", _bulk_body(),
             headers={"Content-Type": "application/x-ndjson"},

@@ -1,4 +1,10 @@
-"""Flusher: one loop per output worker: dequeue → write → ack, or nack + backoff, or set aside."""
+"""Flusher: one loop per output worker: dequeue → write → ack, or nack + backoff, or set aside.
+
+Besides the :class:`~pipeline.outputs.base.Output` protocol, an output may offer two
+attributes the flusher reports (read with defaults, so outputs without them need nothing):
+``start_error`` (``str | None``: what its check at start found wrong) and
+``rejected_records`` (``int``: records it refused one by one into the dead-letter store).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ class OutputStats:
     delivered_chunks: int = 0
     delivered_records: int = 0
     failed_attempts: int = 0
+    chunk_retries: int = 0  # failed attempts followed by a retry (the others set the chunk aside)
     dead_chunks: int = 0
     last_success: float | None = None
     last_error: str | None = None
@@ -43,6 +50,18 @@ class Flusher:
         self.retries: dict[str, RetryState] = {}
         self.failing_since: float | None = None  # monotonic time of the first failure since a success
         self._resume_at = 0.0
+
+    @property
+    def rejected_records(self) -> int:
+        """Records the output refused one by one (dead-lettered, the chunk delivered)."""
+        return int(getattr(self.output, "rejected_records", 0))
+
+    async def start(self) -> None:
+        """Start the output; a failed check counts as a failure (status, health) until a delivery succeeds."""
+        await self.output.start()
+        problem = getattr(self.output, "start_error", None)
+        if problem:
+            self._record_error(f"start check failed: {problem}")
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
@@ -76,6 +95,9 @@ class Flusher:
             log.exception("output raised an unexpected error output=%s chunk=%s", self.name, chunk.name)
             self._failed(chunk, exc)
         else:
+            # Unlinking megabytes frees their blocks (ext4: milliseconds): in a worker thread, off
+            # the event loop, which parses. ``ack`` then finds the file gone.
+            await asyncio.to_thread(chunk.delete)
             self._delivered(chunk)
 
     def _delivered(self, chunk: Chunk) -> None:
@@ -94,12 +116,11 @@ class Flusher:
         state.attempts += 1
         state.last_error = f"{type(exc).__name__}: {exc}"
         self.stats.failed_attempts += 1
-        if self.failing_since is None:
-            self.failing_since = self.clock.monotonic()
-        self.stats.last_error, self.stats.last_error_time = state.last_error, self.clock.time()
+        self._record_error(state.last_error)
         if exhausted(self.config, state, self.clock.monotonic()):
             self._set_aside(chunk, state, f"retries exhausted after {state.attempts} attempts: {state.last_error}")
             return
+        self.stats.chunk_retries += 1
         delay = next_delay(self.config, state.attempts)
         self._resume_at = max(self._resume_at, self.clock.monotonic() + delay)
         log.warning(
@@ -107,6 +128,12 @@ class Flusher:
             self.name, chunk.name, state.attempts, delay, state.last_error,
         )
         self.buffer.nack(chunk)
+
+    def _record_error(self, error: str) -> None:
+        """The output is failing from now on (if not already) until a chunk is delivered."""
+        if self.failing_since is None:
+            self.failing_since = self.clock.monotonic()
+        self.stats.last_error, self.stats.last_error_time = error, self.clock.time()
 
     def _set_aside(self, chunk: Chunk, state: RetryState, reason: str) -> None:
         error = {

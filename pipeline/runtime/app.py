@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipeline.clock import Clock, SystemClock
-from pipeline.config import Settings
-from pipeline.errors import LogferryError
+from pipeline.config import OutputConfig, Settings, secret_value
+from pipeline.errors import ConfigError, LogferryError
 from pipeline.runtime.committer import END, Committer, EndOfInput
 from pipeline.runtime.health import Observer
-from pipeline.runtime.http import serve_http
+from pipeline.runtime.http import serve_forever, start_http
 from pipeline.runtime.signals import SignalIntents
 from pipeline.runtime.systemd import Notifier
 from pipeline.runtime.tap import TapHub
@@ -67,6 +67,7 @@ class Daemon:
         self.topology: Topology | None = None
         self.committer: Committer | None = None
         self.observer: Observer | None = None
+        self.reloading = False  # stopped to make way for a new configuration: the service is not stopping
 
     async def run(self, stop: asyncio.Event, quit_now: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set, then stop in order (``quit_now`` skips the waiting)."""
@@ -98,7 +99,7 @@ class Daemon:
         quit_now: asyncio.Event,
     ) -> None:
         # Outputs check their destinations concurrently: an unreachable one must not delay the others.
-        await asyncio.gather(*(output.start() for output in topo.outputs.values()))
+        await asyncio.gather(*(flusher.start() for flusher in topo.flushers.values()))
         async with asyncio.TaskGroup() as tasks:
             flushers = [tasks.create_task(f.run(), name=f"flusher:{n}") for n, f in topo.flushers.items()]
             committing = tasks.create_task(committer.run(), name="committer")
@@ -107,13 +108,16 @@ class Daemon:
             reading = [tasks.create_task(s.run(raw.put), name=f"source:{s.name}") for s in topo.sources]
             observer = self.observer = Observer(topo, committer, self.settings.health, self.clock.monotonic,
                                                 lambda: len(tap.viewers))
-            watching = [tasks.create_task(self._monitor(observer), name="monitor")]
-            if self.settings.health.listen:
-                watching.append(tasks.create_task(self._serve_http(observer, tap), name="http"))
+            watching = []
+            # Answering before "running" (and READY=1): whoever is told we run can ask us how.
+            if self.settings.health.listen and (server := await self._start_http(observer, tap)):
+                watching.append(tasks.create_task(serve_forever(server), name="http"))
+            watching.append(tasks.create_task(self._monitor(observer), name="monitor"))  # its STATUS follows READY
             log.info("logferry running sources=%s outputs=%s", len(reading), len(flushers))
             self.notifier.ready(f"running: {len(reading)} sources, {len(flushers)} outputs")
             await stop.wait()
-            self.notifier.stopping()
+            if not self.reloading:
+                self.notifier.stopping()
             stopping = self._stop(topo, raw, reading, committing)
             await _until(stopping, quit_now, self.settings.shutdown_timeout, "stop")
             for task in [*reading, processing, committing, *flushers, *watching]:
@@ -175,13 +179,14 @@ class Daemon:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    async def _serve_http(self, observer: Observer, tap: TapHub) -> None:
+    async def _start_http(self, observer: Observer, tap: TapHub) -> asyncio.Server | None:
         try:
             address_file = self.settings.state_dir / "http.address"
-            await serve_http(self.settings.health.listen, observer.snapshot, address_file, tap)
+            return await start_http(self.settings.health.listen, observer.snapshot, address_file, tap)
         except OSError as exc:
             # Shipping logs matters more than the status endpoint: keep running, say so loudly.
             log.error("status endpoint %s unavailable: %s", self.settings.health.listen, exc)
+            return None
 
     def _log_stragglers(self, topo: Topology) -> None:
         for name, buffer in topo.buffers.items():
@@ -236,7 +241,6 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             if new is None:
                 break
             settings = new
-            notifier.send("RELOADING=1")
             log.info("configuration reloaded: restarting the pipeline with the new settings")
     finally:
         intents.remove()
@@ -256,22 +260,60 @@ async def _run_until_stop_or_reload(
                 halt.set()
                 return None
             intents.reload.clear()
+            daemon.notifier.reloading()
             new = await _load_new(reload)
-            if new is not None:
-                halt.set()
-                await running
-                return new
+            if new is None:
+                # READY=1 ends systemd's reload (`systemctl reload` returns): the old pipeline goes on.
+                daemon.notifier.ready("running: new configuration refused, the previous one stays")
+                continue
+            daemon.reloading = True
+            halt.set()
+            await running  # the new pipeline sends READY=1 once it runs
+            return new
 
 
 async def _load_new(reload: Callable[[], Settings] | None) -> Settings | None:
+    """The new settings, validated and their files read; None (logged) if they cannot run."""
     if reload is None:
         log.warning("SIGHUP: this run has no configuration file to reload (--dev); ignored")
         return None
     try:
-        return await asyncio.to_thread(reload)
+        new = await asyncio.to_thread(reload)
+        # The old pipeline is stopped before the new one is built: what the build would fail
+        # on must fail here, while the old one still runs.
+        await asyncio.to_thread(check_resources, new)
+        return new
     except LogferryError as exc:
         log.error("SIGHUP: new configuration refused, the running one stays: %s", exc)
         return None
+
+
+def check_resources(settings: Settings) -> None:
+    """Read every file the outputs' settings name (secrets, CA bundles); ConfigError naming the key.
+
+    Blocking: run it in a worker thread.
+    """
+    for name, cfg in settings.outputs.items():
+        for key in _file_keys(cfg):
+            _check_file(name, cfg, key)
+
+
+def _file_keys(cfg: OutputConfig) -> list[str]:
+    """The keys of ``cfg`` that name a file (``password_file``, ``ca_file``, …) and are set."""
+    return [key for key in type(cfg).model_fields if key.endswith("_file") and getattr(cfg, key) is not None]
+
+
+def _check_file(output: str, cfg: OutputConfig, key: str) -> None:
+    path = getattr(cfg, key)
+    secret = key.removesuffix("_file")
+    try:
+        if secret in type(cfg).model_fields:
+            secret_value(getattr(cfg, secret), path)  # read the way the output will read it
+        else:
+            path.read_bytes()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ConfigError(f"outputs.{output}.{key}: cannot read {path}: {reason}") from exc
 
 
 async def _first(*waits: Awaitable[Any]) -> None:

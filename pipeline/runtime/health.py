@@ -5,6 +5,11 @@ flushers, buffers) and are read when a snapshot is taken. The stall check rememb
 per followed file, when its committed position last moved: a file that keeps growing
 while its position does not is the silent tail stall Fluentd users keep hitting, and
 it also withholds the systemd watchdog ping.
+
+A full buffer (an output outage) also holds positions still while files grow: that is
+back-pressure doing its job, not a stall. While the committer reports its sources
+paused, files show as paused, not stalled, and the watchdog keeps being pinged: a
+restart cannot end an outage, and systemd would otherwise restart us for all of it.
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ class Observer:
         outputs = {name: self._output(name) for name in self.topology.flushers}
         problems = [p for src in sources.values() for f in src["files"] if (p := f.get("problem"))]
         problems += [o["problem"] for o in outputs.values() if o.get("problem")]
+        paused = self.committer.paused.is_set()
+        if paused:
+            problems.append("buffer full, sources paused until an output delivers")
         if self.committer.stats.failing:
             problems.append(f"cannot write to the state directory, sources paused: {self.committer.stats.failing}")
-        return {"healthy": not problems, "problems": problems, "sources": sources, "outputs": outputs,
+        return {"healthy": not problems, "problems": problems, "paused": paused, "sources": sources, "outputs": outputs,
                 "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines,
                 "tap_viewers": self.tap_viewers()}
 
@@ -72,12 +80,14 @@ class Observer:
         except OSError:
             size = offset
         now = self.clock_mono()
+        paused = self.committer.paused.is_set()
         seen = self.progress.get((source, key))
-        if seen is None or seen.offset != offset or size <= offset:
+        # A pause restarts the stall clock: time spent held back by a full buffer is not time stalled.
+        if seen is None or seen.offset != offset or size <= offset or paused:
             seen = self.progress[(source, key)] = Progress(offset, now)
         stalled = size > offset and now - seen.since >= self.config.stall_after
         entry: dict[str, Any] = {"path": path, "size": size, "offset": offset, "lag_bytes": max(size - offset, 0),
-                                 "stalled": stalled}
+                                 "stalled": stalled, "paused": paused and size > offset}
         if stalled:
             entry["problem"] = f"{path}: grows but its position has not moved for {now - seen.since:.0f}s"
         return entry
@@ -89,6 +99,7 @@ class Observer:
             "buffer_bytes": buffer.total_bytes, "buffer_limit_bytes": buffer.config.total_limit_bytes,
             "chunks": buffer.pending_chunks(), "delivered_records": stats.delivered_records,
             "delivered_chunks": stats.delivered_chunks, "failed_attempts": stats.failed_attempts,
+            "chunk_retries": stats.chunk_retries, "rejected_records": flusher.rejected_records,
             "dead_chunks": stats.dead_chunks, "dropped_chunks": buffer.dropped_chunks,
             "last_success": stats.last_success, "last_error": stats.last_error,
             "last_error_time": stats.last_error_time, "failing": flusher.failing_since is not None,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import aiofiles
 import orjson
 
 from pipeline.runtime.metrics import render
@@ -25,10 +25,16 @@ Snapshot = Callable[[], dict[str, Any]]
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def serve_http(
+async def serve_forever(server: asyncio.Server) -> None:
+    """Serve a started endpoint until cancelled, then close it."""
+    async with server:
+        await server.serve_forever()
+
+
+async def start_http(
     listen: str, snapshot: Snapshot, address_file: Path | None = None, tap: TapHub | None = None
-) -> None:
-    """Serve until cancelled; the bound address (port 0 picks one) is written to ``address_file``."""
+) -> asyncio.Server:
+    """Bind and start answering; the bound address (port 0 picks one) is in ``address_file`` on return."""
     host, _, port = listen.rpartition(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -43,11 +49,16 @@ async def serve_http(
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     address = f"{bound_host}:{bound_port}"
     if address_file is not None:
-        async with aiofiles.open(address_file, "w") as out:
-            await out.write(address + "\n")
+        await asyncio.to_thread(write_address, address_file, address)
     log.info("status endpoint listening on http://%s/ (/metrics, /health, /status)", address)
-    async with server:
-        await server.serve_forever()
+    return server
+
+
+def write_address(path: Path, address: str) -> None:
+    """Replace ``path`` with the address in one step: a reader never sees it empty or half written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(address + "\n")
+    os.replace(tmp, path)
 
 
 async def _respond(

@@ -15,6 +15,8 @@ OUTPUT_COUNTERS = {
     "delivered_records": "Records delivered",
     "delivered_chunks": "Chunks delivered",
     "failed_attempts": "Delivery attempts that failed (each is retried or set aside)",
+    "chunk_retries": "Failed deliveries of a chunk that are retried after a backoff",
+    "rejected_records": "Records the destination refused one by one, written to the dead-letter store",
     "dead_chunks": "Chunks set aside in dead/ after retries",
     "dropped_chunks": "Chunks dropped by overflow_action = drop_oldest_chunk",
 }
@@ -41,6 +43,9 @@ class SnapshotCollector(Collector):
         healthy = GaugeMetricFamily("logferry_healthy", "1 when /health reports no problem")
         healthy.add_metric([], 1.0 if snap["healthy"] else 0.0)
         yield healthy
+        paused = GaugeMetricFamily("logferry_sources_paused", "1 while a full buffer holds the sources back")
+        paused.add_metric([], 1.0 if snap["paused"] else 0.0)
+        yield paused
 
 
 def _source_metrics(sources: dict[str, Any]) -> Iterator[Metric]:

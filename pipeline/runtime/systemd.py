@@ -1,10 +1,11 @@
-"""sd_notify without a dependency: READY, STATUS, WATCHDOG and STOPPING to $NOTIFY_SOCKET."""
+"""sd_notify without a dependency: READY, RELOADING, STATUS, WATCHDOG and STOPPING to $NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import time
 
 log = logging.getLogger("logferry.systemd")
 
@@ -40,6 +41,12 @@ class Notifier:
     def ready(self, status: str) -> None:
         """Start-up is complete."""
         self.send("READY=1", f"STATUS={status}")
+
+    def reloading(self) -> None:
+        """A reload has begun; ``ready()`` ends it (systemd holds `systemctl reload` until then)."""
+        # MONOTONIC_USEC ties the message to this reload (required by Type=notify-reload).
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the configuration")
 
     def status(self, status: str) -> None:
         """A one-line status for `systemctl status`."""

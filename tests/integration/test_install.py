@@ -36,6 +36,17 @@ def test_install_is_idempotent_keeps_operator_config_and_uninstalls(tmp_path):
     script("uninstall", root)
     assert not logferry.exists() and not (root / "opt/logferry").exists()
     assert not (root / "etc/systemd/system/logferry.service").exists()
+    assert not (root / "etc/logrotate.d/ai-agent").exists()  # ours: it goes with the service
     assert config.exists()  # configuration stays without --purge
     script("uninstall", root, "--purge")
     assert not (root / "etc/logferry").exists()
+
+
+def test_uninstall_keeps_a_logrotate_file_that_was_there_before(tmp_path):
+    root = tmp_path / "root"
+    theirs = root / "etc/logrotate.d/ai-agent"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("# the agent's own package\n/var/log/ai-agent/*.log { weekly }\n")
+    script("install", root)  # keeps it: an existing file wins
+    script("uninstall", root)
+    assert theirs.read_text().startswith("# the agent's own package")

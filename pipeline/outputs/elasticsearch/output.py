@@ -17,8 +17,9 @@ Failures (see :mod:`~pipeline.outputs.elasticsearch.classify` for the full table
 * A request refused as too large (413) is split in halves down to single documents; a
   single document still too large is dead-lettered.
 * Unreachable cluster, timeouts, 5xx and 429 on the whole request: ``RetryableError``.
-  401/403: ``RetryableError`` too (credentials can be fixed without a restart: a file or
-  the cluster's users), logged as an authentication failure. Other 4xx on the whole
+  401/403: ``RetryableError`` too (the cluster's users or roles can be fixed while the
+  daemon retries; a changed password file takes a reload, SIGHUP), logged as an
+  authentication failure. Other 4xx on the whole
   request: ``UnrecoverableError`` (the chunk is set aside for ``logferry replay``).
 
 The index template is installed before the first bulk request (at start, or at the first
@@ -57,7 +58,7 @@ from pipeline.outputs.elasticsearch.classify import (
 )
 from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
 from pipeline.outputs.elasticsearch.encoder import BulkEncoder, Document, EncodeError, bulk_body
-from pipeline.outputs.elasticsearch.template import index_template
+from pipeline.outputs.elasticsearch.template import AddedFields, index_template
 from pipeline.transforms.enrich import iso_millis
 
 log = logging.getLogger("logferry.output.elasticsearch")
@@ -177,12 +178,22 @@ class ElasticsearchOutput:
         self.progress = ChunkProgress()
         self.totals = Tally()
         self._template_pending = config.install_template
-        self._hosts = ", ".join(config.hosts)
+        self._hosts = config.hosts_for_logs
+        self.start_error: str | None = None  # what the check at start found wrong (shown by status)
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    @property
+    def rejected_records(self) -> int:
+        """Documents Elasticsearch refused one by one, written to the dead-letter store (for metrics)."""
+        return self.totals.rejected
+
     async def start(self) -> None:
-        """Check the cluster, log its version, install the template; log (never raise) on failure."""
+        """Check the cluster, log its version, install the template; log (never raise) on failure.
+
+        What went wrong is also kept in ``start_error``, for status until a delivery succeeds.
+        """
+        self.start_error = None
         if not self.config.verify_certs and any(h.lower().startswith("https://") for h in self.config.hosts):
             log.warning("output %s: TLS certificates are not verified (verify_certs = false)", self.name)
         client = self.client.options(request_timeout=min(self.config.request_timeout, START_TIMEOUT))
@@ -190,8 +201,8 @@ class ElasticsearchOutput:
             health = (await client.cluster.health()).body
             version = await _node_versions(client)
         except (ApiError, TransportError) as exc:
-            log.error("output %s: cannot check Elasticsearch at %s: %s; delivery will retry",
-                      self.name, self._hosts, _failure_text(exc))
+            self.start_error = f"cannot check Elasticsearch at {self._hosts}: {_failure_text(exc)}"
+            log.error("output %s: %s; delivery will retry", self.name, self.start_error)
             return
         log.info("output %s: Elasticsearch %s at %s, cluster %s is %s", self.name, version, self._hosts,
                  health.get("cluster_name"), health.get("status"))
@@ -199,6 +210,7 @@ class ElasticsearchOutput:
             try:
                 await self._install_template(client)
             except RetryableError as exc:
+                self.start_error = str(exc)
                 log.error("output %s: %s; retried before the first delivery", self.name, exc)
 
     async def close(self) -> None:
@@ -250,7 +262,7 @@ class ElasticsearchOutput:
         assert last is not None
         raise RetryableError(
             f"{len(pending)} documents still refused after {self.config.bulk_item_retries + 1} attempts, "
-            f"last: HTTP {last.status} {last.error_type}: {last.reason}"
+            f"last: HTTP {last.status} {last.error_type}: {loggable_reason(last.reason)}"
         )
 
     async def _settle(
@@ -331,9 +343,10 @@ class ElasticsearchOutput:
             raise RetryableError(f"cannot write dead letters: {exc.strerror}") from exc
         self.context.dead_letters.count += len(entries)
         doc, outcome = rejected[0]
+        # The dead-letter entry keeps Elasticsearch's whole reason; the log line must not quote the record.
         log.warning("output %s: %d documents refused by Elasticsearch and dead-lettered, e.g. index=%s id=%s: "
                     "HTTP %d %s: %s", self.name, len(rejected), doc.index, doc.doc_id, outcome.status,
-                    outcome.error_type, outcome.reason)
+                    outcome.error_type, loggable_reason(outcome.reason))
 
     def _dead_entry(self, doc: Document, outcome: ItemOutcome, now: float) -> dict[str, Any]:
         return {
@@ -351,10 +364,12 @@ class ElasticsearchOutput:
         A template refused for good (a 4xx other than 401/408/429) is logged and not retried:
         delivery goes on with the cluster's own mappings.
         """
-        template = index_template(self.config)
+        template = index_template(self.config, AddedFields.of(self.context.enrich))
         try:
             await client.indices.put_index_template(**template)
         except ApiError as exc:
+            if exc.meta.status == 401:  # the same clear "check the credentials" error as a bulk request
+                raise self._request_error(exc) from exc
             if request_verdict(exc.meta.status) is RequestVerdict.FAIL or exc.meta.status == 403:
                 self._template_pending = False
                 log.error("output %s: index template %s refused: %s; indexing without it", self.name,
@@ -419,5 +434,21 @@ def _failure_text(exc: ApiError | TransportError) -> str:
         body = exc.body
         error = body.get("error") if isinstance(body, dict) else body
         kind, reason = describe_error(error)
-        return f"HTTP {exc.meta.status} {kind}: {reason}" if error else f"HTTP {exc.meta.status}"
+        return f"HTTP {exc.meta.status} {kind}: {loggable_reason(reason)}" if error else f"HTTP {exc.meta.status}"
     return f"{type(exc).__name__}: {exc.message}"
+
+
+#: Elasticsearch quotes the offending value after this (mapping errors): record contents.
+_PREVIEW = "Preview of field"
+
+
+def loggable_reason(reason: str) -> str:
+    """Elasticsearch's reason without the part that quotes the record's value.
+
+    >>> loggable_reason("failed to parse field [tokens] of type [long]. Preview of field's value: 'my secret'")
+    'failed to parse field [tokens] of type [long]. (value left out)'
+    >>> loggable_reason("index read-only")
+    'index read-only'
+    """
+    cut = reason.find(_PREVIEW)
+    return reason if cut < 0 else f"{reason[:cut].rstrip()} (value left out)"

@@ -37,7 +37,7 @@ from pipeline.buffer.chunk import Chunk
 from pipeline.errors import RetryableError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.s3.config import S3OutputConfig
-from pipeline.outputs.s3.encoder import CONTENT_TYPES, Body, Part, encode, split
+from pipeline.outputs.s3.encoder import Body, Part, content_headers, encode, split
 from pipeline.outputs.s3.keys import KeyBuilder
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ class S3Output:
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
         self._connecting = asyncio.Lock()
+        self.start_error: str | None = None  # what the bucket check at start found wrong (shown by status)
         for name in _CLIENT_LOGGERS:
             client_log = logging.getLogger(name)
             if client_log.level == logging.NOTSET:
@@ -96,14 +97,17 @@ class S3Output:
         """Open the client and check the bucket; log what is wrong (never raise): chunks stay buffered.
 
         The check is bounded by ``START_CHECK_TIMEOUT`` (or ``request_timeout`` if shorter).
+        What went wrong is also kept in ``start_error``, for status until an upload succeeds.
         """
         where = f"bucket={self.config.bucket} region={self.config.region} endpoint={self.config.endpoint_url or 'AWS'}"
         deadline = min(self.config.request_timeout, START_CHECK_TIMEOUT)
+        self.start_error = None
         try:
             client = await self.client()
             async with asyncio.timeout(deadline):
                 ready = await self._check_bucket(client)
         except (ClientError, BotoCoreError, TimeoutError) as exc:
+            self.start_error = f"cannot reach bucket {self.config.bucket}: {self._describe(exc, deadline)}"
             log.error("s3 output cannot reach the bucket output=%s %s: %s; chunks stay buffered and are retried",
                       self.context.name, where, self._describe(exc, deadline))
             return
@@ -155,6 +159,7 @@ class S3Output:
                 return True
             if code == "Forbidden":
                 return await self._explain_forbidden(client)
+            self.start_error = f"bucket check failed for {self.config.bucket}: {describe(exc)}"
             log.error("s3 output: bucket check failed output=%s bucket=%s: %s", self.context.name,
                       self.config.bucket, describe(exc))
             return False
@@ -178,6 +183,7 @@ class S3Output:
         except ClientError as exc:
             code = error_code(exc)
             if code in CREDENTIAL_CODES:
+                self.start_error = f"bad credentials for bucket {self.config.bucket}: {describe(exc)}"
                 log.error("s3 output: bad credentials output=%s bucket=%s: %s", self.context.name,
                           self.config.bucket, describe(exc))
                 return False
@@ -215,7 +221,7 @@ class S3Output:
         """Headers of the object: type, storage class, encryption, and where it came from."""
         cfg = self.config
         args: dict[str, Any] = {
-            "ContentType": CONTENT_TYPES[cfg.store_as],
+            **content_headers(cfg.store_as, cfg.content_encoding),
             "Metadata": {"chunk-id": chunk.chunk_id, "records": str(chunk.records)},
         }
         if cfg.storage_class is not None:

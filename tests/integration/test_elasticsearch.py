@@ -15,7 +15,7 @@ import pytest
 from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import REPO, Daemon, Layout, Ledger, render_toml, wait_for
-from tests.support.elasticsearch import Cluster, ElasticsearchServer, access_for, free_port, request
+from tests.support.elasticsearch import Cluster, ElasticsearchServer, access_for, dropping_indices, free_port, request
 from tests.support.s3server import CREDENTIALS, all_records, list_keys
 from tests.support.writer import AgentWriter
 
@@ -31,17 +31,8 @@ S3_ENV = {**CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE":
 @pytest.fixture
 def cluster(es_url: str) -> Iterator[Callable[[str], Cluster]]:
     """The cluster, with the index prefixes a test names dropped before and after it."""
-    prefixes: list[str] = []
-    client = Cluster(es_url)
-
-    def use(prefix: str) -> Cluster:
-        prefixes.append(prefix)
-        client.drop(prefix)
-        return client
-
-    yield use
-    for prefix in prefixes:
-        client.drop(prefix)
+    with dropping_indices(es_url) as use:
+        yield use
 
 
 def es_config(layout: Layout, url: str, index: str, output: dict[str, Any] | None = None,
@@ -101,6 +92,25 @@ def every_record_once(layout: Layout, daemon_factory: list[Daemon], es: Cluster,
 
 def test_every_generated_record_is_searchable_exactly_once(layout, daemon_factory, cluster, es_url):
     every_record_once(layout, daemon_factory, cluster("ai-interactions"), es_url, 3000)
+
+
+def test_a_data_stream_receives_every_record_once_with_its_timestamp(layout, daemon_factory, cluster, es_url):
+    # Data streams live in a module the Maven test distribution does not ship: this runs against a
+    # full cluster (LOGFERRY_TEST_ES_URL) and is skipped on the suite's own.
+    status, _ = request("GET", f"{es_url}/_data_stream")
+    if status != 200:
+        pytest.skip(f"this cluster has no data streams (GET /_data_stream: HTTP {status})")
+    es = cluster("logs-ai.logferry-test")
+    es.call("DELETE", "/_data_stream/logs-ai.logferry-test", ok=(200, 404))
+    es_config(layout, es_url, "logs-ai.logferry-test", output={"data_stream": True})
+    generator.write(str(layout.logs / "agent.log"), 500, max_chars=500)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_count(es, "logs-ai.logferry-test", 500, daemon)
+        assert daemon.stop() == 0
+    assert_exactly(es, "logs-ai.logferry-test", request_ids(500))
+    streams = es.call("GET", "/_data_stream/logs-ai.logferry-test")["data_streams"]
+    assert [s["name"] for s in streams] == ["logs-ai.logferry-test"]
+    es.call("DELETE", "/_data_stream/logs-ai.logferry-test", ok=(200, 404))
 
 
 def example_for_test(layout: Layout, es_url: str, s3_url: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pytest
 from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import Daemon, Layout, render_toml, wait_for
-from tests.support.elasticsearch import Cluster, SecuredElasticsearchServer
+from tests.support.elasticsearch import Cluster, SecuredElasticsearchServer, dropping_indices
 
 pytestmark = pytest.mark.integration
 
@@ -33,17 +33,8 @@ PASSWORD_VARIABLE = "LOGFERRY_OUTPUTS__SEARCH__PASSWORD"
 @pytest.fixture
 def cluster(es_secure: SecuredElasticsearchServer) -> Iterator[Callable[[str], Cluster]]:
     """The secured cluster (as its superuser), with the index prefixes a test names dropped before and after it."""
-    prefixes: list[str] = []
-    client = Cluster(es_secure.url)
-
-    def use(prefix: str) -> Cluster:
-        prefixes.append(prefix)
-        client.drop(prefix)
-        return client
-
-    yield use
-    for prefix in prefixes:
-        client.drop(prefix)
+    with dropping_indices(es_secure.url) as use:
+        yield use
 
 
 def write_config(layout: Layout, es: SecuredElasticsearchServer, prefix: str, auth: dict[str, Any]) -> None:

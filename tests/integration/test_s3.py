@@ -97,10 +97,11 @@ def hour_prefix(epoch: float) -> str:
 # -- (1) every record in exactly one object, keys partitioned by event time -------------------
 
 
-@pytest.mark.parametrize("store_as", ["gzip", "zstd"])
+@pytest.mark.parametrize(("store_as", "content_encoding"), [("gzip", False), ("zstd", False), ("gzip", True)])
 def test_every_record_lands_in_exactly_one_object_under_its_date(layout, daemon_factory, s3, client, bucket,
-                                                                 store_as):
-    write_s3_config(layout, s3.url, bucket, {"chunk_limit_bytes": 1 << 20}, store_as=store_as)
+                                                                 store_as, content_encoding):
+    write_s3_config(layout, s3.url, bucket, {"chunk_limit_bytes": 1 << 20}, store_as=store_as,
+                    content_encoding=content_encoding)
     generator.write(str(layout.logs / "agent.log"), 5000, max_chars=2000)
     with new_daemon(layout, daemon_factory, DAEMON_ENV) as daemon:
         assert "s3 output ready" in daemon.log()
@@ -115,7 +116,11 @@ def test_every_record_lands_in_exactly_one_object_under_its_date(layout, daemon_
         assert name.match(key), key
         assert {hour_prefix(r["timestamp"]) for r in records} == {key.rsplit("/", 1)[0] + "/"}
         head = client.head_object(Bucket=bucket, Key=key)
-        assert head["ContentType"] == {"gzip": "application/gzip", "zstd": "application/zstd"}[store_as]
+        if content_encoding:  # JSON Lines sent compressed: HTTP clients decompress it on download
+            assert (head["ContentType"], head["ContentEncoding"]) == ("application/x-ndjson", store_as)
+        else:  # a gzip / zstd file, as Fluentd's out_s3 stores it
+            assert head["ContentType"] == {"gzip": "application/gzip", "zstd": "application/zstd"}[store_as]
+            assert "ContentEncoding" not in head
         assert head["Metadata"]["records"] == str(len(records))
 
 

@@ -63,7 +63,7 @@ import urllib.error
 import urllib.request
 import weakref
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -980,6 +980,25 @@ class Cluster:
         self.call("DELETE", f"/{prefix}-*", ok=(200, 404))
         self.call("DELETE", f"/{prefix}", ok=(200, 404))
         self.call("DELETE", f"/_index_template/{prefix}", ok=(200, 404))
+
+
+@contextlib.contextmanager
+def dropping_indices(url: str) -> Iterator[Callable[[str], Cluster]]:
+    """A test's access to the cluster at ``url``: ``use(prefix)`` drops the indices and template
+    named by ``prefix`` now and again when the test ends (the body of a test's fixture)."""
+    prefixes: list[str] = []
+    client = Cluster(url)
+
+    def use(prefix: str) -> Cluster:
+        prefixes.append(prefix)
+        client.drop(prefix)
+        return client
+
+    try:
+        yield use
+    finally:
+        for prefix in prefixes:
+            client.drop(prefix)
 
 
 def count_documents(url: str, pattern: str) -> int:

@@ -190,3 +190,35 @@ def test_template_defaults_follow_the_index(index: str, pattern: str, name: str)
 def test_config_mistakes_are_caught_at_load_time(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         config(**overrides)
+
+
+def test_a_data_stream_gets_create_actions_and_an_at_timestamp_from_the_event_time(tmp_path: Path) -> None:
+    lines = [
+        b'{"request_id":"r1","timestamp":1795000000.5}',
+        b'{"request_id":"r2","@timestamp":"2026-01-01T00:00:00Z"}',
+        b"{}",
+    ]
+    chunk = make_chunk(tmp_path, (lines, [0, 50, 120]))
+    (batch,) = BulkEncoder(config(index="logs-ai.interactions-default", data_stream=True)).batches(chunk)
+
+    body = ndjson(bulk_body(batch))
+    assert body[0] == b'{"create":{"_index":"logs-ai.interactions-default","_id":"r1"}}'
+    assert body[1] == b'{"request_id":"r1","timestamp":1795000000.5,"@timestamp":"2026-11-18T11:06:40.500Z"}'
+    assert body[3] == lines[1], "a record's own @timestamp is kept"
+    assert orjson.loads(body[5]) == {"@timestamp": "2026-11-18T10:00:00.000Z"}, "no event time: the chunk's time key"
+
+
+def test_a_data_stream_template_declares_it_and_maps_at_timestamp() -> None:
+    template = index_template(config(index="logs-ai.interactions-default", data_stream=True))
+    assert template["data_stream"] == {} and template["index_patterns"] == ["logs-ai.interactions-default"]
+    assert template["template"]["mappings"]["properties"]["@timestamp"] == {"type": "date"}
+    assert "data_stream" not in index_template(config())
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"data_stream": True, "op_type": "index"}, "data streams only take op_type = \"create\""),
+    ({"data_stream": True}, "a data stream's name has no strftime placeholders"),
+])
+def test_data_stream_mistakes_are_caught_at_load_time(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        config(**overrides)

@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -44,6 +45,18 @@ def template_name_for(index: str) -> str:
     """
     fixed = _SEPARATOR_RUN.sub(lambda m: m.group(0)[0], _PLACEHOLDER.sub("", index))
     return fixed.strip("-_.+") or "logferry"
+
+
+def without_credentials(url: str) -> str:
+    """A host URL fit for logs: ``user:password@`` left out.
+
+    >>> without_credentials("https://elastic:s3cret@es1:9200/"), without_credentials("http://es2:9200")
+    ('https://es1:9200/', 'http://es2:9200')
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def index_name_problem(name: str) -> str | None:
@@ -83,6 +96,9 @@ class ElasticsearchOutputConfig(OutputBase):
     op_type: Literal["create", "index"] = Field(
         "create", description="create: a document already there (same id) counts as delivered; index: overwrite."
     )
+    data_stream: bool = Field(
+        False, description="index names a data stream: create only, @timestamp added from the event time."
+    )
     id_key: str = Field("request_id", description="Field used as document id; a hash of source+offset if absent.")
     time_key: str = Field("timestamp", description="Event time (epoch seconds or ISO-8601) naming the index.")
     bulk_max_bytes: int = Field(10 * MiB, ge=1024, description="Largest bulk request body.")
@@ -107,6 +123,14 @@ class ElasticsearchOutputConfig(OutputBase):
         return value
 
     @model_validator(mode="after")
+    def _data_stream_is_consistent(self) -> ElasticsearchOutputConfig:
+        if self.data_stream and self.op_type != "create":
+            raise ValueError('data streams only take op_type = "create"')
+        if self.data_stream and "%" in self.index:
+            raise ValueError("a data stream's name has no strftime placeholders (Elasticsearch rolls it over)")
+        return self
+
+    @model_validator(mode="after")
     def _credentials_are_consistent(self) -> ElasticsearchOutputConfig:
         if self.password is not None and self.password_file is not None:
             raise ValueError("set password or password_file, not both")
@@ -122,6 +146,11 @@ class ElasticsearchOutputConfig(OutputBase):
         if self.ca_file is not None and not all(h.lower().startswith("https://") for h in self.hosts):
             raise ValueError("ca_file needs https:// hosts")
         return self
+
+    @property
+    def hosts_for_logs(self) -> str:
+        """The hosts, comma-separated, without any credentials written into them."""
+        return ", ".join(without_credentials(host) for host in self.hosts)
 
     @property
     def effective_template_name(self) -> str:

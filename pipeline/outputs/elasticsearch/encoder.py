@@ -11,6 +11,9 @@ record came from: the source file key and byte offset (frame meta ``file``/``off
 plus the raw event time value, so that a recycled inode cannot give a new record the
 id of an old one.
 
+For a data stream (``data_stream = true``) each document also gets the ``@timestamp``
+field data streams require, from its event time, unless it has one.
+
 Batches are bounded by bytes and documents, and streamed: the chunk is read frame by
 frame, never whole.
 """
@@ -28,6 +31,7 @@ import orjson
 from pipeline.buffer.chunk import Chunk
 from pipeline.buffer.frame import Frame
 from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
+from pipeline.transforms.enrich import iso_millis
 from pipeline.transforms.parse_json import event_time
 
 MAX_ID_BYTES = 512  # Elasticsearch refuses longer ids
@@ -45,7 +49,9 @@ class Document:
     index: str
     doc_id: str
     action: bytes  # the action line, ending in a newline
-    record: memoryview  # the document as it is in the chunk's frame, without its newline (not a copy)
+    # The document as it is in the chunk's frame, without its newline (a view, not a copy),
+    # or, for a data stream, a copy with the @timestamp it needs added.
+    record: memoryview | bytes
     source: str
     file: str
     path: str
@@ -134,6 +140,7 @@ class BulkEncoder:
         self.max_bytes = config.bulk_max_bytes
         self.max_docs = config.bulk_max_docs
         self.index_name = IndexNamer(config.index)
+        self.data_stream = config.data_stream
         self._prefixes: dict[str, bytes] = {}
 
     def _action_prefix(self, index: str) -> bytes:
@@ -188,9 +195,27 @@ class BulkEncoder:
             record = _parse(line)
             time_value = record.get(self.time_key)
             doc_id = record_id(record.get(self.id_key)) or hashed_id(file, offset, time_value)
-            index = self.index_name(event_time(time_value, fallback_time))
+            when = event_time(time_value, fallback_time)
+            index = self.index_name(when)
             action = self._action_prefix(index) + orjson.dumps(doc_id) + b"}}\n"
-            yield Document(first + n, index, doc_id, action, line, source, file, path, offset)
+            body = with_timestamp(line, record, when) if self.data_stream else line
+            yield Document(first + n, index, doc_id, action, body, source, file, path, offset)
+
+
+def with_timestamp(line: memoryview, record: dict[str, Any], epoch: float) -> memoryview | bytes:
+    """The document with the ``@timestamp`` a data stream requires: its event time, unless it has one.
+
+    >>> bytes(with_timestamp(memoryview(b'{"a":1}'), {"a": 1}, 1795000000.5))
+    b'{"a":1,"@timestamp":"2026-11-18T11:06:40.500Z"}'
+    >>> bytes(with_timestamp(memoryview(b'{"@timestamp":"x"}'), {"@timestamp": "x"}, 0.0))
+    b'{"@timestamp":"x"}'
+    """
+    if "@timestamp" in record:
+        return line
+    stamp = orjson.dumps(iso_millis(epoch))
+    if record and line[-1] == 0x7D:  # "}": spliced before the closing brace: the record's bytes as they are
+        return b"".join((line[:-1], b',"@timestamp":', stamp, b"}"))
+    return orjson.dumps({**record, "@timestamp": iso_millis(epoch)})  # {} or not an object (refused anyway)
 
 
 def _lines(payload: bytes) -> list[memoryview]:

@@ -82,10 +82,15 @@ def index_template(config: ElasticsearchOutputConfig, added: AddedFields = DEFAU
 
     ``added``: the names of the enriched fields (``AddedFields.of(settings.enrich)``).
     """
-    return {
+    mappings = interaction_mappings(config.time_key, added)
+    template: dict[str, Any] = {
         "name": config.effective_template_name,
         "index_patterns": [config.effective_template_pattern],
         "priority": config.template_priority,
-        "template": {"mappings": interaction_mappings(config.time_key, added)},
+        "template": {"mappings": mappings},
         "meta": {"managed_by": "logferry", "description": "interaction records shipped by logferry"},
     }
+    if config.data_stream:  # the index name is a data stream's: created on the first write, rolled over by ES
+        template["data_stream"] = {}
+        mappings["properties"]["@timestamp"] = {"type": "date"}
+    return template

@@ -45,6 +45,11 @@ class S3OutputConfig(OutputBase):
     store_as: Literal["json", "gzip", "zstd"] = Field(
         "gzip", description="json: .jsonl; gzip: .jsonl.gz; zstd: .jsonl.zst."
     )
+    content_encoding: bool = Field(
+        False,
+        description="true: Content-Type application/x-ndjson + Content-Encoding gzip/zstd (HTTP clients then "
+        "decompress on download); false: Content-Type application/gzip or application/zstd, as Fluentd's out_s3.",
+    )
     compression_level: int | None = Field(
         None, description="gzip 1-9 (default 6), zstd 1-22 (default 3); lower is faster, higher is smaller."
     )

@@ -28,7 +28,29 @@ CONTENT_TYPES: dict[str, str] = {
     "gzip": "application/gzip",
     "zstd": "application/zstd",
 }
+CONTENT_ENCODINGS: dict[str, str] = {"gzip": "gzip", "zstd": "zstd"}
 GZIP_LEVEL = 6
+
+
+def content_headers(store_as: str, content_encoding: bool) -> dict[str, str]:
+    """The object's Content-Type, and its Content-Encoding when asked for.
+
+    By default a compressed object is typed as what it is, a gzip or zstd file (as Fluentd's
+    out_s3 does): downloaded, it stays compressed under its ``.gz``/``.zst`` name. With
+    ``content_encoding`` it is typed as JSON Lines sent compressed (as Vector's aws_s3 does),
+    which browsers and most HTTP clients decompress as they download it.
+
+    >>> content_headers("gzip", False)
+    {'ContentType': 'application/gzip'}
+    >>> content_headers("zstd", True)
+    {'ContentType': 'application/x-ndjson', 'ContentEncoding': 'zstd'}
+    >>> content_headers("json", True)
+    {'ContentType': 'application/x-ndjson'}
+    """
+    encoding = CONTENT_ENCODINGS.get(store_as) if content_encoding else None
+    if encoding is None:
+        return {"ContentType": CONTENT_TYPES[store_as]}
+    return {"ContentType": CONTENT_TYPES["json"], "ContentEncoding": encoding}
 ZSTD_LEVEL = 3
 
 

@@ -32,23 +32,23 @@ log = logging.getLogger("logferry.buffer")
 class CommitPlan:
     """The writes of one commit, across every buffer, applied together in a worker thread."""
 
-    parts: dict[Chunk, list[bytes | frame.PendingFrame]] = field(default_factory=dict)
+    parts: dict[Chunk, list[bytes]] = field(default_factory=dict)
     size_before: dict[Chunk, int] = field(default_factory=dict)
     new_dirs: set[Path] = field(default_factory=set)
 
-    def add(self, chunk: Chunk, item: bytes | frame.PendingFrame, size_before: int, created: bool) -> None:
-        """Schedule a frame (encoded, or to be encoded when written) to be appended to ``chunk``."""
+    def add(self, chunk: Chunk, pieces: list[bytes], size_before: int, created: bool) -> None:
+        """Schedule a frame's ``pieces`` to be appended to ``chunk``."""
         if chunk not in self.parts:
             self.parts[chunk] = []
             self.size_before[chunk] = size_before
-        self.parts[chunk].append(item)
+        self.parts[chunk] += pieces
         if created:
             self.new_dirs.add(chunk.directory)
 
     def apply(self) -> None:
         """Write and fsync every scheduled frame (runs in a worker thread)."""
-        for chunk, items in self.parts.items():
-            chunk.write(*[piece for item in items for piece in _pieces(item)])
+        for chunk, parts in self.parts.items():
+            chunk.write(*parts)
         for chunk in self.parts:
             chunk.sync()
         for directory in self.new_dirs:
@@ -59,10 +59,6 @@ class CommitPlan:
         for chunk, size in self.size_before.items():
             if chunk.path.exists():
                 chunk.truncate(size)
-
-
-def _pieces(item: bytes | frame.PendingFrame) -> list[bytes]:
-    return [item] if isinstance(item, bytes) else item.parts()
 
 
 @dataclass
@@ -121,8 +117,8 @@ class FileBuffer:
 
     # -- staging (committer) -----------------------------------------------------------
 
-    def plan(self, plan: CommitPlan, timekey: int, seq: int, data: frame.PendingFrame, count: int) -> None:
-        """Schedule a data frame for the staged chunk of ``timekey`` in this commit."""
+    def plan(self, plan: CommitPlan, timekey: int, seq: int, pieces: list[bytes], count: int) -> None:
+        """Schedule a data frame (``frame.encode_parts``) for the staged chunk of ``timekey`` in this commit."""
         chunk = self.staged.get(timekey)
         created = False
         if chunk is not None and self._is_full(chunk):
@@ -131,11 +127,11 @@ class FileBuffer:
         if chunk is None:
             chunk = self._new_chunk(timekey)
             header = header_frame(chunk, seq, self.output)
-            plan.add(chunk, header, 0, created=True)
+            plan.add(chunk, [header], 0, created=True)
             self._grow(chunk, len(header), 0)
             created = True
-        plan.add(chunk, data, chunk.size, created)
-        self._grow(chunk, data.size, count)
+        plan.add(chunk, pieces, chunk.size, created)
+        self._grow(chunk, sum(map(len, pieces)), count)
 
     def _new_chunk(self, timekey: int) -> Chunk:
         chunk = Chunk(self.directory, timekey, new_chunk_id(), ChunkState.STAGED)

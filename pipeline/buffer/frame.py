@@ -53,31 +53,12 @@ class Frame:
 
 def encode_parts(kind: int, seq: int, count: int, meta: dict[str, Any], payload: Sequence[bytes]) -> list[bytes]:
     """Serialise one frame as pieces to write in order; the payload pieces are not copied."""
-    return PendingFrame(kind, seq, count, orjson.dumps(meta), payload).parts()
-
-
-class PendingFrame:
-    """A frame whose size is known now and whose header and checksum are made when it is written.
-
-    The committer stages frames on the event loop, where the parsing runs, and writes
-    them from a worker thread: computing the CRC there (zlib releases the GIL) takes it
-    off the busiest thread.
-    """
-
-    __slots__ = ("kind", "seq", "count", "meta", "payload", "size")
-
-    def __init__(self, kind: int, seq: int, count: int, meta: bytes, payload: Sequence[bytes]) -> None:
-        self.kind, self.seq, self.count, self.meta, self.payload = kind, seq, count, meta, payload
-        self.size = PREFIX_SIZE + len(meta) + sum(map(len, payload))
-
-    def parts(self) -> list[bytes]:
-        """The frame's bytes as pieces to write in order (the payload pieces are not copied)."""
-        head = HEADER.pack(MAGIC, self.kind, self.count, len(self.meta), self.size - PREFIX_SIZE - len(self.meta),
-                           self.seq)
-        crc = zlib.crc32(self.meta, zlib.crc32(head))
-        for piece in self.payload:
-            crc = zlib.crc32(piece, crc)
-        return [b"".join((head, CRC.pack(crc), self.meta)), *self.payload]
+    meta_bytes = orjson.dumps(meta)
+    head = HEADER.pack(MAGIC, kind, count, len(meta_bytes), sum(map(len, payload)), seq)
+    crc = zlib.crc32(meta_bytes, zlib.crc32(head))
+    for piece in payload:
+        crc = zlib.crc32(piece, crc)
+    return [b"".join((head, CRC.pack(crc), meta_bytes)), *payload]
 
 
 def encode(kind: int, seq: int, count: int, meta: dict[str, Any], payload: bytes) -> bytes:

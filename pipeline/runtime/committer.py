@@ -19,8 +19,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
 from pipeline.buffer import frame
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
 from pipeline.clock import Clock
@@ -159,8 +157,8 @@ class Committer:
                 # One payload string per frame: its CRC is one call (per-line calls would each release
                 # the GIL), and it is the only copy of the records until they reach the kernel.
                 payload = b"".join(group.lines)
-                data = frame.PendingFrame(frame.KIND_DATA, seq, len(group.lines), orjson.dumps(meta), [payload])
-                buffer.plan(plan, timekey, seq, data, len(group.lines))
+                pieces = frame.encode_parts(frame.KIND_DATA, seq, len(group.lines), meta, [payload])
+                buffer.plan(plan, timekey, seq, pieces, len(group.lines))
 
     async def _make_room(self, batches: list[ProcessedBatch]) -> None:
         """Apply each routed buffer's overflow action before staging more."""

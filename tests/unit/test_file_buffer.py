@@ -27,17 +27,15 @@ def lines(n: int, first: int = 0, pad: int = 0) -> list[bytes]:
     return [orjson.dumps({"i": i, "pad": "x" * pad}) + b"\n" for i in range(first, first + n)]
 
 
-def data_frame(
-    seq: int, records: list[bytes], end: int = 0, key: str = "1:2", path: str = "/logs/a.jsonl"
-) -> frame.PendingFrame:
+def data_frame(seq: int, records: list[bytes], end: int = 0, key: str = "1:2", path: str = "/logs/a.jsonl") -> bytes:
     meta = {"src": "agent", "file": key, "path": path, "end": end, "offs": list(range(len(records)))}
-    return frame.PendingFrame(frame.KIND_DATA, seq, len(records), orjson.dumps(meta), [b"".join(records)])
+    return frame.encode(frame.KIND_DATA, seq, len(records), meta, b"".join(records))
 
 
 def commit(buffer: FileBuffer, seq: int, timekey: int, records: list[bytes], **meta: Any) -> None:
     """What the committer does for one batch routed to one buffer: plan, then write and fsync."""
     plan = CommitPlan()
-    buffer.plan(plan, timekey, seq, data_frame(seq, records, **meta), len(records))
+    buffer.plan(plan, timekey, seq, [data_frame(seq, records, **meta)], len(records))
     plan.apply()
 
 
@@ -111,8 +109,8 @@ def test_size_limit_enqueues(tmp_path: Path) -> None:
 def test_full_chunk_is_sealed_and_next_frame_starts_a_new_chunk(tmp_path: Path) -> None:
     buffer = make(tmp_path, chunk_limit_bytes=1024)
     plan = CommitPlan()
-    buffer.plan(plan, NOW_KEY, 1, data_frame(1, lines(1, pad=1100)), 1)
-    buffer.plan(plan, NOW_KEY, 1, data_frame(1, lines(1, first=1)), 1)
+    buffer.plan(plan, NOW_KEY, 1, [data_frame(1, lines(1, pad=1100))], 1)
+    buffer.plan(plan, NOW_KEY, 1, [data_frame(1, lines(1, first=1))], 1)
     plan.apply()
     assert buffer.pending_chunks() == 2
     assert buffer.enqueue_due() == 1, "the sealed chunk goes to the queue, the new one stays staged"
@@ -234,7 +232,7 @@ def test_resume_cuts_a_torn_tail_and_keeps_the_frames_before_it(tmp_path: Path) 
     commit(buffer, 2, NOW_KEY, lines(3, first=2))
     path = only_chunk_path(buffer)
     good_size = path.stat().st_size
-    half = b"".join(data_frame(3, lines(4, first=5)).parts())
+    half = data_frame(3, lines(4, first=5))
     with path.open("ab") as handle:
         handle.write(half[: len(half) // 2])
 
@@ -389,8 +387,8 @@ def test_resume_with_two_staged_chunks_for_one_window_seals_the_older(tmp_path: 
     """A crash between sealing a full chunk and enqueueing it leaves two staged chunks for one window."""
     buffer = make(tmp_path, chunk_limit_bytes=1024)
     plan = CommitPlan()
-    buffer.plan(plan, NOW_KEY, 1, data_frame(1, lines(1, pad=1100)), 1)
-    buffer.plan(plan, NOW_KEY, 1, data_frame(1, lines(1, first=1)), 1)
+    buffer.plan(plan, NOW_KEY, 1, [data_frame(1, lines(1, pad=1100))], 1)
+    buffer.plan(plan, NOW_KEY, 1, [data_frame(1, lines(1, first=1))], 1)
     plan.apply()
     older, newer = buffer._sealed[0], buffer.staged[NOW_KEY]
     os.utime(older.path, ns=(1_000_000_000, 1_000_000_000))

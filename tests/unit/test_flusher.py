@@ -49,7 +49,7 @@ def setup(tmp_path: Path, output: FakeOutput, **cfg: Any) -> tuple[Flusher, File
     for seq, key in enumerate((NOW_KEY - 3600, NOW_KEY), start=1):
         plan = CommitPlan()
         payload = b'{"n":%d}\n{"n":%d}\n' % (seq, seq)
-        buffer.plan(plan, key, seq, frame.PendingFrame(frame.KIND_DATA, seq, 2, b'{"src":"a"}', [payload]), 2)
+        buffer.plan(plan, key, seq, [frame.encode(frame.KIND_DATA, seq, 2, {"src": "a"}, payload)], 2)
         plan.apply()
     buffer.enqueue_due(force=True)
     return Flusher("out", output, buffer, clock), buffer, clock

@@ -88,10 +88,17 @@ def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int) -> 
 
 def _copy_through_buffer(src: int, dst: int, offset: int, count: int, dst_offset: int) -> int:
     data = os.pread(src, count, offset)
+    pwrite_all(dst, data, dst_offset)
+    return len(data)
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` (short writes continued); returns the offset after it."""
     view = memoryview(data)
     while view:
-        view = view[os.pwrite(dst, view, dst_offset + len(data) - len(view)) :]
-    return len(data)
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return offset
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -88,10 +88,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     # Where a first start matters (read_from_head = false) its offsets are saved now: to the
     # sources every start is a restart, and a file without a saved position appeared after
     # that first look, so it is read from its head.
-    sources = [
-        TailSource(name, cfg, positions, dead_letters, clock, first_start=False)
-        for name, cfg in settings.sources.items()
-    ]
+    sources = [TailSource(name, cfg, positions, dead_letters, clock) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
     processor = RecordProcessor(settings.enrich, widths, clock)
     return Topology(settings, sources, processor, buffers, outputs, flushers, routes, positions, dead_letters,
@@ -152,7 +149,6 @@ def _end_positions(source: str, cfg: TailSourceConfig) -> dict[tuple[str, str], 
             continue  # unreadable or gone: the source reports it, and reads it from its head once it can
         try:
             st = os.fstat(fd)  # of what was opened, should the path have been replaced since the glob
-            # The source's own cut for starting at a file's end, so that there is only one.
             key, end = file_key(st), last_line_end(fd, st.st_size)
             fp, fp_len = fingerprint(fd, FP_BYTES)
             ends[(source, key)] = FilePosition(source, key, path, end, fp, fp_len)

@@ -16,7 +16,7 @@ def tail_source(tmp_path: Path, clock: FakeClock) -> TailSource:
     config = TailSourceConfig(type="tail", paths=[str(tmp_path / "logs" / "agent.log")], tag="ai")
     positions = PositionStore(tmp_path / "positions.json")
     positions.load()
-    return TailSource("agent", config, positions, DeadLetterStore(tmp_path / "dead"), clock, first_start=True)
+    return TailSource("agent", config, positions, DeadLetterStore(tmp_path / "dead"), clock)
 
 
 def test_a_file_rotated_away_unseen_after_the_clock_stepped_back_is_still_read(tmp_path: Path) -> None:
@@ -26,14 +26,14 @@ def test_a_file_rotated_away_unseen_after_the_clock_stepped_back_is_still_read(t
     clock = FakeClock(time.time() + 3600)  # the host clock runs an hour fast...
     source = tail_source(tmp_path, clock)
     try:
-        source._discover(at_start=True)
+        source._discover()
         clock.advance(5)
         clock.set_wall(time.time())  # ...until NTP steps it back to the real time
 
         # Written and rotated away between two looks: its ctime is before the previous look's wall time.
         (logs / "agent.log.1").write_bytes(b'{"n":2}\n')
         clock.advance(5)
-        source._discover(at_start=False)
+        source._discover()
 
         assert sorted(Path(tf.path).name for tf in source.files.values()) == ["agent.log", "agent.log.1"]
     finally:
@@ -49,9 +49,9 @@ def test_a_file_seen_before_the_previous_look_is_not_taken_for_a_new_one(tmp_pat
     clock = FakeClock(time.time() + 120)
     source = tail_source(tmp_path, clock)
     try:
-        source._discover(at_start=True)
+        source._discover()
         clock.advance(60)
-        source._discover(at_start=False)
+        source._discover()
 
         assert [Path(tf.path).name for tf in source.files.values()] == ["agent.log"]
     finally:
@@ -71,7 +71,7 @@ def test_a_generation_rotated_away_unseen_is_read_even_when_every_file_starts_wi
     clock = FakeClock(time.time())
     source = tail_source(tmp_path, clock)
     try:
-        source._discover(at_start=True)
+        source._discover()
         clock.advance(5)
         # Two rotations between two looks: the middle generation was never followed, and the
         # new agent.log so far holds only the header the unseen file also starts with.
@@ -79,7 +79,7 @@ def test_a_generation_rotated_away_unseen_is_read_even_when_every_file_starts_wi
         (logs / "agent.log.1").write_bytes(HEADER + b'{"id":"b1"}\n')
         (logs / "agent.log").write_bytes(HEADER)
         clock.advance(5)
-        source._discover(at_start=False)
+        source._discover()
 
         # The first generation is still followed under the name it had (rotated away), the new
         # agent.log is followed, and so is the unseen one.
@@ -97,12 +97,12 @@ def test_a_copy_of_the_followed_file_not_truncated_yet_is_not_read_twice(tmp_pat
     clock = FakeClock(time.time())
     source = tail_source(tmp_path, clock)
     try:
-        source._discover(at_start=True)
+        source._discover()
         clock.advance(5)
         # copytruncate seen between its copy and its truncate: the copy holds what agent.log holds.
         (logs / "agent.log.1").write_bytes((logs / "agent.log").read_bytes())
         clock.advance(5)
-        source._discover(at_start=False)
+        source._discover()
 
         assert [Path(tf.path).name for tf in source.files.values()] == ["agent.log"]
     finally:

@@ -27,7 +27,7 @@ import orjson
 
 from pipeline.buffer import frame
 from pipeline.buffer.chunk import Chunk
-from pipeline.durability import copy_range, sync, sync_data, sync_dir
+from pipeline.durability import copy_range, pwrite_all, sync, sync_data, sync_dir
 from pipeline.errors import RetryableError, UnrecoverableError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.file.config import FileOutputConfig
@@ -94,10 +94,7 @@ class FileOutput:
                     end += length
             return
         for data in self._encoded(chunk):
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, end)
-                view, end = view[written:], end + written
+            end = pwrite_all(fd, data, end)
 
     def _claim(self, chunk: Chunk, path: Path, fd: int) -> int:
         """Journal where this chunk starts, before appending it."""

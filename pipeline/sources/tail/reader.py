@@ -26,7 +26,12 @@ OVERSIZED_STEP = 64 * 1024 * 1024  # bytes of an oversized line scanned per read
 def fingerprint(fd: int, length: int) -> tuple[str, int]:
     """Hash of the first ``length`` bytes (fewer if the file is shorter), and how many were hashed."""
     head = os.pread(fd, length, 0)
-    return hashlib.blake2b(head, digest_size=8).hexdigest(), len(head)
+    return head_digest(head), len(head)
+
+
+def head_digest(head: bytes | bytearray) -> str:
+    """The fingerprint hash of a file's first bytes."""
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
 def last_line_end(fd: int, size: int) -> int:
@@ -227,7 +232,7 @@ class CachedReader:
         size = os.fstat(tf.fd).st_size
         if size < tf.offset or self._nowait(tf, memoryview(self._head), 0) < FP_BYTES:
             raise NotCached
-        if hashlib.blake2b(self._head, digest_size=8).hexdigest() != tf.fp:
+        if head_digest(self._head) != tf.fp:
             raise NotCached  # rewritten in place: the blocking step resets the file
         if size == tf.offset:
             return None

@@ -48,7 +48,6 @@ from pipeline.sources.tail.reader import (
     ReadResult,
     TailedFile,
     fingerprint,
-    last_line_end,
     read_step,
 )
 
@@ -66,14 +65,12 @@ class TailSource:
         positions: PositionStore,
         dead_letters: DeadLetterStore,
         clock: Clock,
-        first_start: bool,
     ) -> None:
         self.name = name
         self.config = config
         self.positions = positions
         self.dead_letters = dead_letters
         self.clock = clock
-        self.first_start = first_start
         self.files: dict[str, TailedFile] = {}
         self.lines_read = 0
         self._dirty: set[str] = set()
@@ -103,7 +100,7 @@ class TailSource:
     async def run(self, emit: Emit) -> None:
         """Follow the files until stopped."""
         try:
-            await asyncio.to_thread(self._start)
+            await asyncio.to_thread(self._discover)
             async with asyncio.TaskGroup() as tasks:
                 watcher = tasks.create_task(self._watch(), name=f"watch:{self.name}")
                 try:
@@ -129,7 +126,7 @@ class TailSource:
             if self._rescan_requested or now >= next_rescan:
                 self._rescan_requested = False
                 next_rescan = now + self.config.rescan_interval
-                await asyncio.to_thread(self._rescan)
+                await asyncio.to_thread(self._discover)
                 continue
             if emitted:
                 continue
@@ -222,13 +219,7 @@ class TailSource:
 
     # -- discovery (worker thread) -----------------------------------------------------
 
-    def _start(self) -> None:
-        self._discover(at_start=True)
-
-    def _rescan(self) -> None:
-        self._discover(at_start=False)
-
-    def _discover(self, at_start: bool) -> None:
+    def _discover(self) -> None:
         """Match globs, notice rotations and replacements, and finish files rotated away."""
         since = self._files_new_since()
         matched = matched_files(self.config)
@@ -236,7 +227,7 @@ class TailSource:
             self._update_tracked(tf, matched.get(key))
         for key, path in matched.items():
             if key not in self.files and not self._parked_unchanged(key, path):
-                self._open(key, path, at_start)
+                self._open(key, path)
         saved = {p.key: p for p in self.positions.for_source(self.name)}
         directories = {os.path.dirname(p) for p in matched.values()} | {os.path.dirname(p.path) for p in saved.values()}
         listing = list_directories(directories)
@@ -290,7 +281,7 @@ class TailSource:
                 del saved[key]
                 self._forget(key)
             elif found.size > pos.offset:
-                self._open(key, found.path, at_start=False, rotated=True)
+                self._open(key, found.path, rotated=True)
 
     def _forget(self, key: str) -> None:
         if key not in self._forgotten:
@@ -313,13 +304,13 @@ class TailSource:
             if copied is not None:
                 # copytruncate's copy: it holds what the original had before the truncate; read
                 # only past the point we had read the original to.
-                self._open(key, found.path, at_start=False, rotated=True, offset=self._copied.pop(copied))
+                self._open(key, found.path, rotated=True, offset=self._copied.pop(copied))
             elif found.ctime >= since - 1.0 and not any(
                 heads.get(n) == fp and found.size <= size for fp, n, size in tracked
             ):
                 # Longer than every followed file it shares its first bytes with (files that all
                 # start with the same header line): a generation rotated away unseen, not a copy.
-                self._open(key, found.path, at_start=False, rotated=True, offset=0)
+                self._open(key, found.path, rotated=True, offset=0)
 
     def _check_replaced(self, tf: TailedFile) -> int:
         """copytruncate or rewrite in place: the file got shorter or its first bytes changed. Returns its size."""
@@ -336,7 +327,7 @@ class TailSource:
         tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
         return size
 
-    def _open(self, key: str, path: str, at_start: bool, rotated: bool = False, offset: int | None = None) -> None:
+    def _open(self, key: str, path: str, rotated: bool = False, offset: int | None = None) -> None:
         if len(self.files) >= self.config.max_open_files and not self._park_idlest():
             if path not in self._waiting:
                 self._waiting.add(path)
@@ -352,7 +343,7 @@ class TailSource:
         self._unreadable.discard(path)
         self._waiting.discard(path)
         tf = TailedFile(self.name, key, path, fd, 0, rotated=rotated)
-        tf.offset = self._start_offset(tf, at_start) if offset is None else offset
+        tf.offset = self._start_offset(tf) if offset is None else offset
         tf.refresh_fingerprint()
         self.files[key] = tf
         self._forgotten.discard(key)
@@ -360,8 +351,12 @@ class TailSource:
         what = "finishing rotated file" if rotated else "following file"
         log.info("%s source=%s path=%s offset=%d", what, self.name, path, tf.offset)
 
-    def _start_offset(self, tf: TailedFile, at_start: bool) -> int:
-        """Where to start reading a newly opened file."""
+    def _start_offset(self, tf: TailedFile) -> int:
+        """Where to start reading a newly opened file: its parked or saved position, else its head.
+
+        A file with no saved position appeared after the first start (``read_from_head =
+        false`` saves the first start's files' ends before any source runs: topology).
+        """
         size = os.fstat(tf.fd).st_size
         parked = self._parked.pop(tf.key, None)
         if parked is not None and parked.offset <= size and tf.matches(parked.fingerprint, parked.fp_len):
@@ -372,8 +367,6 @@ class TailSource:
                 return saved.offset
             log.warning("file changed since its saved position (inode reused?) path=%s: reading from 0", tf.path)
             return 0
-        if at_start and self.first_start and not self.config.read_from_head:
-            return last_line_end(tf.fd, size)
         return 0
 
     def _park_idlest(self) -> bool:

@@ -67,13 +67,26 @@ class Flusher:
         """Run the workers until cancelled."""
         async with asyncio.TaskGroup() as tasks:
             for n in range(self.config.workers):
-                tasks.create_task(self._worker(), name=f"flush:{self.name}:{n}")
+                tasks.create_task(self._worker(tasks, n), name=f"flush:{self.name}:{n}")
 
-    async def _worker(self) -> None:
+    async def _worker(self, tasks: asyncio.TaskGroup, n: int) -> None:
+        settling: asyncio.Task[None] | None = None
         while True:
             await self._wait_backoff()
+            if settling is not None and not self.buffer.queue:
+                # Nothing to overlap with: settle first, so that this worker counts as idle when it
+                # asks for a chunk and the committer hands it a held one (``on_flusher_idle``).
+                await settling
+                settling = None
             chunk = await self.buffer.dequeue()
-            await self.deliver(chunk)
+            if not await self.attempt(chunk):
+                continue
+            # The delivered chunk is deleted while the next queued one is written: the delete and
+            # the two hops through the event loop around it would otherwise idle the output during a
+            # backlog. One delete at a time per worker, in order.
+            if settling is not None:
+                await settling
+            settling = tasks.create_task(self.settle(chunk), name=f"settle:{self.name}:{n}")
 
     async def _wait_backoff(self) -> None:
         # Another worker may push the resume time further while this one sleeps.
@@ -85,6 +98,11 @@ class Flusher:
 
     async def deliver(self, chunk: Chunk) -> None:
         """Try one chunk once and settle it: ack, nack with backoff, or set aside."""
+        if await self.attempt(chunk):
+            await self.settle(chunk)
+
+    async def attempt(self, chunk: Chunk) -> bool:
+        """Write one chunk once; True if it was delivered (then ``settle`` it), else it is nacked or set aside."""
         try:
             await self.output.write(chunk)
         except RetryableError as exc:
@@ -95,10 +113,15 @@ class Flusher:
             log.exception("output raised an unexpected error output=%s chunk=%s", self.name, chunk.name)
             self._failed(chunk, exc)
         else:
-            # Unlinking megabytes frees their blocks (ext4: milliseconds): in a worker thread, off
-            # the event loop, which parses. ``ack`` then finds the file gone.
-            await asyncio.to_thread(chunk.delete)
-            self._delivered(chunk)
+            return True
+        return False
+
+    async def settle(self, chunk: Chunk) -> None:
+        """Delete a delivered chunk and count it."""
+        # Unlinking megabytes frees their blocks (ext4: milliseconds): in a worker thread, off
+        # the event loop, which parses.
+        await asyncio.to_thread(chunk.delete)
+        self._delivered(chunk)
 
     def _delivered(self, chunk: Chunk) -> None:
         self.buffer.ack(chunk)

@@ -1,7 +1,9 @@
-"""Flusher.deliver: ack on success, nack with backoff on retryable errors, set aside when hopeless."""
+"""Flusher: ack on success, nack with backoff on retryable errors, set aside when hopeless; the worker loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +160,30 @@ async def test_unexpected_exception_is_retryable(tmp_path: Path) -> None:
     assert flusher.retries[chunk.chunk_id].attempts == 1
     assert flusher.stats.last_error is not None and "KeyError" in flusher.stats.last_error
     assert flusher._resume_at > 0
+
+
+@pytest.mark.asyncio
+async def test_worker_delivers_every_queued_chunk_then_a_held_one(tmp_path: Path) -> None:
+    # A worker deletes a delivered chunk while it writes the next queued one; once the queue is
+    # empty it must count as idle, or the committer keeps a due chunk held for it forever.
+    output = FakeOutput()
+    flusher, buffer, clock = setup(tmp_path, output, workers=1, flush_interval=1.0)
+    queued = [c.path for c in buffer.queue]
+    plan = CommitPlan()
+    buffer.plan(plan, NOW_KEY, 3, [frame.encode(frame.KIND_DATA, 3, 1, {"src": "a"}, b'{"n":3}\n')], 1)
+    plan.apply()
+    clock.advance(2.0)  # the staged chunk is due; held while the worker is busy
+    loop = asyncio.get_running_loop()
+    buffer.on_flusher_idle = lambda: loop.call_soon(buffer.enqueue_due)  # as the committer does
+
+    task = asyncio.create_task(flusher.run())
+    try:
+        async with asyncio.timeout(10):
+            await buffer.wait_drained()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert output.delivered == [b'{"n":1}\n{"n":1}\n', b'{"n":2}\n{"n":2}\n', b'{"n":3}\n']
+    assert not any(p.exists() for p in queued) and not buffer.in_flight and not buffer.staged

@@ -174,7 +174,11 @@ async def test_worker_delivers_every_queued_chunk_then_a_held_one(tmp_path: Path
     plan.apply()
     clock.advance(2.0)  # the staged chunk is due; held while the worker is busy
     loop = asyncio.get_running_loop()
-    buffer.on_flusher_idle = lambda: loop.call_soon(buffer.enqueue_due)  # as the committer does
+
+    def on_flusher_idle() -> None:  # as the committer does: enqueue at its next step, not inside dequeue
+        loop.call_soon(buffer.enqueue_due)
+
+    buffer.on_flusher_idle = on_flusher_idle
 
     task = asyncio.create_task(flusher.run())
     try:

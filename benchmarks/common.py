@@ -205,13 +205,17 @@ def group_pids(pgid: int) -> Iterator[int]:
 
 
 def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds of the live processes of a process group (children that ended are not counted)."""
+    """CPU seconds of the live processes of a process group (children that ended are not counted).
+
+    Each member counts once, by its own threads: Elasticsearch's launcher is the parent of its
+    server in the same group, and counting descendants too would count the server twice."""
     total = 0.0
     for pid in group_pids(pgid):
         try:
-            total += cpu_seconds(pid)
+            stat = _stat_fields(pid)
         except OSError:
             continue
+        total += (int(stat[11]) + int(stat[12])) / TICKS
     return total
 
 

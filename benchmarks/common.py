@@ -125,13 +125,15 @@ def family(pid: int) -> list[int]:
     return found
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one live process (all its threads), without its descendants."""
+    stat = _stat_fields(pid)
+    return (int(stat[11]) + int(stat[12])) / TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (all its threads) and its live descendants."""
-    total = 0.0
-    for member in family(pid):
-        stat = _stat_fields(member)
-        total += (int(stat[11]) + int(stat[12])) / TICKS
-    return total
+    return sum(own_cpu_seconds(member) for member in family(pid))
 
 
 def peak_rss(pid: int) -> int:
@@ -212,10 +214,9 @@ def group_cpu_seconds(pgid: int) -> float:
     total = 0.0
     for pid in group_pids(pgid):
         try:
-            stat = _stat_fields(pid)
+            total += own_cpu_seconds(pid)
         except OSError:
             continue
-        total += (int(stat[11]) + int(stat[12])) / TICKS
     return total
 
 

@@ -21,20 +21,18 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pipeline.configbase import BufferConfig, Component, MiB, OutputBase
+from pipeline.configbase import BufferConfig, Component, OutputBase
 from pipeline.errors import ConfigError
-from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
-from pipeline.outputs.file.config import FileOutputConfig
-from pipeline.outputs.s3.config import S3OutputConfig
+from pipeline.registry import COMPONENT_TYPES, OutputConfig, SourceConfig
 
 DEFAULT_CONFIG = Path("/etc/logferry/logferry.toml")
-__all__ = ["BufferConfig", "Component", "ElasticsearchOutputConfig", "FileOutputConfig", "OutputBase",
-           "S3OutputConfig", "Settings", "load_settings", "settings_from_dict"]
+__all__ = ["BufferConfig", "Component", "OutputBase", "OutputConfig", "Settings", "SourceConfig", "load_settings",
+           "settings_from_dict"]
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 ENV_PREFIX = "LOGFERRY_"
 # LOGFERRY_ variables the project reads that are not settings: the agent hook's log path
@@ -43,25 +41,6 @@ NOT_SETTINGS = frozenset({"LOGFERRY_AGENT_LOG", "LOGFERRY_CACHE", "LOGFERRY_ES_J
 NOT_SETTINGS_PREFIXES = ("LOGFERRY_TEST_",)
 
 
-class TailSourceConfig(Component):
-    """``[sources.NAME] type = "tail"``: follow files matching globs, one JSON object per line."""
-
-    type: Literal["tail"]
-    paths: list[str] = Field(min_length=1, description="Glob patterns of files to follow.")
-    exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip.")
-    tag: str = Field(description="Tag given to every record of this source; outputs match on it.")
-    format: Literal["json"] = Field("json", description="Line format: one JSON object per line.")
-    read_from_head: bool = Field(
-        True, description="At the very first start, read files already present from their beginning."
-    )
-    max_line_bytes: int = Field(16 * MiB, ge=1024, description="Longer lines go to the dead-letter store.")
-    read_bytes: int = Field(1 * MiB, ge=4096, description="Bytes read from a file in one step.")
-    rescan_interval: float = Field(5.0, gt=0, description="Seconds between glob rescans (notify fallback).")
-    rotate_wait: float = Field(5.0, ge=0, description="Seconds to keep reading a rotated-away file.")
-    max_open_files: int = Field(1024, ge=1, description="Upper bound on descriptors held open.")
-
-
-SourceConfig = Annotated[TailSourceConfig, Field(discriminator="type")]
 
 
 class EnrichConfig(Component):
@@ -77,10 +56,6 @@ class EnrichConfig(Component):
     time_key: str = Field("timestamp", description="Event time: epoch seconds or ISO-8601 under this key.")
 
 
-OutputConfig = Annotated[
-    FileOutputConfig | ElasticsearchOutputConfig | S3OutputConfig, Field(discriminator="type")
-]
-_COMPONENT_TYPES = {"tail", "file", "elasticsearch", "s3"}
 
 
 class HealthConfig(Component):
@@ -222,10 +197,10 @@ def _check_type_keys(values: dict[str, Any]) -> None:
         if not isinstance(table, dict):
             continue
         for name, body in table.items():
-            if isinstance(body, dict) and body.get("type") not in _COMPONENT_TYPES:
+            if isinstance(body, dict) and body.get("type") not in COMPONENT_TYPES:
                 got = body.get("type")
                 what = "is missing" if got is None else f"is {got!r}"
-                problems.append(f"  {section}.{name}.type: {what}; expected one of {sorted(_COMPONENT_TYPES)}")
+                problems.append(f"  {section}.{name}.type: {what}; expected one of {sorted(COMPONENT_TYPES)}")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 
@@ -247,7 +222,7 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     'outputs.archive.buffer.timekey'
     """
     parts = [str(p) for p in loc]
-    if len(parts) >= 3 and parts[0] in ("sources", "outputs") and parts[2] in _COMPONENT_TYPES:
+    if len(parts) >= 3 and parts[0] in ("sources", "outputs") and parts[2] in COMPONENT_TYPES:
         del parts[2]
     return ".".join(parts)
 

@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.config import HealthConfig
 from pipeline.runtime.committer import Committer
 from pipeline.runtime.topology import Topology
+from pipeline.sources.base import Source
 from pipeline.sources.tail.source import TailSource
 
 
@@ -63,16 +64,23 @@ class Observer:
         """Whether any file is stalled (the watchdog ping is withheld then)."""
         return any(f.get("stalled") for s in snapshot["sources"].values() for f in s["files"])
 
-    def _source(self, source: TailSource) -> dict[str, Any]:
+    def _source(self, source: Source) -> dict[str, Any]:
         name = source.name
+        stats = self.committer.stats
+        entry: dict[str, Any] = {"tag": self.topology.settings.sources[name].tag,
+                                 "records": stats.records_by_source[name],
+                                 "dead_lines": stats.dead_by_source[name], "files": []}
+        if isinstance(source, TailSource):
+            entry["files"] = self._files(source)
+            entry["unreadable"] = sorted(source.unreadable)
+        return entry
+
+    def _files(self, source: TailSource) -> list[dict[str, Any]]:
         files = []
         for tf in list(source.files.values()):
-            saved = self.topology.positions.get(name, tf.key)
-            files.append(self._file(name, tf.key, tf.path, saved.offset if saved else 0, tf.fd))
-        stats = self.committer.stats
-        return {"tag": source.config.tag, "records": stats.records_by_source[name],
-                "dead_lines": stats.dead_by_source[name], "files": files,
-                "unreadable": sorted(source.unreadable)}
+            saved = self.topology.positions.get(source.name, tf.key)
+            files.append(self._file(source.name, tf.key, tf.path, saved.offset if saved else 0, tf.fd))
+        return files
 
     def _file(self, source: str, key: str, path: str, offset: int, fd: int) -> dict[str, Any]:
         try:

@@ -20,16 +20,18 @@ from pathlib import Path
 from pipeline import durability
 from pipeline.buffer.file_buffer import FileBuffer, ResumeReport
 from pipeline.clock import Clock
-from pipeline.config import OutputConfig, Settings, TailSourceConfig, effective_hostname
+from pipeline.config import OutputConfig, Settings, SourceConfig, effective_hostname
 from pipeline.deadletter import DeadLetterStore
 from pipeline.errors import ConfigError, StateError
 from pipeline.outputs.base import Output, OutputContext
 from pipeline.outputs.flusher import Flusher
+from pipeline.registry import OUTPUT_CLASSES, SOURCE_CLASSES
 from pipeline.runtime.routing import tag_matches
+from pipeline.sources.base import Source, SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import matched_files
 from pipeline.sources.tail.reader import FP_BYTES, file_key, fingerprint, last_line_end
-from pipeline.sources.tail.source import TailSource
 from pipeline.transforms.records import RecordProcessor
 
 log = logging.getLogger("logferry.topology")
@@ -40,7 +42,7 @@ class Topology:
     """The built pipeline: sources → processor → committer → buffers → flushers → outputs."""
 
     settings: Settings
-    sources: list[TailSource]
+    sources: list[Source]
     processor: RecordProcessor
     buffers: dict[str, FileBuffer]
     outputs: dict[str, Output]
@@ -83,12 +85,13 @@ def build(settings: Settings, clock: Clock) -> Topology:
         if not routed:
             log.warning("source %s (tag %s) matches no output: its records are read and dropped", src,
                         settings.sources[src].tag)
-    if not positions.existed and not all(cfg.read_from_head for cfg in settings.sources.values()):
+    if not positions.existed and any(_starts_at_end(cfg) for cfg in settings.sources.values()):
         _save_start_positions(settings, positions)
     # Where a first start matters (read_from_head = false) its offsets are saved now: to the
     # sources every start is a restart, and a file without a saved position appeared after
     # that first look, so it is read from its head.
-    sources = [TailSource(name, cfg, positions, dead_letters, clock) for name, cfg in settings.sources.items()]
+    source_context = SourceContext(positions, dead_letters, clock, state)
+    sources = [_build_source(name, cfg, source_context) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
     processor = RecordProcessor(settings.enrich, widths, clock)
     return Topology(settings, sources, processor, buffers, outputs, flushers, routes, positions, dead_letters,
@@ -131,12 +134,17 @@ def _save_start_positions(settings: Settings, positions: PositionStore) -> None:
     """
     starts: dict[tuple[str, str], FilePosition | None] = {}
     for name, cfg in settings.sources.items():
-        if not cfg.read_from_head:
+        if _starts_at_end(cfg):
+            assert isinstance(cfg, TailSourceConfig)
             starts.update(_end_positions(name, cfg))
     positions.save_now(starts)
     if starts:
         log.info("first start: %d existing files are followed from their end (read_from_head = false)",
                  len(starts))
+
+
+def _starts_at_end(cfg: SourceConfig) -> bool:
+    return isinstance(cfg, TailSourceConfig) and not cfg.read_from_head
 
 
 def _end_positions(source: str, cfg: TailSourceConfig) -> dict[tuple[str, str], FilePosition | None]:
@@ -170,21 +178,24 @@ def _rebuild_positions(positions: PositionStore, reports: dict[str, ResumeReport
     log.warning("positions rebuilt from buffers for %d files", len(rebuilt))
 
 
-# type → "module:class"; each class is built as Class(config, context).
-OUTPUT_CLASSES = {
-    "file": "pipeline.outputs.file.output:FileOutput",
-    "elasticsearch": "pipeline.outputs.elasticsearch.output:ElasticsearchOutput",
-    "s3": "pipeline.outputs.s3.output:S3Output",
-}
-
-
-def _build_output(name: str, cfg: OutputConfig, context: OutputContext) -> Output:
-    module_name, _, class_name = OUTPUT_CLASSES[cfg.type].partition(":")
+def _runtime_class(section: str, name: str, type_name: str, target: str) -> type:
+    """Import a component's runtime class from its registry entry (see :mod:`pipeline.registry`)."""
+    module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ConfigError(
-            f"outputs.{name}.type: {cfg.type!r} cannot run in this version ({exc.name} is missing)"
+            f"{section}.{name}.type: {type_name!r} cannot run in this version ({exc.name} is missing)"
         ) from exc
-    output: Output = getattr(module, class_name)(cfg, context)
+    cls: type = getattr(module, class_name)
+    return cls
+
+
+def _build_source(name: str, cfg: SourceConfig, context: SourceContext) -> Source:
+    source: Source = _runtime_class("sources", name, cfg.type, SOURCE_CLASSES[cfg.type])(name, cfg, context)
+    return source
+
+
+def _build_output(name: str, cfg: OutputConfig, context: OutputContext) -> Output:
+    output: Output = _runtime_class("outputs", name, cfg.type, OUTPUT_CLASSES[cfg.type])(cfg, context)
     return output

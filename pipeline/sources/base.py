@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.sources.tail.checkpoint import FilePosition
+from pipeline.clock import Clock
+from pipeline.deadletter import DeadLetterStore
+from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 
 
 @dataclass(slots=True)
@@ -30,6 +33,16 @@ class LineBatch:
 
 
 Emit = Callable[[LineBatch], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source may use besides its own config."""
+
+    positions: PositionStore  # committed positions, saved by the committer after each commit
+    dead_letters: DeadLetterStore
+    clock: Clock
+    state_dir: Path  # the daemon's state directory, for a source's own state files
 
 
 class Source(Protocol):

@@ -14,8 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 import pipeline
-from pipeline.config import FileOutputConfig, Settings, load_settings
+from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
+from pipeline.outputs.file.config import FileOutputConfig
 
 REPO = Path(pipeline.__file__).resolve().parents[1]
 

@@ -6,9 +6,8 @@ import logging
 import sys
 
 from pipeline.cli import OneLineFormatter, one_line
-from pipeline.config import ElasticsearchOutputConfig
 from pipeline.errors import ConfigError
-from pipeline.outputs.elasticsearch.config import without_credentials
+from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig, without_credentials
 from pipeline.outputs.elasticsearch.output import loggable_reason
 
 

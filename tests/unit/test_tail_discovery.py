@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 from pipeline.clock import FakeClock
-from pipeline.config import TailSourceConfig
 from pipeline.deadletter import DeadLetterStore
+from pipeline.sources.base import SourceContext
 from pipeline.sources.tail.checkpoint import PositionStore
+from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.source import TailSource
 
 
@@ -16,7 +17,7 @@ def tail_source(tmp_path: Path, clock: FakeClock) -> TailSource:
     config = TailSourceConfig(type="tail", paths=[str(tmp_path / "logs" / "agent.log")], tag="ai")
     positions = PositionStore(tmp_path / "positions.json")
     positions.load()
-    return TailSource("agent", config, positions, DeadLetterStore(tmp_path / "dead"), clock)
+    return TailSource("agent", config, SourceContext(positions, DeadLetterStore(tmp_path / "dead"), clock, tmp_path))
 
 
 def test_a_file_rotated_away_unseen_after_the_clock_stepped_back_is_still_read(tmp_path: Path) -> None:

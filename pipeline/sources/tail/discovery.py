@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import TailSourceConfig
+from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.reader import file_key
 
 COMPRESSED = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".z")

@@ -35,11 +35,9 @@ from typing import Any
 
 from watchfiles import Change, awatch
 
-from pipeline.clock import Clock
-from pipeline.config import TailSourceConfig
-from pipeline.deadletter import DeadLetterStore
-from pipeline.sources.base import Emit, LineBatch
-from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+from pipeline.sources.base import Emit, LineBatch, SourceContext
+from pipeline.sources.tail.checkpoint import FilePosition
+from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import FoundFile, is_sibling, list_directories, matched_files, static_root
 from pipeline.sources.tail.reader import (
     FP_BYTES,
@@ -62,15 +60,13 @@ class TailSource:
         self,
         name: str,
         config: TailSourceConfig,
-        positions: PositionStore,
-        dead_letters: DeadLetterStore,
-        clock: Clock,
+        context: SourceContext,
     ) -> None:
         self.name = name
         self.config = config
-        self.positions = positions
-        self.dead_letters = dead_letters
-        self.clock = clock
+        self.positions = context.positions
+        self.dead_letters = context.dead_letters
+        self.clock = context.clock
         self.files: dict[str, TailedFile] = {}
         self.lines_read = 0
         self._dirty: set[str] = set()

@@ -1,0 +1,27 @@
+"""``[sources.NAME] type = "tail"``: the tail source's settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.configbase import Component, MiB
+
+
+class TailSourceConfig(Component):
+    """``[sources.NAME] type = "tail"``: follow files matching globs, one JSON object per line."""
+
+    type: Literal["tail"]
+    paths: list[str] = Field(min_length=1, description="Glob patterns of files to follow.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip.")
+    tag: str = Field(description="Tag given to every record of this source; outputs match on it.")
+    format: Literal["json"] = Field("json", description="Line format: one JSON object per line.")
+    read_from_head: bool = Field(
+        True, description="At the very first start, read files already present from their beginning."
+    )
+    max_line_bytes: int = Field(16 * MiB, ge=1024, description="Longer lines go to the dead-letter store.")
+    read_bytes: int = Field(1 * MiB, ge=4096, description="Bytes read from a file in one step.")
+    rescan_interval: float = Field(5.0, gt=0, description="Seconds between glob rescans (notify fallback).")
+    rotate_wait: float = Field(5.0, ge=0, description="Seconds to keep reading a rotated-away file.")
+    max_open_files: int = Field(1024, ge=1, description="Upper bound on descriptors held open.")

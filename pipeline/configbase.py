@@ -38,6 +38,12 @@ class BufferConfig(Component):
     workers: int = Field(1, ge=1, le=64, description="Chunks delivered concurrently.")
 
 
+class SourceBase(Component):
+    """Keys every source has."""
+
+    tag: str = Field(description="Tag given to every record of this source; outputs match on it.")
+
+
 class OutputBase(Component):
     """Keys every output has."""
 

@@ -139,11 +139,15 @@ class Committer:
             for entry in item.dead:
                 self.dead_letters.add(entry)
             batch = item.batch
-            updates[(batch.source, batch.key)] = None if batch.forget else batch.position
+            if batch.forget or batch.position is not None:
+                updates[(batch.source, batch.key)] = None if batch.forget else batch.position
         dead = self.dead_letters.take_pending()
         encoded = self.positions.encode(seq, updates)
         await self._apply(plan, dead, encoded)
         self.positions.applied(seq, updates)
+        for item in batches:
+            if item.batch.on_commit is not None:
+                item.batch.on_commit()
         self.stats.commits += 1
         self.stats.records += sum(b.records for b in batches)
         self.stats.dead_lines += len(dead)

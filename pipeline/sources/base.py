@@ -18,6 +18,11 @@ class LineBatch:
 
     ``data`` holds whole lines, each ending in ``b"\\n"`` (possibly none: a batch may only
     move the position, e.g. past an oversized line, or ``forget`` a finished file).
+
+    A source that is not a file may leave ``position`` None (nothing is saved for it) and
+    pass ``on_commit`` instead: the committer calls it on the event loop once the commit
+    holding this batch is durable (frames fsynced in every routed buffer, positions saved),
+    which is where a network source acknowledges what it received.
     """
 
     source: str
@@ -30,6 +35,7 @@ class LineBatch:
     position: FilePosition | None
     forget: bool = False
     dead: list[dict[str, Any]] = field(default_factory=list)
+    on_commit: Callable[[], None] | None = None
 
 
 Emit = Callable[[LineBatch], Awaitable[None]]

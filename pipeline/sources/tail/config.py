@@ -6,16 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.configbase import Component, MiB
+from pipeline.configbase import MiB, SourceBase
 
 
-class TailSourceConfig(Component):
+class TailSourceConfig(SourceBase):
     """``[sources.NAME] type = "tail"``: follow files matching globs, one JSON object per line."""
 
     type: Literal["tail"]
     paths: list[str] = Field(min_length=1, description="Glob patterns of files to follow.")
     exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip.")
-    tag: str = Field(description="Tag given to every record of this source; outputs match on it.")
     format: Literal["json"] = Field("json", description="Line format: one JSON object per line.")
     read_from_head: bool = Field(
         True, description="At the very first start, read files already present from their beginning."

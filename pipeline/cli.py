@@ -183,24 +183,15 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _tap(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from pipeline.runtime import status
+    from pipeline.runtime import tap_socket
 
     settings = _settings(args)
     if unknown := [name for name in args.output if name not in settings.outputs]:
         raise LogferryError(f"no output named {', '.join(map(repr, unknown))}; outputs: {', '.join(settings.outputs)}")
-    address = status.endpoint(settings)
-    query = urllib.parse.urlencode([("tag", t) for t in args.tag] + [("output", o) for o in args.output])
     try:
-        with urllib.request.urlopen(f"http://{address}/tap?{query}", timeout=None) as stream:
-            for line in stream:
-                sys.stdout.buffer.write(line)
-                sys.stdout.buffer.flush()
-    except urllib.error.URLError as exc:
-        print(f"logferry: no daemon answers at {address}: {exc.reason}", file=sys.stderr)
+        tap_socket.view(tap_socket.client_path(settings), args.tag, args.output, sys.stdout.buffer)
+    except tap_socket.NoDaemon as exc:
+        print(f"logferry: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 0

@@ -75,6 +75,16 @@ class HealthConfig(Component):
         return value
 
 
+class TapConfig(Component):
+    """``[tap]``: the Unix socket ``logferry tap`` reads records through (never TCP: see docs/SECURITY.md)."""
+
+    enabled: bool = Field(True, description="Serve the tap; false: no socket, no record leaves but to the outputs.")
+    socket: str = Field(
+        "", description="Socket path (mode 0660: root and the daemon's group may tap); empty: tap.sock in "
+        "systemd's RuntimeDirectory ($RUNTIME_DIRECTORY), else in state_dir."
+    )
+
+
 class Settings(BaseSettings):
     """The whole daemon's configuration, validated once at load time."""
 
@@ -93,6 +103,7 @@ class Settings(BaseSettings):
     )
     enrich: EnrichConfig = Field(default_factory=EnrichConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    tap: TapConfig = Field(default_factory=TapConfig)
     sources: dict[str, SourceConfig] = Field(min_length=1)
     outputs: dict[str, OutputConfig] = Field(min_length=1)
 

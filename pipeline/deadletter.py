@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.durability import sync
+from pipeline.durability import make_dirs, open_file, sync
 
 
 def line_fields(line: bytes, limit: int = 1 << 20) -> dict[str, Any]:
@@ -51,7 +51,7 @@ class DeadLetterStore:
 
     def prepare(self) -> None:
         """Create the directories."""
-        self.oversized_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.oversized_dir)
 
     def blob_path(self, source: str, key: str, offset: int) -> Path:
         """Where an oversized line from (source, file, offset) is copied; the same name on replay."""
@@ -73,7 +73,7 @@ class DeadLetterStore:
         if not entries:
             return
         name = time.strftime("records-%Y%m%d.jsonl", time.gmtime())
-        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = open_file(self.directory / name, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, b"".join(entries))
             sync(fd)

@@ -7,6 +7,15 @@ for the kernel to write back: every guarantee against a process crash (``kill -9
 OOM kill, restart) still holds, because the kernel keeps what was written, but a power
 loss or kernel crash can lose or repeat the last few seconds (what Fluentd's and Fluent
 Bit's file buffers do by default). Set once at start (``configure``), like logging.
+
+It is also where files and directories come into being: everything the daemon creates
+(buffers, dead letters, positions, outputs, sockets, status files) is owner and group
+only, FILE_MODE and DIR_MODE, whatever the umask it was started with. The mode is set
+explicitly after creation because the umask masks the mode given to open() and mkdir():
+a umask of 077 would make a file 0600 (the service's group could not read it), and a
+umask of 000 would make a directory 0777. Only what the daemon creates gets these
+modes: a directory or file that already exists (an operator's output directory) keeps
+the mode its owner gave it.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _IOV_MAX = 1024  # Linux's limit on buffers per writev()
+FILE_MODE = 0o640  # owner reads and writes, the service's group reads, others nothing
+DIR_MODE = 0o750
 
 _fsync_enabled = True
 
@@ -104,11 +115,56 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> int:
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
+        os.fchmod(fd, FILE_MODE)  # the temporary file is ours, new or left over: it becomes ``path``
         write_all(fd, [data])
         sync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     sync_dir(path.parent)
+
+
+def make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each DIR_MODE; existing ones are left as they are."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.is_dir():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile (another thread, another process): not ours to chmod
+        os.chmod(directory, DIR_MODE)
+
+
+def open_file(path: Path, flags: int) -> int:
+    """``os.open(path, flags | O_CREAT)``; a file this call creates gets FILE_MODE.
+
+    Opening with O_EXCL first tells a new file from an existing one without a race.
+    """
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return os.open(path, flags | os.O_CLOEXEC)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
+def opener(path: str, flags: int) -> int:
+    """For ``open(path, mode, opener=opener)``: a file that open() creates gets FILE_MODE."""
+    return open_file(Path(path), flags)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new or replaced ``dst`` with FILE_MODE (shutil.copyfile would use the umask)."""
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with src.open("rb") as source:
+            copy_range(source.fileno(), fd, 0, os.fstat(source.fileno()).st_size, 0)
+    finally:
+        os.close(fd)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.buffer import frame
 from pipeline.buffer.frame import Frame
-from pipeline.durability import sync, write_all
+from pipeline.durability import open_file, sync, write_all
 
 
 class ChunkState(Enum):
@@ -70,7 +70,7 @@ class Chunk:
     def write(self, *pieces: bytes) -> None:
         """Append whole frames (their pieces, in order) to the file, creating it on first use."""
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self._fd = open_file(self.path, os.O_WRONLY | os.O_APPEND)
         write_all(self._fd, pieces)
 
     def sync(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pipeline.buffer import frame
 from pipeline.buffer.chunk import Chunk, ChunkState, header_frame, new_chunk_id
 from pipeline.clock import Clock
 from pipeline.config import BufferConfig
-from pipeline.durability import sync_dir, write_atomic
+from pipeline.durability import copy_file, make_dirs, sync_dir, write_atomic
 
 log = logging.getLogger("logferry.buffer")
 
@@ -267,7 +266,7 @@ class FileBuffer:
     def set_aside(self, chunk: Chunk, error: dict[str, Any]) -> Path:
         """Move a chunk that cannot be delivered to ``dead/`` with its error; returns its new path."""
         self.in_flight.discard(chunk)
-        self.dead_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dead_dir)
         target = self.dead_dir / chunk.path.name
         write_atomic(self.dead_dir / f"{chunk.path.name}.error.json", orjson.dumps(error))
         os.replace(chunk.path, target)
@@ -294,7 +293,7 @@ class FileBuffer:
         ``committed_seq`` is the last commit whose positions were saved; ``None`` when the
         position store was lost, in which case nothing is rolled back.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         report = ResumeReport()
         found = [(p, Chunk.parse_name(p)) for p in self.directory.iterdir() if p.is_file()]
         chunks = [(p, parsed) for p, parsed in found if parsed is not None]
@@ -344,9 +343,9 @@ class FileBuffer:
             self._queued_event.set()
 
     def _quarantine_copy(self, chunk: Chunk, reason: str, report: ResumeReport) -> None:
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.quarantine_dir)
         target = self.quarantine_dir / chunk.path.name
-        shutil.copyfile(chunk.path, target)
+        copy_file(chunk.path, target)
         report.quarantined.append(str(target))
         log.error(
             "buffer chunk damaged output=%s chunk=%s reason=%r: frames before the damage are kept, "

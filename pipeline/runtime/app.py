@@ -26,6 +26,7 @@ from pipeline.runtime.http import serve_forever, start_http
 from pipeline.runtime.signals import SignalIntents
 from pipeline.runtime.systemd import Notifier
 from pipeline.runtime.tap import TapHub
+from pipeline.runtime.tap_socket import serve_tap, socket_path, start_tap_socket
 from pipeline.runtime.topology import Topology, build
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
@@ -110,8 +111,10 @@ class Daemon:
                                                 lambda: len(tap.viewers))
             watching = []
             # Answering before "running" (and READY=1): whoever is told we run can ask us how.
-            if self.settings.health.listen and (server := await self._start_http(observer, tap)):
+            if self.settings.health.listen and (server := await self._start_http(observer)):
                 watching.append(tasks.create_task(serve_forever(server), name="http"))
+            if self.settings.tap.enabled and (server := await self._start_tap(tap)):
+                watching.append(tasks.create_task(serve_tap(server, socket_path(self.settings)), name="tap"))
             watching.append(tasks.create_task(self._monitor(observer), name="monitor"))  # its STATUS follows READY
             log.info("logferry running sources=%s outputs=%s", len(reading), len(flushers))
             self.notifier.ready(f"running: {len(reading)} sources, {len(flushers)} outputs")
@@ -179,13 +182,21 @@ class Daemon:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    async def _start_http(self, observer: Observer, tap: TapHub) -> asyncio.Server | None:
+    async def _start_http(self, observer: Observer) -> asyncio.Server | None:
         try:
             address_file = self.settings.state_dir / "http.address"
-            return await start_http(self.settings.health.listen, observer.snapshot, address_file, tap)
+            return await start_http(self.settings.health.listen, observer.snapshot, address_file)
         except OSError as exc:
             # Shipping logs matters more than the status endpoint: keep running, say so loudly.
             log.error("status endpoint %s unavailable: %s", self.settings.health.listen, exc)
+            return None
+
+    async def _start_tap(self, tap: TapHub) -> asyncio.Server | None:
+        path = socket_path(self.settings)
+        try:
+            return await start_tap_socket(path, tap, self.settings.state_dir)
+        except OSError as exc:
+            log.error("tap socket %s unavailable (tap.socket): %s", path, exc)  # shipping goes on without it
             return None
 
     def _log_stragglers(self, topo: Topology) -> None:

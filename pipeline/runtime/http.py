@@ -1,4 +1,9 @@
-"""A tiny HTTP/1.0 endpoint on 127.0.0.1 by default: /metrics, /health, /status, /tap.
+"""A tiny HTTP/1.0 endpoint on 127.0.0.1 by default: /metrics, /health, /status.
+
+What it serves holds no value taken from a record: counts, configured names (sources,
+outputs, tags), followed file paths, and errors with any quoted record value left out.
+Any local process can connect to a TCP port, so record contents (the tap) are served on
+a Unix socket instead (pipeline/runtime/tap_socket.py).
 
 Hand-rolled on asyncio streams because it serves three fixed paths to local scrapers,
 and an owned asyncio server shuts down with the rest of the daemon (prometheus-client's
@@ -9,16 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
+from pipeline.durability import write_atomic
 from pipeline.runtime.metrics import render
-from pipeline.runtime.tap import TapHub
 
 log = logging.getLogger("logferry.http")
 Snapshot = Callable[[], dict[str, Any]]
@@ -31,15 +34,13 @@ async def serve_forever(server: asyncio.Server) -> None:
         await server.serve_forever()
 
 
-async def start_http(
-    listen: str, snapshot: Snapshot, address_file: Path | None = None, tap: TapHub | None = None
-) -> asyncio.Server:
+async def start_http(listen: str, snapshot: Snapshot, address_file: Path | None = None) -> asyncio.Server:
     """Bind and start answering; the bound address (port 0 picks one) is in ``address_file`` on return."""
     host, _, port = listen.rpartition(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _respond(reader, writer, snapshot, tap)
+            await _respond(reader, writer, snapshot)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             log.debug("http client went away: %s", exc)
         finally:
@@ -56,37 +57,17 @@ async def start_http(
 
 def write_address(path: Path, address: str) -> None:
     """Replace ``path`` with the address in one step: a reader never sees it empty or half written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(address + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{address}\n".encode())
 
 
-async def _respond(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, snapshot: Snapshot, tap: TapHub | None
-) -> None:
+async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, snapshot: Snapshot) -> None:
     request = await reader.readuntil(b"\r\n\r\n")
     method, target = (request.split(b"\r\n", 1)[0].split(b" ") + [b"", b""])[:2]
-    path, _, query = target.decode("latin-1").partition("?")
-    if path == "/tap" and tap is not None and method == b"GET":
-        await _stream_tap(writer, tap, parse_qs(query))
-        return
+    path = target.decode("latin-1").partition("?")[0]
     status, ctype, body = route(method.decode("latin-1"), path, snapshot)
     head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     writer.write(head.encode() + body)
     await writer.drain()
-
-
-async def _stream_tap(writer: asyncio.StreamWriter, tap: TapHub, query: dict[str, list[str]]) -> None:
-    """Stream enriched records as JSON Lines until the viewer goes away."""
-    viewer = tap.subscribe(query.get("tag", []), set(query.get("output", [])))
-    try:
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        while True:
-            writer.write(await viewer.queue.get())
-            await writer.drain()
-    finally:
-        tap.unsubscribe(viewer)
 
 
 def route(method: str, path: str, snapshot: Snapshot) -> tuple[str, str, bytes]:
@@ -101,4 +82,6 @@ def route(method: str, path: str, snapshot: Snapshot) -> tuple[str, str, bytes]:
         snap = snapshot()
         body = orjson.dumps({"healthy": snap["healthy"], "problems": snap["problems"]})
         return ("200 OK" if snap["healthy"] else "503 Service Unavailable"), "application/json", body
+    if path == "/tap":
+        return "404 Not Found", "text/plain", b"the tap is served on a Unix socket only: run `logferry tap`\n"
     return "404 Not Found", "text/plain", b"try /metrics, /health or /status\n"

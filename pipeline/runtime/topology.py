@@ -100,8 +100,8 @@ def build(settings: Settings, clock: Clock) -> Topology:
 
 def _lock_state_dir(state: Path) -> int:
     try:
-        state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+        durability.make_dirs(state)
+        fd = durability.open_file(state / "lock", os.O_RDWR)
     except OSError as exc:
         raise StateError(f"state_dir {state}: {exc.strerror}") from exc
     try:

@@ -27,7 +27,7 @@ import orjson
 
 from pipeline.buffer import frame
 from pipeline.buffer.chunk import Chunk
-from pipeline.durability import copy_range, pwrite_all, sync, sync_data, sync_dir
+from pipeline.durability import copy_range, make_dirs, open_file, pwrite_all, sync, sync_data, sync_dir
 from pipeline.errors import RetryableError, UnrecoverableError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.file.config import FileOutputConfig
@@ -72,8 +72,8 @@ class FileOutput:
 
     def _write(self, chunk: Chunk) -> None:
         path = self.target(chunk)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)  # appends at explicit offsets (copy_range)
+        make_dirs(path.parent)
+        fd = open_file(path, os.O_WRONLY)  # appends at explicit offsets (copy_range)
         try:
             start = self._claim(chunk, path, fd)
             try:
@@ -114,7 +114,7 @@ class FileOutput:
         """
         data = orjson.dumps(journal)
         if self._journal_fd is None:
-            self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT, 0o640)
+            self._journal_fd = open_file(self.journal_path, os.O_RDWR)
         size = os.fstat(self._journal_fd).st_size
         padded = data.ljust(max(size, -(-len(data) // _PAGE) * _PAGE))
         os.pwrite(self._journal_fd, padded, 0)

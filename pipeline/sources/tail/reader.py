@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.durability import sync
+from pipeline.durability import opener, sync
 from pipeline.sources.tail.checkpoint import FilePosition
 
 FP_BYTES = 1024
@@ -168,7 +168,7 @@ def _continue_oversized(tf: TailedFile, read_bytes: int, max_line: int, at_eof: 
     state = tf.oversized
     assert state is not None
     # The blob's name is fixed by (source, file, offset): a replay after a crash rewrites it.
-    with open(state.blob, "ab" if state.scanned else "wb") as blob:
+    with open(state.blob, "ab" if state.scanned else "wb", opener=opener) as blob:
         budget = OVERSIZED_STEP
         while True:
             piece = os.pread(tf.fd, read_bytes, state.start + state.scanned)

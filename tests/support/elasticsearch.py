@@ -49,7 +49,6 @@ import functools
 import ipaddress
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -69,6 +68,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+from tests.support.users import UserError, ensure_system_user
 
 ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch"
 ES_USER = os.environ.get("LOGFERRY_TEST_ES_USER", "logferry-test")
@@ -386,17 +387,9 @@ def _ensure_user() -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
     try:
-        pw = pwd.getpwnam(ES_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", ES_USER],
-            capture_output=True, check=False,
-        )  # fmt: skip
-        try:
-            pw = pwd.getpwnam(ES_USER)  # a concurrent useradd may have won
-        except KeyError:
-            raise ElasticsearchError(f"could not create the system user {ES_USER!r} (useradd)") from None
+        pw = ensure_system_user(ES_USER)
+    except UserError as exc:
+        raise ElasticsearchError(str(exc)) from None
     return pw.pw_uid, pw.pw_gid
 
 

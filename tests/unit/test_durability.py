@@ -89,3 +89,38 @@ def test_copy_range_reports_a_source_shorter_than_promised(tmp_path: Path) -> No
     finally:
         os.close(src)
         os.close(dst)
+
+
+@pytest.fixture(params=[0o000, 0o077], ids=["umask0000", "umask0077"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A permissive and a restrictive umask, restored afterwards."""
+    before = os.umask(request.param)
+    yield request.param
+    os.umask(before)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_what_is_created_is_owner_and_group_only_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    durability.make_dirs(tmp_path / "a" / "b")
+    fd = durability.open_file(tmp_path / "a" / "b" / "chunk", os.O_WRONLY | os.O_APPEND)
+    os.close(fd)
+    durability.write_atomic(tmp_path / "a" / "positions.json", b"{}")
+    durability.copy_file(tmp_path / "a" / "positions.json", tmp_path / "a" / "copy")
+    with open(tmp_path / "a" / "blob", "wb", opener=durability.opener) as blob:
+        blob.write(b"x")
+    assert [mode(tmp_path / "a"), mode(tmp_path / "a" / "b")] == [0o750, 0o750]
+    assert {mode(tmp_path / "a" / n) for n in ("b/chunk", "positions.json", "copy", "blob")} == {0o640}
+
+
+def test_what_exists_keeps_its_mode(tmp_path: Path, umask: int) -> None:
+    shared = tmp_path / "shared"  # an operator's output directory, say
+    shared.mkdir()
+    shared.chmod(0o2775)
+    (shared / "out.jsonl").write_bytes(b"")
+    (shared / "out.jsonl").chmod(0o644)
+    durability.make_dirs(shared)
+    os.close(durability.open_file(shared / "out.jsonl", os.O_WRONLY))
+    assert (shared.stat().st_mode & 0o7777, mode(shared / "out.jsonl")) == (0o2775, 0o644)

@@ -134,8 +134,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    dumped = settings.model_dump(mode="json")
-    sys.stdout.write(orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode() + "\n")
+    dumped = settings.model_dump(mode="json")  # SecretStr values come out as "**********"
+    # The unit's ExecStartPre runs check: its output is in the journal, so no user:password@ of a host URL either.
+    sys.stdout.write(_URL_CREDENTIALS.sub("", orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode()) + "\n")
     print("configuration OK", file=sys.stderr)
     return 0
 

@@ -25,7 +25,8 @@ def test_install_is_idempotent_keeps_operator_config_and_uninstalls(tmp_path):
     script("install", root)  # again: an upgrade must not touch the operator's edit
     assert 'log_level = "debug"' in config.read_text()
     for path in ("etc/systemd/system/logferry.service", "etc/logrotate.d/ai-agent",
-                 "etc/systemd/system/logferry.service.d/override.conf", "usr/share/doc/logferry/README.md"):
+                 "etc/systemd/system/logferry.service.d/override.conf", "usr/share/doc/logferry/README.md",
+                 "usr/share/doc/logferry/SECURITY.md"):
         assert (root / path).is_file(), path
     logferry = root / "usr/local/bin/logferry"
     assert subprocess.run([str(logferry), "version"], capture_output=True, text=True, check=True).stdout.startswith(

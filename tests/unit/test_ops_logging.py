@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.cli import OneLineFormatter, one_line
+from pipeline.cli import OneLineFormatter, main, one_line
 from pipeline.errors import ConfigError
 from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig, without_credentials
 from pipeline.outputs.elasticsearch.output import loggable_reason
@@ -51,3 +51,14 @@ def test_hosts_are_logged_without_their_credentials():
     config = ElasticsearchOutputConfig(type="elasticsearch", index="ai",
                                        hosts=["https://u:p%40ss@es1:9200", "http://es2:9200"])
     assert config.hosts_for_logs == "https://es1:9200, http://es2:9200"
+
+
+def test_check_prints_the_config_without_any_secret(tmp_path, capsys):
+    config = tmp_path / "logferry.toml"
+    config.write_text('[sources.a]\ntype = "tail"\npaths = ["/nonexistent/*.log"]\ntag = "a"\n'
+                      '[outputs.s]\ntype = "elasticsearch"\nhosts = ["https://elastic:hunter2@es1:9200"]\n'
+                      'index = "x"\nusername = "elastic"\npassword = "s3cret-pw"\n')
+    assert main(["check", "-c", str(config), "--conf-d", str(tmp_path / "none")]) == 0
+    printed = capsys.readouterr().out
+    assert "hunter2" not in printed and "s3cret-pw" not in printed
+    assert '"https://es1:9200"' in printed and '"password": "**********"' in printed

@@ -114,7 +114,7 @@ class Daemon:
             if self.settings.health.listen and (server := await self._start_http(observer)):
                 watching.append(tasks.create_task(serve_forever(server), name="http"))
             if self.settings.tap.enabled and (server := await self._start_tap(tap)):
-                watching.append(tasks.create_task(serve_tap(server, socket_path(self.settings)), name="tap"))
+                watching.append(tasks.create_task(serve_tap(server, socket_path(self.settings), tap), name="tap"))
             watching.append(tasks.create_task(self._monitor(observer), name="monitor"))  # its STATUS follows READY
             log.info("logferry running sources=%s outputs=%s", len(reading), len(flushers))
             self.notifier.ready(f"running: {len(reading)} sources, {len(flushers)} outputs")

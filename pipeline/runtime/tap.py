@@ -14,6 +14,7 @@ from pipeline.runtime.routing import tag_matches
 from pipeline.transforms.records import ProcessedBatch
 
 QUEUE_BATCHES = 64
+END = b""  # queued after the last batch: the pipeline stopped (or reloads), the viewer's stream ends
 
 
 @dataclass(eq=False)
@@ -42,6 +43,13 @@ class TapHub:
     def unsubscribe(self, viewer: Viewer) -> None:
         """Stop sending to a viewer."""
         self.viewers.discard(viewer)
+
+    def close(self) -> None:
+        """End every viewer's stream (the pipeline stops): a viewer sees its stream end, not a silence."""
+        for viewer in self.viewers:
+            if viewer.queue.full():
+                viewer.queue.get_nowait()  # its oldest batch makes room for the end (it is a best-effort view)
+            viewer.queue.put_nowait(END)
 
     def publish(self, item: ProcessedBatch) -> None:
         """Offer one batch's enriched records to every interested viewer."""

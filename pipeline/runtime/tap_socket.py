@@ -80,12 +80,13 @@ async def start_tap_socket(path: Path, tap: TapHub, state_dir: Path) -> asyncio.
     return server
 
 
-async def serve_tap(server: asyncio.Server, path: Path) -> None:
-    """Serve until cancelled, then close the server and remove its socket file."""
+async def serve_tap(server: asyncio.Server, path: Path, tap: TapHub) -> None:
+    """Serve until cancelled, then close the server, end the viewers' streams and remove the socket file."""
     try:
         async with server:
             await server.serve_forever()
     finally:
+        tap.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -147,8 +148,8 @@ async def stream_tap(writer: asyncio.StreamWriter, tap: TapHub, query: dict[str,
     try:
         writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
         await writer.drain()
-        while True:
-            writer.write(await viewer.queue.get())
+        while data := await viewer.queue.get():  # empty: the end (TapHub.close)
+            writer.write(data)
             await writer.drain()
     finally:
         tap.unsubscribe(viewer)

@@ -14,6 +14,7 @@ import contextlib
 import grp
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -236,3 +237,20 @@ def test_the_tap_group_is_named_in_the_socket_log_line(layout: Layout) -> None:
         daemon.stop()
     group = grp.getgrgid(os.getegid()).gr_name
     assert f"{layout.state / 'tap.sock'} (mode 660: root and group {group} may tap)" in line
+
+
+def test_a_reload_ends_the_viewers_streams_and_serves_the_tap_again(layout: Layout) -> None:
+    layout.write_config()
+    with Daemon(layout.config, layout.root / "daemon.log") as daemon:
+        with tap(layout, None) as before:
+            wait_for(lambda: tap_viewers(layout) == 1, what="a viewer")
+            daemon.signal(signal.SIGHUP)
+            assert before.wait(30) == 0  # its stream ended: it is not left waiting on a pipeline that is gone
+        wait_for(lambda: daemon.log().count("logferry running") == 2, what="the reloaded pipeline")
+        with tap(layout, None) as after:
+            wait_for(lambda: tap_viewers(layout) == 1, what="a viewer of the new pipeline")
+            generator.write(str(layout.logs / "agent.log"), 5, max_chars=200)
+            assert after.stdout is not None
+            seen = [orjson.loads(after.stdout.readline())["request_id"] for _ in range(5)]
+        daemon.stop()
+    assert seen == [generator.request_id(1, n) for n in range(5)]

@@ -81,6 +81,7 @@ def translate_buffer(owner: Directive, owner_reader: Reader, ctx: Context, defau
         for source in (owner_reader, reader):
             if source is not None:
                 source.put(table, ours, convert, fluentd, *[v0 for v0, v1 in V0_NAMES.items() if v1 == fluentd])
+    _queue_limit(table, [r for r in (owner_reader, reader) if r])
     _flush_mode(table, reader or owner_reader, owner_reader, time_keyed, ctx)
     _retry_forever(table, [r for r in (owner_reader, reader) if r], ctx)
     _overflow(table, [r for r in (owner_reader, reader) if r], ctx)
@@ -160,6 +161,14 @@ def _flush_mode(table: dict[str, Any], reader: Reader, owner: Reader, time_keyed
         ctx.add("refused", mode.where, f"flush_mode {value}", "expected default, lazy, interval or immediate")
         return
     table["flush_mode"] = value
+
+
+def _queue_limit(table: dict[str, Any], readers: list[Reader]) -> None:
+    """v0.12 bounded a buffer by chunks queued (``buffer_queue_limit``) times their size."""
+    for reader in readers:
+        chunks = reader.get(int, "queue_limit_length", "buffer_queue_limit")
+        if chunks is not None and "total_limit_bytes" not in table:
+            table["total_limit_bytes"] = chunks * table.get("chunk_limit_bytes", 8 << 20)
 
 
 def _retry_forever(table: dict[str, Any], readers: list[Reader], ctx: Context) -> None:

@@ -271,4 +271,6 @@ def _assemble(walk: _Walk, routes: dict[str, Route], enrich: Enrich) -> Translat
 
 def _origin_lines(title: str, origins: list[str]) -> list[str]:
     lines = [title] if title else []
-    return lines + [f"from {origin}" for origin in origins] if origins else (lines + ["(no Fluentd lines)"])
+    if not origins:
+        return [*lines, "(nothing in the Fluentd config adds fields)"]
+    return lines + [f"from {origin}" for origin in origins]

@@ -41,10 +41,21 @@ def run_import(request: ImportRequest) -> int:
         if not files:
             raise ConfigError("--positions: no position file given and the config names no pos_file")
         positions.seed(files, translation.sources, settings.state_dir, translation.report)
+    else:
+        _remind_positions(translation)
     sys.stderr.write(translation.report.render())
     if request.output is not None:
         sys.stderr.write(f"wrote {request.output}; it passes `logferry check`\n")
     return translation.report.exit_status
+
+
+def _remind_positions(translation: Translation) -> None:
+    for source in translation.sources:
+        if source.pos_file:
+            start = "their head" if source.table["read_from_head"] else "their end"
+            translation.report.add("note", source.directive.where, f"pos_file {source.pos_file}",
+                                   "to continue where td-agent stopped, stop td-agent and run the import again with "
+                                   f"--positions; without it logferry's first start reads the files from {start}")
 
 
 def _translate(request: ImportRequest) -> Translation:

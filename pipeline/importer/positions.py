@@ -85,8 +85,7 @@ def _fluent_bit_entries(path: Path) -> list[PosEntry]:
 def seed(files: list[Path], sources: list[SourceSpec], state_dir: Path, report: Report) -> int:
     """Write positions for every entry that still describes its file; report the others. Returns how many."""
     store = PositionStore(state_dir / "positions.json")
-    store.load()
-    if store.existed:
+    if store.path.exists():  # not load(): that would set a damaged store aside, and this one is not ours to touch
         report.add("refused", str(store.path), "positions", "logferry already has positions there: nothing seeded "
                    "(seeding is for the first start; remove the state directory to start over)")
         return 0

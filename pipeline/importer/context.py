@@ -71,7 +71,7 @@ class Reader:
             return None
         if found.ruby:
             self.ctx.add("refused", found.where, f"{found.key} {found.value}",
-                         "Ruby code in a value is evaluated by Fluentd only; write the value it yields")
+                         "Ruby code in a value is evaluated by Fluentd only; write the value it yields by hand")
             return None
         try:
             return convert(found.value)

@@ -77,12 +77,20 @@ ES_IGNORED = frozenset({
     "emit_error_for_missing_id", "validate_client_version", "exception_backup", "resurrect_after",
     "fail_on_putting_template_retry_exceed", "max_retry_putting_template", "utc_index", "logstash_prefix_separator",
 })
+_ES_WHERE = frozenset({"host", "hosts", "port", "scheme", "path", "index_name", "logstash_prefix",
+                       "logstash_dateformat"})
 _ES_TEMPLATES = ("template_name", "template_file", "templates", "customize_template", "template_overwrite",
                  "enable_ilm", "ilm_policy_id", "ilm_policy", "index_date_pattern", "rollover_index")
 
 
 def elasticsearch(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built | None:
     """out_elasticsearch: hosts, index (or logstash_format), credentials, ids and time key."""
+    computed = [p for p in directive.params if p.ruby and p.key in _ES_WHERE]
+    if computed:
+        reader.read.update(p.key for p in directive.params)
+        ctx.add("refused", computed[0].where, f"{computed[0].key} {computed[0].value}",
+                "where to write is computed by Ruby in Fluentd: write the value it yields by hand; output left out")
+        return None
     table: dict[str, Any] = {"type": "elasticsearch", "hosts": _es_hosts(reader, ctx)}
     index = _es_index(directive, reader, ctx)
     if index is None:

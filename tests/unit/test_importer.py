@@ -134,3 +134,13 @@ def test_the_written_file_passes_logferry_check(tmp_path: Path, capsys: pytest.C
     assert main(["check", "-c", str(out)]) == 0
     assert "wrote" in capsys.readouterr().err
     assert main(["import", str(FIXTURES / "v1_app.conf"), "-o", str(out)]) == 2  # exists: refused without --force
+
+
+def test_an_elasticsearch_address_computed_by_ruby_leaves_the_output_out_rather_than_guessing() -> None:
+    root = parse_text("<source>\n@type tail\npath /a/*.log\ntag a\nformat json\n</source>\n"
+                      "<match a>\n@type copy\n<store>\n@type elasticsearch\nhost \"#{ENV['ES_HOST']}\"\n</store>\n"
+                      "<store>\n@type file\npath /o/a\n</store>\n</match>\n", "t.conf")
+    translation = translate(root)
+    assert list(translation.document["outputs"]) == ["file"]
+    assert "t.conf:11  host #{ENV['ES_HOST']}: where to write is computed by Ruby" in translation.report.render()
+    assert translation.report.exit_status == 2

@@ -211,6 +211,10 @@ def s3(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built |
         return None
     table: dict[str, Any] = {"type": "s3", "bucket": bucket, "region": reader.text("s3_region") or "us-east-1"}
     reader.put(table, "path", str, "path")
+    if "${" in table.get("path", ""):
+        ctx.add("refused", directive.where, f"path {table['path']}",
+                "placeholders (${tag}, ${record}) in the key prefix are not supported; output left out")
+        return None
     _s3_key_format(table, reader, ctx)
     _s3_store_as(table, reader, ctx)
     reader.put(table, "endpoint_url", str, "s3_endpoint")
@@ -279,6 +283,10 @@ def file(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built
     path = reader.text("path")
     if not path:
         ctx.add("refused", directive.where, "<match> @type file", "no path; output left out")
+        return None
+    if "${" in path:
+        ctx.add("refused", directive.where, f"path {path}",
+                "placeholders (${tag}, ${record}) in paths are not supported: one file per output; output left out")
         return None
     table: dict[str, Any] = {"type": "file", "path": path}
     gzip = (reader.text("compress") or "").lower() == "gzip"

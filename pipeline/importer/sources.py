@@ -35,7 +35,7 @@ class SourceSpec:
     name: str
     directive: Directive
     table: dict[str, Any]
-    routing_tag: str  # the tag Fluentd would give its records (a representative one for ``tag x.*``)
+    routing_tags: list[str]  # the tags Fluentd would give its records (per path pattern for ``tag x.*``)
     label: str | None = None
     pos_file: str | None = None
     time_key: str | None = None
@@ -65,7 +65,7 @@ def tail(directive: Directive, ctx: Context) -> SourceSpec | None:
     reader.put(table, "max_line_bytes", values.size, "max_line_size")
     name = ctx.name_for(directive, "tail")
     reader.leftovers("<source> @type tail")
-    return SourceSpec(name, directive, table, _routing_tag(tag, paths[0]), directive.value("@label"),
+    return SourceSpec(name, directive, table, [_routing_tag(tag, p) for p in paths], directive.value("@label"),
                       reader.text("pos_file"), parsed or None)
 
 

@@ -81,12 +81,22 @@ def translate(root: Directive, state_dir: str | None = None) -> Translation:
         for directive in scope:
             if directive.name == "match":
                 walk.targets[id(directive)] = _match(directive, walk)
-    routes = {s.name: route(s.routing_tag, s.label, walk.scopes, walk.targets) for s in walk.sources}
+    routes = {s.name: _route(s, walk) for s in walk.sources}
     enrich = _enrich(walk, routes)
     if not walk.sources or not walk.outputs:
         raise NothingToRun(f"no {'source' if not walk.sources else 'output'} could be translated:\n"
                            + walk.ctx.report.render())
     return _assemble(walk, routes, enrich)
+
+
+def _route(source: SourceSpec, walk: _Walk) -> Route:
+    """The source's route; with ``tag x.*``, the first path's, and a finding if another path's differs."""
+    first, *others = [route(tag, source.label, walk.scopes, walk.targets) for tag in source.routing_tags]
+    if any(other.outputs != first.outputs for other in others):
+        walk.ctx.add("approximated", source.directive.where, f"tag {source.directive.value('tag')}",
+                     "Fluentd routed the files of its path patterns to different outputs; logferry sends all of "
+                     "them where the first pattern's went: split the source by path to keep them apart")
+    return first
 
 
 def _top_level(directive: Directive, walk: _Walk) -> None:
@@ -225,6 +235,10 @@ def _enrich(walk: _Walk, routes: dict[str, Route]) -> Enrich:
                             "logferry adds [enrich] fields to the records of every source, not only these tags")
     _tag_key(walk, enrich)
     times = {s.time_key for s in walk.sources if s.time_key}
+    if not times:
+        ctx.add("approximated", walk.sources[0].directive.where if walk.sources else "-", "<parse> time_key",
+                "Fluentd took the event time from `time` (and removed it from the record); logferry takes it from "
+                "`timestamp` ([enrich] time_key) and keeps every field")
     if times:
         enrich.table["time_key"] = sorted(times)[0]
         if len(times) > 1:

@@ -13,7 +13,7 @@ from pipeline.cli import main
 from pipeline.config import load_settings, settings_from_dict
 from pipeline.errors import ConfigError
 from pipeline.importer.fluentd_conf import parse_file, parse_text
-from pipeline.importer.translate import translate
+from pipeline.importer.translate import NothingToRun, translate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fluentd"
 EXPECTED = FIXTURES / "expected"
@@ -144,3 +144,46 @@ def test_an_elasticsearch_address_computed_by_ruby_leaves_the_output_out_rather_
     assert list(translation.document["outputs"]) == ["file"]
     assert "t.conf:11  host #{ENV['ES_HOST']}: where to write is computed by Ruby" in translation.report.render()
     assert translation.report.exit_status == 2
+
+
+def _one_output(body: str) -> tuple[dict[str, Any], str]:
+    root = parse_text("<source>\n@type tail\npath /a/*.log\ntag a\nformat json\n</source>\n"
+                      f"<match a>\n{body}\n</match>\n", "t.conf")
+    translation = translate(root)
+    return next(iter(translation.document["outputs"].values())), translation.report.render()
+
+
+def test_s3_object_key_formats_keep_a_chunk_id_so_uploads_never_overwrite_each_other() -> None:
+    out, _ = _one_output("@type s3\ns3_bucket b-1\n"
+                         "s3_object_key_format %{path}%{time_slice}-%{uuid_flush}.%{file_extension}")
+    assert out["object_key_format"] == "{path}{time}-{chunk_id}.{ext}"
+    out, report = _one_output("@type s3\ns3_bucket b-1\ns3_object_key_format %{path}%{time_slice}.%{file_extension}")
+    assert out["object_key_format"] == "{path}{time}-{chunk_id}.{ext}"
+    assert "each chunk's key holds its id" in report
+
+
+def test_file_paths_take_the_time_slice_where_fluentd_puts_it() -> None:
+    out, _ = _one_output("@type file\npath /o/app.*.jsonl\n<buffer time>\ntimekey 1h\n</buffer>")
+    assert out["path"] == "/o/app.%Y%m%d%H.jsonl"
+    assert out["buffer"] == {"timekey": 3600, "timekey_wait": 600, "flush_mode": "lazy"}
+    with pytest.raises(NothingToRun, match=r"path /o/\$\{tag\}/app: placeholders .* output left out"):
+        _one_output("@type file\npath /o/${tag}/app")
+
+
+def test_multi_line_arrays_and_quoted_values_parse_as_fluentd_reads_them() -> None:
+    root = parse_text('<source>\n@type tail\npath ["/a/*.log",\n  "/b/*.log"]\ntag a # routing\nformat \'json\'\n'
+                      '</source>\n', "t.conf")
+    source = root.children[0]
+    assert [(p.key, p.value, p.line) for p in source.params] == [
+        ("@type", "tail", 2), ("path", '["/a/*.log","/b/*.log"]', 3), ("tag", "a", 5), ("format", "json", 6)]
+
+
+def test_a_tag_with_star_routes_each_path_pattern_and_reports_when_they_part() -> None:
+    root = parse_text("<source>\n@type tail\npath /a/x.log,/b/y.log\ntag app.*\nformat json\n</source>\n"
+                      "<match app.a.**>\n@type file\npath /o/a\n</match>\n<match app.**>\n@type file\npath /o/b\n"
+                      "</match>\n", "t.conf")
+    translation = translate(root)
+    assert translation.document["sources"]["tail"]["tag"] == "app"
+    assert translation.document["outputs"]["file"]["match"] == ["app"]
+    assert translation.document["outputs"]["file_2"]["match"] == []
+    assert "routed the files of its path patterns to different outputs" in translation.report.render()

@@ -4,7 +4,9 @@ in_tail's position file has one line per file, ``path<TAB>offset<TAB>inode``, bo
 as 16 hex digits; an offset of ``ffffffffffffffff`` marks an entry no longer watched (a
 rotated-away file), and after a rotation the same path may appear again further down (the
 last watched entry is the current one). Fluent Bit keeps the same facts in the SQLite table
-``in_tail_files`` (``name``, ``offset``, ``inode``, ``created``, ``rotated``).
+``in_tail_files`` (``name``, ``offset``, ``inode``, ``created``, ``rotated``); a row of a file it
+was still finishing after a rotation (``rotated = 1``) is reported, not seeded: its name is
+outside the source's globs.
 
 Each entry is checked against the file at its path now: same inode, and not shorter than the
 offset. Only then is a position written (keyed by device and inode, with the fingerprint of
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,7 @@ class PosEntry:
     offset: int
     inode: int
     origin: str  # "pos_file:line" or "db:row"
+    rotated: bool = False  # Fluent Bit was finishing it under a rotated name
 
 
 def parse_pos_lines(lines: list[str], name: str) -> list[PosEntry]:
@@ -75,11 +79,12 @@ def read_positions(path: Path) -> list[PosEntry]:
 
 def _fluent_bit_entries(path: Path) -> list[PosEntry]:
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            rows = db.execute("SELECT id, name, offset, inode FROM in_tail_files WHERE rotated = 0").fetchall()
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT id, name, offset, inode, rotated FROM in_tail_files").fetchall()
     except sqlite3.Error as exc:
         raise ConfigError(f"{path}: not a Fluent Bit tail database: {exc}") from exc
-    return [PosEntry(str(name), int(offset), int(inode), f"{path}:id {row_id}") for row_id, name, offset, inode in rows]
+    return [PosEntry(str(name), int(offset), int(inode), f"{path}:id {row_id}", bool(rotated))
+            for row_id, name, offset, inode, rotated in rows]
 
 
 def seed(files: list[Path], sources: list[SourceSpec], state_dir: Path, report: Report) -> int:
@@ -120,6 +125,10 @@ def _follows(spec: SourceSpec, path: str) -> bool:
 
 
 def _position(entry: PosEntry, spec: SourceSpec | None, report: Report) -> FilePosition | None:
+    if entry.rotated:
+        report.add("refused", entry.origin, entry.path, "Fluent Bit was still finishing this rotated file: not "
+                   f"seeded; ship its rest (from byte {entry.offset}) by hand if it matters")
+        return None
     if spec is None:
         report.add("refused", entry.origin, entry.path, "no imported source follows this file: not seeded")
         return None

@@ -72,7 +72,7 @@ def test_without_files_the_pos_files_the_config_names_are_read(tmp_path: Path, l
     assert [f["offset"] for f in saved(state)] == [8]
 
 
-def test_fluent_bit_tail_database_is_read_too(tmp_path: Path, logs: Path) -> None:
+def test_fluent_bit_tail_database_is_read_too(tmp_path: Path, logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = logs / "a.log"
     log.write_bytes(b'{"n":1}\n{"n":2}\n')
     db_path = tmp_path / "tail.db"
@@ -86,8 +86,9 @@ def test_fluent_bit_tail_database_is_read_too(tmp_path: Path, logs: Path) -> Non
     db.close()
     state = tmp_path / "state"
     assert main(["import", str(conf_for(tmp_path, tmp_path / "unused.pos")), "-o", str(tmp_path / "l.toml"),
-                 "--state-dir", str(state), "--positions", str(db_path)]) == 0
+                 "--state-dir", str(state), "--positions", str(db_path)]) == 2
     assert [(f["path"], f["offset"]) for f in saved(state)] == [(str(log), 8)]
+    assert f"tail.db:id 2  {log}.1: Fluent Bit was still finishing this rotated file" in capsys.readouterr().err
 
 
 def test_existing_positions_are_never_overwritten(

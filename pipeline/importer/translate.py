@@ -150,14 +150,6 @@ def _match(directive: Directive, walk: _Walk) -> Target:
         return Target([n for n in names if n])
     if kind == "relabel":
         return Target([], directive.value("@label", default="") or None)
-    if kind == "null":
-        ctx.add("note", directive.where, f"{directive.heading} @type null",
-                "records of these tags are read and dropped (no output takes them)")
-        return Target([])
-    if kind == "stdout":
-        ctx.add("refused", directive.where, f"{directive.heading} @type stdout",
-                "use `logferry tap [--tag PATTERN]` to print records live; records of these tags are dropped")
-        return Target([])
     name = _output(directive, walk)
     return Target([name] if name else [])
 
@@ -165,6 +157,9 @@ def _match(directive: Directive, walk: _Walk) -> Target:
 def _output(directive: Directive, walk: _Walk) -> str | None:
     ctx = walk.ctx
     kind = OUTPUTS.get(directive.type)
+    if directive.type in ("null", "stdout"):
+        _nowhere(directive, ctx)
+        return None
     if kind is None:
         ctx.add("refused", directive.where, f"{directive.heading} @type {directive.type}",
                 "logferry has no such output (it has elasticsearch, s3 and file); left out")
@@ -192,6 +187,16 @@ def _output(directive: Directive, walk: _Walk) -> str | None:
         return None
     walk.outputs.append(spec)
     return name
+
+
+def _nowhere(directive: Directive, ctx: Context) -> None:
+    """null and stdout: records stop here (stdout's use, watching them, is `logferry tap`'s)."""
+    if directive.type == "null":
+        ctx.add("note", directive.where, f"{directive.heading} @type null",
+                "records of these tags are read and dropped (no output takes them)")
+    else:
+        ctx.add("refused", directive.where, f"{directive.heading} @type stdout",
+                "use `logferry tap [--tag PATTERN]` to print records live; records of these tags are dropped")
 
 
 def _valid_output(spec: OutputSpec, ctx: Context) -> bool:
@@ -271,6 +276,7 @@ def _assemble(walk: _Walk, routes: dict[str, Route], enrich: Enrich) -> Translat
                             _origin_lines("", [f"{spec.directive.where} <source> @type {spec.directive.type}"])))
     for out in walk.outputs:
         match = sorted({tags[s] for s, r in routes.items() if out.name in r.outputs})
+        _shared_tags(out, match, routes, tags, walk.ctx)
         if not match:
             walk.ctx.add("note", out.directive.where, f"{out.directive.heading} @type {out.directive.type}",
                          "no source of this config reaches it (match = []); give it tags by hand if others will")
@@ -281,6 +287,16 @@ def _assemble(walk: _Walk, routes: dict[str, Route], enrich: Enrich) -> Translat
         if out.buffer:
             tables.append(Table(("outputs", out.name, "buffer"), out.buffer))
     return Translation(tables, doc, walk.ctx.report, walk.sources)
+
+
+def _shared_tags(out: OutputSpec, match: list[str], routes: dict[str, Route], tags: dict[str, str],
+                 ctx: Context) -> None:
+    """Sources that get a tag another source's route put in ``match`` reach this output too."""
+    for source, result in routes.items():
+        if tags[source] in match and out.name not in result.outputs:
+            ctx.add("approximated", out.directive.where, f"{out.directive.heading} @type {out.directive.type}",
+                    f"source {source} has the tag {tags[source]!r} too, so its records reach this output as well "
+                    "(Fluentd routed them elsewhere): give the sources distinct tags")
 
 
 def _origin_lines(title: str, origins: list[str]) -> list[str]:

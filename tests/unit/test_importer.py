@@ -187,3 +187,19 @@ def test_a_tag_with_star_routes_each_path_pattern_and_reports_when_they_part() -
     assert translation.document["outputs"]["file"]["match"] == ["app"]
     assert translation.document["outputs"]["file_2"]["match"] == []
     assert "routed the files of its path patterns to different outputs" in translation.report.render()
+
+
+def test_stdout_and_null_stores_in_a_copy_stop_there_and_stdout_points_to_tap() -> None:
+    _, report = _one_output("@type copy\n<store>\n@type stdout\n</store>\n<store>\n@type null\n</store>\n"
+                            "<store>\n@type file\npath /o/a\n</store>")
+    assert "<store> @type stdout: use `logferry tap [--tag PATTERN]`" in report
+    assert "<store> @type null: records of these tags are read and dropped" in report
+
+
+def test_two_sources_sharing_a_tag_but_routed_apart_are_reported() -> None:
+    root = parse_text("<source>\n@type tail\npath /a/x.log\ntag app.*\nformat json\n</source>\n"
+                      "<source>\n@type tail\npath /b/y.log\ntag app.*\nformat json\n</source>\n"
+                      "<match app.a.**>\n@type file\npath /o/a\n</match>\n<match app.**>\n@type file\npath /o/b\n"
+                      "</match>\n", "t.conf")
+    report = translate(root).report.render()
+    assert "source tail_2 has the tag 'app' too, so its records reach this output as well" in report

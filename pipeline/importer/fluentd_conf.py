@@ -190,10 +190,20 @@ def _value(raw: str, name: str, number: int) -> tuple[str, str]:
 
 
 def _double_quoted(raw: str, name: str, number: int) -> str:
+    """The content of a double-quoted value; ``#{...}`` is kept whole, quotes inside it included.
+
+    >>> _double_quoted('"#{ENV["ES_PASSWORD"]}" # c', "f", 1)
+    '#{ENV["ES_PASSWORD"]}'
+    """
     out: list[str] = []
     i = 1
     while i < len(raw):
         char = raw[i]
+        if raw.startswith("#{", i):
+            end = _ruby_end(raw, i + 2)
+            out.append(raw[i:end])
+            i = end
+            continue
         if char == "\\" and i + 1 < len(raw):
             out.append(_ESCAPES.get(raw[i + 1], raw[i + 1]))
             i += 2
@@ -203,6 +213,16 @@ def _double_quoted(raw: str, name: str, number: int) -> str:
         out.append(char)
         i += 1
     raise ConfigError(f"{name}:{number}: unterminated double-quoted value")
+
+
+def _ruby_end(raw: str, start: int) -> int:
+    """Index just past the ``}`` closing a ``#{`` whose body starts at ``start`` (or the end)."""
+    depth = 1
+    for index in range(start, len(raw)):
+        depth += {"{": 1, "}": -1}.get(raw[index], 0)
+        if depth == 0:
+            return index + 1
+    return len(raw)
 
 
 def _balanced(text: str) -> bool:

@@ -15,7 +15,7 @@ unseeded, never guessed: a rotated file's successor is then read from its head.
 
 >>> parse_pos_lines(["/var/log/a.log\\tffffffffffffffff\\t0000000000000009",
 ...                  "/var/log/a.log\\t00000000000001f4\\t0000000000001a2b"], "td.pos")
-[PosEntry(path='/var/log/a.log', offset=500, inode=6699, origin='td.pos:2')]
+[PosEntry(path='/var/log/a.log', offset=500, inode=6699, origin='td.pos:2', rotated=False)]
 """
 
 from __future__ import annotations

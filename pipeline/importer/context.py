@@ -70,8 +70,9 @@ class Reader:
         if found is None:
             return None
         if found.ruby:
+            origin = f"td-agent read ${found.env}" if found.env else "Ruby code in a value is evaluated by Fluentd only"
             self.ctx.add("refused", found.where, f"{found.key} {found.value}",
-                         "Ruby code in a value is evaluated by Fluentd only; write the value it yields by hand")
+                         f"{origin}; write the value it yields by hand")
             return None
         try:
             return convert(found.value)

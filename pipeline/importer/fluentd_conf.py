@@ -25,6 +25,7 @@ from pipeline.errors import ConfigError
 
 _OPEN = re.compile(r"^<\s*([A-Za-z0-9_@]+)\s*(.*?)\s*>$")
 _CLOSE = re.compile(r"^</\s*([A-Za-z0-9_@]+)\s*>$")
+_ENV = re.compile(r"""#\{\s*ENV(?:\[|\.fetch\(\s*)['"]([A-Za-z_][A-Za-z0-9_]*)['"]""")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "0": "\0", "f": "\f", "b": "\b", "e": "\x1b"}
 
 
@@ -47,6 +48,16 @@ class Param:
     def ruby(self) -> bool:
         """Whether Fluentd evaluates embedded Ruby (``"#{...}"``) in this value."""
         return self.quoted == '"' and "#{" in self.value
+
+    @property
+    def env(self) -> str | None:
+        """The environment variable a ``"#{ENV['X']}"`` value reads, if it is one.
+
+        >>> Param("password", "#{ENV['ES_PASSWORD']}", "f", 1, '"').env
+        'ES_PASSWORD'
+        """
+        found = _ENV.search(self.value) if self.ruby else None
+        return found.group(1) if found else None
 
 
 @dataclass

@@ -7,7 +7,6 @@ table: a password becomes ``password_file`` plus an instruction in the report.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pipeline.importer import values
 from pipeline.importer.buffer import BufferDefaults, BufferResult
 from pipeline.importer.context import Context, Reader
-from pipeline.importer.fluentd_conf import Directive, Param
+from pipeline.importer.fluentd_conf import Directive
 
-_ENV = re.compile(r"""#\{\s*ENV(?:\[|\.fetch\(\s*)['"]([A-Za-z_][A-Za-z0-9_]*)['"]""")
 SECRETS_DIR = "/etc/logferry"
 
 
@@ -45,23 +43,13 @@ class OutputType:
     finish: Callable[[dict[str, Any], BufferResult], None] | None = None  # once the buffer is known
 
 
-def env_variable(param: Param) -> str | None:
-    """The variable a ``"#{ENV['X']}"`` value reads, if it is one.
-
-    >>> env_variable(Param("password", "#{ENV['ES_PASSWORD']}", "f", 1, '"'))
-    'ES_PASSWORD'
-    """
-    found = _ENV.search(param.value) if param.ruby else None
-    return found.group(1) if found else None
-
-
 def secret_file(reader: Reader, ctx: Context, name: str, key: str, ours: str, what: str) -> str | None:
     """``ours``'s file path when the directive sets secret ``key`` (reported, never copied)."""
     param = reader.param(key)
     if param is None:
         return None
     path = f"{SECRETS_DIR}/{name}-{ours.removesuffix('_file').replace('_', '-')}"
-    origin = f" (td-agent read it from ${variable})" if (variable := env_variable(param)) else ""
+    origin = f" (td-agent read it from ${variable})" if (variable := param.env) else ""
     ctx.add("secret", param.where, f"{key} (not copied)",
             f"write the {what} to {path} (readable by the logferry user only){origin}, or delete `{ours}` and "
             f"set LOGFERRY_OUTPUTS__{name.upper()}__{ours.removesuffix('_file').upper()} in the service's environment")

@@ -77,15 +77,15 @@ def translate_buffer(owner: Directive, owner_reader: Reader, ctx: Context, defau
     if time_keyed:
         table["timekey"] = timekey
         table["timekey_wait"] = 600
+    readers = [r for r in (owner_reader, reader) if r is not None]  # the section's values win (read last)
     for fluentd, (ours, convert) in DIRECT.items():
-        for source in (owner_reader, reader):
-            if source is not None:
-                source.put(table, ours, convert, fluentd, *[v0 for v0, v1 in V0_NAMES.items() if v1 == fluentd])
-    _queue_limit(table, [r for r in (owner_reader, reader) if r])
+        for source in readers:
+            source.put(table, ours, convert, fluentd, *[v0 for v0, v1 in V0_NAMES.items() if v1 == fluentd])
+    _queue_limit(table, readers)
     _flush_mode(table, reader or owner_reader, owner_reader, time_keyed, ctx)
-    _retry_forever(table, [r for r in (owner_reader, reader) if r], ctx)
-    _overflow(table, [r for r in (owner_reader, reader) if r], ctx)
-    at_shutdown = _flag([r for r in (owner_reader, reader) if r], "flush_at_shutdown")
+    _retry_forever(table, readers, ctx)
+    _overflow(table, readers, ctx)
+    at_shutdown = _flag(readers, "flush_at_shutdown")
     owner_reader.read.update(V0_NAMES, {"time_slice_format", "flush_mode", "flush_at_shutdown"})
     if reader is not None:
         reader.leftovers("<buffer>")

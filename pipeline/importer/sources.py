@@ -19,7 +19,7 @@ from pipeline.importer.fluentd_conf import Directive
 TAIL_IGNORED = frozenset({
     "follow_inodes", "enable_watch_timer", "enable_stat_watcher", "open_on_every_update", "read_lines_limit",
     "read_bytes_limit_per_second", "skip_refresh_on_startup", "ignore_repeated_permission_error", "pos_file",
-    "pos_file_compaction_interval", "limit_recently_modified", "emit_unmatched_lines", "@label", "tag", "path",
+    "pos_file_compaction_interval", "emit_unmatched_lines", "@label", "tag", "path",
     "exclude_path", "read_from_head", "rotate_wait", "refresh_interval", "format", "time_key", "time_format",
     "keep_time_key", "path_timezone",
 })
@@ -63,6 +63,9 @@ def tail(directive: Directive, ctx: Context) -> SourceSpec | None:
     reader.put(table, "rescan_interval", values.seconds, "refresh_interval")
     reader.put(table, "rotate_wait", values.seconds, "rotate_wait")
     reader.put(table, "max_line_bytes", values.size, "max_line_size")
+    if (recent := reader.param("limit_recently_modified")) is not None:
+        ctx.add("approximated", recent.where, f"limit_recently_modified {recent.value}",
+                "logferry follows every matching file, however old (exclude old ones with exclude_path)")
     name = ctx.name_for(directive, "tail")
     reader.leftovers("<source> @type tail")
     return SourceSpec(name, directive, table, [_routing_tag(tag, p) for p in paths], directive.value("@label"),

@@ -64,9 +64,27 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(replay)
     replay.add_argument("output")
     replay.set_defaults(func=_replay)
+    _import_parser(sub)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(f"logferry {__version__}") or 0)
     return parser
+
+
+def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = sub.add_parser("import", help="translate a td-agent/Fluentd config (exit 2: partly), seed positions")
+    imp.add_argument("fluentd_config", type=Path, help="e.g. /etc/td-agent/td-agent.conf")
+    imp.add_argument("-o", "--output", type=Path, default=None, help="write the TOML here (default: stdout)")
+    imp.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    imp.add_argument("--state-dir", type=Path, default=None, help="state_dir to write (default /var/lib/logferry)")
+    imp.add_argument("--positions", type=Path, nargs="*", default=None, metavar="FILE",
+                     help="seed positions from td-agent pos_files / a Fluent Bit tail DB (none given: the config's)")
+    imp.set_defaults(func=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pipeline.importer.command import ImportRequest, run_import
+
+    return run_import(ImportRequest(args.fluentd_config, args.output, args.positions, args.state_dir, args.force))
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,205 @@
+"""``logferry import``: Fluentd configs in, logferry TOML and a report out (golden files), checked."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_settings, settings_from_dict
+from pipeline.errors import ConfigError
+from pipeline.importer.fluentd_conf import parse_file, parse_text
+from pipeline.importer.translate import NothingToRun, translate
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fluentd"
+EXPECTED = FIXTURES / "expected"
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = ["td-agent", "v1_app", "v0_legacy", "v1_same_as_v0", "routing"]
+
+
+def run_import(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The command's exit status, stdout and stderr, with the fixture directory left out of paths."""
+    status = main(["import", *args])
+    out, err = capsys.readouterr()
+    prefix = str(FIXTURES) + "/"
+    return status, out.replace(prefix, ""), err.replace(prefix, "")
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_each_config_gives_its_expected_toml_and_report(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, toml_text, report = run_import(capsys, str(FIXTURES / f"{name}.conf"))
+    if os.environ.get("LOGFERRY_TEST_REGENERATE"):
+        EXPECTED.mkdir(exist_ok=True)
+        (EXPECTED / f"{name}.toml").write_text(toml_text)
+        (EXPECTED / f"{name}.report").write_text(f"exit status {status}\n{report}")
+    assert toml_text == (EXPECTED / f"{name}.toml").read_text()
+    assert f"exit status {status}\n{report}" == (EXPECTED / f"{name}.report").read_text()
+    settings_from_dict(tomllib.loads(toml_text))  # what `logferry check` does
+
+
+def test_partly_translated_configs_exit_2_and_complete_ones_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_import(capsys, str(FIXTURES / "td-agent.conf"))[0] == 0
+    assert run_import(capsys, str(FIXTURES / "routing.conf"))[0] == 2
+
+
+def _dump(settings: Any) -> dict[str, Any]:
+    return dict(settings.model_dump(mode="json"))
+
+
+def test_the_seed_td_agent_conf_becomes_config_example_toml_key_for_key() -> None:
+    """Every table td-agent.conf describes equals config.example.toml's, except the differences named here."""
+    imported = _dump(settings_from_dict(translate(parse_file(FIXTURES / "td-agent.conf")).document))
+    example = _dump(load_settings(REPO / "config.example.toml", conf_d=REPO / "no-such-dir"))
+    expected = {**example, "sources": {"tail": example["sources"]["agent"]},
+                "outputs": {"search": example["outputs"]["search"], "archive": example["outputs"]["archive"]}}
+    # What td-agent.conf says where the example says otherwise:
+    expected["sources"]["tail"]["read_from_head"] = False        # not set there: Fluentd's default
+    expected["outputs"]["search"]["hosts"] = ["http://elasticsearch.local:9200"]  # host + port
+    expected["outputs"]["archive"]["store_as"] = "json"          # store_as json
+    for output in expected["outputs"].values():
+        output["match"] = ["ai.interactions"]                    # the exact tags routed (the example: ai.**)
+    # Tuning the example adds that td-agent.conf does not have (logferry's defaults stay):
+    expected["outputs"]["search"]["buffer"].update(flush_interval=5.0, workers=1)
+    expected["outputs"]["archive"]["buffer"].update(chunk_limit_bytes=8 << 20, total_limit_bytes=512 << 20)
+    assert imported == expected
+
+
+def test_v0_12_and_v1_syntax_of_one_pipeline_give_the_same_tables() -> None:
+    old = translate(parse_file(FIXTURES / "v0_legacy.conf")).document
+    new = translate(parse_file(FIXTURES / "v1_same_as_v0.conf")).document
+    assert old == new
+
+
+def test_first_match_wins_across_overlapping_patterns_and_labels() -> None:
+    document = translate(parse_file(FIXTURES / "routing.conf")).document
+    matches = {name: out["match"] for name, out in document["outputs"].items()}
+    tags = {name: src["tag"] for name, src in document["sources"].items()}
+    assert tags == {"tail": "ai.debug", "tail_2": "ai", "tail_3": "batch.jobs"}
+    assert matches == {"debug_copy": ["ai.debug"], "search": ["ai"], "batch_search": ["batch.jobs"]}
+
+
+def test_secrets_are_never_written_to_the_toml_or_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    _, toml_text, report = run_import(capsys, str(FIXTURES / "v1_app.conf"))
+    for secret in ("AKIAEXAMPLEEXAMPLE00", "wJalrXUtnFEMI", "ES_PASSWORD}"):
+        assert secret not in toml_text and secret not in report
+    assert "LOGFERRY_OUTPUTS__ES_MAIN__PASSWORD" in report and 'password_file = "/etc/logferry/es_main-password"' \
+        in toml_text
+
+
+def test_an_unknown_parameter_is_reported_with_its_line_and_the_value_of_a_secret_looking_one_hidden() -> None:
+    root = parse_text("<source>\n@type tail\npath /a/*.log\ntag a\nformat json\nfrobnicate 3\nsecret_token xyz\n"
+                      "</source>\n<match **>\n@type file\npath /o/a\n</match>\n", "t.conf")
+    report = translate(root).report.render()
+    assert "t.conf:6  frobnicate 3: <source> @type tail has no such setting" in report
+    assert "t.conf:7  secret_token (value hidden)" in report and "xyz" not in report
+
+
+def test_include_follows_globs_in_name_order_with_their_own_file_names(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "main.conf").write_text("@include conf.d/*.conf\n<match **>\n@type null\n</match>\n")
+    (tmp_path / "conf.d" / "20-out.conf").write_text("<match ai.**>\n@type file\npath /o/ai\n</match>\n")
+    (tmp_path / "conf.d" / "10-in.conf").write_text("<source>\n@type tail\npath /a.log\ntag ai.x\nformat json\n"
+                                                   "</source>\n")
+    root = parse_file(tmp_path / "main.conf")
+    assert [(d.name, d.where.replace(str(tmp_path) + "/", "")) for d in root.children] == [
+        ("source", "conf.d/10-in.conf:1-6"), ("match", "conf.d/20-out.conf:1-4"), ("match", "main.conf:2-4")]
+    assert translate(root).document["outputs"]["file"]["match"] == ["ai.x"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("<source>\n@type tail\n", "t.conf:1: <source> is never closed"),
+    ("<source>\n</match>\n", "t.conf:2: </match> closes <source> of line 1"),
+    ("key \"unterminated\n", "t.conf:1: unterminated double-quoted value"),
+])
+def test_syntax_errors_name_the_file_and_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_text(text, "t.conf")
+
+
+def test_a_config_with_nothing_translatable_is_refused_without_writing(tmp_path: Path) -> None:
+    conf = tmp_path / "only-forward.conf"
+    conf.write_text("<source>\n@type forward\n</source>\n<match **>\n@type stdout\n</match>\n")
+    out = tmp_path / "logferry.toml"
+    assert main(["import", str(conf), "-o", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_the_written_file_passes_logferry_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "logferry.toml"
+    assert main(["import", str(FIXTURES / "v1_app.conf"), "-o", str(out), "--state-dir", str(tmp_path / "s")]) == 2
+    assert main(["check", "-c", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().err
+    assert main(["import", str(FIXTURES / "v1_app.conf"), "-o", str(out)]) == 2  # exists: refused without --force
+
+
+def test_an_elasticsearch_address_computed_by_ruby_leaves_the_output_out_rather_than_guessing() -> None:
+    root = parse_text("<source>\n@type tail\npath /a/*.log\ntag a\nformat json\n</source>\n"
+                      "<match a>\n@type copy\n<store>\n@type elasticsearch\nhost \"#{ENV['ES_HOST']}\"\n</store>\n"
+                      "<store>\n@type file\npath /o/a\n</store>\n</match>\n", "t.conf")
+    translation = translate(root)
+    assert list(translation.document["outputs"]) == ["file"]
+    assert "t.conf:11  host #{ENV['ES_HOST']}: where to write is computed by Ruby" in translation.report.render()
+    assert translation.report.exit_status == 2
+
+
+def _one_output(body: str) -> tuple[dict[str, Any], str]:
+    root = parse_text("<source>\n@type tail\npath /a/*.log\ntag a\nformat json\n</source>\n"
+                      f"<match a>\n{body}\n</match>\n", "t.conf")
+    translation = translate(root)
+    return next(iter(translation.document["outputs"].values())), translation.report.render()
+
+
+def test_s3_object_key_formats_keep_a_chunk_id_so_uploads_never_overwrite_each_other() -> None:
+    out, _ = _one_output("@type s3\ns3_bucket b-1\n"
+                         "s3_object_key_format %{path}%{time_slice}-%{uuid_flush}.%{file_extension}")
+    assert out["object_key_format"] == "{path}{time}-{chunk_id}.{ext}"
+    out, report = _one_output("@type s3\ns3_bucket b-1\ns3_object_key_format %{path}%{time_slice}.%{file_extension}")
+    assert out["object_key_format"] == "{path}{time}-{chunk_id}.{ext}"
+    assert "each chunk's key holds its id" in report
+
+
+def test_file_paths_take_the_time_slice_where_fluentd_puts_it() -> None:
+    out, _ = _one_output("@type file\npath /o/app.*.jsonl\n<buffer time>\ntimekey 1h\n</buffer>")
+    assert out["path"] == "/o/app.%Y%m%d%H.jsonl"
+    assert out["buffer"] == {"timekey": 3600, "timekey_wait": 600, "flush_mode": "lazy"}
+    with pytest.raises(NothingToRun, match=r"path /o/\$\{tag\}/app: placeholders .* output left out"):
+        _one_output("@type file\npath /o/${tag}/app")
+
+
+def test_multi_line_arrays_and_quoted_values_parse_as_fluentd_reads_them() -> None:
+    root = parse_text('<source>\n@type tail\npath ["/a/*.log",\n  "/b/*.log"]\ntag a # routing\nformat \'json\'\n'
+                      '</source>\n', "t.conf")
+    source = root.children[0]
+    assert [(p.key, p.value, p.line) for p in source.params] == [
+        ("@type", "tail", 2), ("path", '["/a/*.log","/b/*.log"]', 3), ("tag", "a", 5), ("format", "json", 6)]
+
+
+def test_a_tag_with_star_routes_each_path_pattern_and_reports_when_they_part() -> None:
+    root = parse_text("<source>\n@type tail\npath /a/x.log,/b/y.log\ntag app.*\nformat json\n</source>\n"
+                      "<match app.a.**>\n@type file\npath /o/a\n</match>\n<match app.**>\n@type file\npath /o/b\n"
+                      "</match>\n", "t.conf")
+    translation = translate(root)
+    assert translation.document["sources"]["tail"]["tag"] == "app"
+    assert translation.document["outputs"]["file"]["match"] == ["app"]
+    assert translation.document["outputs"]["file_2"]["match"] == []
+    assert "routed the files of its path patterns to different outputs" in translation.report.render()
+
+
+def test_stdout_and_null_stores_in_a_copy_stop_there_and_stdout_points_to_tap() -> None:
+    _, report = _one_output("@type copy\n<store>\n@type stdout\n</store>\n<store>\n@type null\n</store>\n"
+                            "<store>\n@type file\npath /o/a\n</store>")
+    assert "<store> @type stdout: use `logferry tap [--tag PATTERN]`" in report
+    assert "<store> @type null: records of these tags are read and dropped" in report
+
+
+def test_two_sources_sharing_a_tag_but_routed_apart_are_reported() -> None:
+    root = parse_text("<source>\n@type tail\npath /a/x.log\ntag app.*\nformat json\n</source>\n"
+                      "<source>\n@type tail\npath /b/y.log\ntag app.*\nformat json\n</source>\n"
+                      "<match app.a.**>\n@type file\npath /o/a\n</match>\n<match app.**>\n@type file\npath /o/b\n"
+                      "</match>\n", "t.conf")
+    report = translate(root).report.render()
+    assert "source tail_2 has the tag 'app' too, so its records reach this output as well" in report

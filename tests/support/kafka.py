@@ -33,7 +33,7 @@ import uuid
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from tests.support.elasticsearch import _file_lock, _mkdirs_readable, _tail, cache_dir, find_java, free_port
 
@@ -148,7 +148,8 @@ class KafkaBroker:
         properties = self.workdir / "server.properties"
         properties.write_text("".join(f"{k}={v}\n" for k, v in self._settings().items()))
         _LIVE.add(self)
-        self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties), wait=True)
+        self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(properties),
+                   wait=True)  # "=": an id may begin with "-"
         self._launch()
         self._wait_ready()
         return self
@@ -174,7 +175,8 @@ class KafkaBroker:
 
     def create_topic(self, name: str, partitions: int = 1, config: dict[str, str] | None = None) -> None:
         """Create a topic (replication factor 1) and wait until it is usable."""
-        from confluent_kafka.admin import AdminClient, NewTopic  # the venv exists once tests run
+        from confluent_kafka.admin import AdminClient  # the venv exists once tests run
+        from confluent_kafka.cimpl import NewTopic
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         futures = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])
@@ -226,8 +228,8 @@ class KafkaBroker:
 
     def _wait_ready(self) -> None:
         """Poll the broker with a metadata request until it names itself."""
+        from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
-        from confluent_kafka.error import KafkaException
 
         assert self._proc is not None
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
@@ -251,3 +253,42 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class TopicReader:
+    """Reads a topic from its beginning as a downstream consumer would: read_committed, all partitions.
+
+    ``poll()`` collects what has arrived since the last call; ``messages`` holds everything so far.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, isolation: str = "read_committed") -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                                  "enable.auto.commit": False, "isolation.level": isolation, "log_level": 0})
+        partitions = self.consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.messages: list[Any] = []
+
+    def poll(self, timeout: float = 0.5) -> list[Any]:
+        """Everything read so far, after taking what arrived within ``timeout``."""
+        for message in self.consumer.consume(10_000, timeout=timeout):
+            if message.error() is None:
+                self.messages.append(message)
+        return self.messages
+
+    def records(self) -> list[dict[str, Any]]:
+        """The messages' values as records, each with its headers (``_headers``) and key (``_key``)."""
+        import json
+
+        found = []
+        for message in self.messages:
+            record = json.loads(message.value())
+            record["_headers"] = {k: v.decode() for k, v in message.headers() or []}
+            record["_key"] = message.key().decode() if message.key() is not None else None
+            found.append(record)
+        return found
+
+    def close(self) -> None:
+        """Leave."""
+        self.consumer.close()

@@ -129,6 +129,11 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The JVM's process id (it leads its own process group), None when not running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def log_path(self) -> Path:
         """The JVM's console output."""
         assert self.workdir is not None

@@ -11,10 +11,13 @@ transaction the predecessor left open. The output then reads its last committed 
 a chunk named there was committed but not yet deleted from the buffer when the daemon
 died, and is skipped instead of produced twice.
 
-Any error during a delivery drops the producer: the next attempt starts over with a new
-one (``init_transactions``, marker read), which settles whether the failed transaction
-was committed. A record over the topic's ``max.message.bytes`` goes to the dead-letter
-store instead of failing its chunk's transaction forever.
+With ``buffer.workers = N`` the output runs N transactional producers (``<id>``, ``<id>#1``,
+…), N chunks in flight. Any error during a delivery drops that producer; the chunk is
+retried on the same slot, which starts over with a new producer (``init_transactions``,
+marker read): that settles whether the failed transaction was committed.
+
+A record over the topic's ``max.message.bytes`` goes to the dead-letter store instead of
+failing its chunk's transaction forever.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +42,14 @@ from pipeline.errors import RetryableError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.kafka.config import KafkaOutputConfig
 from pipeline.outputs.kafka.encoder import RECORD_OVERHEAD, Message, MessageEncoder
-from pipeline.outputs.kafka.state import STATE_TOPIC_CONFIG, marker_partition, marker_value, read_delivered
+from pipeline.outputs.kafka.state import (
+    STATE_TOPIC_CONFIG,
+    StateReadError,
+    marker_partition,
+    marker_value,
+    read_markers,
+    slot_key,
+)
 from pipeline.transforms.enrich import iso_millis
 
 log = logging.getLogger("logferry.output.kafka")
@@ -51,8 +62,9 @@ MAX_BATCH_BYTES = 1_000_000
 class Session:
     """A producer that has fenced its predecessors, and what the state topic says it delivered."""
 
+    key: str  # its transactional.id, also its marker key
     producer: Producer
-    delivered: set[str]  # chunk ids of the last committed marker
+    delivered: set[str]  # chunk ids of its last committed marker
     state_partition: int
     max_record_bytes: int  # a record estimated larger than this is dead-lettered
 
@@ -69,8 +81,12 @@ class KafkaOutput:
         self.start_error: str | None = None  # what the check at start found wrong (status, health)
         self.rejected_records = 0
         self.skipped_chunks = 0  # found already committed at a restart
-        self._session: Session | None = None
-        self._one_at_a_time = asyncio.Lock()  # one open transaction per transactional.id
+        slots = config.buffer.workers
+        self._sessions: list[Session | None] = [None] * slots
+        self._slot_locks = [asyncio.Lock() for _ in range(slots)]  # one open transaction per transactional.id
+        self._retired: set[str] = set()  # chunks of producers of an earlier, larger ``workers``
+        self._unsettled: dict[str, int] = {}  # chunk id → the slot whose failed transaction it was in
+        self._opening = threading.Lock()  # worker threads open producers one at a time
 
     def client_settings(self) -> dict[str, Any]:
         """librdkafka settings every client of this output shares."""
@@ -78,51 +94,66 @@ class KafkaOutput:
                 "logger": _client_log}
 
     async def start(self) -> None:
-        """Check the topics and open the transactional producer; a failure is kept in ``start_error``."""
-        async with self._one_at_a_time:
+        """Check the topics and open the first transactional producer; a failure is kept in ``start_error``."""
+        async with self._slot_locks[0]:
             try:
-                await asyncio.to_thread(self._ensure_session)
+                await asyncio.to_thread(self._ensure_session, 0)
             except RetryableError as exc:
                 self.start_error = str(exc)
                 log.error("output %s: %s", self.name, exc)
-            else:
-                log.info("output %s: producing to topic %s as transactional.id %s, %d chunks already committed",
-                         self.name, self.config.topic, self.transactional_id, len(self._session.delivered)
-                         if self._session else 0)
+                return
+        log.info("output %s: producing to topic %s as transactional.id %s (%d producers)",
+                 self.name, self.config.topic, self.transactional_id, len(self._sessions))
 
     async def write(self, chunk: Chunk) -> None:
-        """Produce the chunk in one transaction, unless its marker says it is already in Kafka."""
-        async with self._one_at_a_time:
-            dead = await asyncio.to_thread(self._deliver, chunk)
+        """Produce the chunk in one transaction, unless a marker says it is already in Kafka.
+
+        A chunk whose transaction failed goes back to the same producer: only that one's next
+        ``init_transactions`` settles whether the failed transaction was committed.
+        """
+        slot = self._unsettled.get(chunk.chunk_id)
+        if slot is None:
+            slot = next((n for n, lock in enumerate(self._slot_locks) if not lock.locked()), 0)
+        async with self._slot_locks[slot]:
+            try:
+                dead = await asyncio.to_thread(self._deliver, chunk, slot)
+            except BaseException:
+                self._unsettled[chunk.chunk_id] = slot
+                raise
+        self._unsettled.pop(chunk.chunk_id, None)
         if dead:
             self.rejected_records += dead
             self.context.dead_letters.count += dead
         self.start_error = None
 
     async def close(self) -> None:
-        """Drop the producer (an open transaction is aborted by the next one with the same id)."""
-        session, self._session = self._session, None
-        if session is not None:
-            await asyncio.to_thread(session.producer.close)
+        """Drop the producers (an open transaction is aborted by the next one with the same id)."""
+        sessions, self._sessions = self._sessions, [None] * len(self._sessions)
+        for session in sessions:
+            if session is not None:
+                await asyncio.to_thread(session.producer.close)
 
     # -- one delivery (worker thread) ---------------------------------------------------------
 
-    def _deliver(self, chunk: Chunk) -> int:
+    def _deliver(self, chunk: Chunk, slot: int) -> int:
         """Produce ``chunk`` in one transaction; return how many records were dead-lettered."""
-        session = self._ensure_session()
-        if chunk.chunk_id in session.delivered:
-            log.info("output %s: chunk %s already in Kafka (committed before a restart): skipped",
+        session = self._ensure_session(slot)
+        if self._already_delivered(chunk.chunk_id):
+            log.info("output %s: chunk %s already in Kafka (committed before a restart or a failure): skipped",
                      self.name, chunk.name)
             self.skipped_chunks += 1
             return 0
         try:
             return self._transaction(session, chunk)
         except KafkaException as exc:
-            self._drop_session()
+            self._drop_session(slot)
             raise RetryableError(self._describe(exc.args[0], f"transaction of chunk {chunk.name}")) from exc
         except BaseException:
-            self._drop_session()
+            self._drop_session(slot)
             raise
+
+    def _already_delivered(self, chunk_id: str) -> bool:
+        return chunk_id in self._retired or any(s is not None and chunk_id in s.delivered for s in self._sessions)
 
     def _transaction(self, session: Session, chunk: Chunk) -> int:
         producer, timeout = session.producer, self.config.request_timeout
@@ -138,7 +169,7 @@ class KafkaOutput:
             self._write_dead(dead)
         delivered = self._still_buffered(session.delivered) | {chunk.chunk_id}
         producer.produce(self.config.state_topic, marker_value(delivered, self.context.clock.time()),
-                         key=self.transactional_id.encode(), partition=session.state_partition)
+                         key=session.key.encode(), partition=session.state_partition)
         produced = time.monotonic()
         producer.commit_transaction(timeout)
         session.delivered = delivered
@@ -179,16 +210,26 @@ class KafkaOutput:
 
     # -- the producer session (worker thread) -------------------------------------------------
 
-    def _ensure_session(self) -> Session:
-        if self._session is None:
-            try:
-                self._session = self._open_session()
-            except KafkaException as exc:
-                raise RetryableError(self._describe(exc.args[0], "start")) from exc
-        return self._session
+    def _ensure_session(self, slot: int) -> Session:
+        """The slot's producer; every missing one is opened with it, so none of their predecessors stays open."""
+        with self._opening:
+            if self._sessions[slot] is None:
+                try:
+                    self._open_sessions([n for n, session in enumerate(self._sessions) if session is None])
+                except KafkaException as exc:
+                    raise RetryableError(self._describe(exc.args[0], "start")) from exc
+                except StateReadError as exc:
+                    raise RetryableError(f"cannot read the state topic {self.config.state_topic}: {exc}") from exc
+            session = self._sessions[slot]
+            assert session is not None
+            return session
 
-    def _open_session(self) -> Session:
-        """Check the topics, fence predecessors, read the last marker."""
+    def _open_sessions(self, slots: list[int]) -> None:
+        """Check the topics, fence the slots' predecessors (``init_transactions``), then read the markers.
+
+        The markers are read after the fencing: by then every transaction of a predecessor is
+        committed or aborted, so what the read finds is final.
+        """
         timeout = self.config.request_timeout
         admin = AdminClient(self.client_settings())
         metadata = admin.list_topics(timeout=timeout)
@@ -196,23 +237,43 @@ class KafkaOutput:
         if topic is None or topic.error is not None:
             raise RetryableError(f"topic {self.config.topic} does not exist on {','.join(self.config.brokers)}")
         limit = self._max_message_bytes(admin)
-        partitions = self._state_partitions(admin, metadata)
-        producer = Producer(self._producer_settings(limit))
+        partition = marker_partition(self.transactional_id, self._state_partitions(admin, metadata))
+        producers: dict[int, Producer] = {}
         try:
-            producer.init_transactions(timeout)
-            partition = marker_partition(self.transactional_id, partitions)
-            delivered = read_delivered(self.client_settings(), self.config.state_topic, partition,
-                                       self.transactional_id, timeout)
+            for slot in slots:
+                producers[slot] = Producer(self._producer_settings(slot_key(self.transactional_id, slot), limit))
+                producers[slot].init_transactions(timeout)
+            markers = read_markers(self.client_settings(), self.config.state_topic, partition,
+                                   self.transactional_id, timeout)
+            self._retire(markers)
         except BaseException:
-            producer.close()
+            for producer in producers.values():
+                producer.close()
             raise
-        return Session(producer, delivered, partition, min(limit, MAX_BATCH_BYTES) - RECORD_OVERHEAD)
+        for slot, producer in producers.items():
+            key = slot_key(self.transactional_id, slot)
+            self._sessions[slot] = Session(key, producer, markers.get(key, set()), partition,
+                                           min(limit, MAX_BATCH_BYTES) - RECORD_OVERHEAD)
 
-    def _producer_settings(self, max_message_bytes: int) -> dict[str, Any]:
+    def _retire(self, markers: dict[str, set[str]]) -> None:
+        """Fence the producers of an earlier, larger ``workers`` (aborting what they left open); keep their chunks."""
+        live = {slot_key(self.transactional_id, n) for n in range(len(self._sessions))}
+        for key in sorted(set(markers) - live):
+            if not markers[key] <= self._retired:
+                retired = Producer(self._producer_settings(key, DEFAULT_MAX_MESSAGE_BYTES))
+                try:
+                    retired.init_transactions(self.config.request_timeout)
+                finally:
+                    retired.close()
+                log.info("output %s: fenced %s, a producer of an earlier, larger workers setting; its %d "
+                         "committed chunks are remembered", self.name, key, len(markers[key]))
+                self._retired |= markers[key]
+
+    def _producer_settings(self, key: str, max_message_bytes: int) -> dict[str, Any]:
         timeout_ms = int(self.config.transaction_timeout * 1000)
         return {
             **self.client_settings(),
-            "transactional.id": self.transactional_id,
+            "transactional.id": key,
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": self.config.compression,
@@ -245,8 +306,8 @@ class KafkaOutput:
         log.info("output %s: created the state topic %s", self.name, self.config.state_topic)
         return 1
 
-    def _drop_session(self) -> None:
-        session, self._session = self._session, None
+    def _drop_session(self, slot: int) -> None:
+        session, self._sessions[slot] = self._sessions[slot], None
         if session is not None:
             session.producer.close()
 
@@ -254,7 +315,7 @@ class KafkaOutput:
         """A clear message for a client error."""
         brokers = ",".join(self.config.brokers)
         if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
-            return (f"{during}: fenced: another producer uses transactional.id {self.transactional_id} "
+            return (f"{during}: fenced: another producer uses the transactional.id {self.transactional_id} "
                     "(another logferry with the same host name and output?)")
         if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
             return f"{during}: cannot reach the brokers {brokers}: {error.str()}"

@@ -1,8 +1,8 @@
 """Chunk markers in the state topic: which chunks a producer has already delivered.
 
-The state topic is compacted. Each producer (one ``transactional.id``: one host's output)
-owns one key, always written to the partition ``crc32(key) % partitions``; its value is
-the marker::
+The state topic is compacted. Each producer (one ``transactional.id``: one of a host's
+output's ``workers``, :func:`slot_key`) owns one key; an output's keys are all written to the
+partition ``crc32(base id) % partitions``; a key's value is the marker::
 
     {"chunks": ["<chunk_id>", ...], "time": <epoch seconds>}
 
@@ -13,9 +13,9 @@ the chunk's records are (the way Kafka Connect's exactly-once source connectors 
 their offsets, KIP-618).
 
 At start, ``init_transactions`` fences the killed predecessor and completes or aborts its
-open transaction; then :func:`read_delivered` reads the partition with read_committed up
-to the end it had then. A chunk named in the last marker is already in Kafka: the output
-skips it. Compaction keeps one marker per producer, so this read stays short.
+open transaction; then :func:`read_markers` reads the partition with read_committed up
+to the end it had then. A chunk named in a producer's last marker is already in Kafka:
+the output skips it. Compaction keeps one marker per producer, so this read stays short.
 """
 
 from __future__ import annotations
@@ -68,30 +68,50 @@ def parse_marker(value: bytes | None) -> set[str]:
     return {str(c) for c in chunks} if isinstance(chunks, list) else set()
 
 
-def read_delivered(settings: dict[str, Any], topic: str, partition: int, key: str, timeout: float) -> set[str]:
-    """The chunks of the last committed marker of ``key`` (blocking; a worker thread).
+def slot_key(base: str, slot: int) -> str:
+    """The ``transactional.id`` (and marker key) of producer ``slot`` of an output.
+
+    >>> slot_key("logferry-web-1-fleet", 0), slot_key("logferry-web-1-fleet", 2)
+    ('logferry-web-1-fleet', 'logferry-web-1-fleet#2')
+    """
+    return base if slot == 0 else f"{base}#{slot}"
+
+
+def is_slot_key(base: str, key: str) -> bool:
+    """Whether ``key`` is one of the output's producers (any slot, also of an earlier ``workers``).
+
+    >>> [is_slot_key("a-b", k) for k in ("a-b", "a-b#3", "a-b-c", "a-b#x")]
+    [True, True, False, False]
+    """
+    return key == base or (key.startswith(base + "#") and key[len(base) + 1:].isdigit())
+
+
+def read_markers(
+    settings: dict[str, Any], topic: str, partition: int, base: str, timeout: float
+) -> dict[str, set[str]]:
+    """The chunks of the last committed marker of each of the output's producers (blocking; a worker thread).
 
     Reads ``partition`` with read_committed from its start to the end it has now; that end is
     only reached once every transaction open before it is over, so no committed marker is missed.
     """
     consumer = Consumer({
-        **settings, "group.id": f"{key}.state-reader", "enable.auto.commit": False,
+        **settings, "group.id": f"{base}.state-reader", "enable.auto.commit": False,
         "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })  # fmt: skip
     try:
         tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
         _, end = consumer.get_watermark_offsets(tp, timeout=timeout)
         if end <= 0:
-            return set()
+            return {}
         consumer.assign([tp])
-        return _consume_to(consumer, end, key.encode(), time.monotonic() + timeout)
+        return _consume_to(consumer, end, base, time.monotonic() + timeout)
     finally:
         consumer.close()
 
 
-def _consume_to(consumer: Consumer, end: int, key: bytes, deadline: float) -> set[str]:
-    """The last marker of ``key`` among the partition's messages before ``end``."""
-    delivered: set[str] = set()
+def _consume_to(consumer: Consumer, end: int, base: str, deadline: float) -> dict[str, set[str]]:
+    """The last marker of each producer of ``base`` among the partition's messages before ``end``."""
+    markers: dict[str, set[str]] = {}
     while time.monotonic() < deadline:
         for message in consumer.consume(1000, timeout=0.5):
             error = message.error()
@@ -99,8 +119,9 @@ def _consume_to(consumer: Consumer, end: int, key: bytes, deadline: float) -> se
                 if error.code() != KafkaError._PARTITION_EOF:
                     raise KafkaException(error)
                 if (message.offset() or 0) >= end:
-                    return delivered
+                    return markers
                 continue
-            if message.key() == key:
-                delivered = parse_marker(message.value())
+            key = (message.key() or b"").decode(errors="replace")
+            if is_slot_key(base, key):
+                markers[key] = parse_marker(message.value())
     raise StateReadError(f"the state topic was not read to offset {end} in time")

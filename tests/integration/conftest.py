@@ -92,6 +92,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[KafkaBroker]:
-    """The session's single-node Kafka 4.4.0 (KRaft), about 7 s to start once its jars are cached."""
-    with KafkaBroker() as broker:
+    """The session's single-node Kafka 4.4.0 (KRaft, with a SASL_SSL listener too), about 7 s to start once its
+    jars are cached."""
+    with KafkaBroker(secure=True) as broker:
         yield broker

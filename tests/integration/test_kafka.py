@@ -14,6 +14,7 @@ import pytest
 from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, Ledger, render_toml, wait_for
+from tests.support.elasticsearch import free_port
 from tests.support.kafka import KafkaBroker, TopicReader
 from tests.support.writer import AgentWriter
 
@@ -152,3 +153,49 @@ def test_a_chunk_committed_but_not_yet_deleted_at_a_crash_is_skipped_at_restart(
         Ledger.compare([generator.request_id(1, n) for n in range(50)], reader.records()).assert_exact()
     finally:
         reader.close()
+
+
+def secure_options(kafka: KafkaBroker, mechanism: str, user: str, **secret: Any) -> dict[str, Any]:
+    return {"brokers": [kafka.secure_bootstrap], "tls": True, "ca_file": str(kafka.ca_file),
+            "sasl_mechanism": mechanism, "username": user, **secret}
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN"])
+def test_tls_and_sasl_with_the_password_from_a_file_or_the_environment(
+    layout, daemon_factory, kafka, topic, reader, mechanism
+):
+    user = kafka.scram_user if mechanism == "SCRAM-SHA-512" else kafka.plain_user
+    env: dict[str, str] = {}
+    if mechanism == "SCRAM-SHA-512":
+        secret = layout.root / "kafka.password"
+        secret.write_text(kafka.password + "\n")
+        options = secure_options(kafka, mechanism, user, password_file=str(secret))
+    else:
+        options = secure_options(kafka, mechanism, user)
+        env = {"LOGFERRY_OUTPUTS__EVENTS__PASSWORD": kafka.password}
+    write_kafka_config(layout, kafka, topic, **options)
+    generator.write(str(layout.logs / "agent.log"), 100)
+    with new_daemon(layout, daemon_factory, env) as daemon:
+        wait_for(partial(committed_at_least, reader, 100), what=f"records over TLS with SASL {mechanism}")
+        _, status = layout.http("/status")
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(100)], reader.records()).assert_exact()
+    assert kafka.password not in daemon.log() and kafka.password not in status.decode()
+
+
+def test_refused_credentials_and_an_unreachable_broker_are_named_in_status(layout, daemon_factory, kafka, topic):
+    write_kafka_config(layout, kafka, topic, **secure_options(kafka, "SCRAM-SHA-512", kafka.scram_user),
+                       request_timeout=3.0)
+    generator.write(str(layout.logs / "agent.log"), 10)
+    env = {"LOGFERRY_OUTPUTS__EVENTS__PASSWORD": "not-the-password"}
+    with new_daemon(layout, daemon_factory, env) as daemon:
+        wait_for(lambda: "refused the credentials of ferry-scram" in layout.http("/status")[1].decode(),
+                 what="the refused credentials in status")
+        assert daemon.stop() == 0
+    assert "not-the-password" not in daemon.log()
+    closed = free_port()
+    write_kafka_config(layout, kafka, topic, brokers=[f"127.0.0.1:{closed}"], request_timeout=2.0)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: f"cannot reach the brokers 127.0.0.1:{closed}" in layout.http("/status")[1].decode(),
+                 what="the unreachable broker in status")
+        assert daemon.stop() == 0

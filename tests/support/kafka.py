@@ -110,13 +110,26 @@ def _stop_all() -> None:
 
 
 class KafkaBroker:
-    """A single-node KRaft Kafka (broker and controller in one JVM) on 127.0.0.1."""
+    """A single-node KRaft Kafka (broker and controller in one JVM) on 127.0.0.1.
 
-    def __init__(self, version: str = VERSION, *, heap: str = "384m", settings: dict[str, str] | None = None) -> None:
+    With ``secure=True`` it also has a SASL_SSL listener (:attr:`secure_bootstrap`): TLS with a
+    certificate for 127.0.0.1 signed by :attr:`ca_file`, and two users, :attr:`plain_user` (SASL
+    PLAIN) and :attr:`scram_user` (SCRAM-SHA-512, added at format time), both with :attr:`password`.
+    """
+
+    plain_user = "ferry-plain"
+    scram_user = "ferry-scram"
+
+    def __init__(self, version: str = VERSION, *, heap: str = "384m", settings: dict[str, str] | None = None,
+                 secure: bool = False) -> None:
         self.version = version
         self.heap = heap
         self.extra = dict(settings or {})
+        self.secure = secure
+        # Random, and recognisable: tests look for it where it must never appear (logs, status).
+        self.password = f"pw-{uuid.uuid4().hex}"
         self.port = 0
+        self.secure_port = 0
         self.controller_port = 0
         self.workdir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -127,6 +140,17 @@ class KafkaBroker:
     def bootstrap(self) -> str:
         """``bootstrap.servers`` for clients."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """``bootstrap.servers`` of the SASL_SSL listener."""
+        return f"127.0.0.1:{self.secure_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate (PEM) that signed the secure listener's certificate."""
+        assert self.workdir is not None
+        return self.workdir / "certs" / "ca.crt"
 
     @property
     def pid(self) -> int | None:
@@ -149,12 +173,17 @@ class KafkaBroker:
         """Format fresh storage, launch the JVM and wait until the broker answers."""
         self._lib = ensure_jars(self.version)
         self.workdir = Path(tempfile.mkdtemp(prefix="logferry-kafka-"))
-        self.port, self.controller_port = free_port(), free_port()
+        self.port, self.controller_port, self.secure_port = free_port(), free_port(), free_port()
         properties = self.workdir / "server.properties"
-        properties.write_text("".join(f"{k}={v}\n" for k, v in self._settings().items()))
+        settings = self._settings()
+        if self.secure:
+            settings.update(self._secure_settings())
+        properties.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         _LIVE.add(self)
+        scram = [f"SCRAM-SHA-512=[name={self.scram_user},password={self.password}]"] if self.secure else []
+        scram = ["--add-scram", *scram] if scram else []
         self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(properties),
-                   wait=True)  # "=": an id may begin with "-"
+                   *scram, wait=True)  # "=": an id may begin with "-"
         self._launch()
         self._wait_ready()
         return self
@@ -211,6 +240,30 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             **self.extra,
         }
+
+    def _secure_settings(self) -> dict[str, str]:
+        """The SASL_SSL listener: a PEM keystore (key + certificate), PLAIN and SCRAM-SHA-512."""
+        from tests.support.elasticsearch import write_certificates
+
+        assert self.workdir is not None
+        certs = self.workdir / "certs"
+        write_certificates(certs)
+        keystore = certs / "keystore.pem"
+        keystore.write_bytes((certs / "node.key").read_bytes() + (certs / "node.crt").read_bytes())
+        listener = "listener.name.secure."
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule required"
+        return {
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},"
+                         f"SECURE://127.0.0.1:{self.secure_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},SECURE://127.0.0.1:{self.secure_port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SECURE:SASL_SSL",
+            listener + "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
+            listener + "plain.sasl.jaas.config": f'{plain} user_{self.plain_user}="{self.password}";',
+            listener + "scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            listener + "ssl.keystore.type": "PEM",
+            listener + "ssl.keystore.location": str(keystore),
+        }  # fmt: skip
 
     def _java(self, main: str, *args: str, wait: bool = False) -> None:
         assert self._lib is not None and self.workdir is not None

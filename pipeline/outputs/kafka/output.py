@@ -40,6 +40,7 @@ from pipeline.buffer.chunk import Chunk
 from pipeline.deadletter import line_fields
 from pipeline.errors import RetryableError
 from pipeline.outputs.base import OutputContext
+from pipeline.outputs.kafka.client import ClientErrors, client_settings
 from pipeline.outputs.kafka.config import KafkaOutputConfig
 from pipeline.outputs.kafka.encoder import RECORD_OVERHEAD, Message, MessageEncoder
 from pipeline.outputs.kafka.state import (
@@ -53,7 +54,6 @@ from pipeline.outputs.kafka.state import (
 from pipeline.transforms.enrich import iso_millis
 
 log = logging.getLogger("logferry.output.kafka")
-_client_log = logging.getLogger("logferry.output.kafka.librdkafka")
 DEFAULT_MAX_MESSAGE_BYTES = 1048588  # the broker's default for topics without their own
 MAX_BATCH_BYTES = 1_000_000
 
@@ -87,11 +87,14 @@ class KafkaOutput:
         self._retired: set[str] = set()  # chunks of producers of an earlier, larger ``workers``
         self._unsettled: dict[str, int] = {}  # chunk id → the slot whose failed transaction it was in
         self._opening = threading.Lock()  # worker threads open producers one at a time
+        self._errors = ClientErrors()
 
     def client_settings(self) -> dict[str, Any]:
-        """librdkafka settings every client of this output shares."""
-        return {"bootstrap.servers": ",".join(self.config.brokers), "client.id": f"logferry-{self.name}",
-                "logger": _client_log}
+        """librdkafka settings every client of this output shares (brokers, TLS, SASL)."""
+        try:
+            return client_settings(self.config, f"logferry-{self.name}", self._errors)
+        except OSError as exc:
+            raise RetryableError(f"cannot read {exc.filename}: {exc.strerror}") from exc
 
     async def start(self) -> None:
         """Check the topics and open the first transactional producer; a failure is kept in ``start_error``."""
@@ -232,7 +235,11 @@ class KafkaOutput:
         """
         timeout = self.config.request_timeout
         admin = AdminClient(self.client_settings())
-        metadata = admin.list_topics(timeout=timeout)
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException:
+            admin.poll(0)  # hands the reason behind "transport failure" to self._errors
+            raise
         topic = metadata.topics.get(self.config.topic)
         if topic is None or topic.error is not None:
             raise RetryableError(f"topic {self.config.topic} does not exist on {','.join(self.config.brokers)}")
@@ -248,8 +255,10 @@ class KafkaOutput:
             self._retire(markers)
         except BaseException:
             for producer in producers.values():
+                producer.poll(0)  # the reason of a failure, for self._errors
                 producer.close()
             raise
+        self._errors.last = None  # connected: an earlier error no longer explains anything
         for slot, producer in producers.items():
             key = slot_key(self.transactional_id, slot)
             self._sessions[slot] = Session(key, producer, markers.get(key, set()), partition,
@@ -312,11 +321,16 @@ class KafkaOutput:
             session.producer.close()
 
     def _describe(self, error: KafkaError, during: str) -> str:
-        """A clear message for a client error."""
+        """A clear message for a client error: fenced, credentials refused, brokers unreachable, or Kafka's words."""
         brokers = ",".join(self.config.brokers)
         if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
             return (f"{during}: fenced: another producer uses the transactional.id {self.transactional_id} "
                     "(another logferry with the same host name and output?)")
+        last = self._errors.last
+        if error.code() == KafkaError._AUTHENTICATION or self._errors.refused_credentials():
+            reason = last.str() if last is not None else error.str()
+            return (f"{during}: the brokers {brokers} refused the credentials of {self.config.username} "
+                    f"({self.config.sasl_mechanism}): {reason}")
         if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
-            return f"{during}: cannot reach the brokers {brokers}: {error.str()}"
+            return f"{during}: cannot reach the brokers {brokers}: {(last or error).str()}"
         return f"{during}: {error.name()}: {error.str()}"

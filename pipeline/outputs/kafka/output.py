@@ -84,6 +84,7 @@ class KafkaOutput:
         slots = config.buffer.workers
         self._sessions: list[Session | None] = [None] * slots
         self._slot_locks = [asyncio.Lock() for _ in range(slots)]  # one open transaction per transactional.id
+        self._in_use = [threading.Lock() for _ in range(slots)]  # held by the worker thread using the slot
         self._retired: set[str] = set()  # chunks of producers of an earlier, larger ``workers``
         self._unsettled: dict[str, int] = {}  # chunk id → the slot whose failed transaction it was in
         self._opening = threading.Lock()  # worker threads open producers one at a time
@@ -131,15 +132,28 @@ class KafkaOutput:
 
     async def close(self) -> None:
         """Drop the producers (an open transaction is aborted by the next one with the same id)."""
-        sessions, self._sessions = self._sessions, [None] * len(self._sessions)
-        for session in sessions:
-            if session is not None:
-                await asyncio.to_thread(session.producer.close)
+        await asyncio.to_thread(self._close_all)
+
+    def _close_all(self) -> None:
+        # A cancelled write's worker thread may still be producing: its producer is closed once
+        # it is done, or left to the process's exit (a producer must not be closed in use).
+        for slot, in_use in enumerate(self._in_use):
+            if in_use.acquire(timeout=self.config.request_timeout):
+                try:
+                    self._drop_session(slot)
+                finally:
+                    in_use.release()
+            else:
+                log.warning("output %s: producer %d still busy at close: left open", self.name, slot)
 
     # -- one delivery (worker thread) ---------------------------------------------------------
 
     def _deliver(self, chunk: Chunk, slot: int) -> int:
         """Produce ``chunk`` in one transaction; return how many records were dead-lettered."""
+        with self._in_use[slot]:
+            return self._deliver_on(chunk, slot)
+
+    def _deliver_on(self, chunk: Chunk, slot: int) -> int:
         session = self._ensure_session(slot)
         if self._already_delivered(chunk.chunk_id):
             log.info("output %s: chunk %s already in Kafka (committed before a restart or a failure): skipped",

@@ -4,6 +4,7 @@
 ``es_server``: that throw-away server itself (None with an external cluster), for outages.
 ``es9_url``: a throw-away 9.5.4 for a smaller subset (about 9 s to start, ~1 GB of memory).
 ``es_small_url``: a throw-away 8.19.21 with ``http.max_content_length: 1kb``, for HTTP 413.
+``kafka``: a throw-away single-node Kafka 4.4.0 (KRaft) for the session, started when a test asks.
 ``s3_server``: a throw-away S3 (moto) for this directory's modules that ship to S3 besides Elasticsearch.
 ``es_secure``: a throw-away 8.19.21 with security on, HTTPS, a file-realm user (and an API key where the
 distribution can make one), about 12 s to start.
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.elasticsearch import ElasticsearchServer, SecuredElasticsearchServer, external_url
+from tests.support.kafka import KafkaBroker
 from tests.support.s3server import S3Server
 
 ES8 = "8.19.21"
@@ -86,3 +88,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     log: Path = tmp_path_factory.mktemp("moto") / "moto.log"
     with S3Server(log) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    """The session's single-node Kafka 4.4.0 (KRaft, with a SASL_SSL listener too), about 7 s to start once its
+    jars are cached."""
+    with KafkaBroker(secure=True) as broker:
+        yield broker

@@ -16,6 +16,7 @@ from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import REPO, Daemon, Layout, Ledger, render_toml, wait_for
 from tests.support.elasticsearch import Cluster, ElasticsearchServer, access_for, dropping_indices, free_port, request
+from tests.support.kafka import KafkaBroker, TopicReader
 from tests.support.s3server import CREDENTIALS, all_records, list_keys
 from tests.support.writer import AgentWriter
 
@@ -113,12 +114,13 @@ def test_a_data_stream_receives_every_record_once_with_its_timestamp(layout, dae
     es.call("DELETE", "/_data_stream/logs-ai.logferry-test", ok=(200, 404))
 
 
-def example_for_test(layout: Layout, es_url: str, s3_url: str) -> dict[str, Any]:
+def example_for_test(layout: Layout, es_url: str, s3_url: str, kafka_bootstrap: str) -> dict[str, Any]:
     """REPO/config.example.toml as it is, but for what cannot be the same in a test.
 
     Changed: the state directory, the tailed paths, the status endpoint (a free port), the cluster
     (hosts, plus its credentials and CA if ``LOGFERRY_TEST_ES_URL`` is secured), the S3 endpoint (the
-    test's moto server, path-style), and the file output's directory (its file name pattern is kept).
+    test's moto server, path-style), the Kafka brokers (the test's broker), and the file output's
+    directory (its file name pattern is kept).
     """
     example = tomllib.loads((REPO / "config.example.toml").read_text())
     example["state_dir"] = str(layout.state)
@@ -128,14 +130,17 @@ def example_for_test(layout: Layout, es_url: str, s3_url: str) -> dict[str, Any]
     outputs["search"] |= {"hosts": [es_url], **access_for(es_url).output_options()}
     outputs["archive"] |= {"endpoint_url": s3_url, "addressing_style": "path"}
     outputs["debug"]["path"] = str(layout.out / Path(outputs["debug"]["path"]).name)
+    outputs["fleet"]["brokers"] = [kafka_bootstrap]
     return example
 
 
-def test_example_config_end_to_end(layout, daemon_factory, cluster, es_url, s3_server):
+def test_example_config_end_to_end(layout, daemon_factory, cluster, es_url, s3_server, kafka: KafkaBroker):
     # The seed's check is `GET ai-interactions*/_count` >= 1; here every record must be in each output once.
     es = cluster("ai-interactions")
-    example = example_for_test(layout, es_url, s3_server.url)
-    search, archive = example["outputs"]["search"], example["outputs"]["archive"]
+    example = example_for_test(layout, es_url, s3_server.url, kafka.bootstrap)
+    search, archive, fleet = (example["outputs"][name] for name in ("search", "archive", "fleet"))
+    kafka.create_topic(fleet["topic"], partitions=2)  # must exist, as in production
+    fleet_reader = TopicReader(kafka.bootstrap, fleet["topic"])
     assert search["index"] == "ai-interactions", "the seed's index name (and the check below) changed"
     text = render_toml(example)
     assert tomllib.loads(text) == example, "written back as it was read"
@@ -150,7 +155,10 @@ def test_example_config_end_to_end(layout, daemon_factory, cluster, es_url, s3_s
         wait_count(es, "ai-interactions*", total, daemon)
         wait_for(lambda: len(all_records(s3, archive["bucket"])) >= total, timeout=60, what="the archive in S3")
         wait_for(lambda: len(layout.records()) >= total, timeout=60, what="the debug file")
+        wait_for(lambda: len(fleet_reader.poll()) >= total, timeout=60, what="the fleet topic in Kafka")
         assert daemon.stop() == 0
+    fleet_reader.close()
+    Ledger.compare(expected, fleet_reader.records()).assert_exact()
     status, body = request("GET", f"{es_url}/ai-interactions*/_count")
     assert status == 200 and body["count"] == total
     assert_exactly(es, search["index"], expected)

@@ -360,6 +360,16 @@ def find_java_home(es_version: str) -> Path:
     if forced:
         return Path(forced)
     need = {7: 11, 8: 17}.get(_major(es_version), 21)
+    try:
+        return find_java(need)
+    except ElasticsearchError:
+        raise ElasticsearchError(
+            f"Elasticsearch {es_version} needs Java {need}+; none found (set LOGFERRY_ES_JAVA_HOME)"
+        ) from None
+
+
+def find_java(need: int) -> Path:
+    """The oldest JDK of at least major version ``need`` among JAVA_HOME, the default java and /usr/lib/jvm/*."""
     candidates: list[Path] = []
     if os.environ.get("JAVA_HOME"):
         candidates.append(Path(os.environ["JAVA_HOME"]))
@@ -376,9 +386,7 @@ def find_java_home(es_version: str) -> Path:
         if major is not None and major >= need and (real / "bin" / "java").is_file():
             found.setdefault(real, major)
     if not found:
-        raise ElasticsearchError(
-            f"Elasticsearch {es_version} needs Java {need}+; none found (set LOGFERRY_ES_JAVA_HOME)"
-        )
+        raise ElasticsearchError(f"no Java {need}+ found (JAVA_HOME, java on PATH, /usr/lib/jvm)")
     return min(found, key=lambda p: (found[p], str(p)))
 
 

@@ -114,8 +114,8 @@ def test_missing_type(tmp_path: Path) -> None:
 
 
 def test_unknown_type(tmp_path: Path) -> None:
-    text = BASE.replace('type = "file"', 'type = "kafka"')
-    with pytest.raises(ConfigError, match=r"outputs\.debug\.type: is 'kafka'"):
+    text = BASE.replace('type = "file"', 'type = "kafkaa"')
+    with pytest.raises(ConfigError, match=r"outputs\.debug\.type: is 'kafkaa'"):
         load(tmp_path, text)
 
 

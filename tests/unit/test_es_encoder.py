@@ -12,8 +12,9 @@ from pydantic import ValidationError
 from pipeline.buffer import frame
 from pipeline.buffer.chunk import Chunk, ChunkState, header_frame
 from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
-from pipeline.outputs.elasticsearch.encoder import BulkEncoder, EncodeError, bulk_body, hashed_id
+from pipeline.outputs.elasticsearch.encoder import BulkEncoder, EncodeError, bulk_body
 from pipeline.outputs.elasticsearch.template import index_template
+from pipeline.outputs.records import hashed_id
 
 TIMEKEY = 1_794_996_000  # 2026-11-18T10:00:00Z
 T = 1_795_000_000  # 2026-11-18T11:06:40Z

@@ -4,12 +4,9 @@ Each record of a frame is already a JSON document ending in a newline; it goes i
 body as it is, behind its action line ``{"create":{"_index":…,"_id":…}}``. Each line is
 parsed once (orjson) only to read its id field and its event time.
 
-Document ids are deterministic, so sending a document again after a timeout, a crash or
-a retry cannot index it twice: the ``id_key`` field when the record has a usable one
-(a non-empty string of at most 512 bytes, or an integer), else a hash of where the
-record came from: the source file key and byte offset (frame meta ``file``/``offs``)
-plus the raw event time value, so that a recycled inode cannot give a new record the
-id of an old one.
+Document ids are deterministic (:mod:`pipeline.outputs.records`, shared with the Kafka
+output), so sending a document again after a timeout, a crash or a retry cannot index it
+twice.
 
 For a data stream (``data_stream = true``) each document also gets the ``@timestamp``
 field data streams require, from its event time, unless it has one.
@@ -20,7 +17,6 @@ frame, never whole.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
@@ -31,10 +27,9 @@ import orjson
 from pipeline.buffer.chunk import Chunk
 from pipeline.buffer.frame import Frame
 from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
+from pipeline.outputs.records import document_id, lines, parse_object
 from pipeline.transforms.enrich import iso_millis
 from pipeline.transforms.parse_json import event_time
-
-MAX_ID_BYTES = 512  # Elasticsearch refuses longer ids
 
 
 class EncodeError(ValueError):
@@ -74,31 +69,6 @@ def bulk_body(docs: list[Document]) -> bytes:
     for doc in docs:
         parts += (doc.action, doc.record, b"\n")
     return b"".join(parts)
-
-
-def hashed_id(file: str, offset: int, time_value: object) -> str:
-    """The id of a record without a usable id field: 32 hex digits from where it was read.
-
-    >>> hashed_id("2049:1234", 5678, 1795000000.5) == hashed_id("2049:1234", 5678, 1795000000.5)
-    True
-    >>> len(hashed_id("2049:1234", 5678, None)), hashed_id("2049:1234", 0, None) != hashed_id("2049:1234", 1, None)
-    (32, True)
-    """
-    key = f"{file}:{offset}:".encode() + orjson.dumps(time_value)
-    return hashlib.blake2b(key, digest_size=16).hexdigest()
-
-
-def record_id(value: object) -> str | None:
-    """The id field's value as a document id, or None if it cannot be one.
-
-    >>> record_id("abc"), record_id(42), record_id(""), record_id(True), record_id({"a": 1})
-    ('abc', '42', None, None, None)
-    """
-    if type(value) is str:
-        return value if 0 < len(value.encode()) <= MAX_ID_BYTES else None
-    if type(value) is int:
-        return str(value)
-    return None
 
 
 class IndexNamer:
@@ -183,19 +153,18 @@ class BulkEncoder:
         """The documents of one data frame; ``first`` is the position of its first record."""
         meta = item.meta
         offsets: list[int] = meta.get("offs") or []
-        lines = _lines(item.payload)
-        if len(lines) != item.count or len(offsets) != item.count:
+        found = lines(item.payload)
+        if len(found) != item.count or len(offsets) != item.count:
             raise EncodeError(
-                f"frame of {item.count} records has {len(lines)} lines and {len(offsets)} offsets"
+                f"frame of {item.count} records has {len(found)} lines and {len(offsets)} offsets"
             )
         source, file, path = str(meta.get("src", "")), str(meta.get("file", "")), str(meta.get("path", ""))
-        for n, (line, offset) in enumerate(zip(lines, offsets, strict=True)):
+        for n, (line, offset) in enumerate(zip(found, offsets, strict=True)):
             if first + n in skip:
                 continue
-            record = _parse(line)
-            time_value = record.get(self.time_key)
-            doc_id = record_id(record.get(self.id_key)) or hashed_id(file, offset, time_value)
-            when = event_time(time_value, fallback_time)
+            record = parse_object(line)
+            doc_id = document_id(record, self.id_key, self.time_key, file, offset)
+            when = event_time(record.get(self.time_key), fallback_time)
             index = self.index_name(when)
             action = self._action_prefix(index) + orjson.dumps(doc_id) + b"}}\n"
             body = with_timestamp(line, record, when) if self.data_stream else line
@@ -216,26 +185,3 @@ def with_timestamp(line: memoryview, record: dict[str, Any], epoch: float) -> me
     if record and line[-1] == 0x7D:  # "}": spliced before the closing brace: the record's bytes as they are
         return b"".join((line[:-1], b',"@timestamp":', stamp, b"}"))
     return orjson.dumps({**record, "@timestamp": iso_millis(epoch)})  # {} or not an object (refused anyway)
-
-
-def _lines(payload: bytes) -> list[memoryview]:
-    """The payload's lines (it ends with a newline) as views into it: no copy per record."""
-    view, find = memoryview(payload), payload.find
-    lines: list[memoryview] = []
-    start, size = 0, len(payload)
-    while start < size:
-        end = find(b"\n", start)
-        if end < 0:
-            end = size
-        lines.append(view[start:end])
-        start = end + 1
-    return lines
-
-
-def _parse(line: memoryview) -> dict[str, Any]:
-    """The record, or {} if the line is not a JSON object (Elasticsearch will say why)."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    return record if type(record) is dict else {}

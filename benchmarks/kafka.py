@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Backlog catch-up into Kafka: tail → kafka output, next to the floor measured in the same run.
+
+  .venv/bin/python benchmarks/kafka.py                       # 100,000 typical records, 3 runs
+  .venv/bin/python benchmarks/kafka.py --records 20000 --compression lz4
+
+A throw-away single-node Kafka 4.4.0 (tests/support/kafka.py: the cached Maven jars, KRaft,
+384 MB heap) on this machine. The workload is written first; then, alternately, the floor
+(floor.py over the same file) and a fresh daemon (tail → kafka output with its defaults:
+one transaction per chunk, acks=all, zstd) into a fresh topic of 3 partitions, timed from
+"logferry running" until the file is read to its end and every chunk is committed in Kafka.
+Each run's records are counted back with a read_committed consumer. Reports records/s,
+logferry's CPU and peak RSS, the broker's CPU (its process group) over the same window, and
+the ratio to the floor (floor seconds / logferry seconds: ≥ 1.0 means as fast as the floor).
+Writes benchmarks/results/kafka-<records>-<max_chars>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import group_cpu_seconds, machine, make_workload, print_header, print_table, run_floor, write_results
+from outputs import run_pipeline
+
+from tests.support.kafka import KafkaBroker, TopicReader
+
+
+def committed_records(kafka: KafkaBroker, topic: str, expected: int) -> int:
+    """Messages a read_committed consumer finds in ``topic`` (reads until ``expected`` or 5 s of nothing)."""
+    reader = TopicReader(kafka.bootstrap, topic)
+    try:
+        idle = 0
+        while len(reader.messages) < expected and idle < 10:
+            before = len(reader.messages)
+            idle = idle + 1 if len(reader.poll()) == before else 0
+        return len(reader.messages)
+    finally:
+        reader.close()
+
+
+def bench(root: Path, workload: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    with KafkaBroker() as kafka:
+        pgid = kafka.pid
+        assert pgid is not None
+        for n in range(args.runs):
+            floor = run_floor(workload, root / "floor.out")
+            (root / "floor.out").unlink()
+            topic = f"bench-{n}"
+            kafka.create_topic(topic, partitions=3)
+            output = {"type": "kafka", "brokers": [kafka.bootstrap], "topic": topic, "compression": args.compression,
+                      "state_topic": "bench-state"}
+            run = run_pipeline(root, workload, "fleet", output, lambda: group_cpu_seconds(pgid),
+                               workers=args.workers)
+            run["committed"] = committed_records(kafka, topic, args.records)
+            assert run["committed"] == args.records, f"{run['committed']} records in Kafka, expected {args.records}"
+            runs.append({"floor": floor, "logferry": run, "ratio_to_floor": floor["seconds"] / run["seconds"]})
+    return runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--max-chars", type=int, default=65536)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compression", default="zstd", choices=["zstd", "lz4", "gzip", "none"])
+    ap.add_argument("--workers", type=int, default=1, help="buffer.workers of the output")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    info = machine()
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-kafka-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    workload = root / "agent.log"
+    workload.unlink(missing_ok=True)
+    make_workload(workload, args.records, args.max_chars)
+    size = workload.stat().st_size
+    runs = bench(root, workload, args)
+    if args.workdir is None:  # a given one is kept, daemon logs included
+        shutil.rmtree(root, ignore_errors=True)
+    floor_s = statistics.median(r["floor"]["seconds"] for r in runs)
+    lf_s = statistics.median(r["logferry"]["seconds"] for r in runs)
+    report = {**info, "records": args.records, "max_chars": args.max_chars, "bytes": size,
+              "compression": args.compression, "workers": args.workers, "runs": runs,
+              "floor_records_per_s": args.records / floor_s, "logferry_records_per_s": args.records / lf_s,
+              "ratio_to_floor": floor_s / lf_s,
+              "peak_rss_mb": max(r["logferry"]["peak_rss_mb"] for r in runs)}
+    print_header("kafka: backlog → tail → kafka output (transactions), next to the floor", info)
+    print(f"  workload: {args.records:,} records, {size / 1e6:.0f} MB; compression {args.compression}; "
+          f"local Kafka 4.4.0, one broker")
+    rows = []
+    for r in runs:
+        lf = r["logferry"]
+        rows.append([f"{args.records / r['floor']['seconds']:,.0f}", f"{args.records / lf['seconds']:,.0f}",
+                     f"{lf['seconds']:.2f}", f"{lf['cpu_s']:.2f}", f"{lf['server_cpu_s']:.2f}",
+                     f"{lf['rss_at_start_mb']:.0f} → {lf['peak_rss_mb']:.0f} MB", f"{r['ratio_to_floor']:.2f}x"])
+    print_table(["floor rec/s", "logferry rec/s", "seconds", "logferry CPU-s", "Kafka CPU-s", "RSS start → peak",
+                 "/ floor"], rows)
+    print(f"  medians: floor {report['floor_records_per_s']:,.0f} rec/s, "
+          f"logferry {report['logferry_records_per_s']:,.0f} rec/s: {report['ratio_to_floor']:.2f}x the floor; "
+          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    write_results(f"kafka-{args.records}-{args.max_chars}", report)
+
+
+if __name__ == "__main__":
+    main()

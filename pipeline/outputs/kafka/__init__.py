@@ -1,0 +1,1 @@
+"""The kafka output: each chunk in one Kafka transaction, with its marker in a state topic."""

@@ -285,10 +285,13 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 class DaemonProcess:
-    """``python -m pipeline run -c CONFIG`` in the background, output to ``log_path``."""
+    """``python -m pipeline run -c CONFIG`` in the background, output to ``log_path``
+    (``command``: another command line that runs it, e.g. with instrumentation)."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.config, self.log_path = config, log_path
+        self.command = command or [sys.executable, "-m", "pipeline", "run", "-c", str(config)]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = self.ready = 0.0
@@ -301,8 +304,7 @@ class DaemonProcess:
     def start(self, timeout: float = 60.0) -> DaemonProcess:
         """Start and wait for its "logferry running" line; ``ready`` is when it was seen."""
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-c", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
         self.started = time.perf_counter()
         while READY not in self.log_path.read_bytes():
             if self.proc.poll() is not None or time.perf_counter() - self.started > timeout:

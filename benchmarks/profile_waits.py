@@ -107,7 +107,10 @@ def print_profile(r: dict[str, Any]) -> None:
           f"{r['switch_interval_s'] * 1e3:.1f} ms, {r['sampling_rounds']} sampling rounds"
           + (", experiment: yield per batch" if r["yield_per_batch"] else ""))
     print(f"  wall vs CPU: {wall:.2f} s wall, {cpu:.2f} CPU-s over all threads (wall / CPU = {wall / cpu:.2f}); "
-          f"the daemon's threads waited {r['waiting_for_a_core_s']:.2f} s for a free core (run queue)\n")
+          f"the daemon's threads waited {r['waiting_for_a_core_s']:.2f} s for a free core (run queue)")
+    m = r["machine"]
+    print(f"  the machine meanwhile: {m['busy_s']:.2f} CPU-s busy (every process, the daemon's {cpu:.2f} included), "
+          f"{m['idle_s']:.2f} idle, {m['steal_s']:.2f} stolen by the hypervisor (summed over the cores)\n")
     activities = ["running", "GIL wait", "idle (epoll)", "idle (no work)", "fsync", "write", "copy_file_range",
                   "read", "metadata"]
     print("  threads (cpu and run queue: exact, from schedstat; the rest: sampled, seconds)")

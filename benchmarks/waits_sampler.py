@@ -48,16 +48,20 @@ class ThreadSampler:
     rounds: int = 0
     sched_begin: dict[int, tuple[int, int]] = field(default_factory=dict)
     sched_end: dict[int, tuple[int, int]] = field(default_factory=dict)
+    machine_begin: list[int] = field(default_factory=list)  # /proc/stat "cpu" line, ticks
+    machine_end: list[int] = field(default_factory=list)
     _fds: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def begin(self) -> None:
         """Note every thread's scheduler totals now (threads that start later begin at zero)."""
         self.refresh()
         self.sched_begin = self.schedstat()
+        self.machine_begin = machine_ticks()
 
     def end(self) -> None:
         """Note the totals again and let go of the /proc files."""
         self.sched_end = self.schedstat()
+        self.machine_end = machine_ticks()
         for stat, syscall in self._fds.values():
             os.close(stat)
             os.close(syscall)
@@ -105,6 +109,14 @@ class ThreadSampler:
             found[int(name)] = (int(run), int(wait))
         return found
 
+    def machine_window(self) -> dict[str, float]:
+        """The machine over the window, CPU seconds summed over its cores: busy (every process, this
+        one included), idle, and steal (time the hypervisor gave our virtual cores to someone else)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        delta = [(b - a) / ticks for a, b in zip(self.machine_begin, self.machine_end, strict=True)]
+        user, nice, system, idle, iowait, irq, softirq, steal = delta
+        return {"busy_s": user + nice + system + irq + softirq, "idle_s": idle + iowait, "steal_s": steal}
+
     def window(self) -> dict[int, tuple[float, float]]:
         """Per thread: seconds on a core, seconds waiting for one, between ``begin`` and ``end``."""
         spent = {}
@@ -112,6 +124,12 @@ class ThreadSampler:
             run0, wait0 = self.sched_begin.get(tid, (0, 0))
             spent[tid] = ((run - run0) / 1e9, (wait - wait0) / 1e9)
         return spent
+
+
+def machine_ticks() -> list[int]:
+    """The whole machine's CPU ticks so far: user nice system idle iowait irq softirq steal (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:9]]
 
 
 def kind(syscall: int) -> str:

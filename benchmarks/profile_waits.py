@@ -67,7 +67,9 @@ def profile(root: Path, workload: Path, args: argparse.Namespace) -> dict[str, A
         sampler = ThreadSampler(daemon.pid)
         cpu_ready, _ = proc_stats(daemon.pid)
         sampler.begin()
+        own = time.process_time()
         done = sample_until_caught_up(sampler, root, size, args.interval)
+        sampler_cpu = time.process_time() - own
         sampler.end()
         cpu, rss = proc_stats(daemon.pid)
         loop_tid = daemon.pid  # the main thread runs the event loop
@@ -79,7 +81,7 @@ def profile(root: Path, workload: Path, args: argparse.Namespace) -> dict[str, A
     report = build(trace, sampler, daemon.ready, done, loop_tid)
     report.update(records=args.records, bytes=size, records_per_s=args.records / (done - daemon.ready),
                   cpu_s_proc=cpu - cpu_ready, peak_rss_mb=rss / 1e6, fsync=args.fsync == "true",
-                  yield_per_batch=args.yield_per_batch)
+                  yield_per_batch=args.yield_per_batch, sampler_cpu_s=sampler_cpu)
     return report
 
 
@@ -110,7 +112,8 @@ def print_profile(r: dict[str, Any]) -> None:
           f"the daemon's threads waited {r['waiting_for_a_core_s']:.2f} s for a free core (run queue)")
     m = r["machine"]
     print(f"  the machine meanwhile: {m['busy_s']:.2f} CPU-s busy (every process, the daemon's {cpu:.2f} included), "
-          f"{m['idle_s']:.2f} idle, {m['steal_s']:.2f} stolen by the hypervisor (summed over the cores)\n")
+          f"{m['idle_s']:.2f} idle, {m['steal_s']:.2f} stolen by the hypervisor (summed over the cores); "
+          f"the sampler used {r['sampler_cpu_s']:.2f} CPU-s\n")
     activities = ["running", "GIL wait", "idle (epoll)", "idle (no work)", "fsync", "write", "copy_file_range",
                   "read", "metadata"]
     print("  threads (cpu and run queue: exact, from schedstat; the rest: sampled, seconds)")

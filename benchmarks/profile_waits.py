@@ -110,12 +110,12 @@ def print_profile(r: dict[str, Any]) -> None:
           + (", experiment: yield per batch" if r["yield_per_batch"] else ""))
     print(f"  wall vs CPU: {wall:.2f} s wall, {cpu:.2f} CPU-s over all threads (wall / CPU = {wall / cpu:.2f}); "
           f"the daemon's threads waited {r['waiting_for_a_core_s']:.2f} s for a free core (run queue)")
-    m = r["machine"]
+    m = r["machine_cpu"]
     print(f"  the machine meanwhile: {m['busy_s']:.2f} CPU-s busy (every process, the daemon's {cpu:.2f} included), "
           f"{m['idle_s']:.2f} idle, {m['steal_s']:.2f} stolen by the hypervisor (summed over the cores); "
           f"the sampler used {r['sampler_cpu_s']:.2f} CPU-s\n")
     activities = ["running", "GIL wait", "idle (epoll)", "idle (no work)", "fsync", "write", "copy_file_range",
-                  "read", "metadata"]
+                  "read", "metadata", "sleep"]
     print("  threads (cpu and run queue: exact, from schedstat; the rest: sampled, seconds)")
     rows = []
     for t in r["threads"]:

@@ -259,7 +259,7 @@ def build(trace: dict[str, Any], sampler: ThreadSampler, lo: float, hi: float, l
     threads = thread_table(p)
     return {"window_s": p.wall, "process_cpu_s": sum(t["cpu_s"] for t in threads),
             "waiting_for_a_core_s": sum(t["waiting_for_a_core_s"] for t in threads),
-            "machine": sampler.machine_window(), "samples": len(p.samples()),
+            "machine_cpu": sampler.machine_window(), "samples": len(p.samples()),
             "sampling_rounds": len({s.at for s in p.samples()}),
             "switch_interval_s": trace["switch_interval"], "threads": threads, "stages": stage_table(p),
             "who_waits": who_waits(p), "concurrency": concurrency(p),

@@ -63,10 +63,25 @@ def cpu_model() -> str:
 
 def machine_busy_seconds() -> float:
     """CPU seconds every process on the machine has used since boot, summed over the cores (/proc/stat),
-    steal included (time another VM ran on our cores is time we did not get)."""
+    steal included (time another VM ran on our cores is time we did not get). Interrupt time is left
+    out: on an idle machine it is mostly the run's own disk I/O."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICKS
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields[:8]
+    return (user + nice + system + steal) / TICKS
+
+
+def kernel_thread_seconds() -> float:
+    """CPU seconds of the kernel's own threads (children of kthreadd: writeback, the journal, ...),
+    which a run's writes and fsyncs keep busy: not another user's load."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # a process that just ended
+            continue
+        if fields[1] == "2":  # ppid: kthreadd
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
 
 
 def own_tree_seconds() -> float:
@@ -84,7 +99,8 @@ def machine() -> dict[str, Any]:
     Call it before the measured work: it also notes the machine's CPU use, so that
     ``finish_run`` can tell how much of the machine other processes took meanwhile.
     """
-    _RUN_START.update(busy=machine_busy_seconds(), own=own_tree_seconds(), wall=time.monotonic())
+    _RUN_START.update(busy=machine_busy_seconds(), own=own_tree_seconds(), kernel=kernel_thread_seconds(),
+                      wall=time.monotonic())
     load = os.getloadavg()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
@@ -96,16 +112,18 @@ def machine() -> dict[str, Any]:
 
 def finish_run(info: dict[str, Any]) -> dict[str, Any]:
     """Add, in place, what the machine did during the run: the load after it, the CPU other processes
-    used meanwhile (the machine's busy time minus this script's and its waited-for children's), and
-    whether the machine was idle (they used under IDLE_OTHERS_PCT of one core). Returns ``info``.
+    used meanwhile (the machine's busy time minus this script's, its waited-for children's and the
+    kernel threads'), and whether the machine was idle (they used under IDLE_OTHERS_PCT of one core).
+    Returns ``info``.
 
     Call it after every process the script started has been stopped and waited for: the CPU of a
     child still running would count as another process's."""
     wall = time.monotonic() - _RUN_START["wall"]
-    others = (machine_busy_seconds() - _RUN_START["busy"]) - (own_tree_seconds() - _RUN_START["own"])
+    kernel = kernel_thread_seconds() - _RUN_START["kernel"]
+    others = (machine_busy_seconds() - _RUN_START["busy"]) - (own_tree_seconds() - _RUN_START["own"]) - kernel
     load = os.getloadavg()
     others_pct = max(0.0, 100 * others / wall) if wall > 0 else 0.0
-    info.update(load_after=load[0], load_after_1_5_15=list(load), run_seconds=wall,
+    info.update(load_after=load[0], load_after_1_5_15=list(load), run_seconds=wall, kernel_threads_cpu_s=kernel,
                 others_cpu_pct_of_core=others_pct, idle=others_pct < IDLE_OTHERS_PCT)
     return info
 

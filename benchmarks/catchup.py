@@ -148,7 +148,8 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']}, {r['date']}")
+    print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']} ({r['cpu']}), "
+          f"{r['date']}")
     print(f"{'':24} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8}")
     labels = {"floor": "floor", "logferry": "logferry (fsync)", "logferry_no_fsync": "logferry (fsync=false)"}
     for key, label in labels.items():

@@ -156,6 +156,7 @@ def print_profile(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    """Generate the workload, profile one run, print and save the profile."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--max-chars", type=int, default=65536)

@@ -67,6 +67,7 @@ class Profile:
 
     @property
     def wall(self) -> float:
+        """The window's length, seconds."""
         return self.hi - self.lo
 
     def spans(self, stage: str, tid: int | None = None) -> list[Span]:
@@ -82,6 +83,7 @@ class Profile:
         return {tid: union(spans) for tid, spans in found.items()}
 
     def samples(self) -> list[Sample]:
+        """The thread samples taken inside the window."""
         return [s for s in self.sampler.samples if self.lo <= s.at < self.hi]
 
     def tick(self) -> float:

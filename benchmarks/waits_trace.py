@@ -108,11 +108,13 @@ class TimedQueue:
         self.yield_first = yield_first
 
     async def get(self) -> Any:
+        """The next item, the wait for it timed (after letting other tasks run, with the experiment)."""
         if self.yield_first:
             await asyncio.sleep(0)
         return await timed_await(self.get_stage, self.queue.get)()
 
     async def put(self, item: Any) -> None:
+        """Put an item, the wait for room timed."""
         await timed_await(self.put_stage, self.queue.put)(item)
 
 
@@ -239,6 +241,7 @@ def write_trace(path: Path) -> None:
 
 
 def main() -> int:
+    """Instrument, run the daemon until it stops, write the trace."""
     trace, switch_interval, experiment, *argv = sys.argv[1:]
     instrument(float(switch_interval), experiment)
     try:

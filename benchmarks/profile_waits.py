@@ -14,7 +14,7 @@ this process samples every daemon thread's state from /proc every ``--interval``
 (``waits_sampler.py``; from outside, so it takes no GIL from the daemon, only a little CPU
 of its own). The window is catchup.py's: from "logferry running" until the positions reach
 the end of the file and no chunk is left. Prints the tables and writes
-benchmarks/results/profile_waits-<records>-<max_chars>-fsync-<mode>.json.
+benchmarks/results/profile_waits-<records>-<max_chars>-fsync-<mode>[-yield][-switch-<s>].json.
 
 What to read first: "wall vs CPU" (the gap to explain), the event loop's row in the thread table
 (the parser's thread: running, GIL wait, idle), and "who waits" (while the loop is idle, was the
@@ -181,7 +181,9 @@ def main() -> None:
     report = {**finish_run(info), **result}
     print_header("wait profile: backlog → file output (catchup.py's workload), one instrumented run", report)
     print_profile(report)
-    write_results(f"profile_waits-{args.records}-{args.max_chars}-fsync-{args.fsync}", report)
+    variant = ("-yield" if args.yield_per_batch else "") + (f"-switch-{args.switch_interval:g}"
+                                                           if args.switch_interval else "")
+    write_results(f"profile_waits-{args.records}-{args.max_chars}-fsync-{args.fsync}{variant}", report)
 
 
 if __name__ == "__main__":

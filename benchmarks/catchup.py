@@ -29,6 +29,7 @@ from common import (
     DaemonProcess,
     count_lines,
     durable_write_seconds,
+    finish_run,
     machine,
     make_workload,
     print_header,
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--fsync", choices=("both", "true", "false"), default="both", help="durability modes to run")
     args = ap.parse_args()
     modes = {"both": [True, False], "true": [True], "false": [False]}[args.fsync]
+    info = machine()  # before the work: its load and CPU figures are the run's
     root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     workload = root / "agent.log"
@@ -111,7 +113,7 @@ def main() -> None:
             delivered = count_lines(root / "out")
             assert delivered == args.records, f"daemon delivered {delivered} of {args.records}"
         disk.append(durable_write_seconds(root, size))  # last: freeing its files must not slow a timed run
-    report = summarize(args, size, floors, daemons)
+    report = summarize(args, size, floors, daemons, finish_run(info))
     report["durable_io"] = {"seconds": statistics.median(disk), "runs": disk,
                             "records_per_s": args.records / statistics.median(disk)}
     print_header("catch-up: backlog → file output, next to the floor", report)
@@ -124,13 +126,13 @@ ROW = {True: "logferry", False: "logferry_no_fsync"}  # result keys: fsync = tru
 
 
 def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]],
-              daemons: dict[bool, list[dict[str, float]]]) -> dict[str, Any]:
+              daemons: dict[bool, list[dict[str, float]]], info: dict[str, Any]) -> dict[str, Any]:
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
     floor_s = med(floors, "seconds")
     report: dict[str, Any] = {
-        **machine(), "records": args.records, "bytes": size,
+        **info, "records": args.records, "bytes": size,
         "workload": "shared gen_interactions.py" if args.shared_workload else "pipeline.generator",
         "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6,
                   "cpu_s": med(floors, "cpu_s"), "runs": floors},
@@ -146,7 +148,8 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']}, {r['date']}")
+    print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']} ({r['cpu']}), "
+          f"{r['date']}")
     print(f"{'':24} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8}")
     labels = {"floor": "floor", "logferry": "logferry (fsync)", "logferry_no_fsync": "logferry (fsync=false)"}
     for key, label in labels.items():

@@ -49,27 +49,105 @@ def git_state() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def machine() -> dict[str, Any]:
-    """Where and when: cores, CPU, Python, date, load, the command line and the code's commit."""
-    model = ""
+IDLE_OTHERS_PCT = 10.0  # other processes' CPU during a run, % of one core, under which the machine counts as idle
+
+
+def cpu_model() -> str:
+    """The CPU's ``model name`` from /proc/cpuinfo ("" when there is none, e.g. on ARM)."""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        model = found.group(1).strip() if found else ""
+    if not cpuinfo.exists():
+        return ""
+    found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+    return found.group(1).strip() if found else ""
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot, summed over the cores (/proc/stat),
+    steal included (time another VM ran on our cores is time we did not get). Interrupt time is left
+    out: on an idle machine it is mostly the run's own disk I/O."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields[:8]
+    return (user + nice + system + steal) / TICKS
+
+
+def kernel_thread_seconds() -> float:
+    """CPU seconds of the kernel's own threads (children of kthreadd: writeback, the journal, ...),
+    which a run's writes and fsyncs keep busy: not another user's load."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # a process that just ended
+            continue
+        if fields[1] == "2":  # ppid: kthreadd
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def own_tree_seconds() -> float:
+    """CPU seconds of this script and of the children it has waited for (daemons, floors, servers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+_RUN_START: dict[str, float] = {}
+
+
+def machine() -> dict[str, Any]:
+    """Where and when: cores, CPU, Python, date, load, the command line and the code's commit.
+
+    Call it before the measured work: it also notes the machine's CPU use, so that
+    ``finish_run`` can tell how much of the machine other processes took meanwhile.
+    """
+    _RUN_START.update(busy=machine_busy_seconds(), own=own_tree_seconds(), kernel=kernel_thread_seconds(),
+                      wall=time.monotonic())
+    load = os.getloadavg()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-        "load_before": os.getloadavg()[0], "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "commit": git_state(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "load_before": load[0], "load_before_1_5_15": list(load),
+        "command": shlex.join([".venv/bin/python", *sys.argv]), "commit": git_state(),
     }
 
 
+def finish_run(info: dict[str, Any]) -> dict[str, Any]:
+    """Add, in place, what the machine did during the run: the load after it, the CPU other processes
+    used meanwhile (the machine's busy time minus this script's, its waited-for children's and the
+    kernel threads'), and whether the machine was idle (they used under IDLE_OTHERS_PCT of one core).
+    Returns ``info``.
+
+    Call it after every process the script started has been stopped and waited for: the CPU of a
+    child still running would count as another process's."""
+    wall = time.monotonic() - _RUN_START["wall"]
+    kernel = kernel_thread_seconds() - _RUN_START["kernel"]
+    others = (machine_busy_seconds() - _RUN_START["busy"]) - (own_tree_seconds() - _RUN_START["own"]) - kernel
+    load = os.getloadavg()
+    others_pct = max(0.0, 100 * others / wall) if wall > 0 else 0.0
+    info.update(load_after=load[0], load_after_1_5_15=list(load), run_seconds=wall, kernel_threads_cpu_s=kernel,
+                others_cpu_pct_of_core=others_pct, idle=others_pct < IDLE_OTHERS_PCT)
+    return info
+
+
 def print_header(title: str, info: dict[str, Any]) -> None:
-    """The first lines every benchmark prints."""
+    """The first lines every benchmark prints: the machine, the code, and whether the machine was idle
+    (``finish_run`` is called here if the script has not called it)."""
+    if "load_after" not in info:
+        finish_run(info)
     print(f"{title}")
     print(f"  {info['machine']} ({info['cpu'] or 'cpu unknown'}), Python {info['python']}, {info['date']}, "
-          f"load {info['load_before']:.2f}, commit {info['commit']}")
+          f"commit {info['commit']}")
     print(f"  command: {info['command']}")
+    print(f"  {load_line(info)}")
+
+
+def load_line(info: dict[str, Any]) -> str:
+    """Load before and after, the other processes' share, and the verdict on the figures."""
+    line = (f"load {info['load_before']:.2f} before, {info['load_after']:.2f} after (1-min averages, this run "
+            f"included); other processes used {info['others_cpu_pct_of_core']:.0f}% of a core during the "
+            f"{info['run_seconds']:.0f} s run: ")
+    if info["idle"]:
+        return line + "machine idle"
+    return line + "machine LOADED, throughput and latency figures are not comparable"
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -225,10 +303,13 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 class DaemonProcess:
-    """``python -m pipeline run -c CONFIG`` in the background, output to ``log_path``."""
+    """``python -m pipeline run -c CONFIG`` in the background, output to ``log_path``
+    (``command``: another command line that runs it, e.g. with instrumentation)."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.config, self.log_path = config, log_path
+        self.command = command or [sys.executable, "-m", "pipeline", "run", "-c", str(config)]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = self.ready = 0.0
@@ -241,8 +322,7 @@ class DaemonProcess:
     def start(self, timeout: float = 60.0) -> DaemonProcess:
         """Start and wait for its "logferry running" line; ``ready`` is when it was seen."""
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-c", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
         self.started = time.perf_counter()
         while READY not in self.log_path.read_bytes():
             if self.proc.poll() is not None or time.perf_counter() - self.started > timeout:

@@ -45,6 +45,7 @@ from common import (
     DaemonProcess,
     cpu_seconds,
     delivered_all,
+    finish_run,
     group_cpu_seconds,
     machine,
     make_workload,
@@ -308,6 +309,7 @@ def main() -> None:
     if args.only in (None, "s3"):
         report["s3"] = bench_s3(root, workload, args)
     shutil.rmtree(root, ignore_errors=True)
+    report.update(finish_run(info))
     print_header("outputs: backlog → tail → Elasticsearch / S3, fresh daemon per run", info)
     print_results(report)
     tuned = args.workers != 1 or args.bulk_concurrency != 1

@@ -177,8 +177,8 @@ def _output(directive: Directive, walk: _Walk) -> str | None:
             hint = ("logferry sets chunks it cannot deliver aside in STATE_DIR/buffer/NAME/dead/ (logferry replay)"
                     if child.name == "secondary" else "no equivalent in logferry; left out")
             ctx.add("refused", child.where, child.heading, hint)
-    if kind.finish is not None:
-        kind.finish(built.table, buffer)
+    if built.finish is not None:
+        built.finish(buffer)
     if buffer.flush_at_shutdown:
         walk.root["flush_at_shutdown"] = True
     spec = OutputSpec(name, directive, built.table, buffer.table, built.tag_key)

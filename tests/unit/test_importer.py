@@ -170,6 +170,18 @@ def test_file_paths_take_the_time_slice_where_fluentd_puts_it() -> None:
         _one_output("@type file\npath /o/${tag}/app")
 
 
+def test_file_names_keep_fluentds_suffix_settings_and_what_has_no_equivalent_is_reported() -> None:
+    out, report = _one_output("@type file\npath /o/a\npath_suffix .jsonl\nappend true\nsymlink_path /o/current")
+    assert out["path"] == "/o/a.%Y%m%d.jsonl"
+    assert "t.conf:12  symlink_path /o/current: <match a> @type file has no such setting in logferry" in report
+    assert "append" not in report
+    out, report = _one_output("@type file\npath /o/a\nadd_path_suffix false")
+    assert out["path"] == "/o/a.%Y%m%d"
+    assert "append false: Fluentd wrote each chunk to a file of its own" in report
+    out, _ = _one_output("@type file\npath /o/a.%Y-%m-%d\ncompress gzip")
+    assert out["path"] == "/o/a.%Y-%m-%d.log.gz"
+
+
 def test_multi_line_arrays_and_quoted_values_parse_as_fluentd_reads_them() -> None:
     root = parse_text('<source>\n@type tail\npath ["/a/*.log",\n  "/b/*.log"]\ntag a # routing\nformat \'json\'\n'
                       '</source>\n', "t.conf")

@@ -189,6 +189,14 @@ _S3_KEY_PARTS = {
     "%{file_extension}": "{ext}", "%{hostname}": "{hostname}", "%{hex_random}": "",
 }
 _FLUENTD_DEFAULT_KEY = "%{path}%{time_slice}_%{index}.%{file_extension}"
+#: How logferry writes what a Fluentd key placeholder became (said in the report: key names change).
+_S3_RENDERED = {
+    "%{time_slice}": "{time} as 20261118T110000Z (not in time_slice_format)",
+    "%{index}": "{chunk_id} as 16 hex digits (not a counter)",
+    "%{uuid_flush}": "{chunk_id} as 16 hex digits (not a UUID)",
+    "%{file_extension}": "{ext} as jsonl, jsonl.gz or jsonl.zst (not json, gz or zst)",
+    "%{hex_random}": "%{hex_random} left out (the chunk id keeps keys apart)",
+}
 
 
 def s3(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built | None:
@@ -246,6 +254,9 @@ def _s3_key_format(table: dict[str, Any], reader: Reader, ctx: Context) -> None:
         ours = ours.replace(".{ext}", "-{chunk_id}.{ext}") if ".{ext}" in ours else ours + "-{chunk_id}"
         ctx.add("approximated", param.where, f"s3_object_key_format {fluentd}",
                 f"written as {ours!r}: each chunk's key holds its id, so a retried upload never overwrites another")
+    if rendered := [text for theirs, text in _S3_RENDERED.items() if theirs in fluentd]:
+        ctx.add("approximated", param.where, f"s3_object_key_format {fluentd}",
+                f"object names change: {'; '.join(rendered)}")
     table["object_key_format"] = ours
 
 

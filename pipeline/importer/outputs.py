@@ -102,7 +102,7 @@ def elasticsearch(directive: Directive, reader: Reader, ctx: Context, name: str)
                     "logferry installs its own index template for interaction records (install_template); "
                     "this one is not installed")
     tag_key = (reader.text("tag_key") or "tag") if reader.get(values.boolean, "include_tag_key") else None
-    reader.text("tag_key")
+    reader.param("tag_key")  # without include_tag_key it means nothing: read, not reported
     return Built(table, tag_key)
 
 

@@ -43,7 +43,11 @@ async def start_http(listen: str, snapshot: Snapshot, address_file: Path | None 
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     address = f"{bound_host}:{bound_port}"
     if address_file is not None:
-        await asyncio.to_thread(write_address, address_file, address)
+        try:
+            await asyncio.to_thread(write_address, address_file, address)
+        except BaseException:
+            server.close()  # reported unavailable: it must not go on answering, unowned
+            raise
     log.info("status endpoint listening on http://%s/ (/metrics, /health, /status)", address)
     return server
 

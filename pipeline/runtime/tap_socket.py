@@ -68,7 +68,13 @@ async def start_tap_socket(path: Path, tap: TapHub, state_dir: Path) -> asyncio.
     sock = await asyncio.to_thread(bind, path)
     handle = connection_handler(lambda reader, writer: _respond(reader, writer, tap), log, "tap viewer")
     server = await asyncio.start_unix_server(handle, sock=sock)
-    await asyncio.to_thread(write_atomic, state_dir / ADDRESS_FILE, f"{path}\n".encode())
+    try:
+        await asyncio.to_thread(write_atomic, state_dir / ADDRESS_FILE, f"{path}\n".encode())
+    except BaseException:
+        server.close()  # reported unavailable: it must not go on serving records, unowned
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
     log.info("tap listening on %s (mode %o: root and group %s may tap)", path, SOCKET_MODE, _group_name(path))
     return server
 

@@ -146,14 +146,19 @@ def make_dirs(path: Path) -> None:
 def open_file(path: Path, flags: int) -> int:
     """``os.open(path, flags | O_CREAT)``; a file this call creates gets FILE_MODE.
 
-    Opening with O_EXCL first tells a new file from an existing one without a race.
+    Opening with O_EXCL first tells a new file from an existing one without a race; a file
+    removed between the two opens (an operator's rotation of an output file) is created.
     """
-    try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    except FileExistsError:
-        return os.open(path, flags | os.O_CLOEXEC)
-    os.fchmod(fd, FILE_MODE)
-    return fd
+    while True:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            try:
+                return os.open(path, flags | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+        os.fchmod(fd, FILE_MODE)
+        return fd
 
 
 def opener(path: str, flags: int) -> int:

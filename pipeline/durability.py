@@ -13,7 +13,9 @@ It is also where files and directories come into being: everything the daemon cr
 only, FILE_MODE and DIR_MODE, whatever the umask it was started with. The mode is set
 explicitly after creation because the umask masks the mode given to open() and mkdir():
 a umask of 077 would make a file 0600 (the service's group could not read it), and a
-umask of 000 would make a directory 0777. Only what the daemon creates gets these
+umask of 000 would make a directory 0777. Creation asks for the final mode already, so
+until the chmod the umask can only narrow it: no one else ever gets a moment to open a
+file or plant one in a new directory. Only what the daemon creates gets these
 modes: a directory or file that already exists (an operator's output directory) keeps
 the mode its owner gave it.
 """
@@ -135,7 +137,7 @@ def make_dirs(path: Path) -> None:
         missing.append(directory)
     for directory in reversed(missing):
         try:
-            directory.mkdir()
+            directory.mkdir(DIR_MODE)  # never wider than DIR_MODE, not even until the chmod below
         except FileExistsError:
             continue  # made meanwhile (another thread, another process): not ours to chmod
         os.chmod(directory, DIR_MODE)
@@ -144,14 +146,19 @@ def make_dirs(path: Path) -> None:
 def open_file(path: Path, flags: int) -> int:
     """``os.open(path, flags | O_CREAT)``; a file this call creates gets FILE_MODE.
 
-    Opening with O_EXCL first tells a new file from an existing one without a race.
+    Opening with O_EXCL first tells a new file from an existing one without a race; a file
+    removed between the two opens (an operator's rotation of an output file) is created.
     """
-    try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    except FileExistsError:
-        return os.open(path, flags | os.O_CLOEXEC)
-    os.fchmod(fd, FILE_MODE)
-    return fd
+    while True:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            try:
+                return os.open(path, flags | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+        os.fchmod(fd, FILE_MODE)
+        return fd
 
 
 def opener(path: str, flags: int) -> int:

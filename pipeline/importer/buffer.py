@@ -86,7 +86,10 @@ def translate_buffer(owner: Directive, owner_reader: Reader, ctx: Context, defau
     _retry_forever(table, readers, ctx)
     _overflow(table, readers, ctx)
     at_shutdown = _flag(readers, "flush_at_shutdown")
-    owner_reader.read.update(V0_NAMES, {"time_slice_format", "flush_mode", "flush_at_shutdown"})
+    if time_keyed:
+        _local_time(owner, readers, ctx)
+    owner_reader.read.update(V0_NAMES, {"time_slice_format", "flush_mode", "flush_at_shutdown", "utc", "localtime",
+                             "timezone"})
     if reader is not None:
         reader.leftovers("<buffer>")
     slice_format = owner.value("time_slice_format") or time_slice_format(timekey)
@@ -161,6 +164,18 @@ def _flush_mode(table: dict[str, Any], reader: Reader, owner: Reader, time_keyed
         ctx.add("refused", mode.where, f"flush_mode {value}", "expected default, lazy, interval or immediate")
         return
     table["flush_mode"] = value
+
+
+def _local_time(owner: Directive, readers: list[Reader], ctx: Context) -> None:
+    """Fluentd cuts and names time windows in local time unless told UTC; logferry always in UTC."""
+    utc = _flag(readers, "timekey_use_utc") or _flag(readers, "utc") or _flag(readers, "localtime") is False
+    zone = next((z for r in readers if (z := r.text("timekey_zone", "timezone"))), None)
+    if utc or (zone is not None and zone.strip().upper() in ("UTC", "Z", "+0000", "+00:00", "-0000")):
+        return
+    what = f"timekey_zone {zone}" if zone else "timekey_use_utc false"
+    ctx.add("approximated", owner.where, what,
+            "logferry cuts time windows and names their files, objects and indices in UTC; Fluentd used "
+            f"{'that zone' if zone else 'the local time'}: on a host not in UTC, names shift by its offset")
 
 
 def _queue_limit(table: dict[str, Any], readers: list[Reader]) -> None:

@@ -35,7 +35,9 @@ def run_import(request: ImportRequest) -> int:
     translation = _translate(request)
     text = render(translation.tables, header=_header(request))
     settings = settings_from_dict(tomllib.loads(text), origin="imported config")  # what `logferry check` does
-    _write(request, text)
+    if request.output is not None and request.output.exists() and not request.force:
+        raise ConfigError(f"{request.output} exists; pass --force to replace it")
+    # Seeding first: a position file it cannot read stops the import before anything is written.
     if request.positions is not None:
         files = request.positions or [Path(s.pos_file) for s in translation.sources if s.pos_file]
         if not files:
@@ -43,6 +45,7 @@ def run_import(request: ImportRequest) -> int:
         positions.seed(files, translation.sources, settings.state_dir, translation.report)
     else:
         _remind_positions(translation)
+    _write(request.output, text)
     sys.stderr.write(translation.report.render())
     if request.output is not None:
         sys.stderr.write(f"wrote {request.output}; it passes `logferry check`\n")
@@ -71,10 +74,8 @@ def _header(request: ImportRequest) -> list[str]:
             "translated and where each secret goes. Validate with: logferry check -c THIS_FILE"]
 
 
-def _write(request: ImportRequest, text: str) -> None:
-    if request.output is None:
+def _write(output: Path | None, text: str) -> None:
+    if output is None:
         sys.stdout.write(text)
-        return
-    if request.output.exists() and not request.force:
-        raise ConfigError(f"{request.output} exists; pass --force to replace it")
-    request.output.write_text(text, encoding="utf-8")
+    else:
+        output.write_text(text, encoding="utf-8")

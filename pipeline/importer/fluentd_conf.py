@@ -120,6 +120,7 @@ class _Parser:
     """A line-oriented reader with a stack of open directives that spans included files."""
 
     def parse_into(self, root: Directive, path: Path, stack: list[Directive], seen: set[Path]) -> None:
+        """Read ``path`` into the open directive on top of ``stack``; ``seen``: the files including it."""
         resolved = path.resolve()
         if resolved in seen:
             raise ConfigError(f"{path}: included from itself (an @include loop)")
@@ -131,6 +132,7 @@ class _Parser:
 
     def feed(self, root: Directive, lines: list[str], name: str, base: Path, stack: list[Directive],
              seen: set[Path]) -> None:
+        """Parse ``lines`` of file ``name``; each directive it opens must close in the same file."""
         depth = len(stack)
         index = 0
         while index < len(lines):

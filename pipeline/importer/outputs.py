@@ -26,6 +26,7 @@ class Built:
 
     table: dict[str, Any]
     tag_key: str | None = None
+    finish: Callable[[BufferResult], None] | None = None  # completes the table once the buffer is known
 
 
 Handler = Callable[[Directive, Reader, Context, str], Built | None]
@@ -40,7 +41,6 @@ class OutputType:
     buffer: BufferDefaults
     ignored: frozenset[str] = frozenset()
     sections: frozenset[str] = frozenset({"buffer", "format"})
-    finish: Callable[[dict[str, Any], BufferResult], None] | None = None  # once the buffer is known
 
 
 def secret_file(reader: Reader, ctx: Context, name: str, key: str, ours: str, what: str) -> str | None:
@@ -102,7 +102,7 @@ def elasticsearch(directive: Directive, reader: Reader, ctx: Context, name: str)
                     "logferry installs its own index template for interaction records (install_template); "
                     "this one is not installed")
     tag_key = (reader.text("tag_key") or "tag") if reader.get(values.boolean, "include_tag_key") else None
-    reader.text("tag_key")
+    reader.param("tag_key")  # without include_tag_key it means nothing: read, not reported
     return Built(table, tag_key)
 
 
@@ -189,6 +189,14 @@ _S3_KEY_PARTS = {
     "%{file_extension}": "{ext}", "%{hostname}": "{hostname}", "%{hex_random}": "",
 }
 _FLUENTD_DEFAULT_KEY = "%{path}%{time_slice}_%{index}.%{file_extension}"
+#: How logferry writes what a Fluentd key placeholder became (said in the report: key names change).
+_S3_RENDERED = {
+    "%{time_slice}": "{time} as 20261118T110000Z (not in time_slice_format)",
+    "%{index}": "{chunk_id} as 16 hex digits (not a counter)",
+    "%{uuid_flush}": "{chunk_id} as 16 hex digits (not a UUID)",
+    "%{file_extension}": "{ext} as jsonl, jsonl.gz or jsonl.zst (not json, gz or zst)",
+    "%{hex_random}": "%{hex_random} left out (the chunk id keeps keys apart)",
+}
 
 
 def s3(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built | None:
@@ -246,6 +254,9 @@ def _s3_key_format(table: dict[str, Any], reader: Reader, ctx: Context) -> None:
         ours = ours.replace(".{ext}", "-{chunk_id}.{ext}") if ".{ext}" in ours else ours + "-{chunk_id}"
         ctx.add("approximated", param.where, f"s3_object_key_format {fluentd}",
                 f"written as {ours!r}: each chunk's key holds its id, so a retried upload never overwrites another")
+    if rendered := [text for theirs, text in _S3_RENDERED.items() if theirs in fluentd]:
+        ctx.add("approximated", param.where, f"s3_object_key_format {fluentd}",
+                f"object names change: {'; '.join(rendered)}")
     table["object_key_format"] = ours
 
 
@@ -262,12 +273,11 @@ def _s3_store_as(table: dict[str, Any], reader: Reader, ctx: Context) -> None:
 
 # -- file -------------------------------------------------------------------------------------------
 
-FILE_IGNORED = frozenset({"append", "symlink_path", "add_path_suffix", "path_suffix", "recompress", "time_slice_format",
-                          "format"})
+FILE_IGNORED = frozenset({"recompress", "time_slice_format", "format"})
 
 
 def file(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built | None:
-    """out_file: one JSON Lines file per time window; the window's slice goes where Fluentd puts it."""
+    """out_file: one JSON Lines file per time window, named as Fluentd names it (slice, suffix, .gz)."""
     path = reader.text("path")
     if not path:
         ctx.add("refused", directive.where, "<match> @type file", "no path; output left out")
@@ -280,27 +290,36 @@ def file(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built
     gzip = (reader.text("compress") or "").lower() == "gzip"
     if gzip:
         table["compress"] = "gzip"
+    suffix = (reader.text("path_suffix") or ".log") if reader.get(values.boolean, "add_path_suffix") is not False \
+        else ""
+    if not reader.get(values.boolean, "append"):
+        ctx.add("approximated", directive.where, "append false",
+                "Fluentd wrote each chunk to a file of its own (_0, _1, ... after the time slice); logferry appends "
+                "a window's chunks to one file, as Fluentd does with append true")
     _format_is_json(directive, ctx)
-    return Built(table)
+
+    def finish(buffer: BufferResult) -> None:
+        table["path"] = file_path(path, buffer.slice_format, gzip, suffix)
+
+    return Built(table, finish=finish)
 
 
 def file_path(path: str, slice_format: str, gzip: bool, suffix: str = ".log") -> str:
-    """Where Fluentd's out_file writes a window: ``*`` becomes the slice, else ``.slice.log`` is appended.
+    """Where Fluentd's out_file (append true) writes a window: ``*`` becomes the slice, else the slice and
+    ``suffix`` follow the path, unless the path holds time placeholders already.
 
     >>> file_path("/var/log/out/agent", "%Y%m%d", False), file_path("/o/a.*.log", "%Y%m%d%H", True)
     ('/var/log/out/agent.%Y%m%d.log', '/o/a.%Y%m%d%H.log.gz')
+    >>> file_path("/o/agent.%Y-%m-%d", "%Y%m%d", False), file_path("/o/agent", "%Y%m%d", False, ".jsonl")
+    ('/o/agent.%Y-%m-%d.log', '/o/agent.%Y%m%d.jsonl')
     """
-    if "%" in path:
-        written = path
-    elif "*" in path:
+    if "*" in path:
         written = path.replace("*", slice_format)
+    elif "%" in path:
+        written = path + suffix
     else:
         written = f"{path}.{slice_format}{suffix}"
     return written + (".gz" if gzip else "")
-
-
-def _finish_file(table: dict[str, Any], buffer: BufferResult) -> None:
-    table["path"] = file_path(table["path"], buffer.slice_format, table.get("compress") == "gzip")
 
 
 def _format_is_json(directive: Directive, ctx: Context) -> None:
@@ -329,8 +348,7 @@ _S3_SECTIONS = frozenset({"buffer", "format", "assume_role_credentials", "web_id
 OUTPUTS: dict[str, OutputType] = {
     "elasticsearch": OutputType(elasticsearch, "search", BufferDefaults(time_keyed=False), ES_IGNORED),
     "s3": OutputType(s3, "archive", BufferDefaults(time_keyed=True, timekey=3600), S3_IGNORED, _S3_SECTIONS),
-    "file": OutputType(file, "file", BufferDefaults(time_keyed=True, timekey=86400), FILE_IGNORED,
-                       finish=_finish_file),
+    "file": OutputType(file, "file", BufferDefaults(time_keyed=True, timekey=86400), FILE_IGNORED),
     "opensearch": OutputType(not_yet("opensearch", "the elasticsearch keys: host/port/hosts/scheme, user/password, "
                                      "index_name or logstash_format, id_key, time_key"),
                              "search", BufferDefaults(time_keyed=False)),

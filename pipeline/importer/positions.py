@@ -27,6 +27,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.durability import make_dirs
 from pipeline.errors import ConfigError
 from pipeline.importer.report import Report
 from pipeline.importer.sources import SourceSpec
@@ -100,11 +101,19 @@ def seed(files: list[Path], sources: list[SourceSpec], state_dir: Path, report: 
             position = _position(entry, _source_for(entry, pos_file, sources), report)
             if position is not None:
                 seeded[(position.source, position.key)] = position
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(state_dir)
     store.save_now(dict(seeded))
+    _give_to_the_state_dirs_owner(store.path, state_dir)
     for position in seeded.values():
         report.add("note", position.path, "position", f"seeded at byte {position.offset} for source {position.source}")
     return len(seeded)
+
+
+def _give_to_the_state_dirs_owner(path: Path, state_dir: Path) -> None:
+    """Run as root (``sudo logferry import``), the file would be root's, 0640: unreadable to the daemon's user."""
+    if os.geteuid() == 0:
+        owner = os.stat(state_dir)
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def _source_for(entry: PosEntry, pos_file: Path, sources: list[SourceSpec]) -> SourceSpec | None:

@@ -107,7 +107,21 @@ def _json_parser(directive: Directive, reader: Reader, ctx: Context) -> str | No
         return None
     if parse_reader is not None:
         parse_reader.leftovers("<parse> @type json")
+    _time_differences(sections[-1] if sections else directive, time_key, ctx)
     return time_key
+
+
+def _time_differences(parse: Directive, time_key: str, ctx: Context) -> None:
+    """What Fluentd did with the event-time field that logferry does not (its key is [enrich] time_key)."""
+    if not time_key:
+        return  # Fluentd's `time`: reported once for all sources (translate._enrich)
+    if (parse.value("keep_time_key", default="") or "").lower() not in ("true", "yes"):
+        ctx.add("approximated", parse.where, f"time_key {time_key}",
+                f"Fluentd removed `{time_key}` from the record (keep_time_key false); logferry keeps it")
+    time_format = parse.param("time_format")
+    if time_format is not None and parse.value("time_type", default="string") == "string":
+        ctx.add("approximated", time_format.where, f"time_format {time_format.value}",
+                f"logferry reads `{time_key}` as epoch seconds or ISO-8601 only; other values get the ingest time")
 
 
 def _fixed_tag(tag: str, directive: Directive, ctx: Context) -> str:

@@ -177,8 +177,8 @@ def _output(directive: Directive, walk: _Walk) -> str | None:
             hint = ("logferry sets chunks it cannot deliver aside in STATE_DIR/buffer/NAME/dead/ (logferry replay)"
                     if child.name == "secondary" else "no equivalent in logferry; left out")
             ctx.add("refused", child.where, child.heading, hint)
-    if kind.finish is not None:
-        kind.finish(built.table, buffer)
+    if built.finish is not None:
+        built.finish(buffer)
     if buffer.flush_at_shutdown:
         walk.root["flush_at_shutdown"] = True
     spec = OutputSpec(name, directive, built.table, buffer.table, built.tag_key)
@@ -239,17 +239,23 @@ def _enrich(walk: _Walk, routes: dict[str, Route]) -> Enrich:
                     ctx.add("approximated", directive.where, directive.heading,
                             "logferry adds [enrich] fields to the records of every source, not only these tags")
     _tag_key(walk, enrich)
-    times = {s.time_key for s in walk.sources if s.time_key}
-    if not times:
-        ctx.add("approximated", walk.sources[0].directive.where if walk.sources else "-", "<parse> time_key",
-                "Fluentd took the event time from `time` (and removed it from the record); logferry takes it from "
-                "`timestamp` ([enrich] time_key) and keeps every field")
-    if times:
-        enrich.table["time_key"] = sorted(times)[0]
-        if len(times) > 1:
-            ctx.add("approximated", walk.sources[0].directive.where, "time_key",
-                    f"sources use {sorted(times)}; logferry has one event-time key for all: {sorted(times)[0]!r}")
+    _time_key(walk, enrich)
     return enrich
+
+
+def _time_key(walk: _Walk, enrich: Enrich) -> None:
+    """``[enrich] time_key``: the sources' parse time_key (logferry has one for all)."""
+    times = sorted({s.time_key for s in walk.sources if s.time_key})
+    where = walk.sources[0].directive.where if walk.sources else "-"
+    if not times:
+        walk.ctx.add("approximated", where, "<parse> time_key",
+                     "Fluentd took the event time from `time` (and removed it from the record); logferry takes it "
+                     "from `timestamp` ([enrich] time_key) and keeps every field")
+        return
+    enrich.table["time_key"] = times[0]
+    if len(times) > 1:
+        walk.ctx.add("approximated", where, "time_key",
+                     f"sources use {times}; logferry has one event-time key for all: {times[0]!r}")
 
 
 def _tag_key(walk: _Walk, enrich: Enrich) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from pipeline.runtime.metrics import render
 
 log = logging.getLogger("logferry.http")
 Snapshot = Callable[[], dict[str, Any]]
+Respond = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -37,20 +38,16 @@ async def serve_forever(server: asyncio.Server) -> None:
 async def start_http(listen: str, snapshot: Snapshot, address_file: Path | None = None) -> asyncio.Server:
     """Bind and start answering; the bound address (port 0 picks one) is in ``address_file`` on return."""
     host, _, port = listen.rpartition(":")
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _respond(reader, writer, snapshot)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            log.debug("http client went away: %s", exc)
-        finally:
-            writer.close()
-
+    handle = connection_handler(lambda reader, writer: _respond(reader, writer, snapshot), log, "http client")
     server = await asyncio.start_server(handle, host.strip("[]"), int(port))
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     address = f"{bound_host}:{bound_port}"
     if address_file is not None:
-        await asyncio.to_thread(write_address, address_file, address)
+        try:
+            await asyncio.to_thread(write_address, address_file, address)
+        except BaseException:
+            server.close()  # reported unavailable: it must not go on answering, unowned
+            raise
     log.info("status endpoint listening on http://%s/ (/metrics, /health, /status)", address)
     return server
 
@@ -60,11 +57,31 @@ def write_address(path: Path, address: str) -> None:
     write_atomic(path, f"{address}\n".encode())
 
 
-async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, snapshot: Snapshot) -> None:
+def connection_handler(respond: Respond, logger: logging.Logger, who: str) -> Respond:
+    """Run ``respond`` for one connection and close it; a peer that goes away is no error (debug log)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await respond(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            logger.debug("%s went away: %s", who, exc)
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, str]:
+    """(method, path, query) of an HTTP/1.0 request; its headers are read and ignored."""
     request = await reader.readuntil(b"\r\n\r\n")
     method, target = (request.split(b"\r\n", 1)[0].split(b" ") + [b"", b""])[:2]
-    path = target.decode("latin-1").partition("?")[0]
-    status, ctype, body = route(method.decode("latin-1"), path, snapshot)
+    path, _, query = target.decode("latin-1").partition("?")
+    return method.decode("latin-1"), path, query
+
+
+async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, snapshot: Snapshot) -> None:
+    method, path, _ = await read_request(reader)
+    status, ctype, body = route(method, path, snapshot)
     head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     writer.write(head.encode() + body)
     await writer.drain()

@@ -33,11 +33,15 @@ class TapHub:
     def __init__(self, routes: dict[str, list[str]]) -> None:
         self.routes = routes  # source → names of the outputs it feeds
         self.viewers: set[Viewer] = set()
+        self.closed = False
 
     def subscribe(self, tags: list[str], outputs: set[str]) -> Viewer:
         """Start receiving batches whose tag matches ``tags`` and that feed one of ``outputs`` (empty: any)."""
         viewer = Viewer(tags or ["**"], outputs)
-        self.viewers.add(viewer)
+        if self.closed:  # connected while the pipeline stopped: nothing will come, its stream ends at once
+            viewer.queue.put_nowait(END)
+        else:
+            self.viewers.add(viewer)
         return viewer
 
     def unsubscribe(self, viewer: Viewer) -> None:
@@ -46,6 +50,7 @@ class TapHub:
 
     def close(self) -> None:
         """End every viewer's stream (the pipeline stops): a viewer sees its stream end, not a silence."""
+        self.closed = True
         for viewer in self.viewers:
             if viewer.queue.full():
                 viewer.queue.get_nowait()  # its oldest batch makes room for the end (it is a best-effort view)

@@ -34,6 +34,7 @@ from typing import BinaryIO
 from pipeline.config import Settings
 from pipeline.durability import make_dirs, write_atomic
 from pipeline.errors import LogferryError
+from pipeline.runtime.http import connection_handler, read_request
 from pipeline.runtime.tap import TapHub
 
 log = logging.getLogger("logferry.tap")
@@ -65,28 +66,30 @@ def socket_path(settings: Settings, environ: Mapping[str, str] = os.environ) -> 
 async def start_tap_socket(path: Path, tap: TapHub, state_dir: Path) -> asyncio.Server:
     """Bind the tap's socket (SOCKET_MODE) and start serving; its path is in ``state_dir/tap.address``."""
     sock = await asyncio.to_thread(bind, path)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _respond(reader, writer, tap)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            log.debug("tap viewer went away: %s", exc)
-        finally:
-            writer.close()
-
+    handle = connection_handler(lambda reader, writer: _respond(reader, writer, tap), log, "tap viewer")
     server = await asyncio.start_unix_server(handle, sock=sock)
-    await asyncio.to_thread(write_atomic, state_dir / ADDRESS_FILE, f"{path}\n".encode())
+    try:
+        await asyncio.to_thread(write_atomic, state_dir / ADDRESS_FILE, f"{path}\n".encode())
+    except BaseException:
+        server.close()  # reported unavailable: it must not go on serving records, unowned
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
     log.info("tap listening on %s (mode %o: root and group %s may tap)", path, SOCKET_MODE, _group_name(path))
     return server
 
 
 async def serve_tap(server: asyncio.Server, path: Path, tap: TapHub) -> None:
-    """Serve until cancelled, then close the server, end the viewers' streams and remove the socket file."""
+    """Serve until cancelled, then end the viewers' streams, close the server and remove the socket file."""
     try:
         async with server:
-            await server.serve_forever()
+            try:
+                await server.serve_forever()
+            finally:
+                # Before the server's exit, which (Python 3.12+) waits for its connections to end:
+                # a viewer's connection ends only once its stream does.
+                tap.close()
     finally:
-        tap.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -123,10 +126,8 @@ def _remove_stale(path: Path) -> None:
 
 
 async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tap: TapHub) -> None:
-    request = await reader.readuntil(b"\r\n\r\n")
-    method, target = (request.split(b"\r\n", 1)[0].split(b" ") + [b"", b""])[:2]
-    path, _, query = target.decode("latin-1").partition("?")
-    if method != b"GET" or path != "/tap":
+    method, path, query = await read_request(reader)
+    if method != "GET" or path != "/tap":
         writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\ntry GET /tap\n")
         await writer.drain()
         return

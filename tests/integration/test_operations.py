@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import generator
 from tests.conftest import new_daemon
-from tests.support.daemon import REPO, Ledger, render_toml, wait_for
+from tests.support.daemon import REPO, Ledger, read_lines, render_toml, streaming, wait_for
 from tests.support.s3server import CREDENTIALS, free_port
 
 pytestmark = pytest.mark.integration
@@ -157,36 +156,24 @@ def test_the_systemd_unit_verifies(tmp_path):
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit  # `systemctl reload logferry`
 
 
-@contextlib.contextmanager
-def tap_viewer(layout, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+def tap_viewer(layout, *args: str) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``logferry tap`` in the background; stopped on the way out, also when the test fails."""
-    command = [sys.executable, "-m", "pipeline", "tap", "-c", str(layout.config), *args]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO) as viewer:
-        try:
-            yield viewer
-        finally:
-            viewer.terminate()  # it streams until stopped: Popen's own exit would wait forever
+    return streaming([sys.executable, "-m", "pipeline", "tap", "-c", str(layout.config), *args])
 
 
 def test_tap_shows_enriched_records_live_filtered_by_tag(layout, daemon_factory):
     layout.write_config()
     with new_daemon(layout, daemon_factory) as daemon, tap_viewer(layout, "--tag", "ai.*") as viewer, \
             tap_viewer(layout, "--tag", "billing.**") as other:
-        wait_for(lambda: tap_viewers(layout) == 2, what="two viewers connected")
+        wait_for(lambda: layout.tap_viewers() == 2, what="two viewers connected")
         generator.write(str(layout.logs / "agent.log"), 20, max_chars=200)
-        assert viewer.stdout is not None
-        seen = [orjson.loads(viewer.stdout.readline()) for _ in range(20)]
+        seen = [orjson.loads(line) for line in read_lines(viewer, 20)]
         other.terminate()
         out, _ = other.communicate(timeout=10)
         daemon.stop()
     assert [r["request_id"] for r in seen] == ids(20)
     assert all(r["tag"] == "ai.interactions" and "ingested_at" in r for r in seen)
     assert out == b""  # its filter matched nothing
-
-
-def tap_viewers(layout) -> int:
-    status, body = layout.http("/status")
-    return int(orjson.loads(body)["tap_viewers"]) if status == 200 else 0
 
 
 def test_unreadable_file_is_reported_once_with_the_fix_and_picked_up_when_readable(layout, daemon_factory):
@@ -375,10 +362,9 @@ def test_tap_filters_by_output_and_names_the_known_outputs(layout, daemon_factor
     assert "no output named 'search'; outputs: debug, billing" in unknown.stderr
     with new_daemon(layout, daemon_factory) as daemon, tap_viewer(layout, "--output", "debug") as viewer, \
             tap_viewer(layout, "--output", "billing") as other:
-        wait_for(lambda: tap_viewers(layout) == 2, what="two viewers connected")
+        wait_for(lambda: layout.tap_viewers() == 2, what="two viewers connected")
         generator.write(str(layout.logs / "agent.log"), 20, max_chars=200)
-        assert viewer.stdout is not None
-        seen = [orjson.loads(viewer.stdout.readline()) for _ in range(20)]
+        seen = [orjson.loads(line) for line in read_lines(viewer, 20)]
         wait_for(lambda: len(layout.records()) >= 20, what="the records delivered")
         other.terminate()
         out, _ = other.communicate(timeout=10)

@@ -28,7 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import generator
-from tests.support.daemon import REPO, Daemon, Layout, render_toml, wait_for
+from tests.support.daemon import REPO, Daemon, Layout, read_lines, render_toml, streaming, wait_for
 from tests.support.users import ensure_system_user
 
 pytestmark = pytest.mark.integration
@@ -89,21 +89,15 @@ def as_user(user: str, *args: str, timeout: float = 60) -> subprocess.CompletedP
                           text=True, cwd=REPO, timeout=timeout)
 
 
-@contextlib.contextmanager
-def tap(layout: Layout, user: str | None) -> Iterator[subprocess.Popen[bytes]]:
+def tap(layout: Layout, user: str | None) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``logferry tap`` in the background, as root (None) or as ``user``."""
-    command = ([sys.executable, "-m", "pipeline", "tap", "-c", str(layout.config)] if user is None else
-               [sys.executable, "-m", "tests.support.as_user", user, "tap", str(layout.config)])
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as viewer:
-        try:
-            yield viewer
-        finally:
-            viewer.terminate()
+    return streaming([sys.executable, "-m", "pipeline", "tap", "-c", str(layout.config)] if user is None else
+                     [sys.executable, "-m", "tests.support.as_user", user, "tap", str(layout.config)])
 
 
-def tap_viewers(layout: Layout) -> int:
-    status, body = layout.http("/status")
-    return int(orjson.loads(body)["tap_viewers"]) if status == 200 else 0
+def request_ids(viewer: subprocess.Popen[bytes], count: int) -> list[str]:
+    """The request ids of the first ``count`` records a tap viewer prints."""
+    return [orjson.loads(line)["request_id"] for line in read_lines(viewer, count)]
 
 
 def created(layout: Layout) -> list[Path]:
@@ -114,15 +108,23 @@ def created(layout: Layout) -> list[Path]:
     return paths
 
 
-def assert_private(paths: list[Path], group: int | None) -> None:
-    """Directories 0750, files 0640, sockets 0660, all with the service's group."""
-    wrong = []
+def assert_private(paths: list[Path], group: int | None) -> list[Path]:
+    """Directories 0750, files 0640, sockets 0660, all with the service's group; returns the paths checked.
+
+    A chunk delivered since ``paths`` was listed is gone: it is left out of what was checked.
+    """
+    wrong, checked = [], []
     for path in paths:
-        st = path.lstat()
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        checked.append(path)
         want = 0o750 if stat.S_ISDIR(st.st_mode) else 0o660 if stat.S_ISSOCK(st.st_mode) else 0o640
         if stat.S_IMODE(st.st_mode) != want or (group is not None and st.st_gid != group):
             wrong.append(f"{path}: {stat.S_IMODE(st.st_mode):o} gid {st.st_gid} (want {want:o} gid {group})")
     assert not wrong, "\n".join(wrong)
+    return checked
 
 
 def kinds(layout: Layout, paths: list[Path]) -> set[str]:
@@ -147,18 +149,16 @@ def test_only_root_and_the_service_group_see_records(open_layout: Layout) -> Non
     log.touch(mode=0o600)  # the agent's log: readable by its owner only
     with service_daemon(layout, umask=0o000) as daemon, tap(layout, None) as root_view, \
             tap(layout, MEMBER) as member_view:
-        wait_for(lambda: tap_viewers(layout) == 2, what="root's and the member's tap connected")
+        wait_for(lambda: layout.tap_viewers() == 2, what="root's and the member's tap connected")
         generator.write(str(log), 20, max_chars=200, bad_every=7)  # bad lines: dead letters to probe too
-        assert root_view.stdout is not None and member_view.stdout is not None
-        by_root = [orjson.loads(root_view.stdout.readline())["request_id"] for _ in range(20)]
-        by_member = [orjson.loads(member_view.stdout.readline())["request_id"] for _ in range(20)]
+        by_root, by_member = request_ids(root_view, 20), request_ids(member_view, 20)
         wait_for(lambda: len(layout.records()) >= 20 and layout.dead_letters(), what="records and dead letters")
         paths = created(layout)
-        assert kinds(layout, paths) == {"buffer chunk", "dead letters", "positions", "output", "tap socket"}
         address = (layout.state / "http.address").read_text().strip()
         probe = as_user(OUTSIDER, "probe", address, *map(str, paths))
         refused = as_user(OUTSIDER, "tap", str(layout.config), timeout=30)
-        assert_private(paths, service_gid)
+        checked = assert_private(paths, service_gid)
+        assert kinds(layout, checked) == {"buffer chunk", "dead letters", "positions", "output", "tap socket"}
         daemon.stop()
     assert by_root == by_member and len(set(by_root)) == 20
     assert probe.returncode == 0, probe.stderr
@@ -186,9 +186,9 @@ def test_what_the_daemon_creates_is_owner_and_group_only_whatever_the_umask(open
         wait_for(lambda: len(layout.records()) >= 20 and layout.dead_letters(), what="records and dead letters")
         sock = runtime / "tap.sock"
         assert (layout.state / "tap.address").read_text().strip() == str(sock)
-        paths = [*created(layout), sock]
-        assert kinds(layout, paths) == {"buffer chunk", "dead letters", "positions", "output", "tap socket"}
-        assert_private(paths, ensure_system_user(SERVICE).pw_gid if os.geteuid() == 0 else None)
+        checked = assert_private([*created(layout), sock], ensure_system_user(SERVICE).pw_gid
+                                 if os.geteuid() == 0 else None)
+        assert kinds(layout, checked) == {"buffer chunk", "dead letters", "positions", "output", "tap socket"}
         assert daemon.stop() == 0
     assert not sock.exists()  # removed at stop; a stale one (kill -9) is replaced at the next start
 
@@ -221,6 +221,9 @@ def test_ten_thousand_distinct_values_in_a_record_field_leave_the_metric_series_
     with Daemon(layout.config, layout.root / "daemon.log") as daemon:
         write(0, 10)
         wait_for(lambda: len(layout.records()) >= 10, what="the first records")
+        # The output counts a delivery just after writing it: its series are complete from then on.
+        wait_for(lambda: orjson.loads(layout.http("/status")[1])["outputs"]["debug"]["last_success"],
+                 what="the first delivery counted")
         before = series(layout.http("/metrics")[1].decode())
         write(10, 10_000)
         wait_for(lambda: len(layout.records()) >= 10_010, what="10,000 more records")
@@ -243,14 +246,13 @@ def test_a_reload_ends_the_viewers_streams_and_serves_the_tap_again(layout: Layo
     layout.write_config()
     with Daemon(layout.config, layout.root / "daemon.log") as daemon:
         with tap(layout, None) as before:
-            wait_for(lambda: tap_viewers(layout) == 1, what="a viewer")
+            wait_for(lambda: layout.tap_viewers() == 1, what="a viewer")
             daemon.signal(signal.SIGHUP)
             assert before.wait(30) == 0  # its stream ended: it is not left waiting on a pipeline that is gone
         wait_for(lambda: daemon.log().count("logferry running") == 2, what="the reloaded pipeline")
         with tap(layout, None) as after:
-            wait_for(lambda: tap_viewers(layout) == 1, what="a viewer of the new pipeline")
+            wait_for(lambda: layout.tap_viewers() == 1, what="a viewer of the new pipeline")
             generator.write(str(layout.logs / "agent.log"), 5, max_chars=200)
-            assert after.stdout is not None
-            seen = [orjson.loads(after.stdout.readline())["request_id"] for _ in range(5)]
+            seen = request_ids(after, 5)
         daemon.stop()
     assert seen == [generator.request_id(1, n) for n in range(5)]

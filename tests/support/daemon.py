@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,31 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def streaming(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A process that prints until stopped (``logferry tap``); terminated on the way out, also when the test fails."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO) as process:
+        try:
+            yield process
+        finally:
+            process.terminate()  # Popen's own exit would wait forever
+
+
+def read_lines(process: subprocess.Popen[bytes], count: int, timeout: float = 60.0) -> list[bytes]:
+    """The first ``count`` lines ``process`` prints; fails after ``timeout`` instead of hanging on a readline."""
+    assert process.stdout is not None
+    fd, data = process.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while (got := data.count(b"\n")) < count:
+        if not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+            raise AssertionError(f"{got} of {count} lines within {timeout}s")
+        piece = os.read(fd, 1 << 16)
+        if not piece:
+            raise AssertionError(f"the output ended after {got} of {count} lines")
+        data += piece
+    return data.splitlines()[:count]
 
 
 def toml_value(value: Any) -> str:
@@ -134,6 +161,11 @@ class Layout:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+
+    def tap_viewers(self) -> int:
+        """How many tap viewers the running daemon serves (0 while its endpoint does not answer)."""
+        status, body = self.http("/status")
+        return int(orjson.loads(body)["tap_viewers"]) if status == 200 else 0
 
     def saved_offset(self, path: Path) -> int:
         """The daemon's saved read position of ``path`` (-1 before its first save)."""

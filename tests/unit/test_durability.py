@@ -124,3 +124,46 @@ def test_what_exists_keeps_its_mode(tmp_path: Path, umask: int) -> None:
     durability.make_dirs(shared)
     os.close(durability.open_file(shared / "out.jsonl", os.O_WRONLY))
     assert (shared.stat().st_mode & 0o7777, mode(shared / "out.jsonl")) == (0o2775, 0o644)
+
+
+def test_a_new_directory_is_never_wider_than_0750_not_even_before_its_chmod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under umask 000 a directory made 0777 and chmod-ed after would let anyone plant a file in it meanwhile."""
+    seen: list[int] = []
+    real_chmod = os.chmod
+
+    def chmod_observed(path: Path, mode_: int) -> None:
+        seen.append(mode(Path(path)))  # the mode the directory had until this moment
+        real_chmod(path, mode_)
+
+    monkeypatch.setattr(os, "chmod", chmod_observed)
+    before = os.umask(0)
+    try:
+        durability.make_dirs(tmp_path / "a" / "b")
+    finally:
+        os.umask(before)
+    assert seen and all(m & ~0o750 == 0 for m in seen), [oct(m) for m in seen]
+
+
+def test_a_file_removed_between_the_exclusive_open_and_the_plain_one_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What O_CREAT alone did: an output file rotated away at that moment is not a delivery error."""
+    target = tmp_path / "out.jsonl"
+    target.write_bytes(b"old\n")
+    real_open = os.open
+
+    def rotated_meanwhile(path: Path, flags: int, mode: int = 0o777) -> int:
+        try:
+            return real_open(path, flags, mode)
+        except FileExistsError:
+            os.unlink(path)  # logrotate, right after the exclusive open failed
+            raise
+
+    monkeypatch.setattr(os, "open", rotated_meanwhile)
+    fd = durability.open_file(target, os.O_WRONLY | os.O_APPEND)
+    monkeypatch.undo()
+    os.write(fd, b"new\n")
+    os.close(fd)
+    assert target.read_bytes() == b"new\n" and mode(target) == 0o640

@@ -105,3 +105,27 @@ def test_existing_positions_are_never_overwritten(
                  "--positions", str(pos)]) == 2
     assert "logferry already has positions there" in capsys.readouterr().err
     assert os.stat(state / "positions.json").st_mtime_ns == before
+
+
+def test_a_position_file_that_cannot_be_read_stops_the_import_before_anything_is_written(
+        tmp_path: Path, logs: Path) -> None:
+    out, state = tmp_path / "l.toml", tmp_path / "state"
+    assert main(["import", str(conf_for(tmp_path, tmp_path / "agent.pos")), "-o", str(out), "--state-dir", str(state),
+                 "--positions", str(tmp_path / "no-such.pos")]) == 2
+    assert not out.exists() and not state.exists()
+
+
+def test_seeded_positions_belong_to_the_state_directorys_owner_when_root_seeds_them(tmp_path: Path, logs: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it is what `sudo logferry import` does")
+    log = logs / "a.log"
+    log.write_bytes(b'{"n":1}\n')
+    pos = tmp_path / "agent.pos"
+    pos.write_text(pos_line(log, 8, log.stat().st_ino))
+    state = tmp_path / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, 4321, 4322)  # the daemon's user made it at an earlier start (systemd StateDirectory=)
+    assert main(["import", str(conf_for(tmp_path, pos)), "-o", str(tmp_path / "l.toml"), "--state-dir", str(state),
+                 "--positions", str(pos)]) == 0
+    st = (state / "positions.json").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4321, 4322, 0o640)

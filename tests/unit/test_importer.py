@@ -154,9 +154,11 @@ def _one_output(body: str) -> tuple[dict[str, Any], str]:
 
 
 def test_s3_object_key_formats_keep_a_chunk_id_so_uploads_never_overwrite_each_other() -> None:
-    out, _ = _one_output("@type s3\ns3_bucket b-1\n"
-                         "s3_object_key_format %{path}%{time_slice}-%{uuid_flush}.%{file_extension}")
+    out, report = _one_output("@type s3\ns3_bucket b-1\n"
+                              "s3_object_key_format %{path}%{time_slice}-%{uuid_flush}.%{file_extension}")
     assert out["object_key_format"] == "{path}{time}-{chunk_id}.{ext}"
+    assert ("object names change: {time} as 20261118T110000Z (not in time_slice_format); {chunk_id} as 16 hex "
+            "digits (not a UUID); {ext} as jsonl, jsonl.gz or jsonl.zst (not json, gz or zst)") in report
     out, report = _one_output("@type s3\ns3_bucket b-1\ns3_object_key_format %{path}%{time_slice}.%{file_extension}")
     assert out["object_key_format"] == "{path}{time}-{chunk_id}.{ext}"
     assert "each chunk's key holds its id" in report
@@ -168,6 +170,18 @@ def test_file_paths_take_the_time_slice_where_fluentd_puts_it() -> None:
     assert out["buffer"] == {"timekey": 3600, "timekey_wait": 600, "flush_mode": "lazy"}
     with pytest.raises(NothingToRun, match=r"path /o/\$\{tag\}/app: placeholders .* output left out"):
         _one_output("@type file\npath /o/${tag}/app")
+
+
+def test_file_names_keep_fluentds_suffix_settings_and_what_has_no_equivalent_is_reported() -> None:
+    out, report = _one_output("@type file\npath /o/a\npath_suffix .jsonl\nappend true\nsymlink_path /o/current")
+    assert out["path"] == "/o/a.%Y%m%d.jsonl"
+    assert "t.conf:12  symlink_path /o/current: <match a> @type file has no such setting in logferry" in report
+    assert "append" not in report
+    out, report = _one_output("@type file\npath /o/a\nadd_path_suffix false")
+    assert out["path"] == "/o/a.%Y%m%d"
+    assert "append false: Fluentd wrote each chunk to a file of its own" in report
+    out, _ = _one_output("@type file\npath /o/a.%Y-%m-%d\ncompress gzip")
+    assert out["path"] == "/o/a.%Y-%m-%d.log.gz"
 
 
 def test_multi_line_arrays_and_quoted_values_parse_as_fluentd_reads_them() -> None:
@@ -203,3 +217,20 @@ def test_two_sources_sharing_a_tag_but_routed_apart_are_reported() -> None:
                       "</match>\n", "t.conf")
     report = translate(root).report.render()
     assert "source tail_2 has the tag 'app' too, so its records reach this output as well" in report
+
+
+def test_what_fluentd_did_with_the_event_time_field_and_its_local_time_windows_is_reported() -> None:
+    def report(parse: str, buffer: str) -> str:
+        root = parse_text(f"<source>\n@type tail\npath /a/*.log\ntag a\n<parse>\n@type json\n{parse}\n</parse>\n"
+                          "</source>\n<match a>\n@type file\npath /o/a\nappend true\nformat json\n"
+                          f"<buffer time>\n{buffer}\n</buffer>\n</match>\n", "t.conf")
+        return translate(root).report.render()
+
+    fluentd_defaults = report("time_key ts\ntime_format %d/%b/%Y:%H:%M:%S %z", "timekey 1h")
+    assert "time_key ts: Fluentd removed `ts` from the record (keep_time_key false); logferry keeps it" \
+        in fluentd_defaults
+    assert "time_format %d/%b/%Y:%H:%M:%S %z: logferry reads `ts` as epoch seconds or ISO-8601 only" in fluentd_defaults
+    assert "timekey_use_utc false: logferry cuts time windows and names their files" in fluentd_defaults
+    assert "timekey_zone +0900: " in report("time_key ts", "timekey 1h\ntimekey_zone +0900")
+    as_logferry = report("time_key ts\nkeep_time_key true\ntime_type float", "timekey 1h\ntimekey_use_utc true")
+    assert "Translated with a difference" not in as_logferry, as_logferry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import settings_from_dict
-from pipeline.runtime.tap_socket import bind, socket_path
+from pipeline.runtime.tap import TapHub
+from pipeline.runtime.tap_socket import ADDRESS_FILE, bind, socket_path, start_tap_socket
 
 MINIMAL = {"sources": {"a": {"type": "tail", "paths": ["/nonexistent/*.log"], "tag": "a"}},
            "outputs": {"o": {"type": "file", "path": "/nonexistent/out.jsonl"}}}
@@ -60,3 +62,18 @@ def test_until_listen_every_connection_is_refused(tmp_path: Path) -> None:
     with bind(tmp_path / "tap.sock"), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         with pytest.raises(ConnectionRefusedError):
             client.connect(str(tmp_path / "tap.sock"))
+
+
+def test_a_tap_whose_address_cannot_be_written_is_not_left_serving(tmp_path: Path) -> None:
+    """The daemon reports the tap unavailable and goes on without it: nothing may answer on the socket then."""
+    (tmp_path / ADDRESS_FILE).mkdir()  # write_atomic cannot replace a directory
+
+    async def start() -> None:
+        with pytest.raises(IsADirectoryError):
+            await start_tap_socket(tmp_path / "tap.sock", TapHub({}), tmp_path)
+        # A socket left listening accepts connect() in the kernel, whether or not the loop runs.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+                client.connect(str(tmp_path / "tap.sock"))
+
+    asyncio.run(start())

@@ -297,3 +297,23 @@ def test_example_config_names_every_key_with_its_default(tmp_path: Path) -> None
     for model, names in shown.items():
         missing = set(model.model_fields) - names - SECRETS
         assert not missing, f"{model.__name__}: keys missing from config.example.toml: {sorted(missing)}"
+
+
+def test_transforms_named_by_a_source_or_output_must_exist(tmp_path: Path) -> None:
+    text = BASE.replace('tag = "ai.chat"', 'tag = "ai.chat"\ntransforms = ["pii"]') + '\n[outputs.debug2]\n' \
+        'type = "file"\npath = "/x.jsonl"\ntransforms = ["pii", "costs"]\n\n[transforms.pii]\ntype = "redact"\n'
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert "outputs.debug2.transforms: no [transforms.costs] table" in str(info.value)
+    assert "sources.agent" not in str(info.value)
+
+
+def test_a_transform_of_unknown_type_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"transforms\.pii\.type: is 'scrub'; expected one of"):
+        load(tmp_path, BASE + '\n[transforms.pii]\ntype = "scrub"\n')
+
+
+def test_transform_keys_are_checked_with_their_path(tmp_path: Path) -> None:
+    text = BASE + '\n[transforms.cost]\ntype = "cost"\n[transforms.cost.prices.gpt]\ninput = -1\noutput = 2\n'
+    with pytest.raises(ConfigError, match=r"transforms\.cost\.prices\.gpt\.input: Input should be greater"):
+        load(tmp_path, text)

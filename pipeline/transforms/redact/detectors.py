@@ -9,6 +9,7 @@ Each detector has two regular expressions:
     quote, backslash, slash, control or non-ASCII character), so a match in the decoded string is
     also a match in the line's bytes. Escapes that could hide such characters (``\\u0040`` for
     ``@``, ``\\/``) send the line to the slow path on their own (see ``ESCAPE_ANCHORS``).
+    The one exception is ``/``: it may be part of an anchor, because JSON's ``\\/`` is caught too.
 ``pattern``
     run on the decoded strings of the scanned fields of a line the prefilter flagged; with the
     boundaries the anchor leaves out. A group named ``value`` limits what is replaced (the token
@@ -104,12 +105,14 @@ def ipv6_ok(text: str) -> bool:
 
 
 def phone_ok(text: str) -> bool:
-    """Seven to fifteen digits (E.164 allows at most fifteen).
+    """Seven to fifteen digits (E.164 allows at most fifteen); with a leading 0 (national, or 00 and a
+    country code) at least ten, which keeps dates and ids such as ``0228-05-19`` or ``097-88-1577`` out.
 
-    >>> phone_ok("+44 20 7946 0958"), phone_ok("+1 2")
-    (True, False)
+    >>> phone_ok("+44 20 7946 0958"), phone_ok("+1 2"), phone_ok("020 7946 0958"), phone_ok("0384-53-84")
+    (True, False, True, False)
     """
-    return 7 <= sum(c.isdigit() for c in text) <= 15
+    digits = sum(c.isdigit() for c in text)
+    return (10 if text.startswith("0") else 7) <= digits <= 15
 
 
 def _re(pattern: str) -> re.Pattern[str]:
@@ -150,12 +153,12 @@ BUILTIN: tuple[Detector, ...] = (
     )),
     # Before the access key id: the pattern reads the id to find the secret beside it.
     Detector("aws_secret_key", (rb"(?i)aws[A-Za-z0-9_ .-]{0,30}secret", rb"(?:AKIA|ASIA)[A-Z0-9]{16}"), re.compile(
-        r"(?:(?i:aws[A-Za-z0-9_ .-]{0,30}secret[A-Za-z0-9_ .-]{0,30})[\"']?\s*[:=]\s*[\"']?"
-        r"|(?:AKIA|ASIA)[A-Z0-9]{16}[^A-Za-z0-9/+]{1,40})"
+        r"(?:(?i:aws[A-Za-z0-9_ .-]{0,30}secret)[A-Za-z0-9_ .-]{0,30}?[\"']?\s*[:=]?\s*[\"']?"
+        r"|(?:AKIA|ASIA)[A-Z0-9]{16}[^\n]{1,40}?)"
         r"(?P<value>(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])", re.ASCII
     )),
     Detector("aws_access_key", (rb"(?:AKIA|ASIA)[A-Z0-9]{16}",), _re(_W + r"(?:AKIA|ASIA)[A-Z0-9]{16}" + _WE)),
-    Detector("bearer_token", (rb"[Bb]earer +[A-Za-z0-9._~+=-]{12}",), re.compile(
+    Detector("bearer_token", (rb"(?i)bearer +[A-Za-z0-9._~+/=-]{12}",), re.compile(
         r"(?i:bearer) +(?P<value>[A-Za-z0-9._~+/=-]{12,})", re.ASCII
     )),
     Detector("email", (rb"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+\.[A-Za-z0-9.-]*[A-Za-z]",), _re(
@@ -168,7 +171,7 @@ BUILTIN: tuple[Detector, ...] = (
         rb"[0-9]{13}", rb"[0-9]{4}(?: [0-9]{4}){2} [0-9]", rb"[0-9]{4}(?:-[0-9]{4}){2}-[0-9]",
         rb"[0-9]{4}[ -][0-9]{6}[ -][0-9]{4}",
     ), _re(
-        r"(?<![0-9A-Za-z_.-])(?:[0-9]{13,19}|[0-9]{4}(?: [0-9]{4}){2} [0-9]{1,7}|[0-9]{4}(?:-[0-9]{4}){2}-[0-9]{1,7}"
+        r"(?<![0-9A-Za-z_.+-])(?:[0-9]{13,19}|[0-9]{4}(?: [0-9]{4}){2} [0-9]{1,7}|[0-9]{4}(?:-[0-9]{4}){2}-[0-9]{1,7}"
         r"|[0-9]{4}([ -])[0-9]{6}\1[0-9]{4,5})(?![0-9A-Za-z_]|[.-][0-9])"
     ), luhn_ok),
     Detector("phone", (
@@ -178,7 +181,7 @@ BUILTIN: tuple[Detector, ...] = (
         rb"[0-9]{3}[ .-][0-9]{3}[ .-][0-9]{4}",
         rb"0[1-9][0-9]{0,3}[ .-][0-9]{2,4}[ .-][0-9]{2}",
     ), _re(
-        r"(?<![0-9A-Za-z_+.:/-])(?:"
+        r"(?<![0-9A-Za-z_+.:/-])(?<![0-9][ .-])(?:"
         r"\+[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?){1,2}(?:[ .-]?[0-9]{2,5}){1,4}"
         r"|00[1-9][0-9]{0,2}[ .-][0-9]{1,5}(?:[ .-][0-9]{2,5}){1,4}"
         r"|\([0-9]{2,5}\) ?[0-9]{2,4}(?:[ .-][0-9]{2,5}){1,3}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,19 @@ def test_an_anchor_hyperscan_cannot_compile_names_the_patterns() -> None:
     config = RedactTransformConfig(type="redact", patterns={"x": {"regex": "x", "anchor": "(?<=a)x"}})
     with pytest.raises(ConfigError, match=r"transforms\.pii\.patterns: an anchor does not compile"):
         RedactTransform("pii", config)
+
+
+def test_the_readme_example_transforms_validate_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Redaction and cost", 1)[1].split("\n## ", 1)[0]
+    block = tomllib.loads(section.split("```toml\n", 1)[1].split("```", 1)[0])
+    outputs = block["outputs"]
+    assert outputs["search"]["transforms"] == ["pii", "cost"] and outputs["archive"]["transforms"] == []
+    monkeypatch.setenv("LOGFERRY_TRANSFORMS__PII__HASH_KEY", "k")
+    tables = block["transforms"]
+    tables["pii"].pop("hash_key_file")
+    settings = settings_from_dict({**base_config(tables["pii"]), "transforms": tables})
+    pii = settings.transforms["pii"]
+    assert isinstance(pii, RedactTransformConfig)
+    (out,) = run(RedactTransform("pii", pii), {"input": f"{EMAIL} EMP-123456"})
+    assert out["input"].startswith("[HMAC:email:") and out["input"].endswith(" [REDACTED:employee_id]")

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.config import settings_from_dict
 from pipeline.errors import ConfigError
+from pipeline.runtime.metrics import render
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.transform import RedactTransform
 
@@ -178,3 +179,14 @@ def test_the_readme_example_transforms_validate_and_run(tmp_path: Path, monkeypa
     assert isinstance(pii, RedactTransformConfig)
     (out,) = run(RedactTransform("pii", pii), {"input": f"{EMAIL} EMP-123456"})
     assert out["input"].startswith("[HMAC:email:") and out["input"].endswith(" [REDACTED:employee_id]")
+
+
+def test_metrics_count_per_detector_without_the_text() -> None:
+    t = transform()
+    run(t, {"input": f"{EMAIL} {EMAIL} {CARD}"}, {"input": "nothing"})
+    text = render(lambda: {"sources": {}, "outputs": {}, "healthy": True, "paused": False,
+                           "transforms": {"pii": t.stats()}}).decode()
+    assert 'logferry_transform_redactions_total{detector="email",transform="pii"} 2.0' in text
+    assert 'logferry_transform_redactions_total{detector="payment_card",transform="pii"} 1.0' in text
+    assert 'logferry_transform_records_redacted_total{transform="pii"} 1.0' in text
+    assert EMAIL not in text and "4111" not in text

@@ -8,10 +8,10 @@ For each engine: MB/s of raw JSON lines, single thread, best of --runs. The work
 pipeline.generator's (prompt + response ≈ 90 % of each line); with --leak-every N every Nth
 record's input gets an e-mail address, an OpenAI key and a card number.
 
-  transform        the redact transform as the daemon runs it (Hyperscan prefilter over each batch,
-                   Python checks on candidate lines only)
-  re-combined      Python's re: the same anchors as one alternation, searched in each line
-                   (timed on --sample lines: it is slow)
+  transform        the redact transform as the daemon runs it, given the parsed records (Hyperscan
+                   prefilter over each batch's prompt and response text, Python checks on candidates)
+  re-combined      Python's re: the same anchors as one alternation, searched in each record's
+                   prompt and response (timed on --sample records: it is slow)
   re2-combined     google-re2 with the same alternation (if installed)
   detect-secrets   its default plugins over each line's prompt and response (if installed)
 
@@ -33,7 +33,7 @@ from common import machine, print_header, write_results
 
 from pipeline import generator
 from pipeline.transforms.redact.config import RedactTransformConfig
-from pipeline.transforms.redact.detectors import BUILTIN, ESCAPE_ANCHORS
+from pipeline.transforms.redact.detectors import BUILTIN
 from pipeline.transforms.redact.transform import RedactTransform
 
 BATCH_BYTES = 1 << 20  # the tail source's default read_bytes
@@ -72,35 +72,41 @@ def best_rate(run: Callable[[], None], nbytes: int, runs: int) -> float:
 
 def transform_engine(lines: list[bytes]) -> Callable[[], None]:
     transform = RedactTransform("pii", RedactTransformConfig(type="redact"))
-    groups = batches(lines)
+    groups = [(group, [orjson.loads(line) for line in group]) for group in batches(lines)]  # parsed upstream
 
     def run() -> None:
-        for group in groups:
-            transform.apply(group, [{} for _ in group])
+        for group, records in groups:
+            transform.apply(group, records)
     return run
 
 
 def combined_anchors() -> bytes:
-    anchors = [a for d in BUILTIN for a in d.anchors] + list(ESCAPE_ANCHORS)
+    anchors = list(dict.fromkeys(a for d in BUILTIN for a in d.anchors))
     return b"|".join(b"(?:" + a.replace(b"(?i)", b"") + b")" for a in anchors)
 
 
+def field_texts(lines: list[bytes]) -> list[str]:
+    return [text for record in map(orjson.loads, lines) for text in (record["input"], record["output"])]
+
+
 def re_engine(lines: list[bytes]) -> Callable[[], None]:
-    pattern = re.compile(combined_anchors(), re.IGNORECASE)
+    pattern = re.compile(combined_anchors().decode(), re.IGNORECASE)
+    texts = field_texts(lines)
 
     def run() -> None:
-        for line in lines:
-            pattern.search(line)
+        for text in texts:
+            pattern.search(text)
     return run
 
 
 def re2_engine(lines: list[bytes]) -> Callable[[], None]:
     re2: Any = importlib.import_module("re2")
-    pattern = re2.compile(b"(?i:" + combined_anchors() + b")")
+    pattern = re2.compile("(?i:" + combined_anchors().decode() + ")")
+    texts = field_texts(lines)
 
     def run() -> None:
-        for line in lines:
-            pattern.search(line)
+        for text in texts:
+            pattern.search(text)
     return run
 
 

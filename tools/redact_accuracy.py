@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import orjson
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -29,8 +31,8 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=0, help="print this many false-positive texts")
     args = ap.parse_args()
     transform = RedactTransform("pii", RedactTransformConfig(type="redact"))
-    result = evaluate(lambda lines: transform.apply(lines, [{} for _ in lines])[0], args.per_detector,
-                      args.negatives)
+    result = evaluate(lambda lines: transform.apply(lines, [orjson.loads(line) for line in lines])[0],
+                      args.per_detector, args.negatives)
     print(f"{'detector':16} {'recall':>8} {'found':>7} {'false+':>7} {'false+ rate':>12}")
     for detector in sorted(result.total):
         print(f"{detector:16} {result.recall(detector):8.2%} {result.found[detector]:4}/{result.total[detector]:<4}"

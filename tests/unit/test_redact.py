@@ -118,7 +118,7 @@ def test_user_patterns_with_and_without_an_anchor() -> None:
 def test_chained_redact_transforms_add_up_their_counts() -> None:
     first, second = transform(fields=["input"]), transform(fields=["output"])
     line = orjson.dumps({"input": EMAIL, "output": EMAIL}) + b"\n"
-    lines, records = first.apply([line], [{}])
+    lines, records = first.apply([line], [orjson.loads(line)])
     lines, _ = second.apply(lines, records)
     assert orjson.loads(lines[0])["redactions"] == {"email": 2}
 
@@ -205,4 +205,7 @@ def test_typical_records_take_the_fast_path() -> None:
                        "uuid": str(uuid.UUID(int=n * 7919 + 1)), "hostname": f"agent-host-{n}",
                        "version": "3.11.7", "sdk": "openai 1.51.0", "offset": "+05:30"})
         lines.append(orjson.dumps(record) + b"\n")
-    assert transform().prefilter.scan(lines) == {}
+    t = transform()
+    records = [orjson.loads(line) for line in lines]
+    assert t.prefilter.scan(*t.redactor.texts(records), len(records)) == {}
+    assert t.apply(lines, records)[0] is lines

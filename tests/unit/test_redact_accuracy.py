@@ -5,6 +5,7 @@ The same figures, per detector, are printed by tools/redact_accuracy.py.
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from pipeline.transforms.redact.config import RedactTransformConfig
@@ -16,7 +17,7 @@ from tests.support.redact_corpus import Result, evaluate
 @pytest.fixture(scope="module")
 def result() -> Result:
     transform = RedactTransform("pii", RedactTransformConfig(type="redact"))
-    return evaluate(lambda lines: transform.apply(lines, [{} for _ in lines])[0])
+    return evaluate(lambda lines: transform.apply(lines, [orjson.loads(line) for line in lines])[0])
 
 
 @pytest.mark.parametrize("detector", [d.name for d in BUILTIN])

@@ -48,8 +48,8 @@ class UserPattern(Component):
     regex: str = Field(description="Python regular expression; a group named 'value' limits what is replaced.")
     mode: Mode = Field("mask", description=MODE_HELP)
     anchor: str | None = Field(
-        None, description="Part of every match, as it appears in the raw JSON line (Hyperscan syntax): lets the "
-        "prefilter skip records; without it every record is decoded and scanned, several times slower.",
+        None, description="A regex (Hyperscan syntax) matching part of every match: lets the prefilter skip "
+        "records without it; without an anchor every record is checked with `regex`, several times slower.",
     )
 
     @field_validator("regex")

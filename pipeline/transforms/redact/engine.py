@@ -1,14 +1,17 @@
-"""The matching engine: a Hyperscan prefilter over raw lines, then Python on the few candidates.
+"""The matching engine: a Hyperscan prefilter over the scanned fields, then Python on the few candidates.
 
-Why two stages (measured in benchmarks/redact.py and the closing note of issue 18): almost no
-record holds anything to redact, and the prefilter rules those out at about a gigabyte per
-second, on the line's bytes as read, without decoding anything. Python's ``re`` with the same
-patterns combined runs at a few MB/s (an alternation of character-class patterns is tried at
-every position); google-re2 at about 450 MB/s. Only the detectors whose anchor matched run, in
-Python, on the decoded strings of the scanned fields, where the boundaries and checksums are.
+Why two stages (measured by benchmarks/redact.py, figures in the closing note of issue 18):
+almost no record holds anything to redact, and the prefilter rules those out at about a
+gigabyte per second. Python's ``re`` with the same anchors as one alternation runs at a few MB/s
+(an alternation of character-class patterns is tried at every position), google-re2 at a few
+hundred. Only the detectors whose anchor matched run, in Python, on the strings of the record
+the anchor matched in: the boundaries, Luhn, IBAN and address checks are there.
 
-The anchors are split over two databases: Hyperscan slows down sharply (about 4x here) when the
-digit-class patterns (cards, IBANs, phones, addresses) share a database with the rest.
+The prefilter reads the fields' decoded strings (the records parsed upstream), not the raw
+line: JSON escapes (``\\u0040`` for ``@``) cannot hide a value from it, and the fields every
+record carries (ISO times, epoch seconds, ids, host names) do not make every line a candidate.
+The anchors are split over two databases: Hyperscan slows down several times over when the
+digit and IBAN anchors share one with the token anchors.
 """
 
 from __future__ import annotations
@@ -24,58 +27,55 @@ from typing import Any, cast
 import hyperscan
 import orjson
 
-from pipeline.transforms.redact.detectors import ESCAPE_ANCHORS, Detector
+from pipeline.transforms.redact.detectors import Detector
 
-ALL = -1  # prefilter id of an escape anchor: every detector must look at the line
-DIGIT_HEAVY = frozenset({"payment_card", "iban", "phone", "ipv4", "ipv6"})
+DIGIT_HEAVY = frozenset({"payment_card", "iban", "phone", "ipv4"})  # their anchors share the second database
 MAX_DEPTH = 64  # deeper containers are scanned as their JSON text
 
 
 class Prefilter:
-    """Which detectors could match in which lines of a batch, from one scan of the joined raw lines."""
+    """Which detectors could match in which records of a batch: one Hyperscan scan per database."""
 
     def __init__(self, detectors: Sequence[Detector], always: Sequence[int] = ()) -> None:
-        heavy: list[tuple[int, bytes]] = []
-        light: list[tuple[int, bytes]] = [(ALL, anchor) for anchor in ESCAPE_ANCHORS]
+        by_anchor: dict[bytes, list[int]] = {}
         for index, detector in enumerate(detectors):
-            target = heavy if detector.name in DIGIT_HEAVY else light
-            target.extend((index, anchor) for anchor in detector.anchors)
+            for anchor in detector.anchors:
+                by_anchor.setdefault(anchor, []).append(index)
+        heavy = {a: ids for a, ids in by_anchor.items() if {detectors[i].name for i in ids} & DIGIT_HEAVY}
+        light = {a: ids for a, ids in by_anchor.items() if a not in heavy}
         groups = [group for group in (light, heavy) if group]
-        self.databases = [_database(group) for group in groups]
-        self.ids = [[index for index, _ in group] for group in groups]
+        self.databases = [_database(list(group)) for group in groups]
+        self.ids = [list(group.values()) for group in groups]
         self.always = frozenset(always)
 
-    def scan(self, lines: Sequence[bytes]) -> dict[int, frozenset[int]]:
-        """Line index → indexes of the detectors to run on it (``ALL``: every one, an escape may hide a match).
+    def scan(self, pieces: Sequence[bytes], owners: Sequence[int], count: int) -> dict[int, frozenset[int]]:
+        """Record index → indexes of the detectors to run on it, for records whose text matched an anchor.
 
-        One scan of the joined lines per database: a call per line would cost more than the scan.
+        ``pieces`` are the UTF-8 strings of ``count`` records, ``owners`` the record of each piece.
+        They are joined and scanned at once: a call per record would cost more than the scan.
         """
-        if self.always:
-            return {i: self.always for i in range(len(lines))} | self._scan(lines)
-        return self._scan(lines)
-
-    def _scan(self, lines: Sequence[bytes]) -> dict[int, frozenset[int]]:
-        block = b"".join(lines)
-        found: list[tuple[int, int]] = []
+        found: list[tuple[list[int], int]] = []
+        block = b"\n".join(pieces)  # no anchor matches a newline, so none spans two strings
         for database, ids in zip(self.databases, self.ids, strict=True):
             database.scan(block, match_event_handler=_collect, context=(found, ids))
-        if not found:
-            return {}
-        starts = list(accumulate((len(line) for line in lines), initial=0))
-        per_line: dict[int, set[int]] = {}
-        for detector, end in found:
-            per_line.setdefault(bisect_right(starts, end - 1) - 1, set()).add(detector)
-        return {line: frozenset(hits | self.always) for line, hits in per_line.items()}
+        hits: dict[int, set[int]] = {i: set(self.always) for i in range(count)} if self.always else {}
+        if found:
+            starts = list(accumulate((len(piece) + 1 for piece in pieces), initial=0))
+            for detectors, end in found:
+                hits.setdefault(owners[bisect_right(starts, end - 1) - 1], set()).update(detectors)
+        return {index: frozenset(detectors) for index, detectors in hits.items()}
 
 
 def _collect(pattern: int, start: int, end: int, flags: int, context: object) -> None:
-    found, ids = cast(tuple[list[tuple[int, int]], list[int]], context)
+    found, ids = cast(tuple[list[tuple[list[int], int]], list[list[int]]], context)
     found.append((ids[pattern], end))
 
 
-def _database(anchors: list[tuple[int, bytes]]) -> hyperscan.Database:
+def _database(anchors: list[bytes]) -> hyperscan.Database:
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    database.compile(expressions=[a for _, a in anchors], ids=list(range(len(anchors))), elements=len(anchors),
+    # SINGLEMATCH: one report per anchor and scan is not enough (the record matters), so every match
+    # is reported; a candidate-free batch reports none.
+    database.compile(expressions=anchors, ids=list(range(len(anchors))), elements=len(anchors),
                      flags=[0] * len(anchors))
     return database
 
@@ -92,7 +92,7 @@ class Redactor:
 
     def redact(self, record: dict[str, Any], hits: frozenset[int]) -> Counter[str]:
         """Redact ``record`` in place, running the detectors in ``hits``; the counts per detector."""
-        chosen = self.detectors if -1 in hits else [d for i, d in enumerate(self.detectors) if i in hits]
+        chosen = [d for i, d in enumerate(self.detectors) if i in hits]
         counts: Counter[str] = Counter()
         for name in self.fields:
             if name not in record:
@@ -104,6 +104,25 @@ class Redactor:
             elif value is not None:
                 record[name] = value
         return counts
+
+    def texts(self, records: Sequence[dict[str, Any]]) -> tuple[list[bytes], list[int]]:
+        """The strings of the scanned fields of ``records`` (nested ones too, numbers as digits) in UTF-8,
+        and the index of the record each belongs to."""
+        pieces: list[bytes] = []
+        owners: list[int] = []
+        strings: list[str] = []
+        for index, record in enumerate(records):
+            for name in self.fields:
+                value = record.get(name)
+                if type(value) is str:
+                    pieces.append(value.encode("utf-8", "surrogatepass"))
+                    owners.append(index)
+                elif value is not None:
+                    _strings(value, strings, 0)
+                    pieces.extend(text.encode("utf-8", "surrogatepass") for text in strings)
+                    owners.extend(index for _ in strings)
+                    strings.clear()
+        return pieces, owners
 
     def redact_text(self, text: str, counts: Counter[str]) -> str:
         """``text`` with every detector's finds masked or hashed (dropping is not possible in a bare text)."""
@@ -164,3 +183,18 @@ class Redactor:
             digest = hmac.new(self.key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
             return f"[HMAC:{name}:{digest[:16]}]"
         return f"[REDACTED:{name}]"
+
+
+def _strings(value: Any, out: list[str], depth: int) -> None:
+    """Append the strings in ``value`` (numbers as their digits; deep containers as their JSON text)."""
+    kind = type(value)
+    if kind is str:
+        out.append(value)
+    elif kind is int:
+        out.append(str(value))
+    elif kind is list or kind is dict:
+        if depth >= MAX_DEPTH:
+            out.append(orjson.dumps(value).decode())
+            return
+        for item in value.values() if kind is dict else value:
+            _strings(item, out, depth + 1)

@@ -57,11 +57,12 @@ class RedactTransform:
         return None
 
     def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
-        """The batch with every candidate line redacted; lines without a candidate are kept as they are."""
+        """The batch with every candidate record redacted; the others' lines are kept as they are."""
         out_lines: list[bytes] | None = None
         out_records: list[dict[str, Any]] | None = None
-        for i, hits in sorted(self.prefilter.scan(lines).items()):
-            record = orjson.loads(lines[i])
+        pieces, owners = self.redactor.texts(records)
+        for i, hits in sorted(self.prefilter.scan(pieces, owners, len(records)).items()):
+            record = orjson.loads(lines[i])  # the whole line (with the enrichment): it is written back
             counts = self.redactor.redact(record, hits)
             if not counts:
                 continue

@@ -133,7 +133,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from pipeline.runtime.topology import build_transforms
+
     settings = _settings(args)
+    build_transforms(settings)  # what only building finds: an unreadable HMAC key file, a bad anchor
     dumped = settings.model_dump(mode="json")
     sys.stdout.write(orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode() + "\n")
     print("configuration OK", file=sys.stderr)

@@ -99,18 +99,23 @@ def build(settings: Settings, clock: Clock) -> Topology:
                     lock_fd, reports)
 
 
-def _transform_plan(settings: Settings, routes: dict[str, list[FileBuffer]]) -> TransformPlan:
-    """Build the transforms some source or output uses, and each source's chains.
-
-    A source appears in the plan only when a chain concerns it: the others pay nothing.
-    """
+def build_transforms(settings: Settings) -> dict[str, Transform]:
+    """Every transform a source or output uses, built (key files read, anchors compiled): ConfigError if not."""
     used = {name for table in (settings.sources, settings.outputs) for cfg in table.values()
             for name in cfg.transforms}
     transforms: dict[str, Transform] = {}
     for name in sorted(used):
         cfg = settings.transforms[name]
         transforms[name] = _runtime_class("transforms", name, cfg.type, TRANSFORM_CLASSES[cfg.type])(name, cfg)
-    plan = TransformPlan(transforms)
+    return transforms
+
+
+def _transform_plan(settings: Settings, routes: dict[str, list[FileBuffer]]) -> TransformPlan:
+    """Build the transforms some source or output uses, and each source's chains.
+
+    A source appears in the plan only when a chain concerns it: the others pay nothing.
+    """
+    plan = TransformPlan(build_transforms(settings))
     for src, routed in routes.items():
         outputs = {b.output: (b.config.timekey, tuple(settings.outputs[b.output].transforms))
                    for b in routed if settings.outputs[b.output].transforms}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import subprocess
+import sys
 import tomllib
 import uuid
 from pathlib import Path
@@ -209,3 +212,28 @@ def test_typical_records_take_the_fast_path() -> None:
     records = [orjson.loads(line) for line in lines]
     assert t.prefilter.scan(*t.redactor.texts(records), len(records)) == {}
     assert t.apply(lines, records)[0] is lines
+
+
+def test_logferry_check_names_a_missing_key_file(tmp_path: Path) -> None:
+    config = tmp_path / "logferry.toml"
+    config.write_text(f"""
+state_dir = "{tmp_path / 'state'}"
+[sources.agent]
+type = "tail"
+paths = ["{tmp_path}/*.log"]
+tag = "ai"
+[outputs.search]
+type = "file"
+path = "{tmp_path}/out.jsonl"
+transforms = ["pii"]
+[transforms.pii]
+type = "redact"
+hash_key_file = "{tmp_path / 'missing.key'}"
+[transforms.pii.detectors]
+email = "hash"
+""")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LOGFERRY_")}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "check", "-c", str(config)], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[2], timeout=60, env=env)
+    assert result.returncode != 0
+    assert f"transforms.pii.hash_key_file: cannot read {tmp_path / 'missing.key'}" in result.stderr

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import subprocess
+import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,7 +46,7 @@ class Prefilter:
         heavy = {a: ids for a, ids in by_anchor.items() if {detectors[i].name for i in ids} & DIGIT_HEAVY}
         light = {a: ids for a, ids in by_anchor.items() if a not in heavy}
         groups = [group for group in (light, heavy) if group]
-        self.databases = [_database(list(group)) for group in groups]
+        self.databases = [_database(list(group)) for group in groups]  # (database, scratch) pairs
         self.ids = [list(group.values()) for group in groups]
         self.always = frozenset(always)
 
@@ -56,8 +58,8 @@ class Prefilter:
         """
         found: list[tuple[list[int], int]] = []
         block = b"\n".join(pieces)  # no anchor matches a newline, so none spans two strings
-        for database, ids in zip(self.databases, self.ids, strict=True):
-            database.scan(block, match_event_handler=_collect, context=(found, ids))
+        for (database, scratch), ids in zip(self.databases, self.ids, strict=True):
+            database.scan(block, match_event_handler=_collect, context=(found, ids), scratch=scratch)
         hits: dict[int, set[int]] = {i: set(self.always) for i in range(count)} if self.always else {}
         if found:
             starts = list(accumulate((len(piece) + 1 for piece in pieces), initial=0))
@@ -71,13 +73,33 @@ def _collect(pattern: int, start: int, end: int, flags: int, context: object) ->
     found.append((ids[pattern], end))
 
 
-def _database(anchors: list[bytes]) -> hyperscan.Database:
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    # SINGLEMATCH: one report per anchor and scan is not enough (the record matters), so every match
-    # is reported; a candidate-free batch reports none.
+# Compiling takes about 10 MB of heap for a moment, which the allocator keeps as the process's
+# peak RSS; a short-lived child compiles instead and hands over the serialised database (~70 KB).
+_COMPILE = """
+import sys, hyperscan
+anchors = sys.stdin.buffer.read().split(b"\\0")
+database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+try:
     database.compile(expressions=anchors, ids=list(range(len(anchors))), elements=len(anchors),
                      flags=[0] * len(anchors))
-    return database
+except hyperscan.error as exc:
+    sys.exit(f"{exc}")
+sys.stdout.buffer.write(hyperscan.dumpb(database))
+"""
+
+
+class AnchorError(ValueError):
+    """Hyperscan refused an anchor."""
+
+
+def _database(anchors: list[bytes]) -> tuple[hyperscan.Database, hyperscan.Scratch]:
+    """A block-mode database of ``anchors`` (every match reported: the record of each one matters)."""
+    child = subprocess.run([sys.executable, "-c", _COMPILE], input=b"\0".join(anchors), capture_output=True,
+                           check=False, timeout=120)
+    if child.returncode != 0:
+        raise AnchorError(child.stderr.decode(errors="replace").strip().splitlines()[-1])
+    database = hyperscan.loadb(child.stdout, hyperscan.HS_MODE_BLOCK)
+    return database, hyperscan.Scratch(database)
 
 
 class Redactor:

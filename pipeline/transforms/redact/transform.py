@@ -7,13 +7,12 @@ import re
 from collections import Counter
 from typing import Any
 
-import hyperscan
 import orjson
 
 from pipeline.errors import ConfigError
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.detectors import BUILTIN, Detector
-from pipeline.transforms.redact.engine import Prefilter, Redactor
+from pipeline.transforms.redact.engine import AnchorError, Prefilter, Redactor
 
 
 class RedactTransform:
@@ -35,7 +34,7 @@ class RedactTransform:
         self.detectors = detectors
         try:
             self.prefilter = Prefilter(detectors, always)
-        except hyperscan.error as exc:
+        except AnchorError as exc:
             raise ConfigError(f"transforms.{name}.patterns: an anchor does not compile: {exc}") from exc
         self.redactor = Redactor(detectors, dict(modes), config.fields, self._key())
         self.summary_key = config.summary_key

@@ -57,7 +57,7 @@ class Prefilter:
         They are joined and scanned at once: a call per record would cost more than the scan.
         """
         found: list[tuple[list[int], int]] = []
-        block = b"\n".join(pieces)  # no anchor matches a newline, so none spans two strings
+        block = b"\n".join(pieces)  # no built-in anchor matches a newline: none spans two strings
         for (database, scratch), ids in zip(self.databases, self.ids, strict=True):
             database.scan(block, match_event_handler=_collect, context=(found, ids), scratch=scratch)
         hits: dict[int, set[int]] = {i: set(self.always) for i in range(count)} if self.always else {}

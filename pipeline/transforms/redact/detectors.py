@@ -122,6 +122,12 @@ def _re(pattern: str) -> re.Pattern[str]:
 # share a database, and prose rarely holds such a run.
 DIGITS = rb"[0-9][0-9 .()+-]{6}"
 
+def _lead(literal: str) -> str:
+    """``literal`` not glued to a word before it. The check comes after the literal, not before:
+    a pattern that starts with a literal is searched for it at memchr speed (50x here)."""
+    return re.escape(literal) + rf"(?<![A-Za-z0-9_]{re.escape(literal)})"
+
+
 # Boundaries: not glued to a longer word, number or token.
 _W = r"(?<![A-Za-z0-9_])"
 _WE = r"(?![A-Za-z0-9_])"
@@ -135,21 +141,21 @@ BUILTIN: tuple[Detector, ...] = (
         r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*\Z)", re.ASCII | re.S
     )),
     Detector("jwt", (rb"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.",), _re(
-        _W + r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*" + _TOKEN_END
+        _lead("eyJ") + r"[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*" + _TOKEN_END
     )),
     Detector("anthropic_key", (rb"sk-ant-[a-z]{3,6}[0-9]{2}-[A-Za-z0-9_-]{20}",), _re(
-        _W + r"sk-ant-[a-z]{3,6}[0-9]{2}-[A-Za-z0-9_-]{20,}" + _TOKEN_END
+        _lead("sk-ant-") + r"[a-z]{3,6}[0-9]{2}-[A-Za-z0-9_-]{20,}" + _TOKEN_END
     )),
     Detector("openai_key", (rb"sk-[A-Za-z0-9_-]{20}",), _re(
-        _W + r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}" + _TOKEN_END
+        _lead("sk-") + r"(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}" + _TOKEN_END
     )),
-    Detector("google_api_key", (rb"AIza[0-9A-Za-z_-]{35}",), _re(_W + r"AIza[0-9A-Za-z_-]{35}" + _TOKEN_END)),
+    Detector("google_api_key", (rb"AIza[0-9A-Za-z_-]{35}",), _re(_lead("AIza") + r"[0-9A-Za-z_-]{35}" + _TOKEN_END)),
     Detector("github_token", (rb"gh[pousr]_[A-Za-z0-9]{36}", rb"github_pat_[A-Za-z0-9_]{22}"), _re(
-        _W + r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})" + _WE
+        _lead("g") + r"(?:h[pousr]_[A-Za-z0-9]{36,}|ithub_pat_[A-Za-z0-9_]{22,})" + _WE
     )),
-    Detector("gitlab_token", (rb"glpat-[A-Za-z0-9_-]{20}",), _re(_W + r"glpat-[A-Za-z0-9_-]{20,}" + _TOKEN_END)),
+    Detector("gitlab_token", (rb"glpat-[A-Za-z0-9_-]{20}",), _re(_lead("glpat-") + r"[A-Za-z0-9_-]{20,}" + _TOKEN_END)),
     Detector("slack_token", (rb"xox[abposre]-[0-9A-Za-z-]{10}",), _re(
-        _W + r"xox[abposre]-[0-9A-Za-z-]{10,}" + _TOKEN_END
+        _lead("xox") + r"[abposre]-[0-9A-Za-z-]{10,}" + _TOKEN_END
     )),
     Detector("stripe_key", (rb"[rs]k_(?:live|test)_[A-Za-z0-9]{16}",), _re(
         _W + r"[rs]k_(?:live|test)_[A-Za-z0-9]{16,}" + _WE
@@ -160,7 +166,7 @@ BUILTIN: tuple[Detector, ...] = (
         r"|(?:AKIA|ASIA)[A-Z0-9]{16}[^\n]{1,40}?)"
         r"(?P<value>(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])", re.ASCII
     )),
-    Detector("aws_access_key", (rb"(?:AKIA|ASIA)[A-Z0-9]{16}",), _re(_W + r"(?:AKIA|ASIA)[A-Z0-9]{16}" + _WE)),
+    Detector("aws_access_key", (rb"(?:AKIA|ASIA)[A-Z0-9]{16}",), _re(_lead("A") + r"(?:KIA|SIA)[A-Z0-9]{16}" + _WE)),
     Detector("bearer_token", (rb"(?i)bearer +[A-Za-z0-9._~+/=-]{12}",), re.compile(
         r"(?i:bearer) +(?P<value>[A-Za-z0-9._~+/=-]{12,})", re.ASCII
     )),

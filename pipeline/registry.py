@@ -46,6 +46,3 @@ TRANSFORM_CLASSES = {
 
 #: Every ``type`` value a source, transform or output table may have.
 COMPONENT_TYPES = frozenset(SOURCE_CLASSES) | frozenset(OUTPUT_CLASSES) | frozenset(TRANSFORM_CLASSES)
-#: The ``type`` values each section allows.
-SECTION_TYPES = {"sources": frozenset(SOURCE_CLASSES), "outputs": frozenset(OUTPUT_CLASSES),
-                 "transforms": frozenset(TRANSFORM_CLASSES)}

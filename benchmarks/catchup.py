@@ -6,9 +6,12 @@ every record is in the file output; next to the floor measured in the same run.
   .venv/bin/python benchmarks/catchup.py --records 1000000 --max-chars 300   # small records
   .venv/bin/python benchmarks/catchup.py --shared-workload   # ../shared/bench/gen_interactions.py
   .venv/bin/python benchmarks/catchup.py --fsync true         # only the default mode
+  .venv/bin/python benchmarks/catchup.py --fsync true --redact both   # with and without a redact transform
 
 Both durability modes are measured by default: ``fsync = true`` (the default: power-loss
-safe) and ``fsync = false`` (page cache only, still safe against kill -9).
+safe) and ``fsync = false`` (page cache only, still safe against kill -9). ``--redact on``
+puts a redact transform (every detector on, mask mode, default fields: prompt and response)
+on the file output; ``both`` runs the daemon with and without it in each round.
 
 Prints a table and writes benchmarks/results/catchup-<workload>.json. Medians of --runs
 alternating runs (floor, daemon, floor, daemon, ...).
@@ -40,8 +43,9 @@ from common import (
 )
 
 
-def daemon_config(root: Path, workload: Path, fsync: bool) -> Path:
+def daemon_config(root: Path, workload: Path, fsync: bool, redact: bool = False) -> Path:
     config = root / "logferry.toml"
+    transforms = '["pii"]' if redact else "[]"
     config.write_text(f"""
 state_dir = "{root / 'state'}"
 fsync = {'true' if fsync else 'false'}
@@ -52,9 +56,12 @@ tag = "ai.interactions"
 [outputs.debug]
 type = "file"
 path = "{root / 'out' / '%Y%m%d-%H.jsonl'}"
+transforms = {transforms}
 [outputs.debug.buffer]
 flush_interval = 0.2
 total_limit_bytes = 268435456
+[transforms.pii]
+type = "redact"
 """)
     return config
 
@@ -70,10 +77,10 @@ def caught_up(root: Path, size: int) -> bool:
     return not any(p.suffix in (".staged", ".queued") for p in buffer.iterdir())
 
 
-def run_daemon(root: Path, workload: Path, fsync: bool) -> dict[str, float]:
+def run_daemon(root: Path, workload: Path, fsync: bool, redact: bool = False) -> dict[str, float]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
-    config = daemon_config(root, workload, fsync)
+    config = daemon_config(root, workload, fsync, redact)
     quiet_disk()
     size = workload.stat().st_size
     with DaemonProcess(config, root / "daemon.log") as daemon:
@@ -94,8 +101,11 @@ def main() -> None:
     ap.add_argument("--shared-workload", action="store_true", help="generate with ../shared/bench")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--fsync", choices=("both", "true", "false"), default="both", help="durability modes to run")
+    ap.add_argument("--redact", choices=("off", "on", "both"), default="off", help="a redact transform on the output")
     args = ap.parse_args()
-    modes = {"both": [True, False], "true": [True], "false": [False]}[args.fsync]
+    fsyncs = {"both": [True, False], "true": [True], "false": [False]}[args.fsync]
+    redacts = {"both": [False, True], "on": [True], "off": [False]}[args.redact]
+    modes = [(fsync, redact) for fsync in fsyncs for redact in redacts]
     info = machine()  # before the work: its load and CPU figures are the run's
     root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -105,11 +115,11 @@ def main() -> None:
     size = workload.stat().st_size
     floors: list[dict[str, float]] = []
     disk: list[float] = []
-    daemons: dict[bool, list[dict[str, float]]] = {mode: [] for mode in modes}
+    daemons: dict[tuple[bool, bool], list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(args.runs):
         floors.append(run_floor(workload, root / "floor.out"))
         for mode in modes:
-            daemons[mode].append(run_daemon(root, workload, mode))
+            daemons[mode].append(run_daemon(root, workload, *mode))
             delivered = count_lines(root / "out")
             assert delivered == args.records, f"daemon delivered {delivered} of {args.records}"
         disk.append(durable_write_seconds(root, size))  # last: freeing its files must not slow a timed run
@@ -118,15 +128,17 @@ def main() -> None:
                             "records_per_s": args.records / statistics.median(disk)}
     print_header("catch-up: backlog → file output, next to the floor", report)
     print_table(report)
-    write_results(f"catchup-{args.records}-{args.max_chars}", report)
+    write_results(f"catchup-{args.records}-{args.max_chars}" + ("" if args.redact == "off" else "-redact"), report)
     shutil.rmtree(root, ignore_errors=True)
 
 
-ROW = {True: "logferry", False: "logferry_no_fsync"}  # result keys: fsync = true (default) / false
+# Result keys by (fsync, redact): fsync = true is the default.
+ROW = {(True, False): "logferry", (False, False): "logferry_no_fsync", (True, True): "logferry_redact",
+       (False, True): "logferry_no_fsync_redact"}
 
 
 def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]],
-              daemons: dict[bool, list[dict[str, float]]], info: dict[str, Any]) -> dict[str, Any]:
+              daemons: dict[tuple[bool, bool], list[dict[str, float]]], info: dict[str, Any]) -> dict[str, Any]:
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
@@ -140,7 +152,8 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
     for mode, runs in daemons.items():
         daemon_s = med(runs, "seconds")
         report[ROW[mode]] = {
-            "fsync": mode, "records_per_s": args.records / daemon_s, "mb_per_s": size / daemon_s / 1e6,
+            "fsync": mode[0], "redact": mode[1], "records_per_s": args.records / daemon_s,
+            "mb_per_s": size / daemon_s / 1e6,
             "cpu_s": med(runs, "cpu_s"), "peak_rss_mb": max(d["peak_rss_mb"] for d in runs), "runs": runs,
             "ratio_to_floor": floor_s / daemon_s,
         }
@@ -151,7 +164,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']} ({r['cpu']}), "
           f"{r['date']}")
     print(f"{'':24} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8}")
-    labels = {"floor": "floor", "logferry": "logferry (fsync)", "logferry_no_fsync": "logferry (fsync=false)"}
+    labels = {"floor": "floor", "logferry": "logferry (fsync)", "logferry_no_fsync": "logferry (fsync=false)",
+              "logferry_redact": "redact (fsync)", "logferry_no_fsync_redact": "redact (fsync=false)"}
     for key, label in labels.items():
         if key not in r:
             continue

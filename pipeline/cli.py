@@ -151,7 +151,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from pipeline.runtime.topology import build_transforms
+
     settings = _settings(args)
+    build_transforms(settings)  # what only building finds: an unreadable HMAC key file, a bad anchor
     dumped = settings.model_dump(mode="json")  # SecretStr values come out as "**********"
     # The unit's ExecStartPre runs check: its output is in the journal, so no user:password@ of a host URL either.
     sys.stdout.write(_URL_CREDENTIALS.sub("", orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode()) + "\n")

@@ -28,11 +28,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from pipeline.configbase import BufferConfig, Component, OutputBase
 from pipeline.errors import ConfigError
-from pipeline.registry import COMPONENT_TYPES, OutputConfig, SourceConfig
+from pipeline.registry import COMPONENT_TYPES, OutputConfig, SourceConfig, TransformConfig
 
 DEFAULT_CONFIG = Path("/etc/logferry/logferry.toml")
-__all__ = ["BufferConfig", "Component", "OutputBase", "OutputConfig", "Settings", "SourceConfig", "load_settings",
-           "settings_from_dict"]
+__all__ = ["BufferConfig", "Component", "OutputBase", "OutputConfig", "Settings", "SourceConfig", "TransformConfig",
+           "load_settings", "settings_from_dict"]
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 ENV_PREFIX = "LOGFERRY_"
 # LOGFERRY_ variables the project reads that are not settings: the agent hook's log path
@@ -106,8 +106,11 @@ class Settings(BaseSettings):
     tap: TapConfig = Field(default_factory=TapConfig)
     sources: dict[str, SourceConfig] = Field(min_length=1)
     outputs: dict[str, OutputConfig] = Field(min_length=1)
+    transforms: dict[str, TransformConfig] = Field(
+        default_factory=dict, description="Named transforms that sources and outputs list in `transforms`."
+    )
 
-    @field_validator("sources", "outputs")
+    @field_validator("sources", "outputs", "transforms")
     @classmethod
     def _names_are_plain(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
@@ -175,9 +178,24 @@ def settings_from_dict(values: dict[str, Any], origin: str = "config") -> Settin
     _check_environment(os.environ)
     _check_type_keys(values)
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         raise ConfigError(f"{origin}: invalid configuration:\n" + format_errors(exc)) from exc
+    _check_transform_names(settings, origin)
+    return settings
+
+
+def _check_transform_names(settings: Settings, origin: str) -> None:
+    """Every name in a ``transforms = [...]`` list names a ``[transforms.NAME]`` table."""
+    problems = [
+        f"  {section}.{name}.transforms: no [transforms.{wanted}] table"
+        for section, table in (("sources", settings.sources), ("outputs", settings.outputs))
+        for name, component in table.items()
+        for wanted in component.transforms
+        if wanted not in settings.transforms
+    ]
+    if problems:
+        raise ConfigError(f"{origin}: invalid configuration:\n" + "\n".join(problems))
 
 
 def _check_environment(environ: Mapping[str, str]) -> None:
@@ -203,7 +221,7 @@ def _check_environment(environ: Mapping[str, str]) -> None:
 def _check_type_keys(values: dict[str, Any]) -> None:
     """Name a missing or unknown ``type`` plainly (pydantic's union message is cryptic)."""
     problems = []
-    for section in ("sources", "outputs"):
+    for section in ("sources", "outputs", "transforms"):
         table = values.get(section)
         if not isinstance(table, dict):
             continue
@@ -233,7 +251,7 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     'outputs.archive.buffer.timekey'
     """
     parts = [str(p) for p in loc]
-    if len(parts) >= 3 and parts[0] in ("sources", "outputs") and parts[2] in COMPONENT_TYPES:
+    if len(parts) >= 3 and parts[0] in ("sources", "outputs", "transforms") and parts[2] in COMPONENT_TYPES:
         del parts[2]
     return ".".join(parts)
 

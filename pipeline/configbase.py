@@ -42,6 +42,9 @@ class SourceBase(Component):
     """Keys every source has."""
 
     tag: str = Field(description="Tag given to every record of this source; outputs match on it.")
+    transforms: list[str] = Field(
+        default_factory=list, description="Names of [transforms.NAME] applied, in order, to every record read."
+    )
 
 
 class OutputBase(Component):
@@ -49,3 +52,6 @@ class OutputBase(Component):
 
     match: list[str] = Field(default_factory=lambda: ["**"], description="Tag patterns this output takes.")
     buffer: BufferConfig = Field(default_factory=BufferConfig)
+    transforms: list[str] = Field(
+        default_factory=list, description="Names of [transforms.NAME] applied, in order, to this output's records."
+    )

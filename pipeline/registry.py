@@ -1,4 +1,4 @@
-"""Every source and output type logferry knows: the one place a new component is registered.
+"""Every source, transform and output type logferry knows: the one place a new component is registered.
 
 A component lives in its own folder with a ``config.py`` (its frozen settings model, with a
 ``type`` literal) and the module that runs it. Registering it means adding its config class
@@ -7,8 +7,8 @@ and :mod:`pipeline.runtime.topology` take both from here, and neither imports a 
 
 Runtime classes are named as ``"module:Class"`` strings and imported only when a config
 uses them, so ``logferry check`` never pays for a client library it does not need.
-Each is built as ``Class(name, config, context)`` for sources and ``Class(config, context)``
-for outputs.
+Each is built as ``Class(name, config, context)`` for sources, ``Class(config, context)``
+for outputs and ``Class(name, config)`` for transforms.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pipeline.outputs.file.config import FileOutputConfig
 from pipeline.outputs.kafka.config import KafkaOutputConfig
 from pipeline.outputs.s3.config import S3OutputConfig
 from pipeline.sources.tail.config import TailSourceConfig
+from pipeline.transforms.cost.config import CostTransformConfig
+from pipeline.transforms.redact.config import RedactTransformConfig
 
 SourceConfig = Annotated[TailSourceConfig, Field(discriminator="type")]
 SOURCE_CLASSES = {
@@ -38,5 +40,11 @@ OUTPUT_CLASSES = {
     "kafka": "pipeline.outputs.kafka.output:KafkaOutput",
 }
 
-#: Every ``type`` value a source or output table may have.
-COMPONENT_TYPES = frozenset(SOURCE_CLASSES) | frozenset(OUTPUT_CLASSES)
+TransformConfig = Annotated[RedactTransformConfig | CostTransformConfig, Field(discriminator="type")]
+TRANSFORM_CLASSES = {
+    "redact": "pipeline.transforms.redact.transform:RedactTransform",
+    "cost": "pipeline.transforms.cost.transform:CostTransform",
+}
+
+#: Every ``type`` value a source, transform or output table may have.
+COMPONENT_TYPES = frozenset(SOURCE_CLASSES) | frozenset(OUTPUT_CLASSES) | frozenset(TRANSFORM_CLASSES)

@@ -155,7 +155,7 @@ class Committer:
     def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch) -> None:
         batch = item.batch
         for buffer in self.routes.get(batch.source, []):
-            for timekey, group in item.groups[buffer.config.timekey].items():
+            for timekey, group in item.groups_for(buffer.output, buffer.config.timekey).items():
                 meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
                         "offs": group.offsets}
                 # One payload string per frame: its CRC is one call (per-line calls would each release

@@ -58,7 +58,8 @@ class Observer:
             problems.append(f"cannot write to the state directory, sources paused: {self.committer.stats.failing}")
         return {"healthy": not problems, "problems": problems, "paused": paused, "sources": sources, "outputs": outputs,
                 "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines,
-                "tap_viewers": self.tap_viewers()}
+                "tap_viewers": self.tap_viewers(),
+                "transforms": {name: t.stats() for name, t in self.topology.processor.plan.transforms.items()}}
 
     def stalled(self, snapshot: dict[str, Any]) -> bool:
         """Whether any file is stalled (the watchdog ping is withheld then)."""

@@ -40,6 +40,7 @@ class SnapshotCollector(Collector):
         snap = self.snapshot()
         yield from _source_metrics(snap["sources"])
         yield from _output_metrics(snap["outputs"])
+        yield from _transform_metrics(snap.get("transforms", {}))
         healthy = GaugeMetricFamily("logferry_healthy", "1 when /health reports no problem")
         healthy.add_metric([], 1.0 if snap["healthy"] else 0.0)
         yield healthy
@@ -81,6 +82,28 @@ def _output_metrics(outputs: dict[str, Any]) -> Iterator[Metric]:
             if out[key] is not None:
                 gauge.add_metric([name], out[key])
         yield gauge
+
+
+def _transform_metrics(transforms: dict[str, Any]) -> Iterator[Metric]:
+    """Redactions per detector; cost records and USD per model alias (bounded: aliases and ``other``)."""
+    redactions = CounterMetricFamily("logferry_transform_redactions", "Values redacted, per detector",
+                                     labels=["transform", "detector"])
+    redacted = CounterMetricFamily("logferry_transform_records_redacted", "Records with at least one redaction",
+                                   labels=["transform"])
+    families = {key: CounterMetricFamily(f"logferry_transform_cost_{key}", doc, labels=["transform", "model"])
+                for key, doc in (("records", "Records seen by a cost transform, per model alias"),
+                                 ("unpriced", "Records without a price or token counts, per model alias"),
+                                 ("usd", "USD added up from cost_usd, per model alias"))}
+    for name, stats in transforms.items():
+        if stats["type"] == "redact":
+            redacted.add_metric([name], stats["records_redacted"])
+            for detector, count in stats["redactions"].items():
+                redactions.add_metric([name, detector], count)
+        elif stats["type"] == "cost":
+            for key, source in (("records", "records"), ("unpriced", "unpriced"), ("usd", "cost_usd")):
+                for model, value in stats[source].items():
+                    families[key].add_metric([name, model], value)
+    yield from (redactions, redacted, *families.values())
 
 
 def render(snapshot: Snapshot) -> bytes:

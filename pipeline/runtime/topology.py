@@ -25,14 +25,15 @@ from pipeline.deadletter import DeadLetterStore
 from pipeline.errors import ConfigError, StateError
 from pipeline.outputs.base import Output, OutputContext
 from pipeline.outputs.flusher import Flusher
-from pipeline.registry import OUTPUT_CLASSES, SOURCE_CLASSES
+from pipeline.registry import OUTPUT_CLASSES, SOURCE_CLASSES, TRANSFORM_CLASSES
 from pipeline.runtime.routing import tag_matches
 from pipeline.sources.base import Source, SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import matched_files
 from pipeline.sources.tail.reader import FP_BYTES, file_key, fingerprint, last_line_end
-from pipeline.transforms.records import RecordProcessor
+from pipeline.transforms.base import Transform
+from pipeline.transforms.records import RecordProcessor, SourceRoute, TransformPlan
 
 log = logging.getLogger("logferry.topology")
 
@@ -93,9 +94,35 @@ def build(settings: Settings, clock: Clock) -> Topology:
     source_context = SourceContext(positions, dead_letters, clock, state)
     sources = [_build_source(name, cfg, source_context) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
-    processor = RecordProcessor(settings.enrich, widths, clock)
+    processor = RecordProcessor(settings.enrich, widths, clock, _transform_plan(settings, routes))
     return Topology(settings, sources, processor, buffers, outputs, flushers, routes, positions, dead_letters,
                     lock_fd, reports)
+
+
+def build_transforms(settings: Settings) -> dict[str, Transform]:
+    """Every transform a source or output uses, built (key files read, anchors compiled): ConfigError if not."""
+    used = {name for table in (settings.sources, settings.outputs) for cfg in table.values()
+            for name in cfg.transforms}
+    transforms: dict[str, Transform] = {}
+    for name in sorted(used):
+        cfg = settings.transforms[name]
+        transforms[name] = _runtime_class("transforms", name, cfg.type, TRANSFORM_CLASSES[cfg.type])(name, cfg)
+    return transforms
+
+
+def _transform_plan(settings: Settings, routes: dict[str, list[FileBuffer]]) -> TransformPlan:
+    """Build the transforms some source or output uses, and each source's chains.
+
+    A source appears in the plan only when a chain concerns it: the others pay nothing.
+    """
+    plan = TransformPlan(build_transforms(settings))
+    for src, routed in routes.items():
+        outputs = {b.output: (b.config.timekey, tuple(settings.outputs[b.output].transforms))
+                   for b in routed if settings.outputs[b.output].transforms}
+        chain = tuple(settings.sources[src].transforms)
+        if chain or outputs:
+            plan.routes[src] = SourceRoute(chain, outputs)
+    return plan
 
 
 def _lock_state_dir(state: Path) -> int:

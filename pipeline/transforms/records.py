@@ -6,6 +6,13 @@ the added fields are spliced in place of its closing brace, which keeps the line
 bytes as written. Lines that cannot take the splice (an added key already present,
 an empty object, trailing bytes after the brace) are re-serialised with the added
 fields winning, as fluentd's record_transformer does.
+
+Transforms (``transforms = [...]`` on a source or an output) run here too, per batch. A source's
+chain changes what every output of that source gets. Outputs with their own chain get a variant:
+each distinct chain is computed once per batch (a shared prefix once too), each (width, chain)
+grouped once, and :attr:`ProcessedBatch.by_output` hands each output its variant; outputs without
+a chain share :attr:`ProcessedBatch.groups`. A transform never drops a record, so every variant
+keeps the same offsets, and a buffer's frames stay what exactly-once relies on.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pipeline.clock import Clock
 from pipeline.config import EnrichConfig
 from pipeline.deadletter import line_fields
 from pipeline.sources.base import LineBatch
+from pipeline.transforms.base import Transform
 from pipeline.transforms.enrich import Enricher, iso_millis
 from pipeline.transforms.parse_json import MAX_EPOCH, describe_error, event_time
 
@@ -39,27 +47,93 @@ class ProcessedBatch:
     groups: dict[int, dict[int, TimeGroup]]
     dead: list[dict[str, Any]]
     records: int
+    by_output: dict[str, dict[int, TimeGroup]] = field(default_factory=dict)  # outputs with their own chain
+
+    def groups_for(self, output: str, width: int) -> dict[int, TimeGroup]:
+        """The records ``output`` takes (its own transforms applied), per window of ``width`` seconds."""
+        groups = self.by_output.get(output)
+        return self.groups[width] if groups is None else groups
+
+
+Chain = tuple[str, ...]
+Batch = tuple[list[bytes], list[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class SourceRoute:
+    """The transforms of one source: its own chain, and each routed output's chain (non-empty) and width."""
+
+    chain: Chain = ()
+    outputs: dict[str, tuple[int, Chain]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TransformPlan:
+    """Every configured transform by name, and which run for which source and output."""
+
+    transforms: dict[str, Transform] = field(default_factory=dict)
+    routes: dict[str, SourceRoute] = field(default_factory=dict)
+
+    def run(self, chain: Chain, lines: list[bytes], records: list[dict[str, Any]],
+            memo: dict[Chain, Batch] | None = None) -> Batch:
+        """``chain`` applied to a batch; ``memo`` keeps every prefix so chains that share one compute it once."""
+        done: Batch = (lines, records)
+        for n in range(1, len(chain) + 1):
+            cached = memo.get(chain[:n]) if memo is not None else None
+            done = cached if cached is not None else self.transforms[chain[n - 1]].apply(*done)
+            if memo is not None:
+                memo[chain[:n]] = done
+        return done
+
+    def dead_letter(self, chain: Chain, entry: dict[str, Any]) -> dict[str, Any]:
+        """A dead-letter entry as the source's transforms let it be stored (redact masks its line)."""
+        for name in chain:
+            entry = self.transforms[name].dead_letter(entry)
+        return entry
 
 
 class RecordProcessor:
     """Parse, validate, enrich and group the lines of a batch."""
 
-    def __init__(self, enrich: EnrichConfig, widths: set[int], clock: Clock) -> None:
+    def __init__(self, enrich: EnrichConfig, widths: set[int], clock: Clock, plan: TransformPlan | None = None
+                 ) -> None:
         self.enricher = Enricher(enrich)
         self.time_key = enrich.time_key
         self.widths = sorted(widths)
         self.clock = clock
+        self.plan = plan or TransformPlan()
 
     def process(self, batch: LineBatch) -> ProcessedBatch:
         """Turn one batch into grouped records and dead-letter entries."""
         now = self.clock.time()
         added = self.enricher.fields(batch.tag, now)
-        lines, offsets, times, dead = self._parse(batch, now, added)
+        route = self.plan.routes.get(batch.source)
+        records: list[dict[str, Any]] | None = [] if route is not None else None
+        lines, offsets, times, dead = self._parse(batch, now, added, records)
+        dead = [*batch.dead, *dead]
+        by_output: dict[str, dict[int, TimeGroup]] = {}
+        if route is not None and records is not None:
+            lines, records = self.plan.run(route.chain, lines, records)
+            dead = [self.plan.dead_letter(route.chain, entry) for entry in dead]
+            by_output = self._variants(route, lines, records, offsets, times)
         groups = {width: _group(lines, offsets, times, width) for width in self.widths}
-        return ProcessedBatch(batch, groups, [*batch.dead, *dead], len(lines))
+        return ProcessedBatch(batch, groups, dead, len(lines), by_output)
+
+    def _variants(self, route: SourceRoute, lines: list[bytes], records: list[dict[str, Any]],
+                  offsets: list[int], times: list[float]) -> dict[str, dict[int, TimeGroup]]:
+        """Each routed output's records with its own chain: every chain and (width, chain) computed once."""
+        memo: dict[Chain, Batch] = {}
+        grouped: dict[tuple[int, Chain], dict[int, TimeGroup]] = {}
+        by_output = {}
+        for output, (width, chain) in route.outputs.items():
+            if (width, chain) not in grouped:
+                variant, _ = self.plan.run(chain, lines, records, memo)
+                grouped[(width, chain)] = _group(variant, offsets, times, width)
+            by_output[output] = grouped[(width, chain)]
+        return by_output
 
     def _parse(
-        self, batch: LineBatch, now: float, added: dict[str, Any]
+        self, batch: LineBatch, now: float, added: dict[str, Any], records: list[dict[str, Any]] | None
     ) -> tuple[list[bytes], list[int], list[float], list[dict[str, Any]]]:
         suffix = self.enricher.suffix(added)
         keys, time_key = self.enricher.keys, self.time_key
@@ -94,6 +168,8 @@ class RecordProcessor:
                 # which thousands of small records in flight would multiply.
                 out.append(bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))))
             offsets.append(base + pos)
+            if records is not None:  # kept for the transforms: they read what was parsed, not parse again
+                records.append(record)
             stamp = record.get(time_key)
             times.append(stamp if type(stamp) is float and 0.0 <= stamp <= MAX_EPOCH else event_time(stamp, now))
             pos = end + 1

@@ -235,7 +235,7 @@ def test_environment_check_applies_to_the_cli(tmp_path: Path) -> None:
 
 
 # Keys the example leaves out on purpose: secrets belong in the environment or a *_file, never in the file.
-SECRETS = {"password", "api_key"}
+SECRETS = {"password", "api_key", "hash_key"}
 # Commented-out keys whose value is an example, not the default.
 EXAMPLE_VALUES = {"addressing_style"}
 
@@ -245,7 +245,7 @@ def example_tables() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     tables: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {"": ({}, {})}
     current = ""
     for line in (REPO / "config.example.toml").read_text().splitlines():
-        if header := re.fullmatch(r"\[([\w.]+)\]", line):
+        if header := re.fullmatch(r"\[([\w.-]+)\]", line):
             current = header.group(1)
             tables[current] = ({}, {})
         elif key := re.fullmatch(r"(#?)(\w+) = (.*)", line):
@@ -254,23 +254,28 @@ def example_tables() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     return tables
 
 
+def value_of(table: str, settings: Settings) -> Any:
+    """What a table of the example holds once loaded: a model, or a dict of them (``[sources]``)."""
+    value: Any = settings
+    for part in table.split(".") if table else []:
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
 def model_of(table: str, settings: Settings) -> type[BaseModel]:
     """The config model a table of the example is validated by."""
-    parts = table.split(".") if table else []
-    if not parts:
-        return Settings
-    if parts[0] in ("sources", "outputs"):
-        component = getattr(settings, parts[0])[parts[1]]
-        return type(component.buffer) if parts[2:] == ["buffer"] else type(component)
-    return type(getattr(settings, parts[0]))
+    return type(value_of(table, settings))
 
 
 def parent_key(table: str, settings: Settings) -> tuple[type[BaseModel], str]:
-    """The key a table is of its parent: [health] and [sources.agent] of Settings, [outputs.x.buffer] of outputs.x."""
+    """The key a table is of the nearest model above it: [health] and [sources.agent] of Settings,
+    [outputs.x.buffer] of outputs.x, [transforms.cost.prices.gpt-4o] of transforms.cost."""
     parts = table.split(".")
-    if len(parts) <= 2:
-        return Settings, parts[0]
-    return model_of(".".join(parts[:-1]), settings), parts[-1]
+    for cut in range(len(parts) - 1, -1, -1):
+        parent = value_of(".".join(parts[:cut]), settings)
+        if isinstance(parent, BaseModel):
+            return type(parent), parts[cut]
+    raise AssertionError(table)
 
 
 def test_example_config_names_every_key_with_its_default(tmp_path: Path) -> None:
@@ -292,3 +297,23 @@ def test_example_config_names_every_key_with_its_default(tmp_path: Path) -> None
     for model, names in shown.items():
         missing = set(model.model_fields) - names - SECRETS
         assert not missing, f"{model.__name__}: keys missing from config.example.toml: {sorted(missing)}"
+
+
+def test_transforms_named_by_a_source_or_output_must_exist(tmp_path: Path) -> None:
+    text = BASE.replace('tag = "ai.chat"', 'tag = "ai.chat"\ntransforms = ["pii"]') + '\n[outputs.debug2]\n' \
+        'type = "file"\npath = "/x.jsonl"\ntransforms = ["pii", "costs"]\n\n[transforms.pii]\ntype = "redact"\n'
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert "outputs.debug2.transforms: no [transforms.costs] table" in str(info.value)
+    assert "sources.agent" not in str(info.value)
+
+
+def test_a_transform_of_unknown_type_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"transforms\.pii\.type: is 'scrub'; expected one of"):
+        load(tmp_path, BASE + '\n[transforms.pii]\ntype = "scrub"\n')
+
+
+def test_transform_keys_are_checked_with_their_path(tmp_path: Path) -> None:
+    text = BASE + '\n[transforms.cost]\ntype = "cost"\n[transforms.cost.prices.gpt]\ninput = -1\noutput = 2\n'
+    with pytest.raises(ConfigError, match=r"transforms\.cost\.prices\.gpt\.input: Input should be greater"):
+        load(tmp_path, text)

@@ -14,7 +14,7 @@ from pipeline.clock import FakeClock
 from pipeline.config import EnrichConfig
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.enrich import iso_millis
-from pipeline.transforms.records import ProcessedBatch, RecordProcessor
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor, SourceRoute, TransformPlan
 
 WALL = 1_795_000_000.0
 HOUR = 3600
@@ -247,3 +247,56 @@ def test_any_bytes_become_a_record_or_a_dead_entry(lines: list[bytes]) -> None:
     assert seen == starts, "every line is accounted for exactly once, at its own offset"
     for _, out, _ in got:
         assert orjson.loads(out).items() >= ADDED.items()
+
+
+class Upper:
+    """A transform that upper-cases every line and counts its calls (a fake: the plan is what is tested)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.calls = name, 0
+
+    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+        self.calls += 1
+        return [line.upper() for line in lines], records
+
+    def dead_letter(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return {**entry, "line": entry["line"].upper()}
+
+    def stats(self) -> dict[str, Any]:
+        return {"type": "upper", "calls": self.calls}
+
+
+def planned(route: SourceRoute, widths: set[int] | None = None) -> tuple[RecordProcessor, dict[str, Upper]]:
+    transforms = {"a": Upper("a"), "b": Upper("b")}
+    plan = TransformPlan(dict(transforms), {"agent": route})
+    enrich = EnrichConfig(hostname="host-1", tag_key="tag")
+    return RecordProcessor(enrich, widths or {HOUR}, FakeClock(WALL), plan), transforms
+
+
+def test_each_chain_is_computed_once_per_batch_and_outputs_share_a_variant() -> None:
+    route = SourceRoute((), {"search": (HOUR, ("a",)), "copy": (HOUR, ("a",)), "both": (60, ("a", "b"))})
+    proc, transforms = planned(route, {HOUR, 60})
+    result = proc.process(batch(b'{"x": "hi"}\n{"x": "yo"}\n'))
+    assert transforms["a"].calls == 1 and transforms["b"].calls == 1, "the shared prefix ('a',) ran once"
+    assert result.by_output["search"] is result.by_output["copy"]
+    (group,) = result.groups_for("search", HOUR).values()
+    assert [orjson.loads(line)["X"] for line in group.lines] == ["HI", "YO"]
+    raw = result.groups_for("archive", HOUR)  # an output without transforms gets the batch as parsed
+    assert raw is result.groups[HOUR] and orjson.loads(next(iter(raw.values())).lines[0])["x"] == "hi"
+    assert next(iter(raw.values())).offsets == group.offsets == [1000, 1012]
+    assert list(result.groups_for("both", 60)) == [int(WALL) // 60 * 60]
+
+
+def test_a_source_chain_changes_every_output_and_its_dead_letters() -> None:
+    proc, transforms = planned(SourceRoute(("a",), {}))
+    result = proc.process(batch(b'{"x": "hi"}\nnot json\n'))
+    (group,) = result.groups[HOUR].values()
+    assert orjson.loads(group.lines[0])["X"] == "HI"
+    assert result.dead[0]["line"] == "NOT JSON" and result.records == 1
+
+
+def test_sources_without_transforms_keep_no_parsed_records() -> None:
+    proc, transforms = planned(SourceRoute((), {"search": (HOUR, ("a",))}))
+    other = LineBatch("other", "ai.chat", "7:42", "/logs/o.jsonl", 0, 12, b'{"x": "hi"}\n', None)
+    result = proc.process(other)
+    assert result.by_output == {} and transforms["a"].calls == 0

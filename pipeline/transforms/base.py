@@ -1,0 +1,29 @@
+"""Transform protocol: a named step over one batch of enriched records.
+
+Transforms work on a batch, not a record (see the speed amendment in the style guide): they get
+the batch's serialised lines and the records as parsed (without the enrichment fields, read-only)
+and return both, replacing only the lines they change. They never drop or reorder a record:
+the buffer frames keep each line's source offset, and exactly-once depends on that.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Transform(Protocol):
+    """A configured ``[transforms.NAME]`` at run time."""
+
+    name: str
+
+    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+        """The batch after this transform; the lists given are not changed (they may be shared)."""
+        ...
+
+    def dead_letter(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A dead-letter entry of a source this transform runs on, as it may be stored."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /status and /metrics."""
+        ...

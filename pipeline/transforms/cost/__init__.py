@@ -1,0 +1,1 @@
+"""Cost transform: cost_usd from token counts and a configured price table; model-name aliases."""

@@ -1,0 +1,1 @@
+"""Redact transform: personal data and secrets masked, hashed or dropped before records leave the host."""

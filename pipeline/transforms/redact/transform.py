@@ -1,0 +1,109 @@
+"""RedactTransform: the batch step that runs the prefilter over each line and redacts the candidates."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from pipeline.errors import ConfigError
+from pipeline.transforms.redact.config import RedactTransformConfig
+from pipeline.transforms.redact.detectors import BUILTIN, Detector
+from pipeline.transforms.redact.engine import AnchorError, Prefilter, Redactor
+
+
+class RedactTransform:
+    """``type = "redact"``: mask, hash or drop personal data and secrets in the scanned fields."""
+
+    def __init__(self, name: str, config: RedactTransformConfig) -> None:
+        self.name = name
+        self.config = config
+        modes = config.modes()
+        detectors = [d for d in BUILTIN if modes[d.name] != "off"]
+        always: list[int] = []
+        for pattern_name, pattern in config.patterns.items():
+            if pattern.mode == "off":
+                continue
+            anchors = (pattern.anchor.encode(),) if pattern.anchor else ()
+            if not anchors:
+                always.append(len(detectors))
+            detectors.append(Detector(pattern_name, anchors, re.compile(pattern.regex)))
+        self.detectors = detectors
+        try:
+            self.prefilter = Prefilter(detectors, always)
+        except AnchorError as exc:
+            raise ConfigError(f"transforms.{name}.patterns: an anchor does not compile: {exc}") from exc
+        self.redactor = Redactor(detectors, dict(modes), config.fields, self._key())
+        self.summary_key = config.summary_key
+        self.counts: Counter[str] = Counter()
+        self.records_redacted = 0
+
+    def _key(self) -> bytes | None:
+        config = self.config
+        if config.hash_key_file is not None:
+            try:
+                return config.hash_key_file.read_bytes().rstrip(b"\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"transforms.{self.name}.hash_key_file: cannot read {config.hash_key_file}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+        if config.hash_key is not None:
+            return config.hash_key.get_secret_value().encode()
+        return None
+
+    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+        """The batch with every candidate record redacted; the others' lines are kept as they are."""
+        out_lines: list[bytes] | None = None
+        out_records: list[dict[str, Any]] | None = None
+        pieces, owners = self.redactor.texts(records)
+        for i, hits in sorted(self.prefilter.scan(pieces, owners, len(records)).items()):
+            record = orjson.loads(lines[i])  # the whole line (with the enrichment): it is written back
+            counts = self.redactor.redact(record, hits)
+            if not counts:
+                continue
+            self._summarise(record, counts)
+            if out_lines is None or out_records is None:
+                out_lines, out_records = list(lines), list(records)
+            # Copied out of orjson's buffer, which holds at least 4 KiB (see pipeline.transforms.records).
+            out_lines[i] = bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)))
+            out_records[i] = record
+        if out_lines is None or out_records is None:
+            return lines, records
+        return out_lines, out_records
+
+    def _summarise(self, record: dict[str, Any], counts: Counter[str]) -> None:
+        self.counts.update(counts)
+        self.records_redacted += 1
+        previous = record.get(self.summary_key)
+        if isinstance(previous, dict):  # a second redact transform in the chain adds to the first one's counts
+            counts = counts + Counter({k: v for k, v in previous.items() if type(v) is int})
+        record[self.summary_key] = dict(counts)
+
+    def dead_letter(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A bad line's dead-letter entry with its text redacted (a line that is not UTF-8 is decoded
+        with replacement characters first: its bytes would otherwise be stored as they are)."""
+        entry = dict(entry)
+        raw = entry.pop("line_base64", None)
+        text = entry.get("line")
+        if isinstance(raw, str):
+            text = base64.b64decode(raw).decode("utf-8", "replace")
+            entry["decoded_with_replacement"] = True
+        if isinstance(text, str):
+            counts: Counter[str] = Counter()
+            entry["line"] = self.redactor.redact_text(text, counts)
+            self.counts.update(counts)
+            if counts:
+                entry[self.summary_key] = dict(counts)
+        return entry
+
+    def stats(self) -> dict[str, Any]:
+        """Redactions per detector (every enabled one, zeros included) and records changed."""
+        return {"type": "redact", "records_redacted": self.records_redacted,
+                "redactions": {d.name: self.counts[d.name] for d in self.detectors}}
+
+
+__all__ = ["RedactTransform"]

@@ -12,6 +12,7 @@ import fnmatch
 import glob
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,3 +121,36 @@ def is_sibling(path: str, names: set[str]) -> bool:
     if name.lower().endswith(COMPRESSED):
         return False
     return any(name.startswith(base + sep) for base in names for sep in SEPARATORS)
+
+
+def directories_to_watch(config: TailSourceConfig, matched: Iterable[str]) -> set[str]:
+    """The directories whose changes concern the globs: where matched files are and may appear.
+
+    For a ``**`` pattern every directory under its static root (each once, however
+    symlinks loop); for another, the directories its directory part matches now. New
+    directories further up are found by the rescans.
+    """
+    found = {os.path.dirname(path) for path in matched}
+    for pattern in config.paths:
+        if "**" in pattern:
+            found |= _walk_directories(str(static_root(pattern)))
+        else:
+            found |= {d for d in glob.glob(os.path.dirname(pattern) or ".") if os.path.isdir(d)}
+    return found
+
+
+def _walk_directories(root: str) -> set[str]:
+    seen: set[tuple[int, int]] = set()
+    found: set[str] = set()
+    for directory, dirs, _ in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        found.add(directory)
+    return found

@@ -1,8 +1,9 @@
 """TailSource: discover files by glob, follow them through rotation, emit blocks of whole lines.
 
-Discovery is a glob rescan (every ``rescan_interval``, and whenever ``watchfiles``
-reports a change it cannot map to a known file); reading is driven by ``watchfiles``
-notifications, with the rescan as the fallback where notification is unavailable.
+Discovery is a glob rescan (every ``rescan_interval``, and whenever inotify reports a
+change it cannot map to a known file); reading is driven by inotify events on the
+directories (:mod:`~pipeline.sources.tail.watcher`: a write is read within a millisecond
+or so), with the rescan as the fallback where notification is unavailable.
 
 Rotation, as each case looks from here:
 
@@ -33,12 +34,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watchfiles import Change, awatch
-
 from pipeline.sources.base import Emit, LineBatch, SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition
 from pipeline.sources.tail.config import TailSourceConfig
-from pipeline.sources.tail.discovery import FoundFile, is_sibling, list_directories, matched_files, static_root
+from pipeline.sources.tail.discovery import (
+    FoundFile,
+    directories_to_watch,
+    is_sibling,
+    list_directories,
+    matched_files,
+)
 from pipeline.sources.tail.reader import (
     FP_BYTES,
     CachedReader,
@@ -48,6 +53,7 @@ from pipeline.sources.tail.reader import (
     fingerprint,
     read_step,
 )
+from pipeline.sources.tail.watcher import Changes, DirectoryWatcher
 
 log = logging.getLogger("logferry.tail")
 BATCHES_PER_TURN = 8  # per file, before the next file gets its turn
@@ -75,7 +81,7 @@ class TailSource:
         self._unreadable: set[str] = set()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._roots = sorted({static_root(p) for p in config.paths})
+        self._watcher = DirectoryWatcher(self._note_changes)
         self._last_discovery: tuple[float, float] | None = None  # (wall, monotonic) of the previous look
         self._forgotten: set[str] = set()
         self._copied: dict[tuple[str, int], int] = {}
@@ -96,14 +102,11 @@ class TailSource:
     async def run(self, emit: Emit) -> None:
         """Follow the files until stopped."""
         try:
-            await asyncio.to_thread(self._discover)
-            async with asyncio.TaskGroup() as tasks:
-                watcher = tasks.create_task(self._watch(), name=f"watch:{self.name}")
-                try:
-                    await self._loop(emit)
-                finally:
-                    watcher.cancel()
+            self._watcher.start()
+            await self._look()
+            await self._loop(emit)
         finally:
+            self._watcher.close()
             for tf in self.files.values():
                 tf.close()
 
@@ -122,7 +125,7 @@ class TailSource:
             if self._rescan_requested or now >= next_rescan:
                 self._rescan_requested = False
                 next_rescan = now + self.config.rescan_interval
-                await asyncio.to_thread(self._discover)
+                await self._look()
                 continue
             if emitted:
                 continue
@@ -215,8 +218,21 @@ class TailSource:
 
     # -- discovery (worker thread) -----------------------------------------------------
 
-    def _discover(self) -> None:
-        """Match globs, notice rotations and replacements, and finish files rotated away."""
+    async def _look(self) -> None:
+        """Discover (worker thread), then watch the directories that concern the globs now."""
+        directories = await asyncio.to_thread(self._discover)
+        new = directories - self._watcher.directories
+        self._watcher.watch(directories)
+        if new & self._watcher.directories:
+            # A file written or created between the listing and the new watch sent no event.
+            self._dirty.update(self.files)
+            self._rescan_requested = True
+
+    def _discover(self) -> set[str]:
+        """Match globs, notice rotations and replacements, and finish files rotated away.
+
+        Returns the directories to watch.
+        """
         since = self._files_new_since()
         matched = matched_files(self.config)
         for key, tf in self.files.items():
@@ -231,6 +247,7 @@ class TailSource:
         if since is not None:
             names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
             self._catch_unseen(listing, saved, names, since)
+        return directories_to_watch(self.config, matched.values())
 
     def _files_new_since(self) -> float | None:
         """The wall time from which a file's ctime means "appeared after the previous look".
@@ -399,36 +416,25 @@ class TailSource:
 
     # -- notification ------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        """Turn watchfiles notifications into wake-ups; fall back to rescans when unavailable."""
-        recursive = any("**" in p for p in self.config.paths)
-        while not self._stop.is_set():
-            roots = [str(r) for r in self._roots if r.is_dir()]
-            if not roots:
-                await self._sleep_until_stop(self.config.rescan_interval)
-                continue
-            try:
-                async for changes in awatch(
-                    *roots, stop_event=self._stop, debounce=100, step=50, recursive=recursive,
-                    ignore_permission_denied=True,
-                ):
-                    self._note_changes(changes)
-            except (OSError, RuntimeError) as exc:
-                log.warning("file notification unavailable (%s): polling every %ss", exc, self.config.rescan_interval)
-                return
-
-    async def _sleep_until_stop(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-
-    def _note_changes(self, changes: set[tuple[Change, str]]) -> None:
-        # A rotated file's old path now names its successor; rotated files are read at retirement.
+    def _note_changes(self, changes: Changes) -> None:
+        """inotify events (on the event loop): mark files to read, ask for a rescan where needed."""
+        if changes.overflow:
+            self._dirty.update(self.files)
+            self._rescan_requested = True
+        # A rotated file's old path now names its successor; rotated files are read at rescans
+        # and at retirement.
         known = {tf.path: key for key, tf in self.files.items() if not tf.rotated}
-        for change, path in changes:
+        for path in changes.modified:
             key = known.get(path)
             if key is not None:
                 self._dirty.add(key)
-            if (key is None or change is not Change.modified) and self._matches(path):
+            elif self._matches(path):
+                self._rescan_requested = True  # a parked or not yet readable file
+        for path in changes.other:
+            key = known.get(path)
+            if key is not None:
+                self._dirty.add(key)
+            if self._matches(path):
                 self._rescan_requested = True  # new, renamed or deleted: look again now
         self._wake.set()
 

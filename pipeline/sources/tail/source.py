@@ -26,11 +26,11 @@ loop (see :class:`~pipeline.sources.tail.reader.CachedReader`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from pipeline.sources.tail.discovery import (
     list_directories,
     matched_files,
 )
+from pipeline.sources.tail.pacing import HeldLines, ReadPacer
 from pipeline.sources.tail.reader import (
     FP_BYTES,
     CachedReader,
@@ -82,6 +83,10 @@ class TailSource:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._watcher = DirectoryWatcher(self._note_changes)
+        self._held: dict[str, HeldLines] = {}  # file key → lines read, not emitted yet (pacing.py)
+        self._pacer = ReadPacer(self._wake.set, self._watcher.pause_writes, self._watcher.resume_writes,
+                                self.clock.monotonic)
+        self.on_read: Callable[[str, int], None] | None = None  # (file key, offset read to): for benchmarks
         self._last_discovery: tuple[float, float] | None = None  # (wall, monotonic) of the previous look
         self._forgotten: set[str] = set()
         self._copied: dict[tuple[str, int], int] = {}
@@ -105,7 +110,10 @@ class TailSource:
             self._watcher.start()
             await self._look()
             await self._loop(emit)
+            for tf in list(self.files.values()):
+                await self._release(tf, emit)  # read before the stop: emitted, as one more step would
         finally:
+            self._pacer.cancel()
             self._watcher.close()
             for tf in self.files.values():
                 tf.close()
@@ -119,7 +127,9 @@ class TailSource:
             for key in self._pending_forget:
                 await emit(self._forget_batch(key))
             self._pending_forget.clear()
-            emitted = await self._read_dirty(emit)
+            await self._read_dirty(emit)
+            self._pacer.read_done()
+            await self._release_due(emit)
             await self._retire_rotated(emit)
             now = self.clock.monotonic()
             if self._rescan_requested or now >= next_rescan:
@@ -127,16 +137,22 @@ class TailSource:
                 next_rescan = now + self.config.rescan_interval
                 await self._look()
                 continue
-            if emitted:
-                continue
-            await self._sleep(min(next_rescan - now, self._next_retirement(now)))
+            if self._dirty:
+                continue  # files with more to read
+            await self._sleep(min(next_rescan - now, self._next_retirement(now), self._next_release(now)))
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
+        # A timer that sets the wake event, not wait_for: this runs once per write on a hot
+        # file, and wait_for costs a task each time.
+        timer = asyncio.get_running_loop().call_later(max(seconds, 0.0), self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     async def _read_dirty(self, emit: Emit) -> int:
-        emitted = 0
+        """Read every file with news; whole lines are held (holding.py), the rest emitted at once."""
+        reads = 0
         for key in list(self._dirty):
             tf = self.files.get(key)
             self._dirty.discard(key)
@@ -144,35 +160,76 @@ class TailSource:
                 continue
             for _ in range(BATCHES_PER_TURN):
                 if self._stop.is_set():
-                    return emitted
-                try:
-                    batch = self._read_cached(tf)
-                except NotCached:
-                    batch = await asyncio.to_thread(self._read, tf, False)
-                if batch is None:
+                    return reads
+                result = await self._read_next(tf, emit)
+                if result is None:
                     if tf.idle_since is None:
                         tf.idle_since = self.clock.monotonic()
                     break
                 tf.idle_since = None
-                if batch.end > batch.start or batch.dead:  # else: progress inside an oversized line
-                    await emit(batch)
-                emitted += 1
+                reads += 1
+                if self.on_read is not None:
+                    self.on_read(tf.key, result.end)
+                await self._hold_or_emit(tf, result, emit)
+                if self._cached.reached_end(tf):
+                    # No second read to learn that: on a hot file this runs once per write.
+                    tf.idle_since = self.clock.monotonic()
+                    break
             else:
                 self._dirty.add(key)  # more to read: come back after the other files
-        return emitted
+        return reads
 
-    def _read(self, tf: TailedFile, final: bool) -> LineBatch | None:
-        cfg = self.config
+    async def _read_next(self, tf: TailedFile, emit: Emit) -> ReadResult | None:
+        try:
+            return self._cached.read(tf)
+        except NotCached:
+            # The blocking step may find the file replaced and start it again: what is held
+            # belongs to the old content, so it goes first.
+            await self._release(tf, emit)
+            return await asyncio.to_thread(self._read_result, tf, False)
+
+    async def _hold_or_emit(self, tf: TailedFile, result: ReadResult, emit: Emit) -> None:
+        held = self._held.setdefault(tf.key, HeldLines())
+        if result.dead or result.end == result.start or not held.follows(result):
+            await self._release(tf, emit)
+            if result.end > result.start or result.dead:  # else: progress inside an oversized line
+                await emit(self._batch(tf, result))
+            return
+        held.add(result, tf.fp, tf.fp_len)
+        if held.size >= self.config.read_bytes:
+            await self._release(tf, emit)
+
+    async def _release(self, tf: TailedFile, emit: Emit) -> None:
+        """Emit what is held for ``tf``, if anything."""
+        held = self._held.get(tf.key)
+        if not held:
+            return
+        start, end, data, fp, fp_len = held.take()
+        held.last_emit = self.clock.monotonic()
+        position = FilePosition(self.name, tf.key, tf.path, end, fp, fp_len)
+        await emit(LineBatch(self.name, self.config.tag, tf.key, tf.path, start, end, data, position))
+
+    async def _release_due(self, emit: Emit) -> None:
+        now = self.clock.monotonic()
+        for key, held in list(self._held.items()):
+            tf = self.files.get(key)
+            if tf is None:
+                del self._held[key]
+            elif held and held.due(now) <= 0:
+                await self._release(tf, emit)
+
+    def _next_release(self, now: float) -> float:
+        return min((held.due(now) for held in self._held.values() if held), default=self.config.rescan_interval)
+
+    def _read_result(self, tf: TailedFile, final: bool) -> ReadResult | None:
         if not tf.rotated:
             # Before every read, not only at rescans: reading across a truncate would mix
             # the old content's offsets with the new content's lines.
             self._check_replaced(tf)
-        result = read_step(tf, cfg.read_bytes, cfg.max_line_bytes, self._blob_for, final)
-        return None if result is None else self._batch(tf, result)
+        return read_step(tf, self.config.read_bytes, self.config.max_line_bytes, self._blob_for, final)
 
-    def _read_cached(self, tf: TailedFile) -> LineBatch | None:
-        """The read step on the event loop, for bytes in the page cache; NotCached otherwise."""
-        result = self._cached.read(tf)
+    def _read(self, tf: TailedFile, final: bool) -> LineBatch | None:
+        result = self._read_result(tf, final)
         return None if result is None else self._batch(tf, result)
 
     def _batch(self, tf: TailedFile, result: ReadResult) -> LineBatch:
@@ -209,6 +266,7 @@ class TailSource:
         for key, tf in list(self.files.items()):
             if not tf.rotated or tf.idle_since is None or now - tf.idle_since < self.config.rotate_wait:
                 continue
+            await self._release(tf, emit)
             while (batch := await asyncio.to_thread(self._read, tf, True)) is not None:
                 await emit(batch)
             tf.close()
@@ -384,7 +442,10 @@ class TailSource:
 
     def _park_idlest(self) -> bool:
         """Close the file idle longest (at its end, still at its path) to free a descriptor."""
-        idle = [tf for tf in self.files.values() if not tf.rotated and tf.idle_since is not None and not tf.oversized]
+        idle = [
+            tf for tf in self.files.values()
+            if not tf.rotated and tf.idle_since is not None and not tf.oversized and not self._held.get(tf.key)
+        ]
         if not idle:
             return False
         tf = min(idle, key=lambda t: t.idle_since or 0.0)
@@ -418,16 +479,17 @@ class TailSource:
 
     def _note_changes(self, changes: Changes) -> None:
         """inotify events (on the event loop): mark files to read, ask for a rescan where needed."""
-        if changes.overflow:
-            self._dirty.update(self.files)
-            self._rescan_requested = True
         # A rotated file's old path now names its successor; rotated files are read at rescans
         # and at retirement.
         known = {tf.path: key for key, tf in self.files.items() if not tf.rotated}
+        if any(path in known for path in changes.opened):
+            self._pacer.opened()
+        written = False
         for path in changes.modified:
             key = known.get(path)
             if key is not None:
                 self._dirty.add(key)
+                written = True
             elif self._matches(path):
                 self._rescan_requested = True  # a parked or not yet readable file
         for path in changes.other:
@@ -436,7 +498,13 @@ class TailSource:
                 self._dirty.add(key)
             if self._matches(path):
                 self._rescan_requested = True  # new, renamed or deleted: look again now
-        self._wake.set()
+        if changes.overflow:
+            self._dirty.update(self.files)
+            self._rescan_requested = True
+        if self._rescan_requested or changes.overflow or (self._dirty and not written):
+            self._wake.set()
+        elif written:
+            self._pacer.written()
 
     def _matches(self, path: str) -> bool:
         return any(fnmatch.fnmatch(path, p) for p in self.config.paths)

@@ -18,6 +18,13 @@ wake-ups; the inotify descriptor wakes the loop only when the kernel has an even
 kernel merges an event identical to the last one queued, so a busy writer costs at most
 one wake-up per loop turn, not one per write.
 
+Writes (``IN_MODIFY``) come through their own inotify descriptor, which the source's
+pacing (:mod:`~pipeline.sources.tail.pacing`) takes off the loop between two paced reads
+of a hot file: the kernel queues (and merges) the events meanwhile, so a file written
+1,000 times a second costs a few hundred wake-ups, not a thousand. Everything else
+(opens, creates, renames, deletes) comes through a second descriptor that is always read:
+those events are rare, and an open of a followed file by a copier must be seen at once.
+
 Only directories are watched (``IN_ONLYDIR``): a file's events arrive through its
 directory's watch by name, and a rotated-away file is followed by its descriptor, read
 at rescans and at retirement. Where inotify is unavailable (not Linux, or the
@@ -37,111 +44,70 @@ import inotify_simple
 log = logging.getLogger("logferry.tail")
 
 _F = inotify_simple.flags
-MASK = (
-    _F.MODIFY | _F.ATTRIB | _F.CREATE | _F.DELETE | _F.MOVED_FROM | _F.MOVED_TO
+WRITES = _F.MODIFY | _F.ONLYDIR
+OTHERS = (
+    _F.OPEN | _F.ATTRIB | _F.CREATE | _F.DELETE | _F.MOVED_FROM | _F.MOVED_TO
     | _F.DELETE_SELF | _F.MOVE_SELF | _F.ONLYDIR
 )
 MODIFIED = int(_F.MODIFY)
+OPENED = int(_F.OPEN)
 OVERFLOW = int(_F.Q_OVERFLOW)
 GONE = int(_F.IGNORED)
 
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What one read of the inotify descriptor reported.
+    """What one read of an inotify descriptor reported.
 
-    ``modified``: paths whose content changed; ``other``: paths created, renamed, deleted or
-    whose metadata changed (a rescan decides); ``overflow``: the kernel dropped events, so
-    anything may have changed.
+    ``modified``: paths whose content changed; ``opened``: paths someone opened (a copier
+    may be about to read them); ``other``: paths created, renamed, deleted or whose metadata
+    changed (a rescan decides); ``overflow``: the kernel dropped events, so anything may
+    have changed.
     """
 
     modified: set[str]
+    opened: set[str]
     other: set[str]
     overflow: bool
 
 
-class DirectoryWatcher:
-    """inotify watches on a set of directories; ``on_changes`` is called on the event loop."""
+class _Descriptor:
+    """One inotify descriptor with its watches: directory ↔ watch descriptor."""
 
-    def __init__(self, on_changes: Callable[[Changes], None]) -> None:
-        self._on_changes = on_changes
-        self._inotify: inotify_simple.INotify | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._dirs: dict[str, int] = {}  # directory → watch descriptor
-        self._paths: dict[int, list[str]] = {}  # watch descriptor → directories (one inode, several paths)
-        self._refused: set[str] = set()
+    def __init__(self, mask: int) -> None:
+        self.mask = mask
+        self.inotify = inotify_simple.INotify(nonblocking=True)
+        self.wds: dict[str, int] = {}
+        self.paths: dict[int, list[str]] = {}  # one inode may be watched by several paths
 
-    def start(self) -> bool:
-        """Open the inotify descriptor and register it with the running loop; False if unavailable."""
-        try:
-            self._inotify = inotify_simple.INotify(nonblocking=True)
-        except OSError as exc:
-            log.warning("inotify unavailable (%s): new lines are found by the rescans only", exc)
-            return False
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._inotify.fileno(), self._read)
-        return True
+    def add(self, directory: str) -> None:
+        wd = int(self.inotify.add_watch(directory, self.mask))
+        self.wds[directory] = wd
+        self.paths.setdefault(wd, []).append(directory)
 
-    def close(self) -> None:
-        """Unregister and close the descriptor (the kernel drops its watches)."""
-        if self._inotify is None:
+    def remove(self, directory: str) -> None:
+        wd = self.wds.pop(directory, None)
+        if wd is None:
             return
-        if self._loop is not None:
-            self._loop.remove_reader(self._inotify.fileno())
-        self._inotify.close()
-        self._inotify = None
-        self._dirs.clear()
-        self._paths.clear()
-
-    def watch(self, directories: set[str]) -> None:
-        """Watch exactly ``directories`` (those already watched are kept, the others dropped)."""
-        if self._inotify is None:
-            return
-        for directory in sorted(directories - self._dirs.keys()):
-            self._add(directory)
-        for directory in sorted(self._dirs.keys() - directories):
-            self._remove(directory)
-
-    @property
-    def directories(self) -> set[str]:
-        """The directories watched now."""
-        return set(self._dirs)
-
-    def _add(self, directory: str) -> None:
-        assert self._inotify is not None
-        try:
-            wd = int(self._inotify.add_watch(directory, MASK))
-        except OSError as exc:
-            if directory not in self._refused:
-                self._refused.add(directory)
-                # ENOSPC: fs.inotify.max_user_watches; ENOENT/ENOTDIR: gone since it was listed.
-                log.warning("cannot watch %s (%s): its files are read at rescans only", directory, exc)
-            return
-        self._refused.discard(directory)
-        self._dirs[directory] = wd
-        self._paths.setdefault(wd, []).append(directory)
-
-    def _remove(self, directory: str) -> None:
-        assert self._inotify is not None
-        wd = self._dirs.pop(directory)
-        paths = self._paths.get(wd, [])
+        paths = self.paths.get(wd, [])
         if directory in paths:
             paths.remove(directory)
         if paths:
             return  # the same directory by another path is still wanted
-        self._paths.pop(wd, None)
+        self.paths.pop(wd, None)
         try:
-            self._inotify.rm_watch(wd)
+            self.inotify.rm_watch(wd)
         except OSError:
             pass  # the kernel dropped it already (directory deleted): IN_IGNORED is on its way
 
-    def _read(self) -> None:
-        assert self._inotify is not None
+    def changes(self) -> Changes | None:
+        """Read and sort what is queued; None when nothing is."""
         try:
-            events = self._inotify.read(timeout=0)
+            events = self.inotify.read(timeout=0)
         except BlockingIOError:
-            return
+            return None
         modified: set[str] = set()
+        opened: set[str] = set()
         other: set[str] = set()
         overflow = False
         for event in events:
@@ -149,19 +115,103 @@ class DirectoryWatcher:
             if mask & OVERFLOW:
                 overflow = True
                 continue
-            directories = self._paths.get(int(event.wd), [])
+            directories = self.paths.get(int(event.wd), [])
             if mask & GONE:
                 # A watched directory went away (not one we stopped watching: that one is
                 # forgotten already): look again at everything.
                 overflow = overflow or bool(directories)
-                self._forget(int(event.wd))
+                for directory in self.paths.pop(int(event.wd), []):
+                    self.wds.pop(directory, None)
                 continue
             for directory in directories:
                 path = os.path.join(directory, event.name) if event.name else directory
-                (modified if mask & MODIFIED else other).add(path)
-        if modified or other or overflow:
-            self._on_changes(Changes(modified, other, overflow))
+                (modified if mask & MODIFIED else opened if mask & OPENED else other).add(path)
+        if modified or opened or other or overflow:
+            return Changes(modified, opened, other, overflow)
+        return None
 
-    def _forget(self, wd: int) -> None:
-        for directory in self._paths.pop(wd, []):
-            self._dirs.pop(directory, None)
+    def close(self) -> None:
+        self.inotify.close()
+
+
+class DirectoryWatcher:
+    """inotify watches on a set of directories; ``on_changes`` is called on the event loop."""
+
+    def __init__(self, on_changes: Callable[[Changes], None]) -> None:
+        self._on_changes = on_changes
+        self._writes: _Descriptor | None = None
+        self._others: _Descriptor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False
+        self._refused: set[str] = set()
+
+    def start(self) -> bool:
+        """Open the descriptors and register them with the running loop; False if unavailable."""
+        try:
+            self._writes, self._others = _Descriptor(WRITES), _Descriptor(OTHERS)
+        except OSError as exc:
+            log.warning("inotify unavailable (%s): new lines are found by the rescans only", exc)
+            self.close()
+            return False
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._writes.inotify.fileno(), self._read, self._writes)
+        self._loop.add_reader(self._others.inotify.fileno(), self._read, self._others)
+        return True
+
+    def close(self) -> None:
+        """Unregister and close the descriptors (the kernel drops their watches)."""
+        for descriptor in (self._writes, self._others):
+            if descriptor is None:
+                continue
+            if self._loop is not None:
+                self._loop.remove_reader(descriptor.inotify.fileno())
+            descriptor.close()
+        self._writes = self._others = None
+
+    def pause_writes(self) -> None:
+        """Stop reading write events (the kernel queues them) until :meth:`resume_writes`."""
+        if self._writes is not None and self._loop is not None and not self._paused:
+            self._loop.remove_reader(self._writes.inotify.fileno())
+            self._paused = True
+
+    def resume_writes(self) -> None:
+        """Read write events again, starting with those queued meanwhile."""
+        if self._writes is None or self._loop is None or not self._paused:
+            return
+        self._paused = False
+        self._loop.add_reader(self._writes.inotify.fileno(), self._read, self._writes)
+        self._read(self._writes)
+
+    @property
+    def directories(self) -> set[str]:
+        """The directories watched now."""
+        return set(self._others.wds) if self._others is not None else set()
+
+    def watch(self, directories: set[str]) -> None:
+        """Watch exactly ``directories`` (those already watched are kept, the others dropped)."""
+        if self._writes is None or self._others is None:
+            return
+        for directory in sorted(directories - self._others.wds.keys()):
+            self._add(directory)
+        for directory in sorted(self._others.wds.keys() - directories):
+            self._writes.remove(directory)
+            self._others.remove(directory)
+
+    def _add(self, directory: str) -> None:
+        assert self._writes is not None and self._others is not None
+        try:
+            self._others.add(directory)
+            self._writes.add(directory)
+        except OSError as exc:
+            self._others.remove(directory)
+            if directory not in self._refused:
+                self._refused.add(directory)
+                # ENOSPC: fs.inotify.max_user_watches; ENOENT/ENOTDIR: gone since it was listed.
+                log.warning("cannot watch %s (%s): its files are read at rescans only", directory, exc)
+            return
+        self._refused.discard(directory)
+
+    def _read(self, descriptor: _Descriptor) -> None:
+        changes = descriptor.changes()
+        if changes is not None:
+            self._on_changes(changes)

@@ -89,6 +89,7 @@ class TailSource:
         self.on_read: Callable[[str, int], None] | None = None  # (file key, offset read to): for benchmarks
         self._last_discovery: tuple[float, float] | None = None  # (wall, monotonic) of the previous look
         self._forgotten: set[str] = set()
+        self._retired: dict[str, FilePosition] = {}  # finished here; their last commit may be pending
         self._copied: dict[tuple[str, int], int] = {}
         self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
         self._waiting: set[str] = set()
@@ -271,6 +272,7 @@ class TailSource:
                 await emit(batch)
             tf.close()
             del self.files[key]
+            self._retired[key] = tf.position(tf.offset)
             # The position stays saved while the file exists, so a later look knows it is done.
             log.info("finished rotated file source=%s path=%s key=%s offset=%d", self.name, tf.path, key, tf.offset)
 
@@ -298,7 +300,7 @@ class TailSource:
         for key, path in matched.items():
             if key not in self.files and not self._parked_unchanged(key, path):
                 self._open(key, path)
-        saved = {p.key: p for p in self.positions.for_source(self.name)}
+        saved = self._known_positions()
         directories = {os.path.dirname(p) for p in matched.values()} | {os.path.dirname(p.path) for p in saved.values()}
         listing = list_directories(directories)
         self._finish_saved(saved, listing, matched)
@@ -306,6 +308,21 @@ class TailSource:
             names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
             self._catch_unseen(listing, saved, names, since)
         return directories_to_watch(self.config, matched.values())
+
+    def _known_positions(self) -> dict[str, FilePosition]:
+        """Committed positions, and where files retired since were read to (not committed yet, maybe).
+
+        Without the latter, a look between a rotated file's retirement and the commit of its last
+        batch would take it for a generation never seen, and read it again from its head.
+        """
+        saved = {p.key: p for p in self.positions.for_source(self.name)}
+        for key, pos in list(self._retired.items()):
+            committed = saved.get(key)
+            if committed is not None and committed.offset >= pos.offset:
+                del self._retired[key]  # on disk now
+            else:
+                saved[key] = pos
+        return saved
 
     def _files_new_since(self) -> float | None:
         """The wall time from which a file's ctime means "appeared after the previous look".
@@ -355,6 +372,7 @@ class TailSource:
                 self._open(key, found.path, rotated=True)
 
     def _forget(self, key: str) -> None:
+        self._retired.pop(key, None)
         if key not in self._forgotten:
             self._forgotten.add(key)
             self._pending_forget.append(key)

@@ -39,10 +39,14 @@ from pipeline.sources.tail.checkpoint import FilePosition
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import (
     FoundFile,
+    compressed_head,
     directories_to_watch,
+    is_compressed,
     is_sibling,
     list_directories,
     matched_files,
+    sibling_patterns,
+    with_olddirs,
 )
 from pipeline.sources.tail.pacing import HeldLines, ReadPacer
 from pipeline.sources.tail.reader import (
@@ -52,6 +56,7 @@ from pipeline.sources.tail.reader import (
     ReadResult,
     TailedFile,
     fingerprint,
+    head_digest,
     read_step,
 )
 from pipeline.sources.tail.watcher import Changes, DirectoryWatcher
@@ -110,6 +115,7 @@ class TailSource:
         try:
             self._watcher.start()
             await self._look()
+            await self._catch_up_rotated(emit)
             await self._loop(emit)
             for tf in list(self.files.values()):
                 await self._release(tf, emit)  # read before the stop: emitted, as one more step would
@@ -301,12 +307,16 @@ class TailSource:
             if key not in self.files and not self._parked_unchanged(key, path):
                 self._open(key, path)
         saved = self._known_positions()
+        before = dict(saved)
         directories = {os.path.dirname(p) for p in matched.values()} | {os.path.dirname(p.path) for p in saved.values()}
-        listing = list_directories(directories)
+        listing = list_directories(with_olddirs(directories, self.config.olddir))
         self._finish_saved(saved, listing, matched)
-        if since is not None:
-            names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
-            self._catch_unseen(listing, saved, names, since)
+        names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
+        patterns = sibling_patterns(names, self.config.rotated_names)
+        if since is None:
+            self._recover_generations(listing, saved, before, patterns)
+        else:
+            self._catch_unseen(listing, saved, patterns, since)
         return directories_to_watch(self.config, matched.values())
 
     def _known_positions(self) -> dict[str, FilePosition]:
@@ -378,7 +388,7 @@ class TailSource:
             self._pending_forget.append(key)
 
     def _catch_unseen(
-        self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], names: set[str], since: float
+        self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], patterns: list[str], since: float
     ) -> None:
         """Siblings we never followed: copytruncate's copy, or a file created and rotated away unseen."""
         # (fingerprint, its length, file size) of each followed file: a sibling that starts with
@@ -386,7 +396,7 @@ class TailSource:
         tracked = [(tf.fp, tf.fp_len, os.fstat(tf.fd).st_size) for tf in self.files.values()
                    if not tf.rotated and tf.fp_len]
         for key, found in listing.items():
-            if key in self.files or key in saved or not is_sibling(found.path, names):
+            if key in self.files or key in saved or not is_sibling(found.path, patterns) or is_compressed(found.path):
                 continue
             heads = _heads(found.path, {n for _, n in self._copied} | {n for _, n, _ in tracked})
             copied = next((k for k in self._copied if heads.get(k[1]) == k[0]), None)
@@ -400,6 +410,64 @@ class TailSource:
                 # Longer than every followed file it shares its first bytes with (files that all
                 # start with the same header line): a generation rotated away unseen, not a copy.
                 self._open(key, found.path, rotated=True, offset=0)
+
+    # -- generations rotated away while the daemon was stopped ----------------------------
+
+    def _recover_generations(
+        self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], before: dict[str, FilePosition],
+        patterns: list[str],
+    ) -> None:
+        """At the first look: siblings created, copied or written since the last save before this start.
+
+        A sibling with no saved position whose last write comes after that save was written
+        while the daemon was stopped: a generation created and rotated away meanwhile (read
+        from its head), or copytruncate's copy of a followed file (its first bytes are those
+        a saved position was fingerprinted on, and that file was truncated since: read from
+        the saved offset). A copy of a file that was not truncated holds nothing new. Older
+        siblings were there before (already read, or left alone by ``read_from_head``).
+        """
+        stopped_at = self._last_save()
+        if stopped_at is None:
+            return
+        replaced = {key: pos for key, pos in before.items() if _replaced(pos, listing.get(key))}
+        unseen = [
+            (key, found) for key, found in listing.items()
+            if key not in self.files and key not in saved and found.mtime >= stopped_at - MTIME_SLACK
+            and is_sibling(found.path, patterns)
+        ]
+        for key, found in sorted(unseen, key=lambda item: item[1].mtime):
+            if is_compressed(found.path):
+                self._report_compressed(found.path, before)
+                continue
+            offset = _copy_offset(found, before, replaced)
+            if offset is not None:
+                self._open(key, found.path, rotated=True, offset=offset)
+
+    def _last_save(self) -> float | None:
+        """When the position store was last written (before this start, at the first look)."""
+        try:
+            return self.positions.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _report_compressed(self, path: str, before: dict[str, FilePosition]) -> None:
+        """A generation compressed before it was read (unless it starts like one read to its end)."""
+        heads = {pos.fp_len for pos in before.values() if pos.fp_len}
+        for length in heads:
+            head = compressed_head(path, length)
+            if head is not None and any(
+                p.fp_len == length and p.fingerprint == head_digest(head) for p in before.values()
+            ):
+                return  # read before it was compressed (delaycompress)
+        self._report_unreadable(path, why="compressed before it was read (use delaycompress)")
+
+    async def _catch_up_rotated(self, emit: Emit) -> None:
+        """After the first look: rotated files found then are read to their end, oldest first, before the rest."""
+        rotated = sorted((tf for tf in self.files.values() if tf.rotated), key=lambda tf: os.fstat(tf.fd).st_mtime)
+        for tf in rotated:
+            while not self._stop.is_set() and (batch := await asyncio.to_thread(self._read, tf, False)) is not None:
+                if batch.end > batch.start or batch.dead:
+                    await emit(batch)
 
     def _check_replaced(self, tf: TailedFile) -> int:
         """copytruncate or rewrite in place: the file got shorter or its first bytes changed. Returns its size."""
@@ -482,10 +550,14 @@ class TailSource:
         except OSError:
             return False
 
-    def _report_unreadable(self, path: str) -> None:
+    def _report_unreadable(self, path: str, why: str = "") -> None:
         if path in self._unreadable:
             return
         self._unreadable.add(path)
+        if why:
+            log.error("cannot read rotated file source=%s path=%s: %s; its lines are not delivered",
+                      self.name, path, why)
+            return
         user = _current_user()
         log.error(
             "cannot read file source=%s path=%s user=%s: add the user to the file's group or grant an ACL "
@@ -526,6 +598,27 @@ class TailSource:
 
     def _matches(self, path: str) -> bool:
         return any(fnmatch.fnmatch(path, p) for p in self.config.paths)
+
+
+MTIME_SLACK = 1.0  # seconds: a file system's mtime granularity, and a write racing the last save
+
+
+def _replaced(pos: FilePosition, found: FoundFile | None) -> bool:
+    """Whether a saved position's file is gone, shorter than the position, or starts with other bytes."""
+    return found is None or found.size < pos.offset or not _same_start(found.path, pos)
+
+
+def _copy_offset(found: FoundFile, before: dict[str, FilePosition], replaced: dict[str, FilePosition]) -> int | None:
+    """Where to start reading an unseen sibling: 0 for a new generation, a saved offset for
+    copytruncate's copy of a file truncated since, None for a copy of a file that goes on."""
+    heads = _heads(found.path, {pos.fp_len for pos in before.values() if pos.fp_len})
+    for key, pos in before.items():
+        if pos.fp_len and heads.get(pos.fp_len) == pos.fingerprint:
+            if key not in replaced:
+                return None
+            del replaced[key]  # one copy per truncate
+            return min(pos.offset, found.size)
+    return 0
 
 
 def _same_start(path: str, pos: FilePosition) -> bool:

@@ -16,6 +16,11 @@ Rotation, as each case looks from here:
   new file, read from 0.
 * restart after a rotation: a saved position whose inode is no longer matched is
   looked up among the files in the watched directories (``agent.log.1``) and finished.
+* restart after rotations while stopped: rotated generations written since the last
+  position save are found at the first look (same directory or ``olddir``, names in
+  :mod:`~pipeline.sources.tail.discovery`): a new generation is read from its head, a
+  copytruncate copy from the saved offset of the file it copies; all of them are read
+  to their end, oldest first, before the live files.
 
 All blocking file work runs in worker threads, one step at a time, from this source's
 own loop, so a file is never touched by two threads at once. The one exception is the
@@ -39,7 +44,6 @@ from pipeline.sources.tail.checkpoint import FilePosition
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import (
     FoundFile,
-    compressed_head,
     directories_to_watch,
     is_compressed,
     is_sibling,
@@ -47,6 +51,14 @@ from pipeline.sources.tail.discovery import (
     matched_files,
     sibling_patterns,
     with_olddirs,
+)
+from pipeline.sources.tail.generations import (
+    MTIME_SLACK,
+    copy_offset,
+    head_fingerprints,
+    read_before_compressed,
+    replaced,
+    same_start,
 )
 from pipeline.sources.tail.pacing import HeldLines, ReadPacer
 from pipeline.sources.tail.reader import (
@@ -56,7 +68,6 @@ from pipeline.sources.tail.reader import (
     ReadResult,
     TailedFile,
     fingerprint,
-    head_digest,
     read_step,
 )
 from pipeline.sources.tail.watcher import Changes, DirectoryWatcher
@@ -375,7 +386,7 @@ class TailSource:
             if key in self.files or key in matched:
                 continue
             found = listing.get(key)
-            if found is None or not _same_start(found.path, pos):
+            if found is None or not same_start(found.path, pos):
                 del saved[key]
                 self._forget(key)
             elif found.size > pos.offset:
@@ -398,14 +409,14 @@ class TailSource:
         for key, found in listing.items():
             if key in self.files or key in saved or not is_sibling(found.path, patterns) or is_compressed(found.path):
                 continue
-            heads = _heads(found.path, {n for _, n in self._copied} | {n for _, n, _ in tracked})
-            copied = next((k for k in self._copied if heads.get(k[1]) == k[0]), None)
+            found_heads = head_fingerprints(found.path, {n for _, n in self._copied} | {n for _, n, _ in tracked})
+            copied = next((k for k in self._copied if found_heads.get(k[1]) == k[0]), None)
             if copied is not None:
                 # copytruncate's copy: it holds what the original had before the truncate; read
                 # only past the point we had read the original to.
                 self._open(key, found.path, rotated=True, offset=self._copied.pop(copied))
             elif found.ctime >= since - 1.0 and not any(
-                heads.get(n) == fp and found.size <= size for fp, n, size in tracked
+                found_heads.get(n) == fp and found.size <= size for fp, n, size in tracked
             ):
                 # Longer than every followed file it shares its first bytes with (files that all
                 # start with the same header line): a generation rotated away unseen, not a copy.
@@ -429,7 +440,7 @@ class TailSource:
         stopped_at = self._last_save()
         if stopped_at is None:
             return
-        replaced = {key: pos for key, pos in before.items() if _replaced(pos, listing.get(key))}
+        truncated = {key: pos for key, pos in before.items() if replaced(pos, listing.get(key))}
         unseen = [
             (key, found) for key, found in listing.items()
             if key not in self.files and key not in saved and found.mtime >= stopped_at - MTIME_SLACK
@@ -439,7 +450,7 @@ class TailSource:
             if is_compressed(found.path):
                 self._report_compressed(found.path, before)
                 continue
-            offset = _copy_offset(found, before, replaced)
+            offset = copy_offset(found, before, truncated)
             if offset is not None:
                 self._open(key, found.path, rotated=True, offset=offset)
 
@@ -451,15 +462,9 @@ class TailSource:
             return None
 
     def _report_compressed(self, path: str, before: dict[str, FilePosition]) -> None:
-        """A generation compressed before it was read (unless it starts like one read to its end)."""
-        heads = {pos.fp_len for pos in before.values() if pos.fp_len}
-        for length in heads:
-            head = compressed_head(path, length)
-            if head is not None and any(
-                p.fp_len == length and p.fingerprint == head_digest(head) for p in before.values()
-            ):
-                return  # read before it was compressed (delaycompress)
-        self._report_unreadable(path, why="compressed before it was read (use delaycompress)")
+        """A generation compressed before it was read (unless it starts like one read before)."""
+        if not read_before_compressed(path, before):
+                self._report_unreadable(path, why="compressed before it was read (use delaycompress)")
 
     async def _catch_up_rotated(self, emit: Emit) -> None:
         """After the first look: rotated files found then are read to their end, oldest first, before the rest."""
@@ -598,49 +603,6 @@ class TailSource:
 
     def _matches(self, path: str) -> bool:
         return any(fnmatch.fnmatch(path, p) for p in self.config.paths)
-
-
-MTIME_SLACK = 1.0  # seconds: a file system's mtime granularity, and a write racing the last save
-
-
-def _replaced(pos: FilePosition, found: FoundFile | None) -> bool:
-    """Whether a saved position's file is gone, shorter than the position, or starts with other bytes."""
-    return found is None or found.size < pos.offset or not _same_start(found.path, pos)
-
-
-def _copy_offset(found: FoundFile, before: dict[str, FilePosition], replaced: dict[str, FilePosition]) -> int | None:
-    """Where to start reading an unseen sibling: 0 for a new generation, a saved offset for
-    copytruncate's copy of a file truncated since, None for a copy of a file that goes on."""
-    heads = _heads(found.path, {pos.fp_len for pos in before.values() if pos.fp_len})
-    for key, pos in before.items():
-        if pos.fp_len and heads.get(pos.fp_len) == pos.fingerprint:
-            if key not in replaced:
-                return None
-            del replaced[key]  # one copy per truncate
-            return min(pos.offset, found.size)
-    return 0
-
-
-def _same_start(path: str, pos: FilePosition) -> bool:
-    """Whether the file at ``path`` still starts with the bytes ``pos`` was fingerprinted on."""
-    return pos.fp_len == 0 or _heads(path, {pos.fp_len}).get(pos.fp_len) == pos.fingerprint
-
-
-def _heads(path: str, lengths: set[int]) -> dict[int, str]:
-    """Fingerprints of a file's first ``n`` bytes for each n (only of files at least that long)."""
-    heads: dict[int, str] = {}
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return heads
-    try:
-        for n in lengths:
-            fp, got = fingerprint(fd, n)
-            if got == n:
-                heads[n] = fp
-    finally:
-        os.close(fd)
-    return heads
 
 
 def _current_user() -> str:

@@ -213,8 +213,12 @@ class TailSource:
             if result.end > result.start or result.dead:  # else: progress inside an oversized line
                 await emit(self._batch(tf, result))
             return
+        # A batch stays within read_bytes (what the stages' memory bound counts on), and a
+        # catching-up file's big reads go out as they come.
+        if held and held.size + len(result.data) > self.config.read_bytes:
+            await self._release(tf, emit)
         held.add(result, tf.fp, tf.fp_len)
-        if held.size >= self.config.read_bytes:
+        if held.size >= self.config.read_bytes // 2:
             await self._release(tf, emit)
 
     async def _release(self, tf: TailedFile, emit: Emit) -> None:

@@ -169,7 +169,7 @@ class TailSource:
             timer.cancel()
 
     async def _read_dirty(self, emit: Emit) -> int:
-        """Read every file with news; whole lines are held (holding.py), the rest emitted at once."""
+        """Read every file with news; whole lines are held (pacing.py), the rest emitted at once."""
         reads = 0
         for key in list(self._dirty):
             tf = self.files.get(key)

@@ -131,7 +131,6 @@ def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
 
 
 def _run(args: argparse.Namespace) -> int:

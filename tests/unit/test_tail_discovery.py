@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 from pipeline.clock import FakeClock
 from pipeline.deadletter import DeadLetterStore
 from pipeline.sources.base import SourceContext
-from pipeline.sources.tail.checkpoint import PositionStore
+from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
+from pipeline.sources.tail.reader import FP_BYTES, file_key, fingerprint
 from pipeline.sources.tail.source import TailSource
 
 
-def tail_source(tmp_path: Path, clock: FakeClock) -> TailSource:
-    config = TailSourceConfig(type="tail", paths=[str(tmp_path / "logs" / "agent.log")], tag="ai")
+def tail_source(tmp_path: Path, clock: FakeClock, **settings: Any) -> TailSource:
+    config = TailSourceConfig(type="tail", paths=[str(tmp_path / "logs" / "agent.log")], tag="ai", **settings)
     positions = PositionStore(tmp_path / "positions.json")
     positions.load()
     return TailSource("agent", config, SourceContext(positions, DeadLetterStore(tmp_path / "dead"), clock, tmp_path))
@@ -109,3 +113,152 @@ def test_a_copy_of_the_followed_file_not_truncated_yet_is_not_read_twice(tmp_pat
     finally:
         for tf in source.files.values():
             tf.close()
+
+
+# -- at start: generations rotated away while the daemon was stopped ----------------------------
+
+
+def saved_state(tmp_path: Path, path: Path, offset: int | None = None) -> None:
+    """A position store as a previous run left it: ``path`` committed to ``offset`` (its end), saved
+    a minute ago; every file already there is older than that save."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fp, fp_len = fingerprint(fd, FP_BYTES)
+        key = file_key(os.fstat(fd))
+    finally:
+        os.close(fd)
+    store = PositionStore(tmp_path / "positions.json")
+    end = path.stat().st_size if offset is None else offset
+    store.save_now({("agent", key): FilePosition("agent", key, str(path), end, fp, fp_len)})
+    now = time.time()
+    for old in path.parent.iterdir():
+        os.utime(old, (now - 120, now - 120))
+    os.utime(store.path, (now - 60, now - 60))
+
+
+def lines(tag: str, count: int) -> bytes:
+    return b"".join(b'{"gen":"%s","n":%d}\n' % (tag.encode(), n) for n in range(count))
+
+
+def opened(source: TailSource) -> dict[str, int]:
+    """Followed file name → the offset it is read from."""
+    return {os.path.relpath(tf.path, source.config.paths[0].rsplit("/", 1)[0]): tf.offset
+            for tf in source.files.values()}
+
+
+def start(tmp_path: Path, **config: Any) -> TailSource:
+    source = tail_source(tmp_path, FakeClock(time.time()), **config)
+    source._discover()
+    return source
+
+
+def close(source: TailSource) -> None:
+    for tf in source.files.values():
+        tf.close()
+
+
+def test_at_start_dateext_generations_rotated_away_while_stopped_are_read(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "agent.log").write_bytes(lines("a", 10))
+    (logs / "agent.log-20261201-1796100000").write_bytes(lines("old", 5))  # read by an earlier run
+    saved_state(tmp_path, logs / "agent.log")
+    a_end = (logs / "agent.log").stat().st_size
+    # While stopped: a goes on, is rotated (dateext), b is created, written, rotated; c is new.
+    with open(logs / "agent.log", "ab") as f:
+        f.write(lines("a-more", 3))
+    (logs / "agent.log").rename(logs / "agent.log-20261202-1796240763")
+    (logs / "agent.log").write_bytes(lines("b", 7))
+    (logs / "agent.log").rename(logs / "agent.log-20261202-1796240800")
+    (logs / "agent.log").write_bytes(lines("c", 2))
+
+    source = start(tmp_path)
+    try:
+        assert opened(source) == {
+            "agent.log-20261202-1796240763": a_end,  # resumed where it was committed (saved inode)
+            "agent.log-20261202-1796240800": 0,  # never seen: from its head
+            "agent.log": 0,
+        }
+    finally:
+        close(source)
+
+
+def test_at_start_generations_in_olddir_and_extension_names_are_found(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    (logs / "old").mkdir(parents=True)
+    (logs / "agent.log").write_bytes(lines("a", 10))
+    saved_state(tmp_path, logs / "agent.log")
+    with open(logs / "agent.log", "ab") as f:
+        f.write(lines("a-more", 3))
+    (logs / "agent.log").rename(logs / "old" / "agent.log.1")
+    (logs / "agent.log").write_bytes(lines("b", 7))
+    (logs / "agent.log").rename(logs / "agent-20261202.log.b")  # not a sibling name
+    (logs / "agent-20261202.log.b").rename(logs / "old" / "agent-20261202.log")  # logrotate `extension .log`
+    (logs / "agent.log").write_bytes(lines("c", 2))
+
+    source = start(tmp_path, olddir=["old"], rotated_names=["{stem}-*{suffix}"])
+    try:
+        assert sorted(opened(source)) == ["agent.log", "old/agent-20261202.log", "old/agent.log.1"]
+    finally:
+        close(source)
+
+
+def test_at_start_a_compressed_generation_never_read_is_reported_not_skipped_silently(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "agent.log").write_bytes(lines("a", 10))
+    saved_state(tmp_path, logs / "agent.log")
+    # a was read to its end, then rotated and compressed: nothing to report.
+    with gzip.open(logs / "agent.log.2.gz", "wb") as gz:
+        gz.write((logs / "agent.log").read_bytes())
+    (logs / "agent.log").unlink()
+    # b was created, rotated and compressed while stopped: its lines are lost, and said so.
+    with gzip.open(logs / "agent.log.1.gz", "wb") as gz:
+        gz.write(lines("b", 7))
+    (logs / "agent.log").write_bytes(lines("c", 2))
+
+    source = start(tmp_path)
+    try:
+        assert sorted(opened(source)) == ["agent.log"]
+        assert source.unreadable == {str(logs / "agent.log.1.gz")}
+    finally:
+        close(source)
+
+
+def test_at_start_copytruncate_copies_made_while_stopped_are_read_from_the_saved_offset(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "agent.log").write_bytes(lines("a", 10))
+    saved_state(tmp_path, logs / "agent.log")
+    a_end = (logs / "agent.log").stat().st_size
+    # While stopped, twice: more lines, copy, truncate (the writer keeps its descriptor).
+    for copy, tag in (("agent.log-20261202-1", "a-more"), ("agent.log-20261202-2", "b")):
+        with open(logs / "agent.log", "ab") as f:
+            f.write(lines(tag, 4))
+        (logs / copy).write_bytes((logs / "agent.log").read_bytes())
+        os.truncate(logs / "agent.log", 0)
+    (logs / "agent.log").write_bytes(lines("c", 2))
+
+    source = start(tmp_path)
+    try:
+        assert opened(source) == {
+            "agent.log-20261202-1": a_end,  # the copy of what was committed up to a_end, and more
+            "agent.log-20261202-2": 0,  # a generation that began after the first truncate
+            "agent.log": 0,  # truncated since its saved position: from its head
+        }
+    finally:
+        close(source)
+
+
+def test_at_start_a_copy_of_a_file_that_was_not_truncated_is_not_read(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "agent.log").write_bytes(lines("a", 10))
+    saved_state(tmp_path, logs / "agent.log")
+    (logs / "agent.log.bak").write_bytes((logs / "agent.log").read_bytes())  # cp, no truncate
+
+    source = start(tmp_path)
+    try:
+        assert sorted(opened(source)) == ["agent.log"]
+    finally:
+        close(source)

@@ -24,3 +24,16 @@ class TailSourceConfig(SourceBase):
     rescan_interval: float = Field(5.0, gt=0, description="Seconds between glob rescans (notify fallback).")
     rotate_wait: float = Field(5.0, ge=0, description="Seconds to keep reading a rotated-away file.")
     max_open_files: int = Field(1024, ge=1, description="Upper bound on descriptors held open.")
+    rotated_names: list[str] = Field(
+        default_factory=list,
+        description=(
+            "More glob patterns naming a followed file's rotated generations, besides NAME.*, NAME-* and NAME_*; "
+            "{name} is the file's name, {stem} the name without its last extension, {suffix} that extension "
+            "(logrotate's `extension .log`: \"{stem}-*{suffix}\")."
+        ),
+    )
+    olddir: list[str] = Field(
+        default_factory=list,
+        description="Directories logrotate's `olddir` moves rotated generations to (relative ones: from the file's "
+        "directory).",
+    )

@@ -224,12 +224,19 @@ class CachedReader:
         self._buffer = bytearray(read_bytes)
         self._view = memoryview(self._buffer)
         self._head = bytearray(FP_BYTES)
+        self._end: tuple[str, int] | None = None  # (file key, size) seen by the last cached read
+
+    def reached_end(self, tf: TailedFile) -> bool:
+        """Whether the last cached read was of ``tf`` and read it to the size it saw."""
+        return self._end == (tf.key, tf.offset)
 
     def read(self, tf: TailedFile) -> ReadResult | None:
         """The next block of whole lines, None at the end of the file; NotCached if it cannot tell."""
+        self._end = None
         if not self.enabled or tf.oversized is not None or tf.fp_len < FP_BYTES:
             raise NotCached
         size = os.fstat(tf.fd).st_size
+        self._end = (tf.key, size)
         if size < tf.offset or self._nowait(tf, memoryview(self._head), 0) < FP_BYTES:
             raise NotCached
         if head_digest(self._head) != tf.fp:

@@ -1,8 +1,9 @@
 """TailSource: discover files by glob, follow them through rotation, emit blocks of whole lines.
 
-Discovery is a glob rescan (every ``rescan_interval``, and whenever ``watchfiles``
-reports a change it cannot map to a known file); reading is driven by ``watchfiles``
-notifications, with the rescan as the fallback where notification is unavailable.
+Discovery is a glob rescan (every ``rescan_interval``, and whenever inotify reports a
+change it cannot map to a known file); reading is driven by inotify events on the
+directories (:mod:`~pipeline.sources.tail.watcher`: a write is read within a millisecond
+or so), with the rescan as the fallback where notification is unavailable.
 
 Rotation, as each case looks from here:
 
@@ -15,6 +16,11 @@ Rotation, as each case looks from here:
   new file, read from 0.
 * restart after a rotation: a saved position whose inode is no longer matched is
   looked up among the files in the watched directories (``agent.log.1``) and finished.
+* restart after rotations while stopped: rotated generations written since the last
+  position save are found at the first look (same directory or ``olddir``, names in
+  :mod:`~pipeline.sources.tail.discovery`): a new generation is read from its head, a
+  copytruncate copy from the saved offset of the file it copies; all of them are read
+  to their end, oldest first, before the live files.
 
 All blocking file work runs in worker threads, one step at a time, from this source's
 own loop, so a file is never touched by two threads at once. The one exception is the
@@ -25,20 +31,36 @@ loop (see :class:`~pipeline.sources.tail.reader.CachedReader`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from watchfiles import Change, awatch
 
 from pipeline.sources.base import Emit, LineBatch, SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition
 from pipeline.sources.tail.config import TailSourceConfig
-from pipeline.sources.tail.discovery import FoundFile, is_sibling, list_directories, matched_files, static_root
+from pipeline.sources.tail.discovery import (
+    FoundFile,
+    directories_to_watch,
+    is_compressed,
+    is_sibling,
+    list_directories,
+    matched_files,
+    sibling_patterns,
+    with_olddirs,
+)
+from pipeline.sources.tail.generations import (
+    MTIME_SLACK,
+    copy_offset,
+    head_fingerprints,
+    read_before_compressed,
+    replaced,
+    same_start,
+)
+from pipeline.sources.tail.pacing import HeldLines, ReadPacer
 from pipeline.sources.tail.reader import (
     FP_BYTES,
     CachedReader,
@@ -48,6 +70,7 @@ from pipeline.sources.tail.reader import (
     fingerprint,
     read_step,
 )
+from pipeline.sources.tail.watcher import Changes, DirectoryWatcher
 
 log = logging.getLogger("logferry.tail")
 BATCHES_PER_TURN = 8  # per file, before the next file gets its turn
@@ -75,9 +98,14 @@ class TailSource:
         self._unreadable: set[str] = set()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._roots = sorted({static_root(p) for p in config.paths})
+        self._watcher = DirectoryWatcher(self._note_changes)
+        self._held: dict[str, HeldLines] = {}  # file key → lines read, not emitted yet (pacing.py)
+        self._pacer = ReadPacer(self._wake.set, self._watcher.pause_writes, self._watcher.resume_writes,
+                                self.clock.monotonic)
+        self.on_read: Callable[[str, int], None] | None = None  # (file key, offset read to): for benchmarks
         self._last_discovery: tuple[float, float] | None = None  # (wall, monotonic) of the previous look
         self._forgotten: set[str] = set()
+        self._retired: dict[str, FilePosition] = {}  # finished here; their last commit may be pending
         self._copied: dict[tuple[str, int], int] = {}
         self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
         self._waiting: set[str] = set()
@@ -96,14 +124,15 @@ class TailSource:
     async def run(self, emit: Emit) -> None:
         """Follow the files until stopped."""
         try:
-            await asyncio.to_thread(self._discover)
-            async with asyncio.TaskGroup() as tasks:
-                watcher = tasks.create_task(self._watch(), name=f"watch:{self.name}")
-                try:
-                    await self._loop(emit)
-                finally:
-                    watcher.cancel()
+            self._watcher.start()
+            await self._look()
+            await self._catch_up_rotated(emit)
+            await self._loop(emit)
+            for tf in list(self.files.values()):
+                await self._release(tf, emit)  # read before the stop: emitted, as one more step would
         finally:
+            self._pacer.cancel()
+            self._watcher.close()
             for tf in self.files.values():
                 tf.close()
 
@@ -116,24 +145,32 @@ class TailSource:
             for key in self._pending_forget:
                 await emit(self._forget_batch(key))
             self._pending_forget.clear()
-            emitted = await self._read_dirty(emit)
+            await self._read_dirty(emit)
+            self._pacer.read_done()
+            await self._release_due(emit)
             await self._retire_rotated(emit)
             now = self.clock.monotonic()
             if self._rescan_requested or now >= next_rescan:
                 self._rescan_requested = False
                 next_rescan = now + self.config.rescan_interval
-                await asyncio.to_thread(self._discover)
+                await self._look()
                 continue
-            if emitted:
-                continue
-            await self._sleep(min(next_rescan - now, self._next_retirement(now)))
+            if self._dirty:
+                continue  # files with more to read
+            await self._sleep(min(next_rescan - now, self._next_retirement(now), self._next_release(now)))
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
+        # A timer that sets the wake event, not wait_for: this runs once per write on a hot
+        # file, and wait_for costs a task each time.
+        timer = asyncio.get_running_loop().call_later(max(seconds, 0.0), self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     async def _read_dirty(self, emit: Emit) -> int:
-        emitted = 0
+        """Read every file with news; whole lines are held (pacing.py), the rest emitted at once."""
+        reads = 0
         for key in list(self._dirty):
             tf = self.files.get(key)
             self._dirty.discard(key)
@@ -141,35 +178,80 @@ class TailSource:
                 continue
             for _ in range(BATCHES_PER_TURN):
                 if self._stop.is_set():
-                    return emitted
-                try:
-                    batch = self._read_cached(tf)
-                except NotCached:
-                    batch = await asyncio.to_thread(self._read, tf, False)
-                if batch is None:
+                    return reads
+                result = await self._read_next(tf, emit)
+                if result is None:
                     if tf.idle_since is None:
                         tf.idle_since = self.clock.monotonic()
                     break
                 tf.idle_since = None
-                if batch.end > batch.start or batch.dead:  # else: progress inside an oversized line
-                    await emit(batch)
-                emitted += 1
+                reads += 1
+                if self.on_read is not None:
+                    self.on_read(tf.key, result.end)
+                await self._hold_or_emit(tf, result, emit)
+                if self._cached.reached_end(tf):
+                    # No second read to learn that: on a hot file this runs once per write.
+                    tf.idle_since = self.clock.monotonic()
+                    break
             else:
                 self._dirty.add(key)  # more to read: come back after the other files
-        return emitted
+        return reads
 
-    def _read(self, tf: TailedFile, final: bool) -> LineBatch | None:
-        cfg = self.config
+    async def _read_next(self, tf: TailedFile, emit: Emit) -> ReadResult | None:
+        try:
+            return self._cached.read(tf)
+        except NotCached:
+            # The blocking step may find the file replaced and start it again: what is held
+            # belongs to the old content, so it goes first.
+            await self._release(tf, emit)
+            return await asyncio.to_thread(self._read_result, tf, False)
+
+    async def _hold_or_emit(self, tf: TailedFile, result: ReadResult, emit: Emit) -> None:
+        held = self._held.setdefault(tf.key, HeldLines())
+        if result.dead or result.end == result.start or not held.follows(result):
+            await self._release(tf, emit)
+            if result.end > result.start or result.dead:  # else: progress inside an oversized line
+                await emit(self._batch(tf, result))
+            return
+        # A batch stays within read_bytes (what the stages' memory bound counts on), and a
+        # catching-up file's big reads go out as they come.
+        if held and held.size + len(result.data) > self.config.read_bytes:
+            await self._release(tf, emit)
+        held.add(result, tf.fp, tf.fp_len)
+        if held.size >= self.config.read_bytes // 2:
+            await self._release(tf, emit)
+
+    async def _release(self, tf: TailedFile, emit: Emit) -> None:
+        """Emit what is held for ``tf``, if anything."""
+        held = self._held.get(tf.key)
+        if not held:
+            return
+        start, end, data, fp, fp_len = held.take()
+        held.last_emit = self.clock.monotonic()
+        position = FilePosition(self.name, tf.key, tf.path, end, fp, fp_len)
+        await emit(LineBatch(self.name, self.config.tag, tf.key, tf.path, start, end, data, position))
+
+    async def _release_due(self, emit: Emit) -> None:
+        now = self.clock.monotonic()
+        for key, held in list(self._held.items()):
+            tf = self.files.get(key)
+            if tf is None:
+                del self._held[key]
+            elif held and held.due(now) <= 0:
+                await self._release(tf, emit)
+
+    def _next_release(self, now: float) -> float:
+        return min((held.due(now) for held in self._held.values() if held), default=self.config.rescan_interval)
+
+    def _read_result(self, tf: TailedFile, final: bool) -> ReadResult | None:
         if not tf.rotated:
             # Before every read, not only at rescans: reading across a truncate would mix
             # the old content's offsets with the new content's lines.
             self._check_replaced(tf)
-        result = read_step(tf, cfg.read_bytes, cfg.max_line_bytes, self._blob_for, final)
-        return None if result is None else self._batch(tf, result)
+        return read_step(tf, self.config.read_bytes, self.config.max_line_bytes, self._blob_for, final)
 
-    def _read_cached(self, tf: TailedFile) -> LineBatch | None:
-        """The read step on the event loop, for bytes in the page cache; NotCached otherwise."""
-        result = self._cached.read(tf)
+    def _read(self, tf: TailedFile, final: bool) -> LineBatch | None:
+        result = self._read_result(tf, final)
         return None if result is None else self._batch(tf, result)
 
     def _batch(self, tf: TailedFile, result: ReadResult) -> LineBatch:
@@ -206,17 +288,32 @@ class TailSource:
         for key, tf in list(self.files.items()):
             if not tf.rotated or tf.idle_since is None or now - tf.idle_since < self.config.rotate_wait:
                 continue
+            await self._release(tf, emit)
             while (batch := await asyncio.to_thread(self._read, tf, True)) is not None:
                 await emit(batch)
             tf.close()
             del self.files[key]
+            self._retired[key] = tf.position(tf.offset)
             # The position stays saved while the file exists, so a later look knows it is done.
             log.info("finished rotated file source=%s path=%s key=%s offset=%d", self.name, tf.path, key, tf.offset)
 
     # -- discovery (worker thread) -----------------------------------------------------
 
-    def _discover(self) -> None:
-        """Match globs, notice rotations and replacements, and finish files rotated away."""
+    async def _look(self) -> None:
+        """Discover (worker thread), then watch the directories that concern the globs now."""
+        directories = await asyncio.to_thread(self._discover)
+        new = directories - self._watcher.directories
+        self._watcher.watch(directories)
+        if new & self._watcher.directories:
+            # A file written or created between the listing and the new watch sent no event.
+            self._dirty.update(self.files)
+            self._rescan_requested = True
+
+    def _discover(self) -> set[str]:
+        """Match globs, notice rotations and replacements, and finish files rotated away.
+
+        Returns the directories to watch.
+        """
         since = self._files_new_since()
         matched = matched_files(self.config)
         for key, tf in self.files.items():
@@ -224,13 +321,33 @@ class TailSource:
         for key, path in matched.items():
             if key not in self.files and not self._parked_unchanged(key, path):
                 self._open(key, path)
-        saved = {p.key: p for p in self.positions.for_source(self.name)}
+        saved = self._known_positions()
+        before = dict(saved)
         directories = {os.path.dirname(p) for p in matched.values()} | {os.path.dirname(p.path) for p in saved.values()}
-        listing = list_directories(directories)
+        listing = list_directories(with_olddirs(directories, self.config.olddir))
         self._finish_saved(saved, listing, matched)
-        if since is not None:
-            names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
-            self._catch_unseen(listing, saved, names, since)
+        names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
+        patterns = sibling_patterns(names, self.config.rotated_names)
+        if since is None:
+            self._recover_generations(listing, saved, before, patterns)
+        else:
+            self._catch_unseen(listing, saved, patterns, since)
+        return directories_to_watch(self.config, matched.values())
+
+    def _known_positions(self) -> dict[str, FilePosition]:
+        """Committed positions, and where files retired since were read to (not committed yet, maybe).
+
+        Without the latter, a look between a rotated file's retirement and the commit of its last
+        batch would take it for a generation never seen, and read it again from its head.
+        """
+        saved = {p.key: p for p in self.positions.for_source(self.name)}
+        for key, pos in list(self._retired.items()):
+            committed = saved.get(key)
+            if committed is not None and committed.offset >= pos.offset:
+                del self._retired[key]  # on disk now
+            else:
+                saved[key] = pos
+        return saved
 
     def _files_new_since(self) -> float | None:
         """The wall time from which a file's ctime means "appeared after the previous look".
@@ -273,19 +390,20 @@ class TailSource:
             if key in self.files or key in matched:
                 continue
             found = listing.get(key)
-            if found is None or not _same_start(found.path, pos):
+            if found is None or not same_start(found.path, pos):
                 del saved[key]
                 self._forget(key)
             elif found.size > pos.offset:
                 self._open(key, found.path, rotated=True)
 
     def _forget(self, key: str) -> None:
+        self._retired.pop(key, None)
         if key not in self._forgotten:
             self._forgotten.add(key)
             self._pending_forget.append(key)
 
     def _catch_unseen(
-        self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], names: set[str], since: float
+        self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], patterns: list[str], since: float
     ) -> None:
         """Siblings we never followed: copytruncate's copy, or a file created and rotated away unseen."""
         # (fingerprint, its length, file size) of each followed file: a sibling that starts with
@@ -293,20 +411,72 @@ class TailSource:
         tracked = [(tf.fp, tf.fp_len, os.fstat(tf.fd).st_size) for tf in self.files.values()
                    if not tf.rotated and tf.fp_len]
         for key, found in listing.items():
-            if key in self.files or key in saved or not is_sibling(found.path, names):
+            if key in self.files or key in saved or not is_sibling(found.path, patterns) or is_compressed(found.path):
                 continue
-            heads = _heads(found.path, {n for _, n in self._copied} | {n for _, n, _ in tracked})
-            copied = next((k for k in self._copied if heads.get(k[1]) == k[0]), None)
+            found_heads = head_fingerprints(found.path, {n for _, n in self._copied} | {n for _, n, _ in tracked})
+            copied = next((k for k in self._copied if found_heads.get(k[1]) == k[0]), None)
             if copied is not None:
                 # copytruncate's copy: it holds what the original had before the truncate; read
                 # only past the point we had read the original to.
                 self._open(key, found.path, rotated=True, offset=self._copied.pop(copied))
             elif found.ctime >= since - 1.0 and not any(
-                heads.get(n) == fp and found.size <= size for fp, n, size in tracked
+                found_heads.get(n) == fp and found.size <= size for fp, n, size in tracked
             ):
                 # Longer than every followed file it shares its first bytes with (files that all
                 # start with the same header line): a generation rotated away unseen, not a copy.
                 self._open(key, found.path, rotated=True, offset=0)
+
+    # -- generations rotated away while the daemon was stopped ----------------------------
+
+    def _recover_generations(
+        self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], before: dict[str, FilePosition],
+        patterns: list[str],
+    ) -> None:
+        """At the first look: siblings created, copied or written since the last save before this start.
+
+        A sibling with no saved position whose last write comes after that save was written
+        while the daemon was stopped: a generation created and rotated away meanwhile (read
+        from its head), or copytruncate's copy of a followed file (its first bytes are those
+        a saved position was fingerprinted on, and that file was truncated since: read from
+        the saved offset). A copy of a file that was not truncated holds nothing new. Older
+        siblings were there before (already read, or left alone by ``read_from_head``).
+        """
+        stopped_at = self._last_save()
+        if stopped_at is None:
+            return
+        truncated = {key: pos for key, pos in before.items() if replaced(pos, listing.get(key))}
+        unseen = [
+            (key, found) for key, found in listing.items()
+            if key not in self.files and key not in saved and found.mtime >= stopped_at - MTIME_SLACK
+            and is_sibling(found.path, patterns)
+        ]
+        for key, found in sorted(unseen, key=lambda item: item[1].mtime):
+            if is_compressed(found.path):
+                self._report_compressed(found.path, before)
+                continue
+            offset = copy_offset(found, before, truncated)
+            if offset is not None:
+                self._open(key, found.path, rotated=True, offset=offset)
+
+    def _last_save(self) -> float | None:
+        """When the position store was last written (before this start, at the first look)."""
+        try:
+            return self.positions.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _report_compressed(self, path: str, before: dict[str, FilePosition]) -> None:
+        """A generation compressed before it was read (unless it starts like one read before)."""
+        if not read_before_compressed(path, before):
+                self._report_unreadable(path, why="compressed before it was read (use delaycompress)")
+
+    async def _catch_up_rotated(self, emit: Emit) -> None:
+        """After the first look: rotated files found then are read to their end, oldest first, before the rest."""
+        rotated = sorted((tf for tf in self.files.values() if tf.rotated), key=lambda tf: os.fstat(tf.fd).st_mtime)
+        for tf in rotated:
+            while not self._stop.is_set() and (batch := await asyncio.to_thread(self._read, tf, False)) is not None:
+                if batch.end > batch.start or batch.dead:
+                    await emit(batch)
 
     def _check_replaced(self, tf: TailedFile) -> int:
         """copytruncate or rewrite in place: the file got shorter or its first bytes changed. Returns its size."""
@@ -367,7 +537,10 @@ class TailSource:
 
     def _park_idlest(self) -> bool:
         """Close the file idle longest (at its end, still at its path) to free a descriptor."""
-        idle = [tf for tf in self.files.values() if not tf.rotated and tf.idle_since is not None and not tf.oversized]
+        idle = [
+            tf for tf in self.files.values()
+            if not tf.rotated and tf.idle_since is not None and not tf.oversized and not self._held.get(tf.key)
+        ]
         if not idle:
             return False
         tf = min(idle, key=lambda t: t.idle_since or 0.0)
@@ -386,10 +559,14 @@ class TailSource:
         except OSError:
             return False
 
-    def _report_unreadable(self, path: str) -> None:
+    def _report_unreadable(self, path: str, why: str = "") -> None:
         if path in self._unreadable:
             return
         self._unreadable.add(path)
+        if why:
+            log.error("cannot read rotated file source=%s path=%s: %s; its lines are not delivered",
+                      self.name, path, why)
+            return
         user = _current_user()
         log.error(
             "cannot read file source=%s path=%s user=%s: add the user to the file's group or grant an ACL "
@@ -399,63 +576,37 @@ class TailSource:
 
     # -- notification ------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        """Turn watchfiles notifications into wake-ups; fall back to rescans when unavailable."""
-        recursive = any("**" in p for p in self.config.paths)
-        while not self._stop.is_set():
-            roots = [str(r) for r in self._roots if r.is_dir()]
-            if not roots:
-                await self._sleep_until_stop(self.config.rescan_interval)
-                continue
-            try:
-                async for changes in awatch(
-                    *roots, stop_event=self._stop, debounce=100, step=50, recursive=recursive,
-                    ignore_permission_denied=True,
-                ):
-                    self._note_changes(changes)
-            except (OSError, RuntimeError) as exc:
-                log.warning("file notification unavailable (%s): polling every %ss", exc, self.config.rescan_interval)
-                return
-
-    async def _sleep_until_stop(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-
-    def _note_changes(self, changes: set[tuple[Change, str]]) -> None:
-        # A rotated file's old path now names its successor; rotated files are read at retirement.
+    def _note_changes(self, changes: Changes) -> None:
+        """inotify events (on the event loop): mark files to read, ask for a rescan where needed."""
+        # A rotated file's old path now names its successor; rotated files are read at rescans
+        # and at retirement.
         known = {tf.path: key for key, tf in self.files.items() if not tf.rotated}
-        for change, path in changes:
+        if any(path in known for path in changes.opened):
+            self._pacer.opened()
+        written = False
+        for path in changes.modified:
             key = known.get(path)
             if key is not None:
                 self._dirty.add(key)
-            if (key is None or change is not Change.modified) and self._matches(path):
+                written = True
+            elif self._matches(path):
+                self._rescan_requested = True  # a parked or not yet readable file
+        for path in changes.other:
+            key = known.get(path)
+            if key is not None:
+                self._dirty.add(key)
+            if self._matches(path):
                 self._rescan_requested = True  # new, renamed or deleted: look again now
-        self._wake.set()
+        if changes.overflow:
+            self._dirty.update(self.files)
+            self._rescan_requested = True
+        if self._rescan_requested or changes.overflow or (self._dirty and not written):
+            self._wake.set()
+        elif written:
+            self._pacer.written()
 
     def _matches(self, path: str) -> bool:
         return any(fnmatch.fnmatch(path, p) for p in self.config.paths)
-
-
-def _same_start(path: str, pos: FilePosition) -> bool:
-    """Whether the file at ``path`` still starts with the bytes ``pos`` was fingerprinted on."""
-    return pos.fp_len == 0 or _heads(path, {pos.fp_len}).get(pos.fp_len) == pos.fingerprint
-
-
-def _heads(path: str, lengths: set[int]) -> dict[int, str]:
-    """Fingerprints of a file's first ``n`` bytes for each n (only of files at least that long)."""
-    heads: dict[int, str] = {}
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return heads
-    try:
-        for n in lengths:
-            fp, got = fingerprint(fd, n)
-            if got == n:
-                heads[n] = fp
-    finally:
-        os.close(fd)
-    return heads
 
 
 def _current_user() -> str:

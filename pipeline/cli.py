@@ -136,6 +136,9 @@ def _check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     dumped = settings.model_dump(mode="json")
     sys.stdout.write(orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode() + "\n")
+    for name, source in settings.sources.items():
+        if warning := source.exposure_warning():
+            print(f"logferry: warning: sources.{name}: {warning}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return 0
 

@@ -43,6 +43,14 @@ class SourceBase(Component):
 
     tag: str = Field(description="Tag given to every record of this source; outputs match on it.")
 
+    def routes_by_record_tag(self) -> bool:
+        """Whether each batch is routed by its own tag (a network source's client tag), not ``tag``."""
+        return False
+
+    def exposure_warning(self) -> str | None:
+        """Why this source's settings expose it to the network unprotected, or None (checked and logged)."""
+        return None
+
 
 class OutputBase(Component):
     """Keys every output has."""

@@ -20,11 +20,13 @@ from pydantic import Field
 from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
 from pipeline.outputs.file.config import FileOutputConfig
 from pipeline.outputs.s3.config import S3OutputConfig
+from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.tail.config import TailSourceConfig
 
-SourceConfig = Annotated[TailSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[TailSourceConfig | ForwardSourceConfig, Field(discriminator="type")]
 SOURCE_CLASSES = {
     "tail": "pipeline.sources.tail.source:TailSource",
+    "forward": "pipeline.sources.forward.source:ForwardSource",
 }
 
 OutputConfig = Annotated[

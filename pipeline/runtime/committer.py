@@ -23,6 +23,8 @@ from pipeline.buffer import frame
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
 from pipeline.clock import Clock
 from pipeline.deadletter import DeadLetterStore
+from pipeline.runtime.routing import TagRoutes
+from pipeline.sources.base import LineBatch
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.transforms.records import ProcessedBatch
 
@@ -154,7 +156,7 @@ class Committer:
 
     def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch) -> None:
         batch = item.batch
-        for buffer in self.routes.get(batch.source, []):
+        for buffer in self._routed(batch):
             for timekey, group in item.groups[buffer.config.timekey].items():
                 meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
                         "offs": group.offsets}
@@ -164,9 +166,15 @@ class Committer:
                 pieces = frame.encode_parts(frame.KIND_DATA, seq, len(group.lines), meta, [payload])
                 buffer.plan(plan, timekey, seq, pieces, len(group.lines))
 
+    def _routed(self, batch: LineBatch) -> list[FileBuffer]:
+        """The buffers ``batch`` goes to: its source's, or by its own tag (see :class:`TagRoutes`)."""
+        if isinstance(self.routes, TagRoutes):
+            return self.routes.of(batch.source, batch.tag)
+        return self.routes.get(batch.source, [])
+
     async def _make_room(self, batches: list[ProcessedBatch]) -> None:
         """Apply each routed buffer's overflow action before staging more."""
-        routed = {id(b): b for item in batches for b in self.routes.get(item.batch.source, [])}
+        routed = {id(b): b for item in batches for b in self._routed(item.batch)}
         for buffer in routed.values():
             if buffer.config.overflow_action == "drop_oldest_chunk":
                 while not buffer.has_space() and buffer.drop_oldest():

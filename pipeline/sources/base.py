@@ -49,6 +49,7 @@ class SourceContext:
     dead_letters: DeadLetterStore
     clock: Clock
     state_dir: Path  # the daemon's state directory, for a source's own state files
+    time_key: str = "timestamp"  # [enrich] time_key: where a source that knows each record's event time puts it
 
 
 class Source(Protocol):

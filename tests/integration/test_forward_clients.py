@@ -2,7 +2,7 @@
 
 The issue asks for 4 senders x 25,000 records; each record here is its own acknowledged chunk
 (that is how both loggers send with acks), and an ack waits for an fsynced commit, so on this
-2-core machine that pace is about 300 records/s: the suite sends 4 x 1,500 (override with
+2-core machine that pace is about 300 records/s: the suite sends 4 x 1,000 (override with
 ``LOGFERRY_TEST_FORWARD_RECORDS``) to stay within its time budget. The kills land at random
 moments of the stream either way.
 """
@@ -27,7 +27,7 @@ from tests.support.forward import es_output, forward_config, free_port, go_sende
 pytestmark = pytest.mark.integration
 
 SENDERS = 4
-RECORDS = int(os.environ.get("LOGFERRY_TEST_FORWARD_RECORDS", "1500"))
+RECORDS = int(os.environ.get("LOGFERRY_TEST_FORWARD_RECORDS", "1000"))
 KILLS = 3
 
 
@@ -50,22 +50,29 @@ def file_request_ids(layout: Layout) -> Counter[str]:
     return Counter(str(r["request_id"]) for r in layout.records())
 
 
-def reached(layout: Layout, senders: list[subprocess.Popen[bytes]], count: int) -> bool:
+Senders = subprocess.Popen[bytes]
+
+
+def reached(layout: Layout, senders: list[Senders], count: int) -> bool:
     """The file output holds ``count`` records, or every sender is done."""
     return len(layout.records()) >= count or all(s.poll() is not None for s in senders)
 
 
-def run_with_kills(layout: Layout, daemon_factory: list[Daemon], senders: list[subprocess.Popen[bytes]],
-                   total: int, seed: int) -> None:
-    """Start the daemon, kill -9 it at three random points of the stream, then let the senders finish."""
+def run_with_kills(layout: Layout, daemon_factory: list[Daemon], start_senders: Callable[[], list[Senders]],
+                   total: int, seed: int) -> list[Senders]:
+    """Start the daemon, then the senders; kill -9 the daemon at three random points of the stream and
+    restart it each time; return the senders once they are done."""
     rng = random.Random(seed)
+    senders: list[Senders] = []
     for kill_at in sorted(rng.sample(range(total // 10, total * 8 // 10), KILLS)):
         daemon = new_daemon(layout, daemon_factory).start()
+        senders = senders or start_senders()  # the loggers connect at once: the daemon listens first
         wait_for(partial(reached, layout, senders, kill_at), timeout=180, what=f"{kill_at} records before a kill")
         daemon.kill()
     new_daemon(layout, daemon_factory).start()
     for sender in senders:
         sender.wait(timeout=300)
+    return senders
 
 
 def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -85,12 +92,9 @@ def test_go_senders_with_request_ack_are_stored_exactly_once_across_kill_9(layou
     # No id_key in these records: document ids are the hash of chunk id and place in the chunk.
     forward_config(layout, port, outputs={"search": {**es_output(es_url, index), "id_key": "no_such_field"}})
     logs = [layout.root / f"go-{s}.log" for s in range(SENDERS)]
-    # Listening before the senders start (they give up if nobody answers at first); they then wait through
-    # the first kill's restart like any other.
-    first = new_daemon(layout, daemon_factory).start()
-    senders = [start([str(binary), "127.0.0.1", str(port), str(s), str(RECORDS)], log) for s, log in enumerate(logs)]
-    first.kill()
-    run_with_kills(layout, daemon_factory, senders, SENDERS * RECORDS, seed=22)
+    senders = run_with_kills(layout, daemon_factory, lambda: [
+        start([str(binary), "127.0.0.1", str(port), str(s), str(RECORDS)], log) for s, log in enumerate(logs)
+    ], SENDERS * RECORDS, seed=22)
     outputs = [log.read_text(errors="replace") for log in logs]
     assert all(s.returncode == 0 for s in senders), outputs
     want = expected_ids("go")
@@ -110,11 +114,10 @@ def test_node_senders_with_acks_and_shared_key_lose_nothing_and_duplicate_only_r
     port = free_port()
     forward_config(layout, port, source={"shared_key": "fleet-key"}, outputs={"search": es_output(es_url, index)})
     logs = [layout.root / f"node-{s}.log" for s in range(SENDERS)]
-    first = new_daemon(layout, daemon_factory).start()
-    senders = [start([node, str(script), "127.0.0.1", str(port), str(s), str(RECORDS), "fleet-key"], log, env)
-               for s, log in enumerate(logs)]
-    first.kill()
-    run_with_kills(layout, daemon_factory, senders, SENDERS * RECORDS, seed=23)
+    senders = run_with_kills(layout, daemon_factory, lambda: [
+        start([node, str(script), "127.0.0.1", str(port), str(s), str(RECORDS), "fleet-key"], log, env)
+        for s, log in enumerate(logs)
+    ], SENDERS * RECORDS, seed=23)
     outputs = "".join(log.read_text(errors="replace") for log in logs)
     assert all(s.returncode == 0 for s in senders), outputs
     re_emits = Counter(line.split()[1] for line in outputs.splitlines() if line.startswith("reemit "))

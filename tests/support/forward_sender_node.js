@@ -29,9 +29,8 @@ let current = makeSender();
 
 function send(i, attempt) {
   if (i >= total) {
-    current.end();
     console.log('done');
-    return;
+    process.exit(0); // replaced senders may still hold reconnect timers
   }
   const requestId = 'node-' + sender + '-' + i;
   let settled = false;

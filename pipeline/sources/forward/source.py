@@ -30,7 +30,7 @@ import orjson
 
 from pipeline.deadletter import line_fields
 from pipeline.sources.base import Emit, LineBatch, SourceContext
-from pipeline.sources.forward.chunks import ChunkWindow
+from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
 from pipeline.sources.forward.codec import Message, ProtocolError, decode, event_epoch, pack, record_line, unpacker
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake
@@ -66,11 +66,14 @@ class ForwardSource:
         self.dead_letters = context.dead_letters
         self.clock = context.clock
         self.time_key = context.time_key
-        self.window = ChunkWindow(name, context.positions, config.chunk_window, config.chunk_window_max)
+        self.journal = ChunkJournal(context.state_dir / "forward" / name, config.chunk_window, context.clock.time)
+        self.window = ChunkWindow(self.journal, context.positions.commit_seq, config.chunk_window,
+                                  config.chunk_window_max)
         self.stats = ForwardStats()
         self.address: tuple[str, int] | None = None
         self._stop = asyncio.Event()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # started by the server; awaited in run()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     def stop(self) -> None:
         """Stop accepting and close every connection."""
@@ -97,10 +100,20 @@ class ForwardSource:
             server.close()
             if udp is not None:
                 udp.close()
-            for task in list(self._handlers):
-                task.cancel()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await self._close_connections()
             await server.wait_closed()
+
+    async def _close_connections(self) -> None:
+        """End every connection; a handler still handing a batch on finishes that first."""
+        for writer in list(self._writers):
+            writer.transport.abort()  # its reads end; acks still due are dropped, the clients resend
+        handlers = list(self._handlers)
+        try:
+            await asyncio.gather(*handlers, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in handlers:
+                task.cancel()  # past the shutdown deadline: a handler blocked on a full pipeline
+            raise
 
     def _tls(self) -> ssl.SSLContext | None:
         if self.config.tls_cert is None or self.config.tls_key is None:
@@ -128,6 +141,7 @@ class ForwardSource:
             writer.close()
             return
         self._handlers.add(task)
+        self._writers.add(writer)
         self.stats.connections += 1
         self.stats.connections_accepted += 1
         try:
@@ -135,6 +149,7 @@ class ForwardSource:
         finally:
             self.stats.connections -= 1
             self._handlers.discard(task)
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
@@ -259,10 +274,10 @@ class Connection:
                 dead.append(self._dead(key, index, record, f"record cannot be stored as JSON: {exc}", now))
         data = b"".join(lines)
         chunk = message.chunk
-        position = self.source.window.position(chunk, now) if chunk is not None else None
         count = len(lines)
-        return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, len(data), data, position,
-                         dead=dead, on_commit=lambda: self._committed(chunk, count))
+        return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, len(data), data, None,
+                         dead=dead, on_commit=lambda: self._committed(chunk, count),
+                         journal=None if chunk is None else (self.source.journal, chunk))
 
     def _dead(self, key: str, index: int, record: object, reason: str, now: float) -> dict[str, Any]:
         try:

@@ -117,15 +117,6 @@ class PositionStore:
         self.applied(self.commit_seq, updates)
         self.existed = True
 
-    def drop(self, source: str, keys: list[str]) -> None:
-        """Forget entries of ``source`` in memory; the next commit's save leaves them out.
-
-        Only for entries whose loss is harmless if that save never comes (they are dropped
-        again after a restart), such as a network source's expired chunk ids.
-        """
-        for key in keys:
-            self.entries.pop((source, key), None)
-
     def applied(self, seq: int, updates: dict[tuple[str, str], FilePosition | None]) -> None:
         """Record in memory that a commit's positions reached the disk."""
         self.commit_seq = seq

@@ -121,12 +121,16 @@ def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
     stream = msgpack.Unpacker(raw=False, ext_hook=ext_hook, max_buffer_size=max(len(raw), 1),
                               strict_map_key=False, unicode_errors="surrogateescape")
     stream.feed(raw)
+    entries: list[tuple[object, object]] = []
+    end = 0  # tell() after the last whole entry: after a failed partial read it counts the partial bytes too
     try:
-        entries = [_entry(e) for e in stream]
+        for item in stream:
+            entries.append(_entry(item))
+            end = stream.tell()
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
-    if stream.tell() != len(raw):
-        raise ProtocolError(f"PackedForward entries cut short ({len(raw) - stream.tell()} bytes left over)")
+    if end != len(raw):
+        raise ProtocolError(f"PackedForward entries cut short ({len(raw) - end} bytes left over)")
     return entries
 
 

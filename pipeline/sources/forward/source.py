@@ -169,7 +169,8 @@ class Connection:
         self.ident = secrets.token_hex(8)  # names the batches of messages without a chunk id
         self.messages = 0
         self.unpacker = unpacker(self.config.message_limit_bytes)
-        self.fed = 0
+        self.fed = 0  # bytes given to the unpacker
+        self.consumed = 0  # bytes of the whole messages it returned
 
     async def serve(self) -> None:
         """Run the connection; bad input is logged and ends it."""
@@ -179,8 +180,9 @@ class Connection:
             while (data := await self._read()) is not None:
                 self._feed(data)
                 for obj in self.unpacker:
+                    self.consumed = self.unpacker.tell()
                     await self._message(obj)
-            if leftover := self.fed - self.unpacker.tell():
+            if leftover := self.fed - self.consumed:
                 self._bad(f"connection closed in the middle of a message ({leftover} bytes discarded)")
         except BAD_STREAM as exc:
             self._bad(_reason(exc, self.config.message_limit_bytes))
@@ -189,7 +191,7 @@ class Connection:
 
     async def _read(self) -> bytes | None:
         # Never more than the unpacker may hold: a message that fills it is too large.
-        room = self.config.message_limit_bytes - (self.fed - self.unpacker.tell())
+        room = self.config.message_limit_bytes - (self.fed - self.consumed)
         if room <= 0:
             raise msgpack.BufferFull
         try:
@@ -228,6 +230,7 @@ class Connection:
         while True:
             with contextlib.suppress(msgpack.OutOfData):
                 obj: object = self.unpacker.unpack()
+                self.consumed = self.unpacker.tell()
                 return obj
             data = await self._read()
             if data is None:

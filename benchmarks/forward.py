@@ -115,6 +115,8 @@ def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsy
     config = daemon_config(root, port, fsync)
     quiet_disk()
     with DaemonProcess(config, root / "daemon.log") as daemon:
+        while b" listening on " not in (root / "daemon.log").read_bytes():  # bound just after "running"
+            time.sleep(0.005)
         cpu_ready, _ = proc_stats(daemon.pid)
         start = time.perf_counter()
         acked = send_all(port, chunks, in_flight)

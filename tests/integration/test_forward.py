@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, wait_for
-from tests.support.forward import RawClient, forward_config, free_port
+from tests.support.forward import RawClient, forward_config, free_port, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +55,7 @@ def test_every_event_mode_is_stored_with_its_tag_and_event_time_and_acked_once_c
     port = free_port()
     forward_config(layout, port)
     with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
         client = connect(port)
         client.send(["app.message", T0, {"request_id": "m1"}, {"chunk": "c-message"}])
         assert client.receive() == {"ack": "c-message"}
@@ -83,7 +84,7 @@ def test_a_resent_chunk_is_acked_again_but_stored_once_even_across_kill_9(layout
     port = free_port()
     forward_config(layout, port)
     chunk = ["app.resend", [[T0, {"request_id": f"r{i}"}] for i in range(5)], {"chunk": "resend-1"}]
-    daemon = new_daemon(layout, daemon_factory).start()
+    daemon = wait_listening(new_daemon(layout, daemon_factory).start())
     client = connect(port)
     client.send(chunk)
     assert client.receive() == {"ack": "resend-1"}
@@ -91,6 +92,7 @@ def test_a_resent_chunk_is_acked_again_but_stored_once_even_across_kill_9(layout
     assert client.receive() == {"ack": "resend-1"}
     daemon.kill()
     with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
         again = connect(port)
         again.send(chunk)
         assert again.receive() == {"ack": "resend-1"}
@@ -108,6 +110,7 @@ def test_a_record_that_is_not_a_map_is_dead_lettered_with_the_peer_while_its_nei
     port = free_port()
     forward_config(layout, port)
     with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
         client = connect(port)
         client.send(["app.mixed", [[T0, {"request_id": "ok1"}], [T0, "just a string"], [T0, {"request_id": "ok2"}]],
                      {"chunk": "mixed"}])
@@ -125,6 +128,7 @@ def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, dae
     port = free_port()
     forward_config(layout, port, source={"message_limit_bytes": 4096, "chunk_limit_bytes": 8192})
     with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
         good = connect(port)
         good.send(["app.good", T0, {"request_id": "before"}, {"chunk": "g1"}])
         assert good.receive() == {"ack": "g1"}
@@ -157,6 +161,7 @@ def test_python_fluent_logger_sender_and_logging_handler_fire_and_forget(layout,
     port = free_port()
     forward_config(layout, port)
     with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
         logger = sender.FluentSender("svc", host="127.0.0.1", port=port, nanosecond_precision=True)
         for n in range(50):
             assert logger.emit("events", {"request_id": f"py-{n}", "n": n}), logger.last_error
@@ -182,6 +187,7 @@ def test_wrong_shared_key_is_refused_with_a_clear_log_line_and_the_right_one_acc
     port = free_port()
     forward_config(layout, port, source={"shared_key": "s3cret", "self_hostname": "aggregator"})
     with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
         wrong = connect(port)
         helo = wrong.receive()
         assert helo[0] == "HELO"
@@ -207,6 +213,7 @@ def test_udp_heartbeat_is_answered_and_status_shows_the_listener(layout, daemon_
     port = free_port()
     forward_config(layout, port)
     with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.settimeout(10)
             udp.sendto(b"\0", ("127.0.0.1", port))

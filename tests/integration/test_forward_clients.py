@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import new_daemon
 from tests.support.daemon import Daemon, Layout, wait_for
 from tests.support.elasticsearch import Cluster, dropping_indices
-from tests.support.forward import es_output, forward_config, free_port, go_sender, node_sender
+from tests.support.forward import es_output, forward_config, free_port, go_sender, node_sender, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +65,11 @@ def run_with_kills(layout: Layout, daemon_factory: list[Daemon], start_senders: 
     rng = random.Random(seed)
     senders: list[Senders] = []
     for kill_at in sorted(rng.sample(range(total // 10, total * 8 // 10), KILLS)):
-        daemon = new_daemon(layout, daemon_factory).start()
+        daemon = wait_listening(new_daemon(layout, daemon_factory).start())
         senders = senders or start_senders()  # the loggers connect at once: the daemon listens first
         wait_for(partial(reached, layout, senders, kill_at), timeout=180, what=f"{kill_at} records before a kill")
         daemon.kill()
-    new_daemon(layout, daemon_factory).start()
+    wait_listening(new_daemon(layout, daemon_factory).start())
     for sender in senders:
         sender.wait(timeout=300)
     return senders

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from tests.support.daemon import Layout, render_toml
+from tests.support.daemon import Daemon, Layout, render_toml, wait_for
 from tests.support.elasticsearch import access_for
 
 HERE = Path(__file__).resolve().parent
@@ -145,3 +145,11 @@ def node_sender() -> tuple[str, Path, dict[str, str]]:
                            cwd=target, check=True, capture_output=True, timeout=600)
     node = shutil.which("node") or "node"
     return node, HERE / "forward_sender_node.js", {**os.environ, "NODE_PATH": str(target / "node_modules")}
+
+
+def wait_listening(daemon: Daemon) -> Daemon:
+    """Wait until the daemon's latest start has its forward source listening ("logferry running"
+    is logged as the sources start, a moment before the socket is bound)."""
+    wait_for(lambda: daemon.log().count(" listening on 127.0.0.1:") >= daemon.log().count("logferry running"),
+             timeout=30, what="the forward source listening")
+    return daemon

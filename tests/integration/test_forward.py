@@ -221,3 +221,89 @@ def test_udp_heartbeat_is_answered_and_status_shows_the_listener(layout, daemon_
         status = orjson.loads(layout.http("/status")[1])
         assert status["sources"]["fluent"]["network"]["listen"] == f"127.0.0.1:{port}"
         assert daemon.stop() == 0
+
+
+def test_tls_with_a_shared_key_accepts_a_verifying_client(layout, daemon_factory, connect):
+    import ssl
+
+    from pipeline.sources.forward.handshake import client_ping
+    from tests.support.elasticsearch import write_certificates
+
+    certs = layout.root / "certs"
+    write_certificates(certs)
+    port = free_port()
+    forward_config(layout, port, source={"tls_cert": str(certs / "node.crt"), "tls_key": str(certs / "node.key"),
+                                         "shared_key": "k"})
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        client = connect(port)
+        client.sock = context.wrap_socket(client.sock, server_hostname="127.0.0.1")
+        client.send_bytes(client_ping(client.receive(), "tls-client", "k"))
+        assert client.receive()[1] is True
+        client.send(["app.tls", T0, {"request_id": "over-tls"}, {"chunk": "t1"}])
+        assert client.receive() == {"ack": "t1"}
+        plain = connect(port)  # no TLS: the handshake fails and only that connection ends
+        plain.send(["app.tls", T0, {"request_id": "plain"}])
+        assert plain.closed_by_server()
+        wait_for(lambda: len(layout.records()) == 1, what="the TLS record")
+        assert daemon.stop() == 0
+    assert [r["request_id"] for r in layout.records()] == ["over-tls"]
+
+
+def test_a_non_loopback_bind_without_key_or_tls_is_warned_about_by_check(layout):
+    import subprocess
+    import sys
+
+    from tests.support.daemon import REPO
+
+    config = forward_config(layout, 24224, source={"bind": "0.0.0.0"})  # checked only: nothing listens
+    result = subprocess.run([sys.executable, "-m", "pipeline", "check", "-c", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "warning: sources.fluent: bind = '0.0.0.0'" in result.stderr and "shared_key" in result.stderr
+    forward_config(layout, 24224, source={"bind": "0.0.0.0", "shared_key": "k"})
+    result = subprocess.run([sys.executable, "-m", "pipeline", "check", "-c", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert "warning" not in result.stderr
+
+
+def test_a_full_buffer_stops_acks_and_reading_and_nothing_is_dropped(layout, daemon_factory, connect):
+    # The only output cannot deliver (its directory is a file) and its buffer is tiny: commits stop,
+    # so do acks, and once the pipeline's queues are full the source stops reading. After a restart with a reachable output the
+    # unacknowledged chunks are resent (same ids) and every record is there exactly once.
+    port = free_port()
+    outputs = {"debug": {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"), "match": ["nothing"]},
+               "stuck": {"type": "file", "path": str(layout.root / "never" / "x.jsonl"), "match": ["**"],
+                         "buffer": {"total_limit_bytes": 65536, "chunk_limit_bytes": 16384, "flush_interval": 0.1,
+                                    "retry_wait": 0.1}}}
+    (layout.root / "never").write_text("a file where the output wants a directory: every write fails")
+    forward_config(layout, port, outputs=outputs)
+    chunks = [["app.bp", [[T0, {"request_id": f"bp-{c}-{i}", "pad": "x" * 900}] for i in range(10)],
+               {"chunk": f"bp-{c}"}] for c in range(40)]
+    daemon = wait_listening(new_daemon(layout, daemon_factory).start())
+    client = connect(port)
+    client.sock.settimeout(3)
+    acked = set()
+    for chunk in chunks:
+        client.send(chunk)
+    try:
+        while len(acked) < len(chunks):
+            acked.add(client.receive()["ack"])
+    except TimeoutError:
+        pass
+    assert 0 < len(acked) < len(chunks), "acks stop while the buffer is full"
+    wait_for(lambda: "buffer full output=stuck" in daemon.log(), what="the pause")
+    daemon.kill()
+    outputs["stuck"]["path"] = str(layout.out / "%Y%m%d-%H.jsonl")
+    forward_config(layout, port, outputs=outputs)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        again = connect(port)
+        for chunk in chunks:
+            again.send(chunk)  # a client resends what it did not see acknowledged; resending all is the worst case
+        assert {again.receive()["ack"] for _ in chunks} == {c[2]["chunk"] for c in chunks}
+        wait_for(lambda: len(layout.records()) >= 400, timeout=60, what="every record")
+        assert daemon.stop() == 0
+    counts = Counter(r["request_id"] for r in layout.records())
+    assert len(counts) == 400 and max(counts.values()) == 1

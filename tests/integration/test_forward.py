@@ -270,21 +270,22 @@ def test_a_non_loopback_bind_without_key_or_tls_is_warned_about_by_check(layout)
 
 def test_a_full_buffer_stops_acks_and_reading_and_nothing_is_dropped(layout, daemon_factory, connect):
     # The only output cannot deliver (its directory is a file) and its buffer is tiny: commits stop,
-    # so do acks, and once the pipeline's queues are full the source stops reading. After a restart with a reachable output the
-    # unacknowledged chunks are resent (same ids) and every record is there exactly once.
+    # so do acks, and once the pipeline's queues are full the source stops reading. After a restart
+    # with a reachable output the unacknowledged chunks are resent (same ids): every record once.
     port = free_port()
-    outputs = {"debug": {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"), "match": ["nothing"]},
+    outputs: dict[str, dict[str, Any]] = {
+        "debug": {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"), "match": ["nothing"]},
                "stuck": {"type": "file", "path": str(layout.root / "never" / "x.jsonl"), "match": ["**"],
                          "buffer": {"total_limit_bytes": 65536, "chunk_limit_bytes": 16384, "flush_interval": 0.1,
                                     "retry_wait": 0.1}}}
     (layout.root / "never").write_text("a file where the output wants a directory: every write fails")
     forward_config(layout, port, outputs=outputs)
-    chunks = [["app.bp", [[T0, {"request_id": f"bp-{c}-{i}", "pad": "x" * 900}] for i in range(10)],
+    chunks: list[list[Any]] = [["app.bp", [[T0, {"request_id": f"bp-{c}-{i}", "pad": "x" * 900}] for i in range(10)],
                {"chunk": f"bp-{c}"}] for c in range(40)]
     daemon = wait_listening(new_daemon(layout, daemon_factory).start())
     client = connect(port)
     client.sock.settimeout(3)
-    acked = set()
+    acked: set[str] = set()
     for chunk in chunks:
         client.send(chunk)
     try:

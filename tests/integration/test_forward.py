@@ -308,3 +308,19 @@ def test_a_full_buffer_stops_acks_and_reading_and_nothing_is_dropped(layout, dae
         assert daemon.stop() == 0
     counts = Counter(r["request_id"] for r in layout.records())
     assert len(counts) == 400 and max(counts.values()) == 1
+
+
+def test_a_port_in_use_stops_the_start_with_an_error_naming_the_key(layout):
+    import subprocess
+    import sys
+
+    from tests.support.daemon import REPO
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = forward_config(layout, taken.getsockname()[1])
+        result = subprocess.run([sys.executable, "-m", "pipeline", "run", "-c", str(config)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "sources.fluent.port: cannot listen on 127.0.0.1:" in result.stderr + result.stdout

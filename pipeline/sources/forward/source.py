@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import ssl
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -29,6 +30,7 @@ import msgpack
 import orjson
 
 from pipeline.deadletter import line_fields
+from pipeline.errors import ConfigError
 from pipeline.sources.base import Emit, LineBatch, SourceContext
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
 from pipeline.sources.forward.codec import Message, ProtocolError, decode, event_epoch, pack, record_line, unpacker
@@ -70,7 +72,15 @@ class ForwardSource:
         self.window = ChunkWindow(self.journal, context.positions.commit_seq, config.chunk_window,
                                   config.chunk_window_max)
         self.stats = ForwardStats()
-        self.address: tuple[str, int] | None = None
+        # Bound here, while the topology is built: a port in use or a bad certificate stops the start
+        # with an error naming the key, and clients can connect once "logferry running" is logged.
+        self._ssl = _tls(name, config)
+        self._tcp, self._udp = _listen(name, config)
+        self.address: tuple[str, int] | None = self._tcp.getsockname()[:2]
+        log.info("forward source %s listening on %s:%d%s%s", name, *self._tcp.getsockname()[:2],
+                 " (TLS)" if self._ssl else "", " (shared_key)" if config.shared_key else "")
+        if warning := config.exposure_warning():
+            log.warning("forward source %s: %s", name, warning)
         self._stop = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()  # started by the server; awaited in run()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -86,14 +96,11 @@ class ForwardSource:
     async def run(self, emit: Emit) -> None:
         """Serve until stopped."""
         self.window.expire(self.clock.time())
-        server = await asyncio.start_server(lambda r, w: self._serve(r, w, emit), self.config.bind,
-                                            self.config.port, ssl=self._tls(), limit=READ_BYTES)
-        self.address = server.sockets[0].getsockname()[:2]
-        udp = await self._heartbeat() if self.config.heartbeat else None
-        log.info("forward source %s listening on %s:%d%s%s", self.name, *self.address,
-                 " (TLS)" if self.config.tls_cert else "", " (shared_key)" if self.config.shared_key else "")
-        if warning := self.config.exposure_warning():
-            log.warning("forward source %s: %s", self.name, warning)
+        server = await asyncio.start_server(lambda r, w: self._serve(r, w, emit), sock=self._tcp, ssl=self._ssl,
+                                            limit=READ_BYTES)
+        udp = None
+        if self._udp is not None:
+            udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(_HeartbeatReply, sock=self._udp)
         try:
             await self._stop.wait()
         finally:
@@ -114,19 +121,6 @@ class ForwardSource:
             for task in handlers:
                 task.cancel()  # past the shutdown deadline: a handler blocked on a full pipeline
             raise
-
-    def _tls(self) -> ssl.SSLContext | None:
-        if self.config.tls_cert is None or self.config.tls_key is None:
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        return context
-
-    async def _heartbeat(self) -> asyncio.DatagramTransport:
-        assert self.address is not None
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            _HeartbeatReply, local_addr=(self.address[0], self.address[1]))
-        return transport
 
     # -- one connection ----------------------------------------------------------------
 
@@ -321,6 +315,38 @@ class _HeartbeatReply(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if self.transport is not None:
             self.transport.sendto(b"\0", addr)
+
+
+def _tls(name: str, config: ForwardSourceConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"sources.{name}.tls_cert: cannot load {config.tls_cert} / {config.tls_key}: {exc}") from exc
+    return context
+
+
+def _listen(name: str, config: ForwardSourceConfig) -> tuple[socket.socket, socket.socket | None]:
+    """The listening TCP socket and, with ``heartbeat``, the UDP one on the same port."""
+    try:
+        family = socket.getaddrinfo(config.bind, config.port, type=socket.SOCK_STREAM)[0][0]
+        tcp = socket.create_server((config.bind, config.port), family=family, backlog=1024)
+    except OSError as exc:
+        raise ConfigError(f"sources.{name}.port: cannot listen on {config.bind}:{config.port}: "
+                          f"{exc.strerror or exc}") from exc
+    if not config.heartbeat:
+        return tcp, None
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        udp.bind(tcp.getsockname()[:2])
+    except OSError as exc:
+        tcp.close()
+        udp.close()
+        raise ConfigError(f"sources.{name}.heartbeat: cannot bind UDP {config.bind}:{config.port}: "
+                          f"{exc.strerror or exc}") from exc
+    return tcp, udp
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -38,6 +38,9 @@ class LineBatch:
     dead: list[dict[str, Any]] = field(default_factory=list)
     on_commit: Callable[[], None] | None = None
     journal: tuple[CommitJournal, object] | None = None
+    # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of
+    # ``data``; their offsets are their indices in the batch. Set to None once processed.
+    records: list[dict[Any, Any]] | None = None
 
 
 class CommitJournal(Protocol):

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
-from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip, record_line
+from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip
 from pipeline.sources.forward.handshake import Handshake, client_ping
 
 
@@ -50,10 +50,24 @@ def test_gzip_output_is_bounded_and_multi_member_streams_are_joined() -> None:
         gunzip(gzip.compress(b"abc")[:-4], 1000)
 
 
-def test_event_time_goes_under_the_time_key_unless_the_record_has_one() -> None:
-    assert orjson.loads(record_line({"a": 1}, "timestamp", 1.5)) == {"a": 1, "timestamp": 1.5}
-    assert orjson.loads(record_line({"timestamp": "x"}, "timestamp", 1.5)) == {"timestamp": "x"}
-    assert orjson.loads(record_line({1: b"bytes"}, "t", None)) == {"1": "bytes"}
+def test_decoded_records_are_enriched_and_serialised_once_with_their_index_as_offset() -> None:
+    from pipeline.clock import FakeClock
+    from pipeline.config import EnrichConfig
+    from pipeline.sources.base import LineBatch
+    from pipeline.transforms.records import RecordProcessor
+
+    processor = RecordProcessor(EnrichConfig(hostname="h", tag_key="tag"), {3600}, FakeClock(1_795_000_000.0))
+    batch = LineBatch("fwd", "app.x", "chunk-1", "forward://peer", 0, 3, b"", None,
+                      records=[{"a": 1, "timestamp": 1_700_000_000.5}, {1: b"bytes"}, {"bad": {1, 2}}])
+    done = processor.process(batch)
+    groups = sorted(done.groups[3600].items())  # two windows: the first record's own time, then ingest time
+    assert [g.offsets for _, g in groups] == [[0], [1]] and batch.records is None
+    first, second = (orjson.loads(line) for _, g in groups for line in g.lines)
+    assert first == {"a": 1, "timestamp": 1_700_000_000.5, "hostname": "h", "ingested_at": first["ingested_at"],
+                     "tag": "app.x"}
+    assert second["1"] == "bytes"
+    (dead,) = done.dead
+    assert dead["offset"] == 2 and dead["reason"].startswith("record cannot be stored as JSON")
 
 
 def test_handshake_accepts_the_right_key_only() -> None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import orjson
 
 
 class ProtocolError(Exception):
@@ -157,21 +156,6 @@ def event_epoch(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return None
-
-
-def _default(value: object) -> object:
-    """orjson fallback: bytes as text (lossy where not UTF-8)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(f"cannot store a {type(value).__name__}")
-
-
-def record_line(record: dict[Any, Any], time_key: str, epoch: float | None) -> bytes:
-    """One record as a JSON line; the event time goes under ``time_key`` unless the record has it (in place)."""
-    if epoch is not None and time_key not in record:
-        record[time_key] = epoch  # the decoded dict is ours: no copy
-    return orjson.dumps(record, default=_default,
-                        option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
 
 def _shape(value: object) -> str:

@@ -33,7 +33,7 @@ from pipeline.deadletter import line_fields
 from pipeline.errors import ConfigError
 from pipeline.sources.base import Emit, LineBatch, SourceContext
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
-from pipeline.sources.forward.codec import Message, ProtocolError, decode, event_epoch, pack, record_line, unpacker
+from pipeline.sources.forward.codec import Message, ProtocolError, decode, event_epoch, pack, unpacker
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake
 from pipeline.transforms.enrich import iso_millis
@@ -259,22 +259,22 @@ class Connection:
         key = message.chunk if message.chunk is not None else f"{self.ident}-{self.messages}"
         path = f"forward://{self.peer}"
         now = self.source.clock.time()
-        lines: list[bytes] = []
+        time_key = self.source.time_key
+        records: list[dict[Any, Any]] = []
         dead: list[dict[str, Any]] = []
         for index, (when, record) in enumerate(message.entries):
-            if not isinstance(record, dict):
+            if type(record) is not dict:
                 dead.append(self._dead(key, index, record, "record is not a map", now))
                 continue
-            try:
-                lines.append(record_line(record, self.source.time_key, event_epoch(when)))
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                dead.append(self._dead(key, index, record, f"record cannot be stored as JSON: {exc}", now))
-        data = b"".join(lines)
+            if time_key not in record and (epoch := event_epoch(when)) is not None:
+                record[time_key] = epoch  # the decoded dict is ours: no copy
+            records.append(record)
         chunk = message.chunk
-        count = len(lines)
-        return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, len(data), data, None,
-                         dead=dead, on_commit=lambda: self._committed(chunk, count),
-                         journal=None if chunk is None else (self.source.journal, chunk))
+        count = len(records)
+        # The records go as dicts: the processor enriches and serialises them once (offsets: their indices).
+        return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, len(message.entries), b"",
+                         None, dead=dead, on_commit=lambda: self._committed(chunk, count),
+                         journal=None if chunk is None else (self.source.journal, chunk), records=records)
 
     def _dead(self, key: str, index: int, record: object, reason: str, now: float) -> dict[str, Any]:
         try:

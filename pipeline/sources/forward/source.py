@@ -116,11 +116,14 @@ class ForwardSource:
             writer.transport.abort()  # its reads end; acks still due are dropped, the clients resend
         handlers = list(self._handlers)
         try:
-            await asyncio.gather(*handlers, return_exceptions=True)
+            results = await asyncio.gather(*handlers, return_exceptions=True)
         except asyncio.CancelledError:
             for task in handlers:
                 task.cancel()  # past the shutdown deadline: a handler blocked on a full pipeline
             raise
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("forward %s: a connection ended with an unexpected error: %r", self.name, result)
 
     # -- one connection ----------------------------------------------------------------
 

@@ -122,7 +122,7 @@ def go_sender() -> Path:
     target = cache_root() / f"forward-sender-go-{GO_LOGGER}"
     binary = target / "sender"
     source = HERE / "forward_sender_go"
-    with _locked(target.with_suffix(".lock")):
+    with _locked(target.parent / f"{target.name}.lock"):
         stamp = max(p.stat().st_mtime for p in source.iterdir())
         if binary.exists() and binary.stat().st_mtime >= stamp:
             return binary
@@ -137,7 +137,7 @@ def go_sender() -> Path:
 def node_sender() -> tuple[str, Path, dict[str, str]]:
     """(node, the sender script, its environment), installing fluent-logger from npm on first use."""
     target = cache_root() / f"node-fluent-logger-{NODE_LOGGER}"
-    with _locked(target.with_suffix(".lock")):
+    with _locked(target.parent / f"{target.name}.lock"):
         if not (target / "node_modules" / "fluent-logger" / "package.json").exists():
             target.mkdir(parents=True, exist_ok=True)
             npm = shutil.which("npm") or "npm"

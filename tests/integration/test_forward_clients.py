@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,11 +40,21 @@ def cluster(es_url: str) -> Iterator[Callable[[str], Cluster]]:
 
 
 def es_request_ids(es: Cluster, index: str) -> Counter[str]:
-    """How often each request_id is in ``index`` (up to 10,000 documents)."""
+    """How often each request_id is in ``index`` (a composite aggregation, page by page: any size)."""
     es.call("POST", f"/{index}/_refresh", ok=(200, 404))
-    answer = es.call("POST", f"/{index}/_search", {"size": 10_000, "_source": ["request_id"]}, ok=(200, 404))
-    hits = answer.get("hits", {}).get("hits", [])
-    return Counter(str(hit["_source"]["request_id"]) for hit in hits)
+    counts: Counter[str] = Counter()
+    after: dict[str, Any] | None = None
+    while True:
+        composite: dict[str, Any] = {"size": 10_000, "sources": [{"id": {"terms": {"field": "request_id"}}}]}
+        if after:
+            composite["after"] = after
+        answer = es.call("POST", f"/{index}/_search", {"size": 0, "aggs": {"ids": {"composite": composite}}},
+                         ok=(200, 404))
+        buckets = answer.get("aggregations", {}).get("ids", {}).get("buckets", [])
+        counts.update({b["key"]["id"]: b["doc_count"] for b in buckets})
+        after = answer.get("aggregations", {}).get("ids", {}).get("after_key")
+        if not buckets or not after:
+            return counts
 
 
 def file_request_ids(layout: Layout) -> Counter[str]:

@@ -157,6 +157,9 @@ def _check(args: argparse.Namespace) -> int:
     dumped = settings.model_dump(mode="json")  # SecretStr values come out as "**********"
     # The unit's ExecStartPre runs check: its output is in the journal, so no user:password@ of a host URL either.
     sys.stdout.write(_URL_CREDENTIALS.sub("", orjson.dumps(dumped, option=orjson.OPT_INDENT_2).decode()) + "\n")
+    for name, source in settings.sources.items():
+        if warning := source.exposure_warning():
+            print(f"logferry: warning: sources.{name}: {warning}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return 0
 

@@ -46,6 +46,14 @@ class SourceBase(Component):
         default_factory=list, description="Names of [transforms.NAME] applied, in order, to every record read."
     )
 
+    def routes_by_record_tag(self) -> bool:
+        """Whether each batch is routed by its own tag (a network source's client tag), not ``tag``."""
+        return False
+
+    def exposure_warning(self) -> str | None:
+        """Why this source's settings expose it to the network unprotected, or None (checked and logged)."""
+        return None
+
 
 class OutputBase(Component):
     """Keys every output has."""

@@ -21,13 +21,15 @@ from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
 from pipeline.outputs.file.config import FileOutputConfig
 from pipeline.outputs.kafka.config import KafkaOutputConfig
 from pipeline.outputs.s3.config import S3OutputConfig
+from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.transforms.cost.config import CostTransformConfig
 from pipeline.transforms.redact.config import RedactTransformConfig
 
-SourceConfig = Annotated[TailSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[TailSourceConfig | ForwardSourceConfig, Field(discriminator="type")]
 SOURCE_CLASSES = {
     "tail": "pipeline.sources.tail.source:TailSource",
+    "forward": "pipeline.sources.forward.source:ForwardSource",
 }
 
 OutputConfig = Annotated[

@@ -2,9 +2,10 @@
 
 Each commit takes the processed batches that are ready, stages their frames in every
 routed output's buffer, and then, in one worker thread step, writes and fsyncs the
-frames, writes the dead-letter entries, and saves the positions (see the invariants
-in :mod:`pipeline.buffer`). Only after that does it enqueue chunks that are due, so a
-queued chunk never holds a frame whose position could still be re-read.
+frames, writes the dead-letter entries and the sources' journals (a forward source's
+chunk ids), and saves the positions (see the invariants in :mod:`pipeline.buffer`).
+Only after that does it enqueue chunks that are due, so a queued chunk never holds a
+frame whose position could still be re-read.
 
 A commit that fails (disk full, I/O error) is undone (files cut back), logged, and
 retried with backoff; meanwhile the queues fill and the sources pause.
@@ -16,13 +17,16 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from pipeline.buffer import frame
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
 from pipeline.clock import Clock
 from pipeline.deadletter import DeadLetterStore
+from pipeline.runtime.routing import TagRoutes
+from pipeline.sources.base import CommitJournal, LineBatch
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.transforms.records import ProcessedBatch
 
@@ -37,6 +41,7 @@ class EndOfInput:
 
 END = EndOfInput()
 Routes = dict[str, list[FileBuffer]]
+JournalWrites = list[Callable[[], None]]
 
 
 @dataclass
@@ -143,7 +148,7 @@ class Committer:
                 updates[(batch.source, batch.key)] = None if batch.forget else batch.position
         dead = self.dead_letters.take_pending()
         encoded = self.positions.encode(seq, updates)
-        await self._apply(plan, dead, encoded)
+        await self._apply(plan, dead, encoded, _journals(batches, seq))
         self.positions.applied(seq, updates)
         for item in batches:
             if item.batch.on_commit is not None:
@@ -154,7 +159,7 @@ class Committer:
 
     def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch) -> None:
         batch = item.batch
-        for buffer in self.routes.get(batch.source, []):
+        for buffer in self._routed(batch):
             for timekey, group in item.groups_for(buffer.output, buffer.config.timekey).items():
                 meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
                         "offs": group.offsets}
@@ -164,9 +169,15 @@ class Committer:
                 pieces = frame.encode_parts(frame.KIND_DATA, seq, len(group.lines), meta, [payload])
                 buffer.plan(plan, timekey, seq, pieces, len(group.lines))
 
+    def _routed(self, batch: LineBatch) -> list[FileBuffer]:
+        """The buffers ``batch`` goes to: its source's, or by its own tag (see :class:`TagRoutes`)."""
+        if isinstance(self.routes, TagRoutes):
+            return self.routes.of(batch.source, batch.tag)
+        return self.routes.get(batch.source, [])
+
     async def _make_room(self, batches: list[ProcessedBatch]) -> None:
         """Apply each routed buffer's overflow action before staging more."""
-        routed = {id(b): b for item in batches for b in self.routes.get(item.batch.source, [])}
+        routed = {id(b): b for item in batches for b in self._routed(item.batch)}
         for buffer in routed.values():
             if buffer.config.overflow_action == "drop_oldest_chunk":
                 while not buffer.has_space() and buffer.drop_oldest():
@@ -190,11 +201,11 @@ class Committer:
         finally:
             self.paused.clear()
 
-    async def _apply(self, plan: CommitPlan, dead: list[bytes], encoded: bytes) -> None:
+    async def _apply(self, plan: CommitPlan, dead: list[bytes], encoded: bytes, journals: JournalWrites) -> None:
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(self._write, plan, dead, encoded)
+                await asyncio.to_thread(self._write, plan, dead, encoded, journals)
                 self.stats.failing = None
                 return
             except OSError as exc:
@@ -205,7 +216,19 @@ class Committer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, COMMIT_RETRY_MAX)
 
-    def _write(self, plan: CommitPlan, dead: list[bytes], encoded: bytes) -> None:
+    def _write(self, plan: CommitPlan, dead: list[bytes], encoded: bytes, journals: JournalWrites) -> None:
         plan.apply()
         self.dead_letters.write(dead)
-        self.positions.save(encoded)
+        for write in journals:
+            write()
+        self.positions.save(encoded)  # the commit point: journals entries above the saved seq are void
+
+
+def _journals(batches: list[ProcessedBatch], seq: int) -> JournalWrites:
+    """One write per source journal for this commit's batches (see :class:`CommitJournal`)."""
+    grouped: dict[int, tuple[CommitJournal, list[object]]] = {}
+    for item in batches:
+        if item.batch.journal is not None:
+            journal, entry = item.batch.journal
+            grouped.setdefault(id(journal), (journal, []))[1].append(entry)
+    return [partial(journal.write, seq, entries) for journal, entries in grouped.values()]

@@ -74,6 +74,8 @@ class Observer:
         if isinstance(source, TailSource):
             entry["files"] = self._files(source)
             entry["unreadable"] = sorted(source.unreadable)
+        elif callable(network := getattr(source, "status", None)):
+            entry["network"] = network()  # a network source's listen address, connections, acks
         return entry
 
     def _files(self, source: TailSource) -> list[dict[str, Any]]:

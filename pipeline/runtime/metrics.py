@@ -62,11 +62,40 @@ def _source_metrics(sources: dict[str, Any]) -> Iterator[Metric]:
     for name, src in sources.items():
         records.add_metric([name], src["records"])
         dead.add_metric([name], src["dead_lines"])
-        unreadable.add_metric([name], len(src["unreadable"]))
+        unreadable.add_metric([name], len(src.get("unreadable", [])))
         for f in src["files"]:
             lag.add_metric([name, f["path"]], f["lag_bytes"])
             stalled.add_metric([name, f["path"]], 1.0 if f["stalled"] else 0.0)
     yield from (records, dead, lag, stalled, unreadable)
+    yield from _network_metrics(sources)
+
+
+NETWORK_COUNTERS = {
+    "connections_accepted": "Connections accepted",
+    "connections_refused": "Connections refused at max_connections",
+    "records": "Records received and committed",
+    "bytes": "Bytes received",
+    "acks": "Acknowledgements sent",
+    "resent_chunks": "Resent chunks acknowledged again without storing their records twice",
+    "refused_handshakes": "Handshakes refused (wrong shared_key, no PING)",
+    "bad_input": "Connections closed for bad input (not msgpack, truncated, oversized)",
+}
+
+
+def _network_metrics(sources: dict[str, Any]) -> Iterator[Metric]:
+    """Counters of the sources that listen on the network (forward): absent when there is none."""
+    network = {name: src["network"] for name, src in sources.items() if "network" in src}
+    if not network:
+        return
+    for key, doc in NETWORK_COUNTERS.items():
+        family = CounterMetricFamily(f"logferry_source_network_{key}", doc, labels=["source"])
+        for name, stats in network.items():
+            family.add_metric([name], stats[key])
+        yield family
+    gauge = GaugeMetricFamily("logferry_source_network_connections", "Connections open now", labels=["source"])
+    for name, stats in network.items():
+        gauge.add_metric([name], stats["connections"])
+    yield gauge
 
 
 def _output_metrics(outputs: dict[str, Any]) -> Iterator[Metric]:

@@ -26,7 +26,7 @@ from pipeline.errors import ConfigError, StateError
 from pipeline.outputs.base import Output, OutputContext
 from pipeline.outputs.flusher import Flusher
 from pipeline.registry import OUTPUT_CLASSES, SOURCE_CLASSES, TRANSFORM_CLASSES
-from pipeline.runtime.routing import tag_matches
+from pipeline.runtime.routing import TagRoutes, tag_matches
 from pipeline.sources.base import Source, SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
@@ -48,7 +48,7 @@ class Topology:
     buffers: dict[str, FileBuffer]
     outputs: dict[str, Output]
     flushers: dict[str, Flusher]
-    routes: dict[str, list[FileBuffer]]
+    routes: TagRoutes
     positions: PositionStore
     dead_letters: DeadLetterStore
     lock_fd: int
@@ -78,12 +78,9 @@ def build(settings: Settings, clock: Clock) -> Topology:
         context = OutputContext(name, buffers[name].directory, dead_letters, clock, hostname, settings.enrich)
         outputs[name] = _build_output(name, cfg, context)
         flushers[name] = Flusher(name, outputs[name], buffers[name], clock)
-    routes = {
-        src: [buffers[o] for o, cfg in settings.outputs.items() if tag_matches(cfg.match, scfg.tag)]
-        for src, scfg in settings.sources.items()
-    }
+    routes = _routes(settings, buffers)
     for src, routed in routes.items():
-        if not routed:
+        if not routed and src not in routes.by_record_tag:
             log.warning("source %s (tag %s) matches no output: its records are read and dropped", src,
                         settings.sources[src].tag)
     if not positions.existed and any(_starts_at_end(cfg) for cfg in settings.sources.values()):
@@ -91,7 +88,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     # Where a first start matters (read_from_head = false) its offsets are saved now: to the
     # sources every start is a restart, and a file without a saved position appeared after
     # that first look, so it is read from its head.
-    source_context = SourceContext(positions, dead_letters, clock, state)
+    source_context = SourceContext(positions, dead_letters, clock, state, settings.enrich.time_key)
     sources = [_build_source(name, cfg, source_context) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
     processor = RecordProcessor(settings.enrich, widths, clock, _transform_plan(settings, routes))
@@ -123,6 +120,17 @@ def _transform_plan(settings: Settings, routes: dict[str, list[FileBuffer]]) -> 
         if chain or outputs:
             plan.routes[src] = SourceRoute(chain, outputs)
     return plan
+
+
+def _routes(settings: Settings, buffers: dict[str, FileBuffer]) -> TagRoutes:
+    """Each source's buffers by its tag; a source routing by its records' tags may reach any output."""
+    outputs = [(cfg.match, buffers[name]) for name, cfg in settings.outputs.items()]
+    by_record_tag = {src for src, scfg in settings.sources.items() if scfg.routes_by_record_tag()}
+    fixed = {
+        src: [b for patterns, b in outputs if src in by_record_tag or tag_matches(patterns, scfg.tag)]
+        for src, scfg in settings.sources.items()
+    }
+    return TagRoutes(fixed, outputs, by_record_tag)
 
 
 def _lock_state_dir(state: Path) -> int:

@@ -22,7 +22,8 @@ class LineBatch:
     A source that is not a file may leave ``position`` None (nothing is saved for it) and
     pass ``on_commit`` instead: the committer calls it on the event loop once the commit
     holding this batch is durable (frames fsynced in every routed buffer, positions saved),
-    which is where a network source acknowledges what it received.
+    which is where a network source acknowledges what it received. ``journal`` names
+    state saved with the commit itself (see :class:`CommitJournal`).
     """
 
     source: str
@@ -36,6 +37,27 @@ class LineBatch:
     forget: bool = False
     dead: list[dict[str, Any]] = field(default_factory=list)
     on_commit: Callable[[], None] | None = None
+    journal: tuple[CommitJournal, object] | None = None
+    # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of
+    # ``data``; their offsets are their indices in the batch. Set to None once processed.
+    records: list[dict[Any, Any]] | None = None
+
+
+class CommitJournal(Protocol):
+    """A source's own state that must become durable in the same commit as its records.
+
+    A batch carrying ``journal = (journal, item)`` has ``item`` handed to
+    ``journal.write(seq, items)`` inside its commit's worker-thread step, after the frames
+    are fsynced and before the positions (with the commit sequence number ``seq``) are
+    saved. The journal must write and sync before it returns; at the next start it treats
+    entries whose ``seq`` is above the saved commit sequence number as never written (their
+    frames are rolled back too), which makes the pair atomic. A forward source records its
+    committed chunk ids this way; a Kafka source would record its offsets.
+    """
+
+    def write(self, seq: int, items: list[object]) -> None:
+        """Append ``items`` for commit ``seq`` and sync them (worker thread)."""
+        ...
 
 
 Emit = Callable[[LineBatch], Awaitable[None]]
@@ -49,6 +71,7 @@ class SourceContext:
     dead_letters: DeadLetterStore
     clock: Clock
     state_dir: Path  # the daemon's state directory, for a source's own state files
+    time_key: str = "timestamp"  # [enrich] time_key: where a source that knows each record's event time puts it
 
 
 class Source(Protocol):

@@ -109,7 +109,10 @@ class RecordProcessor:
         added = self.enricher.fields(batch.tag, now)
         route = self.plan.routes.get(batch.source)
         records: list[dict[str, Any]] | None = [] if route is not None else None
-        lines, offsets, times, dead = self._parse(batch, now, added, records)
+        if batch.records is not None:
+            lines, offsets, times, dead = self._serialise(batch, now, added, records)
+        else:
+            lines, offsets, times, dead = self._parse(batch, now, added, records)
         dead = [*batch.dead, *dead]
         by_output: dict[str, dict[int, TimeGroup]] = {}
         if route is not None and records is not None:
@@ -175,11 +178,46 @@ class RecordProcessor:
             pos = end + 1
         return out, offsets, times, dead
 
+    def _serialise(
+        self, batch: LineBatch, now: float, added: dict[str, Any], kept: list[dict[str, Any]] | None
+    ) -> tuple[list[bytes], list[int], list[float], list[dict[str, Any]]]:
+        """Records a source decoded itself (dicts): enrich and serialise once; offsets are their indices.
+
+        ``kept`` (when transforms need them) receives the records serialised, as ``_parse`` gives its own.
+        """
+        records, batch.records = batch.records or [], None
+        time_key, option = self.time_key, orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+        out: list[bytes] = []
+        offsets: list[int] = []
+        times: list[float] = []
+        dead: list[dict[str, Any]] = []
+        for index, record in enumerate(records):
+            record.update(added)  # the added fields win, as for re-serialised lines
+            try:
+                out.append(bytes(memoryview(orjson.dumps(record, default=_lenient, option=option))))
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                shown = repr(record).encode("utf-8", "replace")
+                dead.append(self._dead(batch, index, shown, f"record cannot be stored as JSON: {exc}", now))
+                continue
+            offsets.append(index)
+            if kept is not None:
+                kept.append(record)
+            stamp = record.get(time_key)
+            times.append(stamp if type(stamp) is float and 0.0 <= stamp <= MAX_EPOCH else event_time(stamp, now))
+        return out, offsets, times, dead
+
     def _dead(self, batch: LineBatch, offset: int, line: bytes, reason: str, now: float) -> dict[str, Any]:
         return {
             "id": f"{batch.source}:{batch.key}:{offset}", "time": iso_millis(now), "source": batch.source,
             "path": batch.path, "offset": offset, "reason": reason, **line_fields(line),
         }
+
+
+def _lenient(value: object) -> object:
+    """orjson fallback for decoded records: bytes (msgpack bin) as text, lossy where not UTF-8."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot store a {type(value).__name__}")
 
 
 def _group(lines: list[bytes], offsets: list[int], times: list[float], width: int) -> dict[int, TimeGroup]:

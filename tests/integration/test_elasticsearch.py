@@ -117,15 +117,16 @@ def test_a_data_stream_receives_every_record_once_with_its_timestamp(layout, dae
 def example_for_test(layout: Layout, es_url: str, s3_url: str, kafka_bootstrap: str) -> dict[str, Any]:
     """REPO/config.example.toml as it is, but for what cannot be the same in a test.
 
-    Changed: the state directory, the tailed paths, the status endpoint (a free port), the cluster
-    (hosts, plus its credentials and CA if ``LOGFERRY_TEST_ES_URL`` is secured), the S3 endpoint (the
-    test's moto server, path-style), the Kafka brokers (the test's broker), and the file output's
-    directory (its file name pattern is kept).
+    Changed: the state directory, the tailed paths, the forward port and the status endpoint (free
+    ports), the cluster (hosts, plus its credentials and CA if ``LOGFERRY_TEST_ES_URL`` is secured), the
+    S3 endpoint (the test's moto server, path-style), the Kafka brokers (the test's broker), and the file
+    output's directory (its file name pattern is kept).
     """
     example = tomllib.loads((REPO / "config.example.toml").read_text())
     example["state_dir"] = str(layout.state)
     example["health"]["listen"] = "127.0.0.1:0"
     example["sources"]["agent"]["paths"] = [str(layout.logs / "*.log")]
+    example["sources"]["fluent"]["port"] = 0  # any free port: 24224 may be taken
     outputs = example["outputs"]
     outputs["search"] |= {"hosts": [es_url], **access_for(es_url).output_options()}
     outputs["archive"] |= {"endpoint_url": s3_url, "addressing_style": "path"}

@@ -200,3 +200,70 @@ async def test_drop_oldest_chunk_makes_room(tmp_path: Path) -> None:
 
     assert not oldest.path.exists() and buffer.dropped_chunks == 1
     assert record_values(buffer) == [2]
+
+
+class ListJournal:
+    """A CommitJournal that records what each commit wrote and whether positions were saved by then."""
+
+    def __init__(self, positions: PositionStore) -> None:
+        self.positions = positions
+        self.writes: list[tuple[int, list[object], int]] = []
+
+    def write(self, seq: int, items: list[object]) -> None:
+        self.writes.append((seq, items, self.positions.commit_seq))
+
+
+def network_batch(env: Env, key: str, *lines: bytes, calls: list[str], journal: ListJournal | None = None
+                  ) -> ProcessedBatch:
+    """A batch as a network source makes it: no position, an on_commit, maybe a journal entry."""
+    data = b"".join(line + b"\n" for line in lines)
+    batch = LineBatch("agent", "ai", key, "forward://peer", 0, len(data), data, None,
+                      on_commit=lambda: calls.append(key), journal=None if journal is None else (journal, key))
+    return env.processor.process(batch)
+
+
+@pytest.mark.asyncio
+async def test_on_commit_is_called_once_the_commit_is_durable_and_no_position_is_saved(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    calls: list[str] = []
+    journal = ListJournal(env.positions)
+    seen_at_call: list[int] = []
+
+    items = [network_batch(env, "c1", b'{"n":1}', calls=calls, journal=journal),
+             network_batch(env, "c2", b'{"n":2}', b'{"n":3}', calls=calls, journal=journal),
+             network_batch(env, "m3", b'{"n":4}', calls=calls)]
+    first = items[0].batch.on_commit
+    assert first is not None
+
+    def durable_check() -> None:
+        seen_at_call.append(saved_positions(tmp_path)["commit_seq"])
+        first()
+
+    items[0].batch.on_commit = durable_check
+
+    await env.committer.commit(items)
+
+    assert calls == ["c1", "c2", "m3"]
+    assert seen_at_call == [1], "positions (the commit point) are on disk when on_commit runs"
+    assert journal.writes == [(1, ["c1", "c2"], 0)], "one journal write per commit, before the positions"
+    assert saved_positions(tmp_path)["files"] == []
+    assert record_values(env.buffers[0]) == [1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_batches_of_a_source_routed_by_record_tag_go_to_the_outputs_matching_their_tag(tmp_path: Path) -> None:
+    from pipeline.runtime.routing import TagRoutes
+
+    env = Env(tmp_path)
+    search, archive = env.buffers
+    env.committer.routes = TagRoutes({"agent": [search, archive]}, [(["app.**"], search), (["**"], archive)],
+                                     {"agent"})
+    calls: list[str] = []
+    app = network_batch(env, "a", b'{"n":1}', calls=calls)
+    app.batch.tag = "app.web"
+    other = network_batch(env, "b", b'{"n":2}', calls=calls)
+    other.batch.tag = "system.kernel"
+
+    await env.committer.commit([app, other])
+
+    assert record_values(search) == [1] and record_values(archive) == [1, 2]

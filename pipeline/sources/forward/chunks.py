@@ -1,0 +1,160 @@
+"""Which chunk ids are committed: a resent chunk is acknowledged again, never stored twice.
+
+Layout::
+
+    STATE_DIR/forward/SOURCE/chunks-<unix start>.jsonl   one [seq, time, chunk id] line per committed chunk
+
+The journal is written inside the commit that stores the chunk's records (see
+:class:`~pipeline.sources.base.CommitJournal`): lines are appended and fsynced after the
+frames and before the positions, whose saved commit sequence number is the commit point.
+At start, lines with a higher ``seq`` belong to a commit that never completed (its frames
+are rolled back too) and are cut out before anything runs, so after a kill -9 either the
+records and the id are both there, or neither is: the client's resend is then acknowledged
+without storing, or stored once. Each commit costs one append of its new ids, whatever
+the window holds (the position store is rewritten whole at each commit, so ids kept there
+would cost every commit ~3.4 ms per 1,000 ids on this machine).
+
+The window is bounded by age (``chunk_window`` seconds; out_forward resends within
+``ack_response_timeout``, 190 s by default, fluent-logger-golang on reconnect) and by
+count in memory (``chunk_window_max``). The journal rolls over to a new segment once
+its current one is ``chunk_window`` old; a segment is deleted when its successor is that
+old too, so every id in the window is on disk. A resend that arrives while the first copy
+is still on its way to the buffers waits for that copy's commit and is acknowledged with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from pipeline.durability import sync, sync_dir, write_atomic
+
+log = logging.getLogger("logferry.forward")
+
+
+class ChunkJournal:
+    """The on-disk record of committed chunk ids of one source (see the module doc)."""
+
+    def __init__(self, directory: Path, window: float, now: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.window = window
+        self.now = now
+        self._current: Path | None = None
+        self._current_start = 0.0
+
+    def load(self, committed_seq: int) -> list[tuple[float, str]]:
+        """Every (time, chunk id) of completed commits, oldest segment first; void lines are cut out."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        found: list[tuple[float, str]] = []
+        for path in self._segments():
+            found += self._load_segment(path, committed_seq)
+        segments = self._segments()
+        if segments:
+            self._current, self._current_start = segments[-1], _start_of(segments[-1])
+        return found
+
+    def _load_segment(self, path: Path, committed_seq: int) -> list[tuple[float, str]]:
+        kept: list[bytes] = []
+        found: list[tuple[float, str]] = []
+        void = 0
+        for line in path.read_bytes().splitlines():
+            try:
+                seq, when, chunk = orjson.loads(line)
+            except (orjson.JSONDecodeError, ValueError, TypeError):
+                void += 1  # a line cut short by a crash mid-append
+                continue
+            if seq > committed_seq:
+                void += 1
+                continue
+            kept.append(line + b"\n")
+            found.append((float(when), str(chunk)))
+        if void:
+            write_atomic(path, b"".join(kept))
+            log.info("chunk journal %s: %d ids of commits that did not complete dropped", path, void)
+        return found
+
+    def write(self, seq: int, items: list[object]) -> None:
+        """Append the chunk ids of commit ``seq`` and fsync (committer's worker thread)."""
+        now = self.now()
+        if self._current is None or now - self._current_start >= self.window:
+            self._roll(now)
+        assert self._current is not None
+        data = b"".join(orjson.dumps([seq, now, chunk], option=orjson.OPT_APPEND_NEWLINE) for chunk in items)
+        fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            os.write(fd, data)
+            sync(fd)
+        finally:
+            os.close(fd)
+
+    def _roll(self, now: float) -> None:
+        """Start a new segment; delete those whose successor is a whole window old."""
+        segments = self._segments()
+        self._current, self._current_start = self.directory / f"chunks-{int(now)}.jsonl", float(int(now))
+        for older, newer in zip(segments, [*segments[1:], self._current], strict=False):
+            if now - _start_of(newer) >= self.window:
+                older.unlink(missing_ok=True)
+        self._current.touch()
+        sync_dir(self.directory)
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob("chunks-*.jsonl"), key=_start_of)
+
+
+def _start_of(path: Path) -> float:
+    return float(path.stem.removeprefix("chunks-"))
+
+
+class ChunkWindow:
+    """Committed and in-flight chunk ids of one source."""
+
+    def __init__(self, journal: ChunkJournal, committed_seq: int, seconds: float, limit: int) -> None:
+        self.journal = journal
+        self.seconds = seconds
+        self.limit = limit
+        self.committed: OrderedDict[str, float] = OrderedDict()  # oldest first: the order entries expire in
+        for when, chunk in journal.load(committed_seq):
+            self.committed[chunk] = when
+            self.committed.move_to_end(chunk)
+        self.in_flight: dict[str, list[Callable[[], None]]] = {}
+
+    def is_committed(self, chunk: str) -> bool:
+        """Whether ``chunk`` was committed within the window."""
+        return chunk in self.committed
+
+    def begin(self, chunk: str) -> None:
+        """``chunk`` is on its way to the buffers."""
+        self.in_flight[chunk] = []
+
+    def wait_for(self, chunk: str, ack: Callable[[], None]) -> bool:
+        """If ``chunk`` is in flight, call ``ack`` after its commit too and return True."""
+        waiting = self.in_flight.get(chunk)
+        if waiting is None:
+            return False
+        waiting.append(ack)
+        return True
+
+    def done(self, chunk: str, now: float) -> list[Callable[[], None]]:
+        """``chunk`` is committed: remember it; return the acks of resends that waited for it."""
+        self.committed[chunk] = now
+        self.committed.move_to_end(chunk)
+        return self.in_flight.pop(chunk, [])
+
+    def abandon(self, chunk: str) -> None:
+        """``chunk`` will not be committed (its emit was cancelled at shutdown)."""
+        self.in_flight.pop(chunk, None)
+
+    def expire(self, now: float) -> int:
+        """Forget ids older than the window or beyond its size; return how many."""
+        gone = 0
+        cutoff = now - self.seconds
+        while self.committed and (len(self.committed) > self.limit or next(iter(self.committed.values())) < cutoff):
+            self.committed.popitem(last=False)
+            gone += 1
+        return gone

@@ -1,0 +1,326 @@
+"""The forward source against hand-made frames and the Python fluent-logger: modes, acks, resends, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+
+from tests.conftest import new_daemon
+from tests.support.daemon import Layout, wait_for
+from tests.support.forward import RawClient, forward_config, free_port, wait_listening
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_795_000_000  # an event time well in the past of the test run, so a time key can't be the ingest time
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[[int], RawClient]]:
+    """Open raw clients; each is closed when the test ends."""
+    made: list[RawClient] = []
+
+    def open_one(port: int) -> RawClient:
+        made.append(RawClient(port))
+        return made[-1]
+
+    yield open_one
+    for client in made:
+        client.close()
+
+
+def event_time(seconds: int, nanos: int) -> msgpack.ExtType:
+    """The EventTime extension as a client writes it."""
+    return msgpack.ExtType(0, struct.pack(">II", seconds, nanos))
+
+
+def by_id(layout: Layout) -> dict[str, dict[str, Any]]:
+    return {r["request_id"]: r for r in layout.records()}
+
+
+def packed(entries: list[tuple[object, dict[str, Any]]]) -> bytes:
+    return b"".join(msgpack.packb([t, r]) for t, r in entries)
+
+
+def test_every_event_mode_is_stored_with_its_tag_and_event_time_and_acked_once_committed(
+        layout, daemon_factory, connect):
+    port = free_port()
+    forward_config(layout, port)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        client = connect(port)
+        client.send(["app.message", T0, {"request_id": "m1"}, {"chunk": "c-message"}])
+        assert client.receive() == {"ack": "c-message"}
+        client.send(["app.forward", [[event_time(T0, 250_000_000), {"request_id": "f1"}],
+                                     [T0 + 1, {"request_id": "f2"}]], {"chunk": "c-forward", "size": 2}])
+        assert client.receive() == {"ack": "c-forward"}
+        client.send(["app.packed", packed([(event_time(T0, 5), {"request_id": f"p{i}"}) for i in range(3)]),
+                     {"chunk": "c-packed", "size": 3}])
+        assert client.receive() == {"ack": "c-packed"}
+        gz = gzip.compress(packed([(T0, {"request_id": f"z{i}"}) for i in range(3)]))
+        client.send(["app.gzip", gz, {"chunk": "c-gzip", "size": 3, "compressed": "gzip"}])
+        assert client.receive() == {"ack": "c-gzip"}
+        client.send(["app.noack", T0, {"request_id": "n1", "timestamp": "2026-01-02T03:04:05Z"}])
+        wait_for(lambda: len(layout.records()) == 10, what="10 records")
+        assert daemon.stop() == 0
+    records = by_id(layout)
+    assert {r: records[r]["tag"] for r in ("m1", "f1", "p0", "z2", "n1")} == {
+        "m1": "app.message", "f1": "app.forward", "p0": "app.packed", "z2": "app.gzip", "n1": "app.noack"}
+    assert records["m1"]["timestamp"] == T0 and records["f2"]["timestamp"] == T0 + 1
+    assert records["f1"]["timestamp"] == pytest.approx(T0 + 0.25)  # EventTime keeps its fraction
+    assert records["n1"]["timestamp"] == "2026-01-02T03:04:05Z"  # a record's own time key wins
+    assert all("hostname" in r and "ingested_at" in r for r in records.values())  # enriched as tailed ones
+
+
+def test_a_resent_chunk_is_acked_again_but_stored_once_even_across_kill_9(layout, daemon_factory, connect):
+    port = free_port()
+    forward_config(layout, port)
+    chunk = ["app.resend", [[T0, {"request_id": f"r{i}"}] for i in range(5)], {"chunk": "resend-1"}]
+    daemon = wait_listening(new_daemon(layout, daemon_factory).start())
+    client = connect(port)
+    client.send(chunk)
+    assert client.receive() == {"ack": "resend-1"}
+    client.send(chunk)  # as if the first ack had been lost
+    assert client.receive() == {"ack": "resend-1"}
+    daemon.kill()
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        again = connect(port)
+        again.send(chunk)
+        assert again.receive() == {"ack": "resend-1"}
+        again.send(["app.resend", T0, {"request_id": "after"}, {"chunk": "resend-2"}])
+        assert again.receive() == {"ack": "resend-2"}
+        wait_for(lambda: len(layout.records()) >= 6, what="6 records")
+        metrics = layout.http("/metrics")[1].decode()
+        assert 'logferry_source_network_resent_chunks_total{source="fluent"} 1.0' in metrics
+        assert daemon.stop() == 0
+    assert Counter(r["request_id"] for r in layout.records()) == Counter({f"r{i}": 1 for i in range(5)} | {"after": 1})
+
+
+def test_a_record_that_is_not_a_map_is_dead_lettered_with_the_peer_while_its_neighbours_are_stored(
+        layout, daemon_factory, connect):
+    port = free_port()
+    forward_config(layout, port)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        client = connect(port)
+        client.send(["app.mixed", [[T0, {"request_id": "ok1"}], [T0, "just a string"], [T0, {"request_id": "ok2"}]],
+                     {"chunk": "mixed"}])
+        assert client.receive() == {"ack": "mixed"}
+        wait_for(lambda: len(layout.records()) == 2, what="the two maps")
+        assert daemon.stop() == 0
+    (entry,) = layout.dead_letters()
+    peer = client.sock.getsockname()
+    assert entry["reason"] == "record is not a map" and entry["peer"] == f"{peer[0]}:{peer[1]}"
+    assert entry["line"] == '"just a string"' and entry["source"] == "fluent"
+
+
+@pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb"])
+def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, daemon_factory, connect, bad):
+    port = free_port()
+    forward_config(layout, port, source={"message_limit_bytes": 4096, "chunk_limit_bytes": 8192})
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        good = connect(port)
+        good.send(["app.good", T0, {"request_id": "before"}, {"chunk": "g1"}])
+        assert good.receive() == {"ack": "g1"}
+        evil = connect(port)
+        if bad == "garbage":
+            evil.send_bytes(b"\xc1" + b"GET / HTTP/1.1\r\n\r\n")  # 0xc1 is never valid msgpack
+        elif bad == "truncated":
+            evil.send_bytes(msgpack.packb(["app.cut", T0, {"request_id": "cut", "x": "y" * 100}])[:-20])
+            evil.sock.shutdown(socket.SHUT_WR)
+        elif bad == "oversized":
+            evil.send(["app.big", T0, {"request_id": "big", "x": "y" * 10_000}])
+        elif bad == "not-a-message":
+            evil.send({"hello": "world"})
+        else:
+            evil.send(["app.bomb", gzip.compress(packed([(T0, {"x": "0" * 100_000})])), {"compressed": "gzip"}])
+        assert evil.closed_by_server()
+        good.send(["app.good", T0, {"request_id": "after"}, {"chunk": "g2"}])
+        assert good.receive() == {"ack": "g2"}
+        wait_for(lambda: "closing connection from 127.0.0.1:" in daemon.log(), what="the log line")
+        wait_for(lambda: len(layout.records()) == 2, what="the good records")
+        metrics = layout.http("/metrics")[1].decode()
+        assert 'logferry_source_network_bad_input_total{source="fluent"} 1.0' in metrics
+        assert daemon.stop() == 0
+    assert sorted(r["request_id"] for r in layout.records()) == ["after", "before"]
+
+
+def test_python_fluent_logger_sender_and_logging_handler_fire_and_forget(layout, daemon_factory, connect):
+    from fluent import handler, sender
+
+    port = free_port()
+    forward_config(layout, port)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        logger = sender.FluentSender("svc", host="127.0.0.1", port=port, nanosecond_precision=True)
+        for n in range(50):
+            assert logger.emit("events", {"request_id": f"py-{n}", "n": n}), logger.last_error
+        logger.close()
+        log_handler = handler.FluentHandler("svc.logs", host="127.0.0.1", port=port)
+        log_handler.setFormatter(handler.FluentRecordFormatter({"request_id": "%(message)s", "level": "%(levelname)s"}))
+        pylog = logging.getLogger("forward-test")
+        pylog.addHandler(log_handler)
+        pylog.warning("py-log-1")
+        log_handler.close()
+        pylog.removeHandler(log_handler)
+        wait_for(lambda: len(layout.records()) == 51, what="51 records")
+        assert daemon.stop() == 0
+    records = by_id(layout)
+    assert records["py-7"]["tag"] == "svc.events" and records["py-7"]["n"] == 7
+    assert isinstance(records["py-7"]["timestamp"], float)  # nanosecond_precision: EventTime
+    assert records["py-log-1"]["tag"] == "svc.logs" and records["py-log-1"]["level"] == "WARNING"
+
+
+def test_wrong_shared_key_is_refused_with_a_clear_log_line_and_the_right_one_accepted(layout, daemon_factory, connect):
+    from pipeline.sources.forward.handshake import client_ping
+
+    port = free_port()
+    forward_config(layout, port, source={"shared_key": "s3cret", "self_hostname": "aggregator"})
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        wrong = connect(port)
+        helo = wrong.receive()
+        assert helo[0] == "HELO"
+        wrong.send_bytes(client_ping(helo, "intruder", "guess"))
+        pong = wrong.receive()
+        assert pong[0] == "PONG" and pong[1] is False
+        assert wrong.closed_by_server()
+        wait_for(lambda: "handshake from 127.0.0.1:" in daemon.log(), what="the refusal")
+        assert "wrong shared_key from client 'intruder'" in daemon.log()
+        right = connect(port)
+        right.send_bytes(client_ping(right.receive(), "friend", "s3cret"))
+        pong = right.receive()
+        assert pong[:4] == ["PONG", True, "", "aggregator"]
+        right.send(["app.auth", T0, {"request_id": "authed"}, {"chunk": "a1"}])
+        assert right.receive() == {"ack": "a1"}
+        metrics = layout.http("/metrics")[1].decode()
+        assert 'logferry_source_network_refused_handshakes_total{source="fluent"} 1.0' in metrics
+        assert daemon.stop() == 0
+    assert [r["request_id"] for r in layout.records()] == ["authed"]
+
+
+def test_udp_heartbeat_is_answered_and_status_shows_the_listener(layout, daemon_factory, connect):
+    port = free_port()
+    forward_config(layout, port)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(10)
+            udp.sendto(b"\0", ("127.0.0.1", port))
+            assert udp.recv(16) == b"\0"
+        status = orjson.loads(layout.http("/status")[1])
+        assert status["sources"]["fluent"]["network"]["listen"] == f"127.0.0.1:{port}"
+        assert daemon.stop() == 0
+
+
+def test_tls_with_a_shared_key_accepts_a_verifying_client(layout, daemon_factory, connect):
+    import ssl
+
+    from pipeline.sources.forward.handshake import client_ping
+    from tests.support.elasticsearch import write_certificates
+
+    certs = layout.root / "certs"
+    write_certificates(certs)
+    port = free_port()
+    forward_config(layout, port, source={"tls_cert": str(certs / "node.crt"), "tls_key": str(certs / "node.key"),
+                                         "shared_key": "k"})
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        client = connect(port)
+        client.sock = context.wrap_socket(client.sock, server_hostname="127.0.0.1")
+        client.send_bytes(client_ping(client.receive(), "tls-client", "k"))
+        assert client.receive()[1] is True
+        client.send(["app.tls", T0, {"request_id": "over-tls"}, {"chunk": "t1"}])
+        assert client.receive() == {"ack": "t1"}
+        plain = connect(port)  # no TLS: the handshake fails and only that connection ends
+        plain.send(["app.tls", T0, {"request_id": "plain"}])
+        assert plain.closed_by_server()
+        wait_for(lambda: len(layout.records()) == 1, what="the TLS record")
+        assert daemon.stop() == 0
+    assert [r["request_id"] for r in layout.records()] == ["over-tls"]
+
+
+def test_a_non_loopback_bind_without_key_or_tls_is_warned_about_by_check(layout):
+    import subprocess
+    import sys
+
+    from tests.support.daemon import REPO
+
+    config = forward_config(layout, 24224, source={"bind": "0.0.0.0"})  # checked only: nothing listens
+    result = subprocess.run([sys.executable, "-m", "pipeline", "check", "-c", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "warning: sources.fluent: bind = '0.0.0.0'" in result.stderr and "shared_key" in result.stderr
+    forward_config(layout, 24224, source={"bind": "0.0.0.0", "shared_key": "k"})
+    result = subprocess.run([sys.executable, "-m", "pipeline", "check", "-c", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert "warning" not in result.stderr
+
+
+def test_a_full_buffer_stops_acks_and_reading_and_nothing_is_dropped(layout, daemon_factory, connect):
+    # The only output cannot deliver (its directory is a file) and its buffer is tiny: commits stop,
+    # so do acks, and once the pipeline's queues are full the source stops reading. After a restart
+    # with a reachable output the unacknowledged chunks are resent (same ids): every record once.
+    port = free_port()
+    outputs: dict[str, dict[str, Any]] = {
+        "debug": {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"), "match": ["nothing"]},
+               "stuck": {"type": "file", "path": str(layout.root / "never" / "x.jsonl"), "match": ["**"],
+                         "buffer": {"total_limit_bytes": 65536, "chunk_limit_bytes": 16384, "flush_interval": 0.1,
+                                    "retry_wait": 0.1}}}
+    (layout.root / "never").write_text("a file where the output wants a directory: every write fails")
+    forward_config(layout, port, outputs=outputs)
+    chunks: list[list[Any]] = [["app.bp", [[T0, {"request_id": f"bp-{c}-{i}", "pad": "x" * 900}] for i in range(10)],
+               {"chunk": f"bp-{c}"}] for c in range(40)]
+    daemon = wait_listening(new_daemon(layout, daemon_factory).start())
+    client = connect(port)
+    client.sock.settimeout(3)
+    acked: set[str] = set()
+    for chunk in chunks:
+        client.send(chunk)
+    try:
+        while len(acked) < len(chunks):
+            acked.add(client.receive()["ack"])
+    except TimeoutError:
+        pass
+    assert 0 < len(acked) < len(chunks), "acks stop while the buffer is full"
+    wait_for(lambda: "buffer full output=stuck" in daemon.log(), what="the pause")
+    daemon.kill()
+    outputs["stuck"]["path"] = str(layout.out / "%Y%m%d-%H.jsonl")
+    forward_config(layout, port, outputs=outputs)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        again = connect(port)
+        for chunk in chunks:
+            again.send(chunk)  # a client resends what it did not see acknowledged; resending all is the worst case
+        assert {again.receive()["ack"] for _ in chunks} == {c[2]["chunk"] for c in chunks}
+        wait_for(lambda: len(layout.records()) >= 400, timeout=60, what="every record")
+        assert daemon.stop() == 0
+    counts = Counter(r["request_id"] for r in layout.records())
+    assert len(counts) == 400 and max(counts.values()) == 1
+
+
+def test_a_port_in_use_stops_the_start_with_an_error_naming_the_key(layout):
+    import subprocess
+    import sys
+
+    from tests.support.daemon import REPO
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = forward_config(layout, taken.getsockname()[1])
+        result = subprocess.run([sys.executable, "-m", "pipeline", "run", "-c", str(config)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "sources.fluent.port: cannot listen on 127.0.0.1:" in result.stderr + result.stdout

@@ -7,6 +7,8 @@
 ``s3_server``: a throw-away S3 (moto) for this directory's modules that ship to S3 besides Elasticsearch.
 ``es_secure``: a throw-away 8.19.21 with security on, HTTPS, a file-realm user (and an API key where the
 distribution can make one), about 12 s to start.
+``opensearch_server`` / ``opensearch_url``: a throw-away OpenSearch 2.19.2 for the session (about 12 s to
+start, ~700 MB), or ``LOGFERRY_TEST_OPENSEARCH_URL``; started only when an OpenSearch test runs.
 
 The extra servers run by default (the whole Elasticsearch module takes about a minute on two
 cores); ``LOGFERRY_TEST_ES9=0`` / ``LOGFERRY_TEST_ES_413=0`` / ``LOGFERRY_TEST_ES_SECURITY=0`` skip them.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import opensearch
 from tests.support.elasticsearch import ElasticsearchServer, SecuredElasticsearchServer, external_url
 from tests.support.s3server import S3Server
 
@@ -78,6 +81,24 @@ def es_secure() -> Iterator[SecuredElasticsearchServer]:
         pytest.skip("the secured Elasticsearch tests are off: LOGFERRY_TEST_ES_SECURITY=1 runs them")
     with SecuredElasticsearchServer(ES8) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def opensearch_server() -> Iterator[opensearch.OpenSearchServer | None]:
+    """The session's own OpenSearch (None when LOGFERRY_TEST_OPENSEARCH_URL names a node)."""
+    if opensearch.external_url():
+        yield None
+        return
+    with opensearch.OpenSearchServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(opensearch_server: opensearch.OpenSearchServer | None) -> str:
+    """Base URL of the OpenSearch the tests index into."""
+    url = opensearch.external_url() if opensearch_server is None else opensearch_server.url
+    assert url is not None
+    return url
 
 
 @pytest.fixture(scope="module")

@@ -210,3 +210,41 @@ def test_basic_auth_over_tls_and_a_wrong_password_is_named(
     assert "password" not in daemon.log().replace("password_file", "")
 
 
+
+
+CREDENTIAL_PROCESS = """\
+import datetime, json, pathlib, sys
+counter = pathlib.Path(sys.argv[1])
+n = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+counter.write_text(str(n))
+# Ten minutes and two seconds: botocore renews credentials that have less than ten minutes left.
+expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=10, seconds=2)
+print(json.dumps({"Version": 1, "AccessKeyId": f"ASIATEMP{n:04d}", "SecretAccessKey": "temporary-secret",
+                  "SessionToken": f"token-{n}", "Expiration": expires.isoformat()}))
+"""
+
+
+def test_temporary_aws_credentials_are_renewed_before_they_expire(
+    layout, daemon_factory, cluster, opensearch_url, tmp_path
+):
+    # A credential_process hands out keys that expire (as STS, an instance or a task role do): the
+    # daemon must sign with renewed ones as they run out, not with the first ones until refused.
+    os_ = cluster("os-renew")
+    script, counter = tmp_path / "credentials.py", tmp_path / "issued"
+    script.write_text(CREDENTIAL_PROCESS)
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text(f"[profile logging]\ncredential_process = {sys.executable} {script} {counter}\n")
+    env = {"AWS_CONFIG_FILE": str(aws_config), "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    check = SigV4Check({f"ASIATEMP{n:04d}": "temporary-secret" for n in range(1, 1000)}, REGION, "es")
+    with AuthFront(opensearch_url, check, tmp_path / "certs") as front:
+        os_config(layout, front.url, "os-renew-%Y.%m.%d", output={
+            "aws_sigv4": True, "aws_profile": "logging", "aws_region": REGION, "ca_file": str(front.ca_file),
+            "bulk_max_docs": 50})
+        generator.write(str(layout.logs / "agent.log"), 300, max_chars=300)
+        with new_daemon(layout, daemon_factory, env) as daemon:
+            wait_count(os_, "os-renew-*", 300, daemon)
+            assert daemon.stop() == 0
+    os_.assert_exactly("os-renew-*", request_ids(300))
+    assert front.refused == 0, "no request was signed with expired keys"
+    assert len(set(check.seen_keys)) >= 2, f"signed with {sorted(set(check.seen_keys))} only"

@@ -8,6 +8,7 @@ recomputed with botocore's own signer) would, and forwards the good ones to the 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -56,6 +57,12 @@ def os_config(layout: Layout, url: str, index: str, output: dict[str, Any] | Non
     return config
 
 
+def check_connect(layout: Layout, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``logferry check --connect`` on the layout's config."""
+    return subprocess.run([sys.executable, "-m", "pipeline", "check", "--connect", "-c", str(layout.config)],
+                          capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})})
+
+
 def status_of(layout: Layout) -> tuple[dict[str, Any], str]:
     """The output's entry in /status and the text of ``logferry status``."""
     _, body = layout.http("/status")
@@ -84,6 +91,9 @@ def test_every_record_once_with_the_template_applied(layout, daemon_factory, clu
     assert re.search(r"output search: OpenSearch 2\.\d+\.\d+ at http://127\.0\.0\.1:\d+, cluster \S+ is (green|yellow)",
                      daemon.log())
     assert "index template os-interactions installed for os-interactions-*" in daemon.log()
+    checked = check_connect(layout)
+    assert checked.returncode == 0, checked.stderr
+    assert re.search(rf"output search: OpenSearch 2\.\d+\.\d+ at {opensearch_url}, cluster", checked.stderr)
 
 
 def test_a_mapping_conflict_goes_to_the_dead_letter_store(layout, daemon_factory, cluster, opensearch_url):
@@ -201,6 +211,9 @@ def test_basic_auth_over_tls_and_a_wrong_password_is_named(
             entry, text = status_of(layout)
             assert entry["failing"] and refused in entry["last_error"] and refused in text
             assert daemon.stop() == 0
+        checked = check_connect(layout)
+        assert checked.returncode == 1 and f"output search: cannot check OpenSearch at {front.url}: {refused}" \
+            in checked.stderr, checked.stderr
         assert os_.count("os-basic-*") == 0 and layout.buffered_chunks("search"), "the records wait"
         password.write_text("right-password\n")  # read at start: fixed, and the daemon restarted
         with new_daemon(layout, daemon_factory) as daemon:

@@ -29,6 +29,10 @@ system user the throw-away server runs as.)
 :class:`SecuredElasticsearchServer` starts a node with security on: TLS on HTTP (a CA and a node certificate
 made here with ``cryptography``, imported only then), a file-realm superuser and an API key.
 
+:class:`SearchServer` is the one server helper: a :class:`Distribution` says which test distribution it
+runs (``ELASTICSEARCH`` here; :mod:`tests.support.opensearch` gives ``OPENSEARCH``), and everything else
+(download, cache, user, ports, start, outages, stop) is shared.
+
 :func:`request` and the helpers built on it authenticate by themselves: each URL gets the
 :class:`ClusterAccess` of its cluster (:func:`access_for`).
 

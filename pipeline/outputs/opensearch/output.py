@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-from opensearchpy import AsyncHttpConnection, AsyncOpenSearch
+from opensearchpy import AsyncHttpConnection, AsyncOpenSearch, JSONSerializer
 from opensearchpy.exceptions import ConnectionError as NoAnswer
 from opensearchpy.exceptions import ImproperlyConfigured, TransportError
 
@@ -25,9 +25,9 @@ from pipeline.config import secret_value
 from pipeline.errors import ConfigError
 from pipeline.outputs.base import OutputContext
 from pipeline.outputs.bulk.delivery import BulkOutput, HTTPFailure, NetworkFailure
+from pipeline.outputs.bulk.payload import BulkPayload
 from pipeline.outputs.elasticsearch.classify import FILTER_PATH
 from pipeline.outputs.opensearch.config import OpenSearchOutputConfig
-from pipeline.outputs.opensearch.sigv4 import signer
 
 log = logging.getLogger("logferry.output.opensearch")
 _client_logs = ("opensearch", "opensearchpy.trace")  # log every request (and failure) at INFO/WARNING
@@ -47,6 +47,8 @@ def build_client(name: str, config: OpenSearchOutputConfig) -> AsyncOpenSearch:
     if config.username and password is not None:
         options["http_auth"] = (config.username, password)
     if config.aws_sigv4:
+        from pipeline.outputs.opensearch.sigv4 import signer  # botocore: ~6 MB, only for AWS
+
         options["http_auth"] = signer(name, config)
     if config.ca_file is not None:
         if not config.ca_file.is_file():
@@ -61,10 +63,19 @@ def build_client(name: str, config: OpenSearchOutputConfig) -> AsyncOpenSearch:
             timeout=config.request_timeout, http_compress=config.http_compress,
             max_retries=len(config.hosts) - 1,  # a connection error moves on to the next host, once each
             retry_on_status=(), retry_on_timeout=False,  # statuses and timeouts: our own policy
+            serializer=BodySerializer(),
             **options,
         )  # fmt: skip
     except (ValueError, OSError, ImproperlyConfigured) as exc:
         raise ConfigError(f"outputs.{name}: {exc}") from exc
+
+
+class BodySerializer(JSONSerializer):
+    """JSON, except a :class:`BulkPayload`, which goes to aiohttp as it is."""
+
+    def dumps(self, data: Any) -> Any:
+        """``data`` unchanged if it is a BulkPayload, else as JSON."""
+        return data if isinstance(data, BulkPayload) else super().dumps(data)
 
 
 class OpenSearchOutput(BulkOutput):
@@ -109,7 +120,8 @@ class OpenSearchOutput(BulkOutput):
 
     async def _post_bulk(self, body: bytes) -> object:
         answer: object = await self._call(
-            "POST", "/_bulk", None, body=body, params={"filter_path": FILTER_PATH}, headers=_NDJSON_HEADERS
+            "POST", "/_bulk", None, body=body if self.config.http_compress else BulkPayload(body),
+            params={"filter_path": FILTER_PATH}, headers=_NDJSON_HEADERS,
         )
         return answer
 

@@ -10,6 +10,7 @@ keeps signing with valid keys.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import botocore.session
 from botocore.credentials import Credentials
@@ -17,6 +18,7 @@ from botocore.exceptions import BotoCoreError
 from opensearchpy import AWSV4SignerAsyncAuth
 
 from pipeline.errors import ConfigError
+from pipeline.outputs.bulk.payload import BulkPayload
 from pipeline.outputs.opensearch.config import OpenSearchOutputConfig
 
 
@@ -42,7 +44,19 @@ def aws_credentials(name: str, config: OpenSearchOutputConfig) -> tuple[Credenti
     return credentials, region
 
 
-def signer(name: str, config: OpenSearchOutputConfig) -> AWSV4SignerAsyncAuth:
+class Signer:
+    """opensearch-py's SigV4 signer, given the bytes of a :class:`BulkPayload` body to hash."""
+
+    def __init__(self, credentials: Credentials, region: str, service: str) -> None:
+        self.signer = AWSV4SignerAsyncAuth(credentials, region, service)
+
+    def __call__(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        """The headers to add: ``Authorization``, ``X-Amz-Date``, ``X-Amz-Content-SHA256`` (and the token)."""
+        data = body.body if isinstance(body, BulkPayload) else body
+        return self.signer(method, url, data, headers)
+
+
+def signer(name: str, config: OpenSearchOutputConfig) -> Signer:
     """The per-request signer for this output's ``aws_service``."""
     credentials, region = aws_credentials(name, config)
-    return AWSV4SignerAsyncAuth(credentials, region, config.aws_service)
+    return Signer(credentials, region, config.aws_service)

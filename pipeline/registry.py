@@ -21,11 +21,13 @@ from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
 from pipeline.outputs.file.config import FileOutputConfig
 from pipeline.outputs.kafka.config import KafkaOutputConfig
 from pipeline.outputs.s3.config import S3OutputConfig
+from pipeline.sources.kafka.config import KafkaSourceConfig
 from pipeline.sources.tail.config import TailSourceConfig
 
-SourceConfig = Annotated[TailSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[TailSourceConfig | KafkaSourceConfig, Field(discriminator="type")]
 SOURCE_CLASSES = {
     "tail": "pipeline.sources.tail.source:TailSource",
+    "kafka": "pipeline.sources.kafka.source:KafkaSource",
 }
 
 OutputConfig = Annotated[

@@ -63,7 +63,9 @@ def render_running(snap: dict[str, Any]) -> str:
     for name, src in snap["sources"].items():
         lines.append(f"source {name} (tag {src['tag']}): {src['records']} records, {src['dead_lines']} dead lines")
         lines += [f"  {f['path']}: lag {size(f['lag_bytes'])}{_file_state(f)}" for f in src["files"]]
-        lines += [f"  {path}: UNREADABLE by the daemon's user" for path in src["unreadable"]]
+        lines += [f"  {path}: UNREADABLE by the daemon's user" for path in src.get("unreadable", [])]
+        lines += [f"  {p['path']}: lag {p['lag'] if p['lag'] is not None else '?'} messages (committed to "
+                  f"offset {p['committed']})" for p in src.get("partitions", [])]
     for name, out in snap["outputs"].items():
         state = "FAILING" if out.get("problem") or out["failing"] else "ok"
         lines.append(f"output {name}: {state}; buffer {size(out['buffer_bytes'])} of "

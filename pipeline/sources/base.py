@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pipeline.clock import Clock
 from pipeline.deadletter import DeadLetterStore
@@ -23,6 +23,10 @@ class LineBatch:
     pass ``on_commit`` instead: the committer calls it on the event loop once the commit
     holding this batch is durable (frames fsynced in every routed buffer, positions saved),
     which is where a network source acknowledges what it received.
+
+    ``offsets``, when set, gives each line's offset in its source (one per line, e.g. a
+    Kafka message offset): records' ids and dead letters then use it instead of
+    ``start`` + the line's byte position in ``data``.
     """
 
     source: str
@@ -36,6 +40,7 @@ class LineBatch:
     forget: bool = False
     dead: list[dict[str, Any]] = field(default_factory=list)
     on_commit: Callable[[], None] | None = None
+    offsets: list[int] | None = None
 
 
 Emit = Callable[[LineBatch], Awaitable[None]]
@@ -62,4 +67,17 @@ class Source(Protocol):
 
     def stop(self) -> None:
         """Ask ``run`` to finish soon."""
+        ...
+
+
+@runtime_checkable
+class PartitionedSource(Protocol):
+    """A source that reads partitions of a log (Kafka): status shows each one's consumer lag."""
+
+    def lag(self) -> list[dict[str, Any]]:
+        """One row per partition read now: topic, partition, path, committed, high_watermark, lag."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the source cannot read now (unreachable broker, refused credentials), if it cannot."""
         ...

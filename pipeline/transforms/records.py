@@ -55,6 +55,8 @@ class RecordProcessor:
         now = self.clock.time()
         added = self.enricher.fields(batch.tag, now)
         lines, offsets, times, dead = self._parse(batch, now, added)
+        if batch.offsets is not None:
+            offsets = _source_offsets(batch, offsets, dead)
         groups = {width: _group(lines, offsets, times, width) for width in self.widths}
         return ProcessedBatch(batch, groups, [*batch.dead, *dead], len(lines))
 
@@ -104,6 +106,19 @@ class RecordProcessor:
             "id": f"{batch.source}:{batch.key}:{offset}", "time": iso_millis(now), "source": batch.source,
             "path": batch.path, "offset": offset, "reason": reason, **line_fields(line),
         }
+
+
+def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, Any]]) -> list[int]:
+    """The batch's own per-line offsets in place of byte positions, in ``offsets`` and in ``dead``."""
+    assert batch.offsets is not None
+    where, pos, find = {}, 0, batch.data.find
+    for offset in batch.offsets:
+        where[batch.start + pos] = offset
+        pos = find(b"\n", pos) + 1
+    for entry in dead:
+        entry["offset"] = where[entry["offset"]]
+        entry["id"] = f"{batch.source}:{batch.key}:{entry['offset']}"
+    return [where[o] for o in offsets]
 
 
 def _group(lines: list[bytes], offsets: list[int], times: list[float], width: int) -> dict[int, TimeGroup]:

@@ -247,3 +247,14 @@ def test_any_bytes_become_a_record_or_a_dead_entry(lines: list[bytes]) -> None:
     assert seen == starts, "every line is accounted for exactly once, at its own offset"
     for _, out, _ in got:
         assert orjson.loads(out).items() >= ADDED.items()
+
+
+def test_a_batch_with_its_own_offsets_gives_them_to_records_and_dead_letters() -> None:
+    # A Kafka batch: one line per message, each with its message offset (7 was dead-lettered by the source).
+    data = b'{"n":1}\n{"n":2}\nnot json\n{"n":3}\n'
+    kafka = LineBatch("bus", "ai.chat", "agents:2", "kafka://agents/2", 5, 10, data, None, offsets=[5, 6, 8, 9])
+    result = processor().process(kafka)
+
+    assert [offset for _, _, offset in records(result)] == [5, 6, 9]
+    [dead] = result.dead
+    assert (dead["offset"], dead["id"], dead["path"]) == (8, "bus:agents:2:8", "kafka://agents/2")

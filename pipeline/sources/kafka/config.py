@@ -24,7 +24,7 @@ class KafkaSourceConfig(SourceBase, KafkaConnection):
         "earliest", description="Where a partition the group has never committed starts."
     )
     max_batch_messages: int = Field(5000, ge=1, description="Messages taken from the consumer in one step.")
-    max_batch_bytes: int = Field(4 * MiB, ge=4096, description="Bytes of messages per batch handed to the pipeline.")
+    max_batch_bytes: int = Field(1 * MiB, ge=4096, description="Bytes of messages per batch handed to the pipeline.")
     session_timeout: float = Field(
         45.0, ge=6, le=300,
         description="Seconds without a heartbeat before the group gives this process's partitions to the others.",

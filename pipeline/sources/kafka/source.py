@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,8 @@ log = logging.getLogger("logferry.source.kafka")
 POLL_SECONDS = 0.2
 REVOKE_WAIT_SECONDS = 10.0  # how long a revoke waits for batches in flight to be committed
 STOP_WAIT_SECONDS = 5.0
+FETCH_BYTES = 8 * 1024 * 1024
+QUEUED_BYTES = 8 * 1024 * 1024
 Partition = tuple[str, int]
 
 
@@ -133,15 +136,24 @@ class KafkaSource:
 
     async def run(self, emit: Emit) -> None:
         """Consume until stopped; then hand over the partitions cleanly (see the module docstring)."""
-        consumer = await asyncio.to_thread(self._open)
+        # One thread of its own for the consumer: librdkafka's callbacks run there, and the messages'
+        # memory comes from one malloc arena instead of one per worker thread of the default pool.
+        thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{self.name}")
+        loop = asyncio.get_running_loop()
         try:
-            while not self._stop.is_set():
-                messages = await asyncio.to_thread(self._step, consumer)
-                for batch in self._batches(messages):
-                    await emit(batch)
+            consumer = await loop.run_in_executor(thread, self._open)
+            try:
+                while not self._stop.is_set():
+                    messages = await loop.run_in_executor(thread, self._step, consumer)
+                    batches = self._batches(messages)
+                    del messages  # not held while the batches wait for room downstream
+                    for batch in batches:
+                        await emit(batch)
+            finally:
+                await self._wait_for_commits(STOP_WAIT_SECONDS)
+                await loop.run_in_executor(thread, self._close, consumer)
         finally:
-            await self._wait_for_commits(STOP_WAIT_SECONDS)
-            await asyncio.to_thread(self._close, consumer)
+            thread.shutdown(wait=False)
 
     # -- the consume thread --------------------------------------------------------------
 
@@ -152,7 +164,12 @@ class KafkaSource:
             "group.id": cfg.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
             "isolation.level": "read_committed", "auto.offset.reset": cfg.start_from,
             "session.timeout.ms": int(cfg.session_timeout * 1000),
-            "fetch.max.bytes": max(cfg.max_batch_bytes, 1024 * 1024),
+            # Fewer, larger fetches: a catch-up is bound by fetch round trips, not by bytes.
+            "fetch.max.bytes": FETCH_BYTES, "max.partition.fetch.bytes": FETCH_BYTES // 4,
+            # Messages fetched ahead wait in librdkafka's queue: bounded (its default is 64 MiB).
+            "queued.max.messages.kbytes": QUEUED_BYTES // 1024,
+            # ... and once that queue is full, fetch again soon after it drains (librdkafka waits 1 s).
+            "fetch.queue.backoff.ms": 10,
         })
         consumer = Consumer(settings)
         consumer.subscribe(list(cfg.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -163,7 +180,14 @@ class KafkaSource:
     def _step(self, consumer: Consumer) -> list[Message]:
         """Commit what became durable, then take the next messages (and refresh the watermarks)."""
         self._commit_durable(consumer, asynchronous=True)
-        messages = consumer.consume(self.config.max_batch_messages, POLL_SECONDS)
+        # consume(n, timeout) waits out its timeout unless n messages come, and librdkafka's bounded queue
+        # may hold fewer: take what is there at once, and wait only for a first message when nothing is.
+        limit = self.config.max_batch_messages
+        messages = consumer.consume(limit, 0)
+        if not messages:
+            messages = consumer.consume(1, POLL_SECONDS)
+            if messages:
+                messages += consumer.consume(limit - 1, 0) if limit > 1 else []
         for (topic, part), state in list(self.partitions.items()):
             _, high = consumer.get_watermark_offsets(TopicPartition(topic, part), cached=True)
             if high >= 0:
@@ -239,9 +263,22 @@ class KafkaSource:
         batches = []
         for (topic, part), msgs in by_partition.items():
             if (topic, part) in self.partitions:  # else revoked while these were fetched: the new owner reads them
-                batches.append(self._batch(topic, part, msgs))
+                batches += [self._batch(topic, part, piece) for piece in self._pieces(msgs)]
         self.messages += sum(len(m) for m in by_partition.values())
         return batches
+
+    def _pieces(self, msgs: list[Message]) -> list[list[Message]]:
+        """``msgs`` cut into runs of at most ``max_batch_bytes`` (a larger message alone)."""
+        pieces: list[list[Message]] = [[]]
+        size, limit = 0, self.config.max_batch_bytes
+        for msg in msgs:
+            length = len(msg) if msg.value() is not None else 0
+            if pieces[-1] and size + length > limit:
+                pieces.append([])
+                size = 0
+            pieces[-1].append(msg)
+            size += length
+        return pieces
 
     def _batch(self, topic: str, part: int, msgs: list[Message]) -> LineBatch:
         key, path = partition_key(topic, part), partition_path(topic, part)

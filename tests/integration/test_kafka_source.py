@@ -17,7 +17,7 @@ from pipeline import generator
 from pipeline.outputs.records import hashed_id
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, Ledger, render_toml, wait_for
-from tests.support.elasticsearch import access_for, all_documents, dropping_indices
+from tests.support.elasticsearch import access_for, all_documents, dropping_indices, free_port
 from tests.support.kafka import KafkaBroker
 
 pytestmark = pytest.mark.integration
@@ -170,3 +170,40 @@ def assigned(layout: Layout) -> int:
     except OSError:
         return 0  # not answering yet (or a stale address of a killed predecessor)
     return len(status["sources"]["bus"]["partitions"])
+
+
+def test_tls_and_scram_with_the_password_from_a_file_and_problems_named_in_status(layout, daemon_factory, kafka):
+    topic, group = f"secure-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic)
+    produce(kafka, topic, [line.rstrip(b"\n") for line in generator.lines(50, max_chars=300)])
+    secret = layout.root / "kafka.password"
+    secret.write_text(kafka.password + "\n")
+    secure = {"brokers": [kafka.secure_bootstrap], "tls": True, "ca_file": str(kafka.ca_file),
+              "sasl_mechanism": "SCRAM-SHA-512", "username": kafka.scram_user}
+    write_source_config(layout, kafka, topic, group, **secure, password_file=str(secret))
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(partial(arrived_at_least, layout, 50), what="the records over TLS with SCRAM-SHA-512")
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(50)], layout.records()).assert_exact()
+
+    write_source_config(layout, kafka, topic, f"{group}-refused", **secure)
+    with new_daemon(layout, daemon_factory, {"LOGFERRY_SOURCES__BUS__PASSWORD": "not-the-password"}) as daemon:
+        wait_for(lambda: f"refused the credentials of {kafka.scram_user}" in layout.http("/status")[1].decode(),
+                 what="the refused credentials in status")
+        assert layout.http("/health")[0] != 200
+        assert daemon.stop() == 0
+    assert "not-the-password" not in daemon.log()
+
+
+def test_an_unreachable_broker_and_a_missing_topic_are_named_in_status(layout, daemon_factory, kafka):
+    closed = free_port()
+    write_source_config(layout, kafka, "anything", "indexers", brokers=[f"127.0.0.1:{closed}"])
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: f"cannot reach the brokers 127.0.0.1:{closed}" in layout.http("/status")[1].decode(),
+                 what="the unreachable broker in status")
+        assert daemon.stop() == 0
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    write_source_config(layout, kafka, missing, "indexers")
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: missing in layout.http("/status")[1].decode(), what="the missing topic in status")
+        assert daemon.stop() == 0

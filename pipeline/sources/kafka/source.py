@@ -113,6 +113,7 @@ class KafkaSource:
         self._lock = threading.Condition()  # guards the three below, shared with the consume thread
         self._in_flight: Counter[Partition] = Counter()  # batches emitted, not yet committed
         self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
+        self._consume_error: str | None = None  # the last error the consumer reported, logged once
         self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
 
     def stop(self) -> None:
@@ -131,8 +132,18 @@ class KafkaSource:
         return rows
 
     def problem(self) -> str | None:
-        """The last connection error librdkafka reported (unreachable broker, refused credentials)."""
-        return None if self.errors.last is None or self.partitions else f"kafka: {self.errors.last.str()}"
+        """Why nothing is assigned yet, if librdkafka said: refused credentials, no broker, a missing topic."""
+        if self.partitions:
+            return None
+        brokers, last = ",".join(self.config.brokers), self.errors.last
+        if last is not None and self.errors.refused_credentials():
+            return (f"source {self.name}: the brokers {brokers} refused the credentials of {self.config.username} "
+                    f"({self.config.sasl_mechanism}): {last.str()}")
+        if last is not None:
+            return f"source {self.name}: cannot reach the brokers {brokers}: {last.str()}"
+        if self._consume_error is not None:
+            return f"source {self.name}: {self._consume_error}"
+        return None
 
     async def run(self, emit: Emit) -> None:
         """Consume until stopped; then hand over the partitions cleanly (see the module docstring)."""
@@ -256,7 +267,8 @@ class KafkaSource:
         for msg in messages:
             error = msg.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
+                if error.code() != KafkaError._PARTITION_EOF and error.str() != self._consume_error:
+                    self._consume_error = error.str()  # e.g. a topic that does not exist (yet)
                     log.warning("source %s: %s", self.name, error.str())
                 continue
             by_partition[(str(msg.topic()), int(msg.partition() or 0))].append(msg)

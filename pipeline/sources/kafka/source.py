@@ -307,8 +307,10 @@ class KafkaSource:
             offsets.append(offset)
         end = int(msgs[-1].offset() or 0) + 1
         position = FilePosition(self.name, key, path, end, "", 0)
+        if lines:
+            lines.append(b"")  # the last line's newline, without copying the joined block again
         batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,
-                          b"\n".join(lines) + b"\n" if lines else b"", position, dead=dead, offsets=offsets)
+                          b"\n".join(lines), position, dead=dead, offsets=offsets)
         batch.on_commit = self._committed_callback((topic, part), end)
         with self._lock:
             self._in_flight[(topic, part)] += 1

@@ -224,7 +224,13 @@ class KafkaSource:
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         """Start each partition at the further of the group's offset and our saved position."""
-        committed = consumer.committed(assigned, timeout=30)
+        try:
+            committed = consumer.committed(assigned, timeout=30)
+        except KafkaException as exc:
+            # Without the group's offsets our saved ones still hold: at worst a partition another member
+            # moved further is read again from ours (ids absorb it in Elasticsearch); nothing is skipped.
+            log.warning("source %s: cannot read the group's offsets (%s): starting from the saved ones", self.name, exc)
+            committed = assigned
         for tp in committed:
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
             if saved is not None and (tp.offset < 0 or saved.offset > tp.offset):

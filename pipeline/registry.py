@@ -23,14 +23,16 @@ from pipeline.outputs.kafka.config import KafkaOutputConfig
 from pipeline.outputs.opensearch.config import OpenSearchOutputConfig
 from pipeline.outputs.s3.config import S3OutputConfig
 from pipeline.sources.forward.config import ForwardSourceConfig
+from pipeline.sources.kafka.config import KafkaSourceConfig
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.transforms.cost.config import CostTransformConfig
 from pipeline.transforms.redact.config import RedactTransformConfig
 
-SourceConfig = Annotated[TailSourceConfig | ForwardSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[TailSourceConfig | ForwardSourceConfig | KafkaSourceConfig, Field(discriminator="type")]
 SOURCE_CLASSES = {
     "tail": "pipeline.sources.tail.source:TailSource",
     "forward": "pipeline.sources.forward.source:ForwardSource",
+    "kafka": "pipeline.sources.kafka.source:KafkaSource",
 }
 
 OutputConfig = Annotated[

@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.config import HealthConfig
 from pipeline.runtime.committer import Committer
 from pipeline.runtime.topology import Topology
-from pipeline.sources.base import Source
+from pipeline.sources.base import PartitionedSource, Source
 from pipeline.sources.tail.source import TailSource
 
 
@@ -50,6 +50,7 @@ class Observer:
         sources = {s.name: self._source(s) for s in self.topology.sources}
         outputs = {name: self._output(name) for name in self.topology.flushers}
         problems = [p for src in sources.values() for f in src["files"] if (p := f.get("problem"))]
+        problems += [src["problem"] for src in sources.values() if src.get("problem")]
         problems += [o["problem"] for o in outputs.values() if o.get("problem")]
         paused = self.committer.paused.is_set()
         if paused:
@@ -76,6 +77,10 @@ class Observer:
             entry["unreadable"] = sorted(source.unreadable)
         elif callable(network := getattr(source, "status", None)):
             entry["network"] = network()  # a network source's listen address, connections, acks
+        elif isinstance(source, PartitionedSource):
+            entry["partitions"] = source.lag()
+            entry["lag"] = sum(p["lag"] or 0 for p in entry["partitions"])
+            entry["problem"] = source.problem()
         return entry
 
     def _files(self, source: TailSource) -> list[dict[str, Any]]:

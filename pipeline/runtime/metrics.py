@@ -59,14 +59,19 @@ def _source_metrics(sources: dict[str, Any]) -> Iterator[Metric]:
                                 labels=["source", "path"])
     unreadable = GaugeMetricFamily("logferry_unreadable_files", "Matched files the daemon cannot read",
                                    labels=["source"])
+    consumer_lag = GaugeMetricFamily("logferry_kafka_consumer_lag", "Messages on the broker not yet in the buffers",
+                                     labels=["source", "topic", "partition"])
     for name, src in sources.items():
         records.add_metric([name], src["records"])
         dead.add_metric([name], src["dead_lines"])
         unreadable.add_metric([name], len(src.get("unreadable", [])))
+        for p in src.get("partitions", []):
+            if p["lag"] is not None:
+                consumer_lag.add_metric([name, p["topic"], str(p["partition"])], p["lag"])
         for f in src["files"]:
             lag.add_metric([name, f["path"]], f["lag_bytes"])
             stalled.add_metric([name, f["path"]], 1.0 if f["stalled"] else 0.0)
-    yield from (records, dead, lag, stalled, unreadable)
+    yield from (records, dead, lag, stalled, unreadable, consumer_lag)
     yield from _network_metrics(sources)
 
 

@@ -67,6 +67,8 @@ def render_running(snap: dict[str, Any]) -> str:
         if net := src.get("network"):
             lines.append(f"  listening on {net['listen']}: {net['connections']} connections, {net['acks']} acks, "
                          f"{net['refused_handshakes']} refused handshakes")
+        lines += [f"  {p['path']}: lag {p['lag'] if p['lag'] is not None else '?'} messages (committed to "
+                  f"offset {p['committed']})" for p in src.get("partitions", [])]
     for name, out in snap["outputs"].items():
         state = "FAILING" if out.get("problem") or out["failing"] else "ok"
         lines.append(f"output {name}: {state}; buffer {size(out['buffer_bytes'])} of "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pipeline.clock import Clock
 from pipeline.deadletter import DeadLetterStore
@@ -24,6 +24,10 @@ class LineBatch:
     holding this batch is durable (frames fsynced in every routed buffer, positions saved),
     which is where a network source acknowledges what it received. ``journal`` names
     state saved with the commit itself (see :class:`CommitJournal`).
+
+    ``offsets``, when set, gives each line's offset in its source (one per line, e.g. a
+    Kafka message offset): records' ids and dead letters then use it instead of
+    ``start`` + the line's byte position in ``data``.
     """
 
     source: str
@@ -37,6 +41,7 @@ class LineBatch:
     forget: bool = False
     dead: list[dict[str, Any]] = field(default_factory=list)
     on_commit: Callable[[], None] | None = None
+    offsets: list[int] | None = None
     journal: tuple[CommitJournal, object] | None = None
     # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of
     # ``data``; their offsets are their indices in the batch. Set to None once processed.
@@ -52,7 +57,7 @@ class CommitJournal(Protocol):
     saved. The journal must write and sync before it returns; at the next start it treats
     entries whose ``seq`` is above the saved commit sequence number as never written (their
     frames are rolled back too), which makes the pair atomic. A forward source records its
-    committed chunk ids this way; a Kafka source would record its offsets.
+    committed chunk ids this way (a Kafka source needs none: one position per partition).
     """
 
     def write(self, seq: int, items: list[object]) -> None:
@@ -85,4 +90,17 @@ class Source(Protocol):
 
     def stop(self) -> None:
         """Ask ``run`` to finish soon."""
+        ...
+
+
+@runtime_checkable
+class PartitionedSource(Protocol):
+    """A source that reads partitions of a log (Kafka): status shows each one's consumer lag."""
+
+    def lag(self) -> list[dict[str, Any]]:
+        """One row per partition read now: topic, partition, path, committed, high_watermark, lag."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the source cannot read now (unreachable broker, refused credentials), if it cannot."""
         ...

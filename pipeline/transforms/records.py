@@ -113,6 +113,8 @@ class RecordProcessor:
             lines, offsets, times, dead = self._serialise(batch, now, added, records)
         else:
             lines, offsets, times, dead = self._parse(batch, now, added, records)
+            if batch.offsets is not None:
+                offsets = _source_offsets(batch, offsets, dead)
         dead = [*batch.dead, *dead]
         by_output: dict[str, dict[int, TimeGroup]] = {}
         if route is not None and records is not None:
@@ -218,6 +220,19 @@ def _lenient(value: object) -> object:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     raise TypeError(f"cannot store a {type(value).__name__}")
+
+
+def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, Any]]) -> list[int]:
+    """The batch's own per-line offsets in place of byte positions, in ``offsets`` and in ``dead``."""
+    assert batch.offsets is not None
+    where, pos, find = {}, 0, batch.data.find
+    for offset in batch.offsets:
+        where[batch.start + pos] = offset
+        pos = find(b"\n", pos) + 1
+    for entry in dead:
+        entry["offset"] = where[entry["offset"]]
+        entry["id"] = f"{batch.source}:{batch.key}:{entry['offset']}"
+    return [where[o] for o in offsets]
 
 
 def _group(lines: list[bytes], offsets: list[int], times: list[float], width: int) -> dict[int, TimeGroup]:

@@ -300,3 +300,14 @@ def test_sources_without_transforms_keep_no_parsed_records() -> None:
     other = LineBatch("other", "ai.chat", "7:42", "/logs/o.jsonl", 0, 12, b'{"x": "hi"}\n', None)
     result = proc.process(other)
     assert result.by_output == {} and transforms["a"].calls == 0
+
+
+def test_a_batch_with_its_own_offsets_gives_them_to_records_and_dead_letters() -> None:
+    # A Kafka batch: one line per message, each with its message offset (7 was dead-lettered by the source).
+    data = b'{"n":1}\n{"n":2}\nnot json\n{"n":3}\n'
+    kafka = LineBatch("bus", "ai.chat", "agents:2", "kafka://agents/2", 5, 10, data, None, offsets=[5, 6, 8, 9])
+    result = processor().process(kafka)
+
+    assert [offset for _, _, offset in records(result)] == [5, 6, 9]
+    [dead] = result.dead
+    assert (dead["offset"], dead["id"], dead["path"]) == (8, "bus:agents:2:8", "kafka://agents/2")

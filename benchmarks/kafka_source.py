@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Backlog catch-up out of Kafka: kafka source → file output, next to the floor measured in the same run.
+
+  .venv/bin/python benchmarks/kafka_source.py                 # 100,000 typical records, 3 runs
+  .venv/bin/python benchmarks/kafka_source.py --records 20000 --runs 1
+
+A throw-away single-node Kafka 4.4.0 (tests/support/kafka.py: the cached Maven jars, KRaft,
+384 MB heap) on this machine. The workload is generated, then produced once (before any
+timing) into a topic of 3 partitions, one message per record, zstd-compressed as an agent
+host's kafka output would. Then, alternately, the floor (floor.py over the workload file)
+and a fresh daemon (kafka source in a fresh consumer group → file output, production
+defaults, ``fsync = true``), timed from "logferry running" until every partition's saved
+position is at its end and the file output's buffer is empty. Each run's output is counted.
+Reports records/s, logferry's CPU and peak RSS, the broker's CPU over the same window, and
+the ratio to the floor (floor seconds / logferry seconds: ≥ 1.0 means as fast as the floor).
+Writes benchmarks/results/kafka-source-<records>-<max_chars>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from common import (
+    DaemonProcess,
+    buffer_empty,
+    count_lines,
+    cpu_seconds,
+    group_cpu_seconds,
+    machine,
+    make_workload,
+    peak_rss,
+    print_header,
+    print_table,
+    resident,
+    run_floor,
+    write_results,
+)
+from confluent_kafka import Producer
+
+from tests.support.daemon import render_toml
+from tests.support.kafka import KafkaBroker
+
+TOPIC = "bench-source"
+PARTITIONS = 3
+
+
+def produce_workload(kafka: KafkaBroker, workload: Path) -> int:
+    """Every line of ``workload`` as one message of TOPIC; the count."""
+    kafka.create_topic(TOPIC, partitions=PARTITIONS)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "compression.type": "zstd", "linger.ms": 20,
+                         "message.max.bytes": 4 << 20})
+    sent = 0
+    with workload.open("rb") as f:
+        for line in f:
+            while True:
+                try:
+                    producer.produce(TOPIC, line.rstrip(b"\n"), partition=sent % PARTITIONS)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            sent += 1
+    assert producer.flush(300) == 0
+    return sent
+
+
+def saved_ends(state: Path) -> int:
+    """The sum of the kafka source's saved next offsets: the records committed to the buffers."""
+    path = state / "positions.json"
+    if not path.exists():
+        return 0
+    try:
+        files = orjson.loads(path.read_bytes())["files"]
+    except (ValueError, KeyError):
+        return 0  # replaced while read
+    return sum(int(f["offset"]) for f in files if str(f["path"]).startswith("kafka://"))
+
+
+def run_once(root: Path, kafka: KafkaBroker, run: int, records: int, pgid: int) -> dict[str, Any]:
+    """A fresh daemon and consumer group over the whole topic, until every record is in the output file."""
+    state, out = root / "state", root / "out"
+    shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    config = root / "logferry.toml"
+    config.write_text(render_toml({
+        "state_dir": state, "health": {"listen": "127.0.0.1:0"}, "enrich": {"tag_key": "tag"},
+        "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [TOPIC],
+                            "group_id": f"bench-{run}-{time.time_ns()}", "tag": "ai.interactions"}},
+        "outputs": {"debug": {"type": "file", "path": str(out / "%Y%m%d-%H.jsonl"),
+                              "buffer": {"flush_interval": 1.0, "total_limit_bytes": 1 << 30}}},
+    }))
+    with DaemonProcess(config, root / f"daemon-{run}.log") as daemon:
+        cpu0, server0 = cpu_seconds(daemon.pid), group_cpu_seconds(pgid)
+        rss_ready = resident(daemon.pid)
+        deadline = time.monotonic() + 600
+        while saved_ends(state) < records or not buffer_empty(state, "debug"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not delivered after 600 s:\n{daemon.log()[-3000:]}")
+            time.sleep(0.02)
+        seconds = time.perf_counter() - daemon.ready
+        cpu1, server1 = cpu_seconds(daemon.pid), group_cpu_seconds(pgid)
+        rss = peak_rss(daemon.pid)
+    written = count_lines(out)
+    assert written == records, f"{written} records in the output, expected {records}"
+    return {"seconds": seconds, "cpu_s": cpu1 - cpu0, "server_cpu_s": server1 - server0,
+            "peak_rss_mb": rss / 1e6, "rss_at_start_mb": rss_ready / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--max-chars", type=int, default=65536)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    info = machine()
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-kafka-source-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    workload = root / "agent.log"
+    workload.unlink(missing_ok=True)
+    make_workload(workload, args.records, args.max_chars)
+    size = workload.stat().st_size
+    runs: list[dict[str, Any]] = []
+    with KafkaBroker() as kafka:
+        pgid = kafka.pid
+        assert pgid is not None
+        assert produce_workload(kafka, workload) == args.records
+        for n in range(args.runs):
+            floor = run_floor(workload, root / "floor.out")
+            (root / "floor.out").unlink()
+            run = run_once(root, kafka, n, args.records, pgid)
+            runs.append({"floor": floor, "logferry": run, "ratio_to_floor": floor["seconds"] / run["seconds"]})
+    if args.workdir is None:  # a given one is kept, daemon logs included
+        shutil.rmtree(root, ignore_errors=True)
+    floor_s = statistics.median(r["floor"]["seconds"] for r in runs)
+    lf_s = statistics.median(r["logferry"]["seconds"] for r in runs)
+    report = {**info, "records": args.records, "max_chars": args.max_chars, "bytes": size, "runs": runs,
+              "floor_records_per_s": args.records / floor_s, "logferry_records_per_s": args.records / lf_s,
+              "ratio_to_floor": floor_s / lf_s, "peak_rss_mb": max(r["logferry"]["peak_rss_mb"] for r in runs)}
+    print_header("kafka source: topic backlog → kafka source → file output, next to the floor", info)
+    print(f"  workload: {args.records:,} records, {size / 1e6:.0f} MB, in {PARTITIONS} partitions (zstd); "
+          f"local Kafka 4.4.0, one broker")
+    rows = []
+    for r in runs:
+        lf = r["logferry"]
+        rows.append([f"{args.records / r['floor']['seconds']:,.0f}", f"{args.records / lf['seconds']:,.0f}",
+                     f"{lf['seconds']:.2f}", f"{lf['cpu_s']:.2f}", f"{lf['server_cpu_s']:.2f}",
+                     f"{lf['rss_at_start_mb']:.0f} → {lf['peak_rss_mb']:.0f} MB", f"{r['ratio_to_floor']:.2f}x"])
+    print_table(["floor rec/s", "logferry rec/s", "seconds", "logferry CPU-s", "Kafka CPU-s", "RSS start → peak",
+                 "/ floor"], rows)
+    print(f"  medians: floor {report['floor_records_per_s']:,.0f} rec/s, "
+          f"logferry {report['logferry_records_per_s']:,.0f} rec/s: {report['ratio_to_floor']:.2f}x the floor; "
+          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    write_results(f"kafka-source-{args.records}-{args.max_chars}", report)
+
+
+if __name__ == "__main__":
+    main()

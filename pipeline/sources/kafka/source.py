@@ -1,0 +1,353 @@
+"""KafkaSource: consume topics in a consumer group; offsets move only after the buffers hold the records.
+
+Where a partition starts, and why nothing already in the buffers is taken twice:
+
+* Each batch carries a position ``kafka://topic/partition`` at its next offset, saved by
+  the committer in ``positions.json`` atomically with the batch's frames. That saved
+  position is authoritative for this process: after a kill -9 the group's committed
+  offset may lag behind it, and on assignment the consumer seeks to whichever of the two
+  is further (another member may have moved the group past our saved position while it
+  held the partition).
+* Once a commit holding a batch is durable, ``on_commit`` records its offset; the consume
+  thread commits it to the group at its next step (asynchronously), which is what other
+  members start from and what the lag is measured against. Nothing is committed to the
+  group before the buffers hold it.
+* When partitions are revoked (a rebalance, or our stop), the consume thread waits, for a
+  bounded time, until every batch of those partitions already handed to the pipeline is
+  committed, and commits their offsets synchronously before letting them go: a clean
+  hand-over takes nothing twice. After a kill -9 the next owner starts at the group's
+  offset and may take again what the dead process had buffered but not yet committed to
+  the group; the records' ids come from (topic, partition, offset), so Elasticsearch and
+  S3 keys absorb that.
+
+Each message value is one record. A value holding newlines (pretty-printed JSON) is
+re-encoded on one line; one that does not parse then goes to the dead-letter store here,
+and every other bad value (not JSON, not UTF-8, not an object) is dead-lettered by the
+record processor, with ``path = kafka://topic/partition`` and the message's offset. The
+offset of a dead-lettered message is committed like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from pipeline.deadletter import line_fields
+from pipeline.outputs.kafka.client import ClientErrors, client_settings
+from pipeline.sources.base import Emit, LineBatch, SourceContext
+from pipeline.sources.kafka.config import KafkaSourceConfig
+from pipeline.sources.tail.checkpoint import FilePosition
+
+log = logging.getLogger("logferry.source.kafka")
+POLL_SECONDS = 0.2
+REVOKE_WAIT_SECONDS = 10.0  # how long a revoke waits for batches in flight to be committed
+STOP_WAIT_SECONDS = 5.0
+FETCH_BYTES = 8 * 1024 * 1024
+QUEUED_BYTES = 8 * 1024 * 1024
+Partition = tuple[str, int]
+
+
+def partition_key(topic: str, partition: int) -> str:
+    """The position key (and the records' id prefix) of a partition.
+
+    >>> partition_key("agents", 3)
+    'agents:3'
+    """
+    return f"{topic}:{partition}"
+
+
+def partition_path(topic: str, partition: int) -> str:
+    """The path shown in status and dead letters for a partition.
+
+    >>> partition_path("agents", 3)
+    'kafka://agents/3'
+    """
+    return f"kafka://{topic}/{partition}"
+
+
+def one_line(value: bytes) -> bytes | None:
+    """The value as one JSON line (re-encoded if it spans several), or None if it spans several and does not parse.
+
+    >>> one_line(b'{"a": 1}'), one_line(b'{\\n  "a": 1\\n}'), one_line(b'{\\n nope')
+    (b'{"a": 1}', b'{"a":1}', None)
+    """
+    if b"\n" not in value and b"\r" not in value:
+        return value
+    try:
+        return orjson.dumps(orjson.loads(value))
+    except orjson.JSONDecodeError:
+        return None
+
+
+@dataclass
+class PartitionState:
+    """What status shows of one assigned partition."""
+
+    committed: int  # next offset durable in the buffers (or where consumption starts)
+    high: int = -1  # the broker's high watermark as last fetched; -1 until known
+
+
+class KafkaSource:
+    """Consume ``config.topics`` in group ``config.group_id`` and emit one batch per partition per step."""
+
+    def __init__(self, name: str, config: KafkaSourceConfig, context: SourceContext) -> None:
+        self.name = name
+        self.config = config
+        self.positions = context.positions
+        self.dead_letters = context.dead_letters
+        self.clock = context.clock
+        self.errors = ClientErrors()
+        self.partitions: dict[Partition, PartitionState] = {}  # assigned now
+        self.messages = 0
+        self._stop = threading.Event()
+        self._lock = threading.Condition()  # guards the three below, shared with the consume thread
+        self._in_flight: Counter[Partition] = Counter()  # batches emitted, not yet committed
+        self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
+        self._consume_error: str | None = None  # the last error the consumer reported, logged once
+        self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
+
+    def stop(self) -> None:
+        """Finish the current step and return from ``run``."""
+        self._stop.set()
+
+    def lag(self) -> list[dict[str, Any]]:
+        """Each assigned partition's consumer lag: messages on the broker not yet in the buffers."""
+        rows = []
+        with self._lock:
+            assigned = sorted(self.partitions.items())
+        for (topic, part), state in assigned:
+            lag = max(state.high - state.committed, 0) if state.high >= 0 else None
+            rows.append({"topic": topic, "partition": part, "path": partition_path(topic, part),
+                         "committed": state.committed, "high_watermark": state.high, "lag": lag})
+        return rows
+
+    def problem(self) -> str | None:
+        """Why nothing is assigned yet, if librdkafka said: refused credentials, no broker, a missing topic."""
+        if self.partitions:
+            return None
+        brokers, last = ",".join(self.config.brokers), self.errors.last
+        if last is not None and self.errors.refused_credentials():
+            return (f"source {self.name}: the brokers {brokers} refused the credentials of {self.config.username} "
+                    f"({self.config.sasl_mechanism}): {last.str()}")
+        if last is not None:
+            return f"source {self.name}: cannot reach the brokers {brokers}: {last.str()}"
+        if self._consume_error is not None:
+            return f"source {self.name}: {self._consume_error}"
+        return None
+
+    async def run(self, emit: Emit) -> None:
+        """Consume until stopped; then hand over the partitions cleanly (see the module docstring)."""
+        # One thread of its own for the consumer: librdkafka's callbacks run there, and the messages'
+        # memory comes from one malloc arena instead of one per worker thread of the default pool.
+        thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{self.name}")
+        loop = asyncio.get_running_loop()
+        try:
+            consumer = await loop.run_in_executor(thread, self._open)
+            try:
+                while not self._stop.is_set():
+                    messages = await loop.run_in_executor(thread, self._step, consumer)
+                    batches = self._batches(messages)
+                    del messages  # not held while the batches wait for room downstream
+                    for batch in batches:
+                        await emit(batch)
+            finally:
+                await self._wait_for_commits(STOP_WAIT_SECONDS)
+                await loop.run_in_executor(thread, self._close, consumer)
+        finally:
+            thread.shutdown(wait=False)
+
+    # -- the consume thread --------------------------------------------------------------
+
+    def _open(self) -> Consumer:
+        cfg = self.config
+        settings = client_settings(cfg, f"logferry-{self.name}", self.errors)
+        settings.update({
+            "group.id": cfg.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "isolation.level": "read_committed", "auto.offset.reset": cfg.start_from,
+            "session.timeout.ms": int(cfg.session_timeout * 1000),
+            # Fewer, larger fetches: a catch-up is bound by fetch round trips, not by bytes.
+            "fetch.max.bytes": FETCH_BYTES, "max.partition.fetch.bytes": FETCH_BYTES // 4,
+            # Messages fetched ahead wait in librdkafka's queue: bounded (its default is 64 MiB).
+            "queued.max.messages.kbytes": QUEUED_BYTES // 1024,
+            # ... and once that queue is full, fetch again soon after it drains (librdkafka waits 1 s).
+            "fetch.queue.backoff.ms": 10,
+        })
+        consumer = Consumer(settings)
+        consumer.subscribe(list(cfg.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        log.info("source %s: consuming %s in group %s", self.name, ",".join(cfg.topics), cfg.group_id)
+        return consumer
+
+    def _step(self, consumer: Consumer) -> list[Message]:
+        """Commit what became durable, then take the next messages (and refresh the watermarks)."""
+        self._commit_durable(consumer, asynchronous=True)
+        # consume(n, timeout) waits out its timeout unless n messages come, and librdkafka's bounded queue
+        # may hold fewer: take what is there at once, and wait only for a first message when nothing is.
+        limit = self.config.max_batch_messages
+        messages = consumer.consume(limit, 0)
+        if not messages:
+            messages = consumer.consume(1, POLL_SECONDS)
+            if messages:
+                messages += consumer.consume(limit - 1, 0) if limit > 1 else []
+        for (topic, part), state in list(self.partitions.items()):
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, part), cached=True)
+            if high >= 0:
+                state.high = high
+        return messages
+
+    def _commit_durable(self, consumer: Consumer, asynchronous: bool, only: set[Partition] | None = None) -> None:
+        with self._lock:
+            ready = {p: o for p, o in self._durable.items() if only is None or p in only}
+            for p in ready:
+                del self._durable[p]
+        offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items() if (t, p) in self.partitions]
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The saved positions still hold these offsets; the group's only lags until the next commit.
+            log.warning("source %s: committing offsets to the group failed: %s", self.name, exc)
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        """Start each partition at the further of the group's offset and our saved position."""
+        try:
+            committed = consumer.committed(assigned, timeout=30)
+        except KafkaException as exc:
+            # Without the group's offsets our saved ones still hold: at worst a partition another member
+            # moved further is read again from ours (ids absorb it in Elasticsearch); nothing is skipped.
+            log.warning("source %s: cannot read the group's offsets (%s): starting from the saved ones", self.name, exc)
+            committed = assigned
+        for tp in committed:
+            saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
+            if saved is not None and (tp.offset < 0 or saved.offset > tp.offset):
+                tp.offset = saved.offset
+            start = tp.offset if tp.offset >= 0 else 0
+            with self._lock:
+                self.partitions[(tp.topic, tp.partition)] = PartitionState(start)
+        consumer.assign(committed)
+        log.info("source %s: assigned %s", self.name, _names(committed))
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        """Let the pipeline commit what it holds of these partitions, commit it to the group, then let go."""
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        wait = 0.0 if self._stop.is_set() else REVOKE_WAIT_SECONDS  # at a stop, run() has waited already
+        with self._lock:
+            self._lock.wait_for(lambda: not any(self._in_flight[p] for p in gone), wait)
+        self._commit_durable(consumer, asynchronous=False, only=gone)
+        self._forget(gone)
+        log.info("source %s: revoked %s", self.name, _names(revoked))
+
+    def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
+        """Partitions taken away without a hand-over (our session expired): nothing may be committed for them."""
+        self._forget({(tp.topic, tp.partition) for tp in lost})
+        log.warning("source %s: lost %s (session expired)", self.name, _names(lost))
+
+    def _forget(self, gone: set[Partition]) -> None:
+        with self._lock:
+            for p in gone:
+                self._durable.pop(p, None)
+                self.partitions.pop(p, None)
+
+    def _close(self, consumer: Consumer) -> None:
+        self._commit_durable(consumer, asynchronous=False)
+        consumer.close()  # leaves the group at once: the others take over without waiting for a timeout
+
+    # -- batches (event loop) ----------------------------------------------------------
+
+    def _batches(self, messages: list[Message]) -> list[LineBatch]:
+        by_partition: dict[Partition, list[Message]] = defaultdict(list)
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF and error.str() != self._consume_error:
+                    self._consume_error = error.str()  # e.g. a topic that does not exist (yet)
+                    log.warning("source %s: %s", self.name, error.str())
+                continue
+            by_partition[(str(msg.topic()), int(msg.partition() or 0))].append(msg)
+        batches = []
+        for (topic, part), msgs in by_partition.items():
+            if (topic, part) in self.partitions:  # else revoked while these were fetched: the new owner reads them
+                batches += [self._batch(topic, part, piece) for piece in self._pieces(msgs)]
+        self.messages += sum(len(m) for m in by_partition.values())
+        return batches
+
+    def _pieces(self, msgs: list[Message]) -> list[list[Message]]:
+        """``msgs`` cut into runs of at most ``max_batch_bytes`` (a larger message alone)."""
+        pieces: list[list[Message]] = [[]]
+        size, limit = 0, self.config.max_batch_bytes
+        for msg in msgs:
+            length = len(msg) if msg.value() is not None else 0
+            if pieces[-1] and size + length > limit:
+                pieces.append([])
+                size = 0
+            pieces[-1].append(msg)
+            size += length
+        return pieces
+
+    def _batch(self, topic: str, part: int, msgs: list[Message]) -> LineBatch:
+        key, path = partition_key(topic, part), partition_path(topic, part)
+        lines: list[bytes] = []
+        offsets: list[int] = []
+        dead: list[dict[str, Any]] = []
+        for msg in msgs:
+            value, offset = msg.value() or b"", int(msg.offset() or 0)
+            line = one_line(value)
+            if line is None:
+                dead.append(self._dead(key, path, offset, value, "invalid JSON spread over several lines"))
+                continue
+            lines.append(line)
+            offsets.append(offset)
+        end = int(msgs[-1].offset() or 0) + 1
+        position = FilePosition(self.name, key, path, end, "", 0)
+        if lines:
+            lines.append(b"")  # the last line's newline, without copying the joined block again
+        batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,
+                          b"\n".join(lines), position, dead=dead, offsets=offsets)
+        batch.on_commit = self._committed_callback((topic, part), end)
+        with self._lock:
+            self._in_flight[(topic, part)] += 1
+        return batch
+
+    def _committed_callback(self, partition: Partition, end: int) -> Any:
+        def committed() -> None:
+            with self._lock:
+                self._in_flight[partition] -= 1
+                self._durable[partition] = max(end, self._durable.get(partition, 0))
+                state = self.partitions.get(partition)
+                if state is not None:
+                    state.committed = max(state.committed, end)
+                self._lock.notify_all()
+            self._settled.set()
+        return committed
+
+    def _dead(self, key: str, path: str, offset: int, value: bytes, reason: str) -> dict[str, Any]:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.time()))
+        return {"id": f"{self.name}:{key}:{offset}", "time": when, "source": self.name, "path": path,
+                "offset": offset, "reason": reason, **line_fields(value)}
+
+    async def _wait_for_commits(self, seconds: float) -> None:
+        """Until every emitted batch is committed, or ``seconds`` (a full buffer may hold them)."""
+        deadline = self.clock.monotonic() + seconds
+        while sum(self._in_flight.values()) and (left := deadline - self.clock.monotonic()) > 0:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), left)
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in partitions) or "nothing"
+

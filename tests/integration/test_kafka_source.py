@@ -1,0 +1,209 @@
+"""kafka → logferry against a real Kafka 4.4.0 broker: exactly once through kill -9, dead letters, lag."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from functools import partial
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from pipeline import generator
+from pipeline.outputs.records import hashed_id
+from tests.conftest import new_daemon
+from tests.support.daemon import Layout, Ledger, render_toml, wait_for
+from tests.support.elasticsearch import access_for, all_documents, dropping_indices, free_port
+from tests.support.kafka import KafkaBroker
+
+pytestmark = pytest.mark.integration
+
+
+def write_source_config(layout: Layout, kafka: KafkaBroker, topic: str, group: str,
+                        output: dict[str, Any] | None = None, **source: Any) -> None:
+    """A kafka → file pipeline over ``layout`` (or kafka → ``output``)."""
+    doc = {
+        "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
+        "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [topic], "group_id": group,
+                            "tag": "ai.interactions", **source}},
+        "outputs": {"out": {**(output or {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl")}),
+                            "buffer": {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 1.0}}},
+    }
+    layout.config.write_text(render_toml(doc))
+
+
+def produce(kafka: KafkaBroker, topic: str, values: list[bytes], partitions: int = 1, pause_every: int = 0,
+            delivered: dict[bytes, tuple[int, int]] | None = None, pause: float = 0.0) -> None:
+    """Produce ``values`` round-robin over ``partitions`` (a flush and ``pause`` seconds every ``pause_every``
+    messages); ``delivered`` gets each value's (partition, offset)."""
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5, "enable.idempotence": True})
+
+    def note(error: Any, msg: Any) -> None:
+        assert error is None, error
+        if delivered is not None:
+            delivered[msg.value()] = (msg.partition(), msg.offset())
+
+    for n, value in enumerate(values):
+        producer.produce(topic, value, partition=n % partitions, on_delivery=note)
+        if pause_every and n % pause_every == 0:
+            producer.flush(10)
+            time.sleep(pause)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def group_offsets(kafka: KafkaBroker, topic: str, group: str, partitions: int) -> list[int]:
+    """The group's committed offset of each partition (-1001 where it has none)."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [tp.offset for tp in found]
+    finally:
+        consumer.close()
+
+
+def arrived_at_least(layout: Layout, count: int) -> bool:
+    return len(layout.records()) >= count
+
+
+def test_sigkill_three_times_then_every_message_is_in_the_file_output_exactly_once(layout, daemon_factory, kafka):
+    topic, group = f"bus-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic, partitions=3)
+    values = [line.rstrip(b"\n") for line in generator.lines(20_000, max_chars=600)]
+    produce(kafka, topic, values[:14_000], partitions=3)
+    live = threading.Thread(target=produce, args=(kafka, topic, values[14_000:], 3, 200))
+    live.start()
+    rng = random.Random(20261204)
+    # Small reads make a kill land between a batch's commit and its offset's commit to the group.
+    write_source_config(layout, kafka, topic, group, max_batch_messages=300)
+    for kill_at in sorted(rng.sample(range(1000, 19_000), 3)):
+        daemon = new_daemon(layout, daemon_factory).start()
+        wait_for(partial(arrived_at_least, layout, kill_at), what=f"{kill_at} records before the kill")
+        daemon.kill()
+    live.join(60)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(partial(arrived_at_least, layout, len(values)), timeout=90, what="every record after the restarts")
+        wait_for(lambda: sum(group_offsets(kafka, topic, group, 3)) == len(values), what="the group's offsets")
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(len(values))], layout.records()).assert_exact()
+
+
+def test_bad_messages_are_dead_lettered_with_topic_partition_offset_and_committed(layout, daemon_factory, kafka):
+    topic, group = f"bad-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic)
+    good = [line.rstrip(b"\n") for line in generator.lines(20, max_chars=300)]
+    pretty = orjson.dumps({"request_id": "pretty"}, option=orjson.OPT_INDENT_2)  # spans lines: re-encoded, kept
+    values = [*good[:10], b"not json {", b'{"request_id": "\xff\xfe"}', pretty, b"", *good[10:]]
+    produce(kafka, topic, values)
+    write_source_config(layout, kafka, topic, group)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(partial(arrived_at_least, layout, 21), what="the 20 good records and the pretty one")
+        wait_for(lambda: len(layout.dead_letters()) == 3, what="the three bad messages")
+        wait_for(lambda: group_offsets(kafka, topic, group, 1) == [len(values)], what="every offset committed")
+        status = orjson.loads(layout.http("/status")[1])["sources"]["bus"]
+        _, metrics = layout.http("/metrics")
+        assert daemon.stop() == 0
+    expected = [*(generator.request_id(1, n) for n in range(20)), "pretty"]
+    Ledger.compare(expected, layout.records()).assert_exact()
+    dead = {e["offset"]: e for e in layout.dead_letters()}
+    assert sorted(dead) == [10, 11, 13]
+    assert {e["path"] for e in dead.values()} == {f"kafka://{topic}/0"}, "the path names topic and partition"
+    assert dead[10]["line"] == "not json {" and "invalid JSON" in dead[10]["reason"]
+    assert dead[11]["reason"] == "invalid UTF-8" and "line_base64" in dead[11]
+    assert dead[13]["reason"] == "empty line"
+    [row] = status["partitions"]
+    assert (row["topic"], row["partition"], row["committed"], row["lag"]) == (topic, 0, len(values), 0)
+    assert f'logferry_kafka_consumer_lag{{partition="0",source="bus",topic="{topic}"}} 0.0' in metrics.decode()
+
+
+def test_two_processes_in_one_group_one_killed_then_restarted_index_every_record_once(
+    tmp_path, daemon_factory, kafka, es_url
+):
+    topic, group = f"fleet-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic, partitions=4)
+    index = f"kafkagroup-{uuid.uuid4().hex[:6]}"
+    total = 9000  # es.ids reads up to 10,000
+    values = [line.rstrip(b"\n") for line in generator.lines(total, max_chars=400)]
+    delivered: dict[bytes, tuple[int, int]] = {}
+    produce(kafka, topic, values[:1000], partitions=4, delivered=delivered)
+    # About 500 messages a second: the kill, the takeover and the restart all happen mid-stream.
+    live = threading.Thread(target=produce, args=(kafka, topic, values[1000:], 4, 50, delivered, 0.1))
+    live.start()
+    # id_key = "": ids from (topic, partition, offset), not from the records' request_id.
+    output = {"type": "elasticsearch", "hosts": [es_url], "index": index, "id_key": "", "install_template": False,
+              "request_timeout": 10.0, "bulk_max_docs": 200, **access_for(es_url).output_options()}
+    layouts = [Layout(tmp_path / "a"), Layout(tmp_path / "b")]
+    for each in layouts:
+        write_source_config(each, kafka, topic, group, output, session_timeout=6.0, max_batch_messages=200)
+    with dropping_indices(es_url) as use:
+        es = use(index)
+        first, second = (new_daemon(each, daemon_factory).start() for each in layouts)
+        wait_for(lambda: assigned(layouts[0]) and assigned(layouts[1]), what="both processes holding partitions")
+        wait_for(lambda: es.count(index) >= 2000, what="2000 documents before the kill")
+        first.kill()
+        wait_for(lambda: assigned(layouts[1]) == 4, timeout=60, what="the survivor taking every partition over")
+        first = new_daemon(layouts[0], daemon_factory).start()
+        wait_for(lambda: assigned(layouts[0]) and assigned(layouts[1]), what="the restarted process back in the group")
+        assert live.is_alive(), "the records kept coming through the kill, the takeover and the restart"
+        live.join(60)
+        wait_for(lambda: es.count(index) >= total, timeout=120, what="every record")
+        wait_for(lambda: sum(group_offsets(kafka, topic, group, 4)) == total, what="the group's offsets")
+        assert first.stop() == 0 and second.stop() == 0
+        found = all_documents(es_url, index)
+        ids = es.ids(index)
+    Ledger.compare([generator.request_id(1, n) for n in range(total)], found).assert_exact()
+    expected_ids = set()
+    for value in values:
+        part, offset = delivered[value]
+        expected_ids.add(hashed_id(f"{topic}:{part}", offset, orjson.loads(value)["timestamp"]))
+    assert len(ids) == total and set(ids) == expected_ids, "each id is the hash of (topic, partition, offset)"
+
+
+def assigned(layout: Layout) -> int:
+    """How many partitions the process on ``layout`` holds, as its status says (0 while it starts)."""
+    try:
+        status = orjson.loads(layout.http("/status")[1])
+    except OSError:
+        return 0  # not answering yet (or a stale address of a killed predecessor)
+    return len(status["sources"]["bus"]["partitions"])
+
+
+def test_tls_and_scram_with_the_password_from_a_file_and_problems_named_in_status(layout, daemon_factory, kafka):
+    topic, group = f"secure-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic)
+    produce(kafka, topic, [line.rstrip(b"\n") for line in generator.lines(50, max_chars=300)])
+    secret = layout.root / "kafka.password"
+    secret.write_text(kafka.password + "\n")
+    secure = {"brokers": [kafka.secure_bootstrap], "tls": True, "ca_file": str(kafka.ca_file),
+              "sasl_mechanism": "SCRAM-SHA-512", "username": kafka.scram_user}
+    write_source_config(layout, kafka, topic, group, **secure, password_file=str(secret))
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(partial(arrived_at_least, layout, 50), what="the records over TLS with SCRAM-SHA-512")
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(50)], layout.records()).assert_exact()
+
+    write_source_config(layout, kafka, topic, f"{group}-refused", **secure)
+    with new_daemon(layout, daemon_factory, {"LOGFERRY_SOURCES__BUS__PASSWORD": "not-the-password"}) as daemon:
+        wait_for(lambda: f"refused the credentials of {kafka.scram_user}" in layout.http("/status")[1].decode(),
+                 what="the refused credentials in status")
+        assert layout.http("/health")[0] != 200
+        assert daemon.stop() == 0
+    assert "not-the-password" not in daemon.log()
+
+
+def test_an_unreachable_broker_and_a_missing_topic_are_named_in_status(layout, daemon_factory, kafka):
+    closed = free_port()
+    write_source_config(layout, kafka, "anything", "indexers", brokers=[f"127.0.0.1:{closed}"])
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: f"cannot reach the brokers 127.0.0.1:{closed}" in layout.http("/status")[1].decode(),
+                 what="the unreachable broker in status")
+        assert daemon.stop() == 0
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    write_source_config(layout, kafka, missing, "indexers")
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: missing in layout.http("/status")[1].decode(), what="the missing topic in status")
+        assert daemon.stop() == 0

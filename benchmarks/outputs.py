@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""Outputs end to end: backlog → tail → Elasticsearch, and → S3 (gzip, zstd).
+"""Outputs end to end: backlog → tail → Elasticsearch, → OpenSearch, and → S3 (gzip, zstd).
 
-  .venv/bin/python benchmarks/outputs.py                          # 20,000 records, ES 8.19.21 and moto
+  .venv/bin/python benchmarks/outputs.py                          # 20,000 records, ES 8.19.21, OpenSearch and moto
   .venv/bin/python benchmarks/outputs.py --records 50000 --only es --es-url http://127.0.0.1:9200
+  .venv/bin/python benchmarks/outputs.py --records 100000 --only os --workers 2   # OpenSearch 2.19.2
   .venv/bin/python benchmarks/outputs.py --only s3 --formats json,gzip,zstd
 
 One generated workload (--records, --max-chars) already in the followed file, a fresh daemon
 per run, timed from "logferry running" until the file is read to its end and the output's
 buffer is empty (every chunk acknowledged by the server).
 
-Elasticsearch: a throw-away local server (tests/support/elasticsearch.py: the cached Maven
-test distribution, 512 MB heap) unless --es-url. Reports documents/s, logferry's CPU seconds
+Elasticsearch and OpenSearch: a throw-away local server (tests/support/elasticsearch.py and
+opensearch.py: the cached Maven test distributions, 512 MB heap) unless --es-url / --os-url.
+Reports documents/s, logferry's CPU seconds
 and share of one core, the server's CPU (its whole process group, from /proc) over the same
 window, and next to it "direct _bulk": the same documents sent straight to the server in
 bulk requests of the output's default size (5,000 documents, 10 MiB), one at a time (the output's
@@ -61,7 +63,9 @@ from common import (
 from pipeline.outputs.elasticsearch.config import template_name_for
 from pipeline.outputs.elasticsearch.template import interaction_mappings
 from tests.support.daemon import render_toml
-from tests.support.elasticsearch import ElasticsearchServer, request
+from tests.support.elasticsearch import ElasticsearchServer, SearchServer, request
+from tests.support.opensearch import DEFAULT_VERSION as OS_VERSION
+from tests.support.opensearch import OpenSearchServer
 from tests.support.s3server import CREDENTIALS, S3Server
 
 ES_VERSION = "8.19.21"
@@ -112,16 +116,24 @@ def run_pipeline(root: Path, workload: Path, name: str, output: dict[str, Any], 
 # Elasticsearch
 
 
+#: The bulk outputs measured: report key, output type, title, the local server and its version.
+SEARCH_SERVERS: dict[str, tuple[str, str, str, type[SearchServer], str]] = {
+    "es": ("elasticsearch", "elasticsearch", "Elasticsearch", ElasticsearchServer, ES_VERSION),
+    "os": ("opensearch", "opensearch", "OpenSearch", OpenSearchServer, OS_VERSION),
+}
+
+
 @contextmanager
-def elasticsearch(url: str | None) -> Iterator[tuple[str, Callable[[], float]]]:
-    """The cluster's URL and a function giving its CPU seconds (0 for an external cluster)."""
+def search_server(kind: str, url: str | None) -> Iterator[tuple[str, Callable[[], float]]]:
+    """The cluster's URL and a function giving its CPU seconds (NaN for an external cluster)."""
     if url:
         yield url, lambda: float("nan")  # another machine's processes: not measured
         return
-    with ElasticsearchServer(ES_VERSION) as es:
-        pgid = es.pid
+    *_, server_class, version = SEARCH_SERVERS[kind]
+    with server_class(version) as server:
+        pgid = server.pid
         assert pgid is not None
-        yield es.url, lambda: group_cpu_seconds(pgid)
+        yield server.url, lambda: group_cpu_seconds(pgid)
 
 
 def call(method: str, url: str, body: Any = None, ok: tuple[int, ...] = (200,),
@@ -174,15 +186,18 @@ def direct_bulk(url: str, workload: Path, index: str, server_cpu: Callable[[], f
             "server_cpu_pct_of_core": 100 * server / seconds}
 
 
-def bench_es(root: Path, workload: Path, args: argparse.Namespace) -> dict[str, Any]:
+def bench_search(kind: str, root: Path, workload: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """logferry's bulk output against a plain client on the same server, alternating runs."""
     records, size = args.records, workload.stat().st_size
-    with elasticsearch(args.es_url) as (url, server_cpu):
+    _, output_type, _, _, version = SEARCH_SERVERS[kind]
+    external = args.es_url if kind == "es" else args.os_url
+    with search_server(kind, external) as (url, server_cpu):
         direct_bulk(url, workload, "bench-warmup", server_cpu)  # the server's JIT and caches: not measured
         call("DELETE", f"{url}/bench-warmup")
         runs = []
         for n in range(args.es_runs):
             call("DELETE", f"{url}/bench-logferry-*", ok=(200, 404))
-            output = {"type": "elasticsearch", "hosts": [url], "index": LOGFERRY_INDEX,
+            output = {"type": output_type, "hosts": [url], "index": LOGFERRY_INDEX,
                       "bulk_concurrency": args.bulk_concurrency}
             run = run_pipeline(root, workload, "search", output, server_cpu, workers=args.workers)
             run["indexed"] = count(url, "bench-logferry-*")
@@ -195,12 +210,12 @@ def bench_es(root: Path, workload: Path, args: argparse.Namespace) -> dict[str, 
         call("DELETE", f"{url}/_index_template/{template_name_for(LOGFERRY_INDEX)}", ok=(200, 404))
     lf = statistics.median(r["logferry"]["seconds"] for r in runs)
     direct = statistics.median(r["direct_bulk"]["seconds"] for r in runs)
-    return {"server": args.es_url or f"local {ES_VERSION} (512 MB heap)", "records": records, "bytes": size,
+    return {"server": external or f"local {version} (512 MB heap)", "records": records, "bytes": size,
             "docs_per_s": records / lf, "mb_per_s": size / lf / 1e6, "direct_docs_per_s": records / direct,
             "ratio_to_direct": direct / lf,
             "cpu_pct_of_core": statistics.median(r["logferry"]["cpu_pct_of_core"] for r in runs),
             "server_cpu_pct_of_core": statistics.median(r["logferry"]["server_cpu_pct_of_core"] for r in runs),
-            "runs": runs}
+            "runs": runs, "peak_rss_mb": max(r["logferry"]["peak_rss_mb"] for r in runs)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,24 +266,35 @@ def print_results(report: dict[str, Any]) -> None:
     floor = report["floor"]
     print(f"  workload: {report['records']:,} records, {report['bytes'] / 1e6:.1f} MB; floor (no output, no "
           f"durability): {floor['records_per_s']:,.0f} rec/s, {floor['mb_per_s']:.0f} MB/s")
-    if "elasticsearch" in report:
-        es = report["elasticsearch"]
-        print(f"\n  tail → Elasticsearch ({es['server']}), {len(es['runs'])} alternating runs, "
-              f"workers {report['workers']}, bulk_concurrency {report['bulk_concurrency']}")
-        rows = []
-        for r in es["runs"]:
-            lf, d = r["logferry"], r["direct_bulk"]
-            rows.append(["logferry", f"{es['records'] / lf['seconds']:,.0f}", f"{lf['seconds']:.2f}",
-                         f"{lf['cpu_s']:.2f}", f"{lf['cpu_pct_of_core']:.0f}%", f"{lf['server_cpu_s']:.2f}",
-                         f"{lf['server_cpu_pct_of_core']:.0f}%",
-                         f"{lf['rss_at_start_mb']:.0f} → {lf['peak_rss_mb']:.0f} MB"])
-            rows.append(["direct _bulk", f"{es['records'] / d['seconds']:,.0f}", f"{d['seconds']:.2f}", "-", "-",
-                         f"{d['server_cpu_s']:.2f}", f"{d['server_cpu_pct_of_core']:.0f}%", "-"])
-        print_table(["", "docs/s", "seconds", "logferry CPU-s", "logferry CPU", "ES CPU-s", "ES CPU",
-                     "RSS start → peak"], rows)
-        print(f"  medians: logferry {es['docs_per_s']:,.0f} docs/s ({es['cpu_pct_of_core']:.0f}% of a core, ES "
-              f"{es['server_cpu_pct_of_core']:.0f}%), direct _bulk {es['direct_docs_per_s']:,.0f} docs/s; "
-              f"logferry / direct: {es['ratio_to_direct']:.2f}x")
+    for key, _, title, _, _ in SEARCH_SERVERS.values():
+        if key in report:
+            print_search(report, report[key], title)
+    print_s3(report)
+
+
+def print_search(report: dict[str, Any], es: dict[str, Any], title: str) -> None:
+    """One bulk output's table: each run of logferry beside the plain client's."""
+    short = "ES" if title == "Elasticsearch" else "OS"
+    print(f"\n  tail → {title} ({es['server']}), {len(es['runs'])} alternating runs, "
+          f"workers {report['workers']}, bulk_concurrency {report['bulk_concurrency']}")
+    rows = []
+    for r in es["runs"]:
+        lf, d = r["logferry"], r["direct_bulk"]
+        rows.append(["logferry", f"{es['records'] / lf['seconds']:,.0f}", f"{lf['seconds']:.2f}",
+                     f"{lf['cpu_s']:.2f}", f"{lf['cpu_pct_of_core']:.0f}%", f"{lf['server_cpu_s']:.2f}",
+                     f"{lf['server_cpu_pct_of_core']:.0f}%",
+                     f"{lf['rss_at_start_mb']:.0f} → {lf['peak_rss_mb']:.0f} MB"])
+        rows.append(["direct _bulk", f"{es['records'] / d['seconds']:,.0f}", f"{d['seconds']:.2f}", "-", "-",
+                     f"{d['server_cpu_s']:.2f}", f"{d['server_cpu_pct_of_core']:.0f}%", "-"])
+    print_table(["", "docs/s", "seconds", "logferry CPU-s", "logferry CPU", f"{short} CPU-s", f"{short} CPU",
+                 "RSS start → peak"], rows)
+    print(f"  medians: logferry {es['docs_per_s']:,.0f} docs/s ({es['cpu_pct_of_core']:.0f}% of a core, {short} "
+          f"{es['server_cpu_pct_of_core']:.0f}%), direct _bulk {es['direct_docs_per_s']:,.0f} docs/s; "
+          f"logferry / direct: {es['ratio_to_direct']:.2f}x; peak RSS {es['peak_rss_mb']:.0f} MB")
+
+
+def print_s3(report: dict[str, Any]) -> None:
+    """The S3 table."""
     if "s3" in report:
         print("\n  tail → S3 (moto_server)")
         print_table(["store_as", "MB/s raw", "rec/s", "objects", "objects/s", "ratio", "seconds", "logferry CPU-s",
@@ -283,9 +309,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=20_000)
     ap.add_argument("--max-chars", type=int, default=16384)
-    ap.add_argument("--only", choices=["es", "s3"], default=None)
+    ap.add_argument("--only", choices=["es", "os", "s3"], default=None)
     ap.add_argument("--es-url", default=None, help="an existing cluster instead of a throw-away local one")
-    ap.add_argument("--es-runs", type=int, default=3)
+    ap.add_argument("--os-url", default=None, help="an existing OpenSearch instead of a throw-away local one")
+    ap.add_argument("--es-runs", type=int, default=3, help="alternating runs per bulk output (ES and OpenSearch)")
     ap.add_argument("--workers", type=int, default=1, help="buffer.workers of the output (chunks in flight)")
     ap.add_argument("--bulk-concurrency", type=int, default=1, help="the Elasticsearch output's bulk_concurrency")
     ap.add_argument("--formats", default="gzip,zstd", help="S3 store_as values, comma-separated")
@@ -304,16 +331,18 @@ def main() -> None:
                               "floor": {**floor, "records_per_s": args.records / floor["seconds"],
                                         "mb_per_s": size / floor["seconds"] / 1e6}}
     (root / "floor.out").unlink()
-    if args.only in (None, "es"):
-        report["elasticsearch"] = bench_es(root, workload, args)
+    for kind, (key, *_) in SEARCH_SERVERS.items():
+        if args.only in (None, kind):
+            report[key] = bench_search(kind, root, workload, args)
     if args.only in (None, "s3"):
         report["s3"] = bench_s3(root, workload, args)
     shutil.rmtree(root, ignore_errors=True)
     report.update(finish_run(info))
-    print_header("outputs: backlog → tail → Elasticsearch / S3, fresh daemon per run", info)
+    print_header("outputs: backlog → tail → Elasticsearch / OpenSearch / S3, fresh daemon per run", info)
     print_results(report)
     tuned = args.workers != 1 or args.bulk_concurrency != 1
-    write_results(f"outputs-w{args.workers}-b{args.bulk_concurrency}" if tuned else "outputs", report)
+    name = f"outputs-w{args.workers}-b{args.bulk_concurrency}" if tuned else "outputs"
+    write_results(f"{name}-{args.only}" if args.only else name, report)
 
 
 if __name__ == "__main__":

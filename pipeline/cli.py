@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     check = sub.add_parser("check", help="validate the configuration and print it merged")
     _config_args(check)
+    check.add_argument("--connect", action="store_true",
+                       help="also reach each output's server with its credentials and name what answers")
     check.set_defaults(func=_check)
     gen = sub.add_parser("generate", help="write generated interaction records (tests, benchmarks)")
     gen.add_argument("--records", type=int, default=10_000)
@@ -135,7 +137,9 @@ def _setup_logging(level: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.runtime.app import serve
+    from pipeline.runtime.memory import tune_malloc
 
+    tune_malloc()  # before any worker thread exists
     settings = _settings(args)
     _setup_logging(settings.log_level)
     try:
@@ -161,7 +165,14 @@ def _check(args: argparse.Namespace) -> int:
         if warning := source.exposure_warning():
             print(f"logferry: warning: sources.{name}: {warning}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
-    return 0
+    if not getattr(args, "connect", False):
+        return 0
+    from pipeline.runtime.connect import connect_all  # imports the outputs' client libraries
+
+    answers = asyncio.run(connect_all(settings))
+    for answer in answers:
+        print(one_line(str(answer)), file=sys.stderr)
+    return 0 if all(answer.ok for answer in answers) else 1
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from pydantic import Field
 from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
 from pipeline.outputs.file.config import FileOutputConfig
 from pipeline.outputs.kafka.config import KafkaOutputConfig
+from pipeline.outputs.opensearch.config import OpenSearchOutputConfig
 from pipeline.outputs.s3.config import S3OutputConfig
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.tail.config import TailSourceConfig
@@ -33,11 +34,13 @@ SOURCE_CLASSES = {
 }
 
 OutputConfig = Annotated[
-    FileOutputConfig | ElasticsearchOutputConfig | S3OutputConfig | KafkaOutputConfig, Field(discriminator="type")
+    FileOutputConfig | ElasticsearchOutputConfig | OpenSearchOutputConfig | S3OutputConfig | KafkaOutputConfig,
+    Field(discriminator="type"),
 ]
 OUTPUT_CLASSES = {
     "file": "pipeline.outputs.file.output:FileOutput",
     "elasticsearch": "pipeline.outputs.elasticsearch.output:ElasticsearchOutput",
+    "opensearch": "pipeline.outputs.opensearch.output:OpenSearchOutput",
     "s3": "pipeline.outputs.s3.output:S3Output",
     "kafka": "pipeline.outputs.kafka.output:KafkaOutput",
 }

@@ -76,7 +76,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     hostname = effective_hostname(settings.enrich)
     for name, cfg in settings.outputs.items():
         context = OutputContext(name, buffers[name].directory, dead_letters, clock, hostname, settings.enrich)
-        outputs[name] = _build_output(name, cfg, context)
+        outputs[name] = build_output(name, cfg, context)
         flushers[name] = Flusher(name, outputs[name], buffers[name], clock)
     routes = _routes(settings, buffers)
     for src, routed in routes.items():
@@ -231,6 +231,7 @@ def _build_source(name: str, cfg: SourceConfig, context: SourceContext) -> Sourc
     return source
 
 
-def _build_output(name: str, cfg: OutputConfig, context: OutputContext) -> Output:
+def build_output(name: str, cfg: OutputConfig, context: OutputContext) -> Output:
+    """The runtime object of output ``name`` (its class imported only now; ConfigError if it cannot run)."""
     output: Output = _runtime_class("outputs", name, cfg.type, OUTPUT_CLASSES[cfg.type])(cfg, context)
     return output

@@ -8,6 +8,10 @@
 ``s3_server``: a throw-away S3 (moto) for this directory's modules that ship to S3 besides Elasticsearch.
 ``es_secure``: a throw-away 8.19.21 with security on, HTTPS, a file-realm user (and an API key where the
 distribution can make one), about 12 s to start.
+``opensearch_server`` / ``opensearch_url``: a throw-away OpenSearch 2.19.2 for the session (about 12 s to
+start, ~700 MB), or ``LOGFERRY_TEST_OPENSEARCH_URL``; started only when an OpenSearch test runs.
+``opensearch3_url``: a throw-away OpenSearch 3.3.2 (Java 21+) for a smaller subset, for its module only
+(``LOGFERRY_TEST_OPENSEARCH3=0`` skips it; with an external node it is opt-in: ``=1``).
 
 The extra servers run by default (the whole Elasticsearch module takes about a minute on two
 cores); ``LOGFERRY_TEST_ES9=0`` / ``LOGFERRY_TEST_ES_413=0`` / ``LOGFERRY_TEST_ES_SECURITY=0`` skip them.
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import opensearch
 from tests.support.elasticsearch import ElasticsearchServer, SecuredElasticsearchServer, external_url
 from tests.support.kafka import KafkaBroker
 from tests.support.s3server import S3Server
@@ -80,6 +85,34 @@ def es_secure() -> Iterator[SecuredElasticsearchServer]:
         pytest.skip("the secured Elasticsearch tests are off: LOGFERRY_TEST_ES_SECURITY=1 runs them")
     with SecuredElasticsearchServer(ES8) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def opensearch_server() -> Iterator[opensearch.OpenSearchServer | None]:
+    """The session's own OpenSearch (None when LOGFERRY_TEST_OPENSEARCH_URL names a node)."""
+    if opensearch.external_url():
+        yield None
+        return
+    with opensearch.OpenSearchServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(opensearch_server: opensearch.OpenSearchServer | None) -> str:
+    """Base URL of the OpenSearch the tests index into."""
+    url = opensearch.external_url() if opensearch_server is None else opensearch_server.url
+    assert url is not None
+    return url
+
+
+@pytest.fixture(scope="module")
+def opensearch3_url() -> Iterator[str]:
+    """Base URL of a throw-away OpenSearch 3 (LOGFERRY_TEST_OPENSEARCH3=0 skips it)."""
+    value = os.environ.get("LOGFERRY_TEST_OPENSEARCH3", "").strip()
+    if not (value == "1" if value else opensearch.external_url() is None):
+        pytest.skip("OpenSearch 3 tests are off: LOGFERRY_TEST_OPENSEARCH3=1 runs them")
+    with opensearch.OpenSearchServer(opensearch.VERIFIED_VERSIONS[1]) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,10 @@ system user the throw-away server runs as.)
 :class:`SecuredElasticsearchServer` starts a node with security on: TLS on HTTP (a CA and a node certificate
 made here with ``cryptography``, imported only then), a file-realm superuser and an API key.
 
+:class:`SearchServer` is the one server helper: a :class:`Distribution` says which test distribution it
+runs (``ELASTICSEARCH`` here; :mod:`tests.support.opensearch` gives ``OPENSEARCH``), and everything else
+(download, cache, user, ports, start, outages, stop) is shared.
+
 :func:`request` and the helpers built on it authenticate by themselves: each URL gets the
 :class:`ClusterAccess` of its cluster (:func:`access_for`).
 
@@ -80,6 +84,28 @@ DEFAULT_STARTUP_TIMEOUT = 180.0
 _COMPLETE_MARKER = ".logferry-complete"
 _ERROR_LINE = re.compile(r"\]\[(ERROR|FATAL)\s*\]|^(ERROR|Exception|Caused by|[\w.$]+(Exception|Error)\b)")
 _BIND_ERRORS = ("BindException", "Address already in use", "BindTransportException", "BindHttpException")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A search server's test distribution on Maven Central and how it is launched.
+
+    ``name`` is the zip's, the launcher's (``bin/<name>``), the config file's (``<name>.yml``) and the
+    cache folder's name; ``env`` the prefix of its environment variables (``<env>_JAVA_HOME``, …).
+    """
+
+    name: str
+    title: str
+    artifact: str
+    env: str
+    java: Mapping[int, int]  # the Java release each major version needs at least (others: 21)
+
+    def java_needed(self, version: str) -> int:
+        """The oldest Java release that runs ``version``."""
+        return self.java.get(_major(version), 21)
+
+
+ELASTICSEARCH = Distribution("elasticsearch", "Elasticsearch", ARTIFACT, "ES", {7: 11, 8: 17})
 
 
 class ElasticsearchError(RuntimeError):
@@ -241,15 +267,15 @@ def request(
 # distribution
 
 
-def cache_dir() -> Path:
-    """Where distributions are unzipped (see the module docstring)."""
+def cache_dir(name: str = ELASTICSEARCH.name) -> Path:
+    """Where distributions named ``name`` are unzipped (see the module docstring)."""
     env = os.environ.get("LOGFERRY_CACHE")
     if env:
-        return Path(env).expanduser().resolve() / "elasticsearch"
+        return Path(env).expanduser().resolve() / name
     if os.geteuid() == 0:
-        return Path("/var/cache/logferry-test/elasticsearch")
+        return Path("/var/cache/logferry-test") / name
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "logferry" / "elasticsearch"
+    return Path(xdg) / "logferry" / name
 
 
 @contextlib.contextmanager
@@ -270,22 +296,22 @@ def _mkdirs_readable(path: Path) -> None:
         p.chmod(0o755)
 
 
-def _download(version: str, dest: Path) -> Path:
+def _download(version: str, dest: Path, dist: Distribution = ELASTICSEARCH) -> Path:
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise ElasticsearchError("Maven (mvn) is needed to fetch Elasticsearch: apt-get install maven")
+        raise ElasticsearchError(f"Maven (mvn) is needed to fetch {dist.title}: apt-get install maven")
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
         mvn, "-q", "-B", "dependency:copy",
-        f"-Dartifact={ARTIFACT}:{version}:zip",
+        f"-Dartifact={dist.artifact}:{version}:zip",
         f"-DoutputDirectory={dest}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-    zip_path = dest / f"elasticsearch-{version}.zip"
+    zip_path = dest / f"{dist.name}-{version}.zip"
     if proc.returncode != 0 or not zip_path.is_file():
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
         raise ElasticsearchError(
-            f"could not fetch {ARTIFACT}:{version}:zip with mvn (exit {proc.returncode}); "
+            f"could not fetch {dist.artifact}:{version}:zip with mvn (exit {proc.returncode}); "
             f"only some versions are published, see scripts/es-versions.txt\n{tail}"
         )
     return zip_path
@@ -307,26 +333,26 @@ def _extract(zip_path: Path, into: Path) -> Path:
     return into / tops.pop()
 
 
-def ensure_distribution(version: str) -> Path:
-    """Return ES_HOME of the unzipped test distribution ``version``, fetching it the first time.
+def ensure_distribution(version: str, dist: Distribution = ELASTICSEARCH) -> Path:
+    """Return the home of the unzipped test distribution ``version``, fetching it the first time.
 
     Safe to call from several processes at once (a file lock guards the download).
     """
-    root = cache_dir()
-    home = root / f"elasticsearch-{version}"
+    root = cache_dir(dist.name)
+    home = root / f"{dist.name}-{version}"
     if (home / _COMPLETE_MARKER).is_file():
         return home
     _mkdirs_readable(root)
-    with _file_lock(root / f".elasticsearch-{version}.lock"):
+    with _file_lock(root / f".{dist.name}-{version}.lock"):
         if (home / _COMPLETE_MARKER).is_file():
             return home
-        zip_path = _download(version, root / "downloads")
+        zip_path = _download(version, root / "downloads", dist)
         staging = Path(tempfile.mkdtemp(prefix=f".extract-{version}-", dir=root))
         try:
             top = _extract(zip_path, staging)
             shutil.rmtree(home, ignore_errors=True)
             top.rename(home)
-            (home / _COMPLETE_MARKER).write_text(f"{ARTIFACT}:{version}:zip\n")
+            (home / _COMPLETE_MARKER).write_text(f"{dist.artifact}:{version}:zip\n")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         zip_path.unlink(missing_ok=True)  # Maven keeps its own copy in ~/.m2
@@ -353,18 +379,19 @@ def _java_major(java_home: Path) -> int | None:
     return int(m.group(2) or 0) if first == 1 else first
 
 
-def find_java_home(es_version: str) -> Path:
+def find_java_home(es_version: str, dist: Distribution = ELASTICSEARCH) -> Path:
     """A JDK able to run ``es_version``: LOGFERRY_ES_JAVA_HOME if set, else the oldest suitable JDK
-    among JAVA_HOME, the default java and /usr/lib/jvm/* (Java 17+ for 8.x, 21+ for 9.x)."""
-    forced = os.environ.get("LOGFERRY_ES_JAVA_HOME")
+    among JAVA_HOME, the default java and /usr/lib/jvm/* (Elasticsearch: Java 17+ for 8.x, 21+ for 9.x;
+    OpenSearch: 11+ for 2.x, 21+ for 3.x)."""
+    forced = os.environ.get(f"LOGFERRY_{dist.env}_JAVA_HOME")
     if forced:
         return Path(forced)
-    need = {7: 11, 8: 17}.get(_major(es_version), 21)
+    need = dist.java_needed(es_version)
     try:
         return find_java(need)
     except ElasticsearchError:
         raise ElasticsearchError(
-            f"Elasticsearch {es_version} needs Java {need}+; none found (set LOGFERRY_ES_JAVA_HOME)"
+            f"{dist.title} {es_version} needs Java {need}+; none found (set LOGFERRY_{dist.env}_JAVA_HOME)"
         ) from None
 
 
@@ -455,7 +482,7 @@ def _absolutize_jvm_options(path: Path, logs: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # server
 
-_LIVE: weakref.WeakSet[ElasticsearchServer] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[SearchServer] = weakref.WeakSet()
 
 
 @atexit.register
@@ -465,8 +492,8 @@ def _stop_all() -> None:
             server.stop()
 
 
-class ElasticsearchServer:
-    """A single-node Elasticsearch on 127.0.0.1 for tests.
+class SearchServer:
+    """A single-node search server (its :class:`Distribution`: ``distribution``) on 127.0.0.1 for tests.
 
     ``start()`` picks free HTTP/transport ports and a fresh data directory, then waits for yellow/green.
     ``stop_start()`` / ``outage()`` stop the JVM and start it again on the same ports and data directory.
@@ -475,6 +502,7 @@ class ElasticsearchServer:
     """
 
     scheme = "http"
+    distribution = ELASTICSEARCH
 
     def __init__(
         self,
@@ -569,10 +597,11 @@ class ElasticsearchServer:
             return self
         self.stop()  # a previous instance stopped with stop_process(): drop its directory
         self._ids = _ensure_user()
+        cache = cache_dir(self.distribution.name)
         if self._ids is not None:  # fail before a download the server user could not read
-            _check_readable_by(next(p for p in (cache_dir(), *cache_dir().parents) if p.exists()), *self._ids)
-        self._home = ensure_distribution(self._version)
-        self._java = find_java_home(self._version)
+            _check_readable_by(next(p for p in (cache, *cache.parents) if p.exists()), *self._ids)
+        self._home = ensure_distribution(self._version, self.distribution)
+        self._java = find_java_home(self._version, self.distribution)
         if self._ids is not None:
             _check_readable_by(self._home / "lib", *self._ids)
         for attempt in range(3):
@@ -711,15 +740,16 @@ class ElasticsearchServer:
         return settings
 
     def _security_settings(self) -> dict[str, str | int | float | bool]:
-        """Security off: plain HTTP, no credentials."""
-        return {"xpack.security.enabled": False}
+        """None: the test distributions have no security plugin unless told otherwise."""
+        return {}
 
     def _prepare_config(self, config: Path) -> None:
         """Called with the instance's fresh config directory before it is handed to the server user."""
 
     def _new_workdir(self) -> None:
         assert self._home is not None
-        workdir = Path(tempfile.mkdtemp(prefix=f"logferry-es-{self._version}-", dir=self._base_dir))
+        prefix = "es" if self.distribution is ELASTICSEARCH else self.distribution.name
+        workdir = Path(tempfile.mkdtemp(prefix=f"logferry-{prefix}-{self._version}-", dir=self._base_dir))
         self._workdir = workdir
         self._http_port, self._transport_port = free_port(), free_port()
         while self._transport_port == self._http_port:
@@ -729,7 +759,7 @@ class ElasticsearchServer:
             (workdir / sub).mkdir()
         _absolutize_jvm_options(workdir / "config" / "jvm.options", workdir / "logs")
         lines = [f"{key}: {_yaml_value(value)}" for key, value in self._settings().items()]
-        (workdir / "config" / "elasticsearch.yml").write_text("\n".join(lines) + "\n")
+        (workdir / "config" / f"{self.distribution.name}.yml").write_text("\n".join(lines) + "\n")
         self._prepare_config(workdir / "config")
         workdir.chmod(0o755)
         _chown_tree(workdir, self._ids)
@@ -738,15 +768,15 @@ class ElasticsearchServer:
 
     def _environment(self) -> dict[str, str]:
         assert self._java is not None
-        workdir = self.workdir
+        workdir, env = self.workdir, self.distribution.env
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(workdir),
             "LANG": "C.UTF-8",
-            "ES_JAVA_HOME": str(self._java),
-            "ES_PATH_CONF": str(workdir / "config"),
-            "ES_TMPDIR": str(workdir / "tmp"),
-            "ES_JAVA_OPTS": f"-Xms{self._heap} -Xmx{self._heap}",
+            f"{env}_JAVA_HOME": str(self._java),
+            f"{env}_PATH_CONF": str(workdir / "config"),
+            f"{env}_TMPDIR": str(workdir / "tmp"),
+            f"{env}_JAVA_OPTS": f"-Xms{self._heap} -Xmx{self._heap}",
         }
 
     def _launch(self) -> None:
@@ -761,7 +791,7 @@ class ElasticsearchServer:
             kwargs = {"user": self._ids[0], "group": self._ids[1], "extra_groups": []}
         self._console = console
         self._proc = subprocess.Popen(
-            [str(self._home / "bin" / "elasticsearch")],
+            [str(self._home / "bin" / self.distribution.name)],
             cwd=workdir / "logs",
             env=self._environment(),
             stdin=subprocess.DEVNULL,
@@ -780,7 +810,7 @@ class ElasticsearchServer:
         return "\n".join(parts)
 
     def _fail(self, why: str) -> ElasticsearchStartError:
-        msg = f"Elasticsearch {self._version} on {self.url}: {why}\n{self._log_tail()}"
+        msg = f"{self.distribution.title} {self._version} on {self.url}: {why}\n{self._log_tail()}"
         self.stop_process(graceful=False)
         return ElasticsearchStartError(msg)
 
@@ -804,6 +834,16 @@ class ElasticsearchServer:
             if time.monotonic() > deadline:
                 raise self._fail(f"not yellow/green after {self.startup_timeout:.0f}s (last: {last})")
             time.sleep(0.25)
+
+
+class ElasticsearchServer(SearchServer):
+    """A single-node Elasticsearch on 127.0.0.1 for tests (see :class:`SearchServer`)."""
+
+    distribution = ELASTICSEARCH
+
+    def _security_settings(self) -> dict[str, str | int | float | bool]:
+        """Security off: plain HTTP, no credentials."""
+        return {"xpack.security.enabled": False}
 
 
 class SecuredElasticsearchServer(ElasticsearchServer):

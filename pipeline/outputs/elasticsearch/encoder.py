@@ -26,7 +26,7 @@ import orjson
 
 from pipeline.buffer.chunk import Chunk
 from pipeline.buffer.frame import Frame
-from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
+from pipeline.outputs.bulk.config import BulkIndexConfig
 from pipeline.outputs.records import document_id, lines, parse_object
 from pipeline.transforms.enrich import iso_millis
 from pipeline.transforms.parse_json import event_time
@@ -103,7 +103,7 @@ class IndexNamer:
 class BulkEncoder:
     """Turns a chunk into batches of documents, bounded by ``bulk_max_bytes`` and ``bulk_max_docs``."""
 
-    def __init__(self, config: ElasticsearchOutputConfig) -> None:
+    def __init__(self, config: BulkIndexConfig) -> None:
         self.op_type = config.op_type
         self.id_key = config.id_key
         self.time_key = config.time_key

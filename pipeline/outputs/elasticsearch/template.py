@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.outputs.elasticsearch.config import ElasticsearchOutputConfig
+from pipeline.outputs.bulk.config import BulkIndexConfig
 
 if TYPE_CHECKING:  # pipeline.config imports this package's config: no import at run time
     from pipeline.config import EnrichConfig
@@ -77,7 +77,7 @@ def interaction_mappings(time_key: str = "timestamp", added: AddedFields = DEFAU
     return {"dynamic": True, "properties": properties}
 
 
-def index_template(config: ElasticsearchOutputConfig, added: AddedFields = DEFAULT_ADDED_FIELDS) -> dict[str, Any]:
+def index_template(config: BulkIndexConfig, added: AddedFields = DEFAULT_ADDED_FIELDS) -> dict[str, Any]:
     """Keyword arguments of ``indices.put_index_template`` for this output.
 
     ``added``: the names of the enriched fields (``AddedFields.of(settings.enrich)``).

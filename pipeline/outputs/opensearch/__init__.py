@@ -1,0 +1,1 @@
+"""The OpenSearch output (self-hosted, Amazon OpenSearch Service, Serverless): the shared ``_bulk`` delivery."""

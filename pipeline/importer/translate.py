@@ -199,7 +199,7 @@ def _output(directive: Directive, walk: _Walk) -> str | None:
         return None
     if kind is None:
         ctx.add("refused", directive.where, f"{directive.heading} @type {directive.type}",
-                "logferry has no such output (it has elasticsearch, s3 and file); left out")
+                "logferry has no such output (it has elasticsearch, opensearch, s3 and file); left out")
         return None
     name = ctx.name_for(directive, kind.default_name)
     reader = Reader(directive, ctx, kind.ignored)

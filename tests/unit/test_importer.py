@@ -18,7 +18,8 @@ from pipeline.importer.translate import NothingToRun, translate
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fluentd"
 EXPECTED = FIXTURES / "expected"
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = ["td-agent", "v1_app", "v0_legacy", "v1_same_as_v0", "routing", "forward_aggregator", "forward_aggregator_v0"]
+GOLDEN = ["td-agent", "v1_app", "v0_legacy", "v1_same_as_v0", "routing", "forward_aggregator", "forward_aggregator_v0",
+          "opensearch"]
 
 
 def run_import(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -83,7 +84,8 @@ def test_first_match_wins_across_overlapping_patterns_and_labels() -> None:
     tags = {name: src["tag"] for name, src in document["sources"].items()}
     assert tags == {"forward": "", "tail": "ai.debug", "tail_2": "ai", "tail_3": "batch.jobs"}
     # the forward source's clients choose their tags: the ai.** match's pattern is added for them
-    assert matches == {"debug_copy": ["ai.debug"], "search": ["ai", "ai.**"], "batch_search": ["batch.jobs"]}
+    assert matches == {"debug_copy": ["ai.debug"], "search": ["ai", "ai.**"], "search_2": ["legacy.**"],
+                       "batch_search": ["batch.jobs"]}
 
 
 def test_secrets_are_never_written_to_the_toml_or_the_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -286,3 +288,20 @@ def test_forward_security_and_tls_translate_and_the_shared_key_is_never_copied(
                       "tls_cert": "/c.pem", "tls_key": "/k.pem"}
     assert "hunter2" not in toml_text and "hunter2" not in report
     assert "set LOGFERRY_SOURCES__EDGE__SHARED_KEY to the key" in report
+
+
+def test_an_opensearch_endpoint_becomes_sigv4_keys_and_its_aws_keys_are_never_copied(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    conf = tmp_path / "os.conf"
+    conf.write_text("<source>\n@type tail\npath /a/*.log\ntag a\nformat json\n</source>\n"
+                    "<match **>\n@type opensearch\n@id serverless\nindex_name ai\nuser someone\n"
+                    "<endpoint>\nurl https://abc.eu-west-1.aoss.amazonaws.com/\nregion eu-west-1\n"
+                    "aws_service_name aoss\naccess_key_id AKIAEXAMPLEOPENSRCH\nsecret_access_key wJalrOpenSearchKey\n"
+                    "</endpoint>\n</match>\n")
+    status, toml_text, report = run_import(capsys, str(conf))
+    output = tomllib.loads(toml_text)["outputs"]["serverless"]
+    assert output == {"type": "opensearch", "match": ["a"], "hosts": ["https://abc.eu-west-1.aoss.amazonaws.com"],
+                      "index": "ai", "aws_sigv4": True, "aws_region": "eu-west-1", "aws_service": "aoss"}
+    assert "AKIAEXAMPLEOPENSRCH" not in toml_text + report and "wJalrOpenSearchKey" not in toml_text + report
+    assert "access_key_id (not copied): logferry signs with the standard AWS chain" in report
+    assert "user someone: not used: <endpoint> says where to send and how to sign" in report

@@ -92,8 +92,9 @@ def forward(directive: Directive, ctx: Context) -> SourceSpec | None:
     table: dict[str, Any] = {"type": "forward", "tag": "", "bind": reader.text("bind") or "0.0.0.0",
                              "port": reader.get(int, "port") or 24224}
     tag = reader.text("tag")
-    if tag:
-        table["tag"] = tag
+    prefix = reader.text("add_tag_prefix") or ""
+    if tag:  # Fluentd adds the prefix to this tag too: a fixed tag can be written whole
+        table["tag"] = tag = f"{prefix}.{tag}" if prefix else tag
     if (limit := reader.get(values.size, "chunk_size_limit")) is not None:
         table["chunk_limit_bytes"] = max(limit, 1024)
         if limit > 32 << 20:  # the whole message may be as large as the chunk
@@ -102,7 +103,6 @@ def forward(directive: Directive, ctx: Context) -> SourceSpec | None:
                 "a larger chunk closes its connection (the client sends it again) where Fluentd dropped it")
     _forward_invalid(reader, ctx)
     _forward_refused(reader, ctx)
-    prefix = reader.text("add_tag_prefix") or ""
     if prefix and not tag:
         ctx.add("approximated", directive.where, f"add_tag_prefix {prefix}",
                 f"logferry keeps the client's tag as sent: routing was worked out for {prefix}.TAG and the outputs' "

@@ -305,3 +305,12 @@ def test_an_opensearch_endpoint_becomes_sigv4_keys_and_its_aws_keys_are_never_co
     assert "AKIAEXAMPLEOPENSRCH" not in toml_text + report and "wJalrOpenSearchKey" not in toml_text + report
     assert "access_key_id (not copied): logferry signs with the standard AWS chain" in report
     assert "user someone: not used: <endpoint> says where to send and how to sign" in report
+
+
+def test_a_forward_source_with_a_fixed_tag_is_routed_by_it_with_its_prefix() -> None:
+    root = parse_text("<source>\n@type forward\ntag app\nadd_tag_prefix fleet\n</source>\n"
+                      "<match fleet.app>\n@type file\npath /o/a\nappend true\n</match>\n"
+                      "<match **>\n@type file\npath /o/b\nappend true\n</match>\n", "t.conf")
+    document = translate(root).document
+    assert document["sources"]["forward"]["tag"] == "fleet.app"
+    assert {n: o["match"] for n, o in document["outputs"].items()} == {"file": ["fleet.app"], "file_2": []}

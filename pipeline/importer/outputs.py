@@ -73,18 +73,26 @@ _ES_TEMPLATES = ("template_name", "template_file", "templates", "customize_templ
 
 def elasticsearch(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built | None:
     """out_elasticsearch: hosts, index (or logstash_format), credentials, ids and time key."""
+    return _bulk("elasticsearch", directive, reader, ctx, name)
+
+
+def _bulk(kind: str, directive: Directive, reader: Reader, ctx: Context, name: str,
+          signed: bool = False) -> Built | None:
+    """The keys out_elasticsearch and out_opensearch share, as the ``_bulk`` outputs' table (``signed``:
+    requests are signed with AWS SigV4, so there is no user and password)."""
     computed = [p for p in directive.params if p.ruby and p.key in _ES_WHERE]
     if computed:
         reader.read.update(p.key for p in directive.params)
         ctx.add("refused", computed[0].where, f"{computed[0].key} {computed[0].value}",
                 "where to write is computed by Ruby in Fluentd: write the value it yields by hand; output left out")
         return None
-    table: dict[str, Any] = {"type": "elasticsearch", "hosts": _es_hosts(reader, ctx)}
+    table: dict[str, Any] = {"type": kind, "hosts": _es_hosts(reader, ctx)}
     index = _es_index(directive, reader, ctx)
     if index is None:
         return None
     table["index"] = index
-    _es_credentials(table, reader, ctx, name)
+    if not signed:
+        _es_credentials(table, reader, ctx, name)
     reader.put(table, "ca_file", str, "ca_file")
     verify = reader.get(values.boolean, "ssl_verify")
     if verify is False:
@@ -160,6 +168,8 @@ def _es_credentials(table: dict[str, Any], reader: Reader, ctx: Context, name: s
         table.pop("username", None)
         ctx.add("refused", reader.directive.where, "user/password",
                 "the user or the password is missing or comes from Ruby code: set username and the password by hand")
+    if table["type"] != "elasticsearch":
+        return
     api_key = secret_file(reader, ctx, name, "api_key", "api_key_file", "API key")
     if api_key and not user:
         table["api_key_file"] = api_key
@@ -174,6 +184,64 @@ def _es_operation(table: dict[str, Any], reader: Reader, ctx: Context) -> None:
     else:
         ctx.add("refused", param.where, f"write_operation {param.value}",
                 "logferry writes with create (default) or index; upsert and update are not supported")
+
+
+# -- opensearch -------------------------------------------------------------------------------------
+
+#: ``<endpoint>`` parameters the AWS chain or botocore take care of by themselves.
+_ENDPOINT_IGNORED = frozenset({"refresh_credentials_interval", "ecs_container_credentials_relative_uri",
+                               "sts_credentials_region"})
+
+
+def opensearch(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built | None:
+    """out_opensearch: the elasticsearch keys, and ``<endpoint>`` (Amazon OpenSearch, SigV4) as aws_* keys."""
+    endpoints = directive.sections("endpoint")
+    if not endpoints:
+        return _bulk("opensearch", directive, reader, ctx, name)
+    endpoint = Reader(endpoints[-1], ctx, _ENDPOINT_IGNORED)
+    url = endpoint.text("url")
+    if not url:
+        ctx.add("refused", endpoints[-1].where, "<endpoint>", "no url; output left out")
+        return None
+    for key in ("user", "password", "host", "hosts", "port", "scheme", "path"):
+        if (param := reader.param(key)) is not None:
+            shown = "(value hidden)" if key == "password" else param.value
+            ctx.add("note", param.where, f"{key} {shown}", "not used: <endpoint> says where to send and how to sign")
+    built = _bulk("opensearch", directive, reader, ctx, name, signed=True)
+    if built is None:
+        return None
+    built.table["hosts"] = [url.rstrip("/")]
+    built.table["aws_sigv4"] = True
+    endpoint.put(built.table, "aws_region", str, "region")
+    service = endpoint.text("aws_service_name")
+    if service and service != "es":
+        built.table["aws_service"] = service
+    _aws_credentials(endpoint, ctx, name, built.table)
+    endpoint.leftovers("<endpoint>")
+    return built
+
+
+def _aws_credentials(endpoint: Reader, ctx: Context, name: str, table: dict[str, Any]) -> None:
+    """Keys and roles of ``<endpoint>``: never copied; the AWS chain (or a profile) provides them."""
+    for key in ("access_key_id", "secret_access_key"):
+        if (param := endpoint.param(key)) is not None:
+            ctx.add("secret", param.where, f"{key} (not copied)",
+                    "logferry signs with the standard AWS chain: an instance or container role, or "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in systemd/logferry.service.d/override.conf")
+    role = endpoint.param("assume_role_arn")
+    if role is None:
+        return
+    table["aws_profile"] = name
+    session = endpoint.text("assume_role_session_name")
+    token = endpoint.text("assume_role_web_identity_token_file")
+    lines = [f"[profile {name}]", f"role_arn = {role.value}",
+             f"web_identity_token_file = {token}" if token else "credential_source = Ec2InstanceMetadata"]
+    if session:
+        lines.append(f"role_session_name = {session}")
+    ctx.add("secret", role.where, "assume_role_arn",
+            f"aws_profile = {name!r} assumes the role: write {' / '.join(lines)} (one per line; credential_source "
+            "Environment or EcsContainer elsewhere than EC2) to /etc/logferry/aws-config and set "
+            "AWS_CONFIG_FILE=/etc/logferry/aws-config in systemd/logferry.service.d/override.conf")
 
 
 # -- s3 ---------------------------------------------------------------------------------------------
@@ -331,25 +399,12 @@ def _format_is_json(directive: Directive, ctx: Context) -> None:
                 "logferry writes each record as one JSON line (the tag via [enrich] tag_key, the time as recorded)")
 
 
-def not_yet(type_name: str, expected: str) -> Handler:
-    """A handler for a type logferry will have, reported until then with the keys it will take."""
-
-    def handler(directive: Directive, reader: Reader, ctx: Context, name: str) -> Built | None:
-        reader.read.update(p.key for p in directive.params)
-        ctx.add("refused", directive.where, f"@type {type_name}",
-                f"coming in a later logferry ({expected}); keep td-agent for this output until then")
-        return None
-
-    return handler
-
-
 _S3_SECTIONS = frozenset({"buffer", "format", "assume_role_credentials", "web_identity_credentials",
                           "instance_profile_credentials", "shared_credentials"})
 OUTPUTS: dict[str, OutputType] = {
     "elasticsearch": OutputType(elasticsearch, "search", BufferDefaults(time_keyed=False), ES_IGNORED),
     "s3": OutputType(s3, "archive", BufferDefaults(time_keyed=True, timekey=3600), S3_IGNORED, _S3_SECTIONS),
     "file": OutputType(file, "file", BufferDefaults(time_keyed=True, timekey=86400), FILE_IGNORED),
-    "opensearch": OutputType(not_yet("opensearch", "the elasticsearch keys: host/port/hosts/scheme, user/password, "
-                                     "index_name or logstash_format, id_key, time_key"),
-                             "search", BufferDefaults(time_keyed=False)),
+    "opensearch": OutputType(opensearch, "search", BufferDefaults(time_keyed=False), ES_IGNORED,
+                             frozenset({"buffer", "format", "endpoint"})),
 }

@@ -40,6 +40,10 @@ class SourceSpec:
     pos_file: str | None = None
     time_key: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: a source keeping its clients' tags: patterns every tag it routes matches (None: ``routing_tags``)
+    open_tags: list[str] | None = None
+    #: ``add_tag_prefix``: Fluentd routed ``PREFIX.tag``, logferry routes the client's tag
+    tag_prefix: str = ""
 
 
 SourceHandler = Callable[[Directive, Context], SourceSpec | None]
@@ -72,20 +76,126 @@ def tail(directive: Directive, ctx: Context) -> SourceSpec | None:
                       reader.text("pos_file"), parsed or None)
 
 
-def not_yet(type_name: str, expected: str) -> SourceHandler:
-    """A handler for a type logferry will have, reported until then with the keys it will take."""
+#: in_forward parameters that need nothing in logferry (timeouts and logging of its own, ...).
+FORWARD_IGNORED = frozenset({
+    "linger_timeout", "chunk_size_warn_limit", "send_keepalive_packet", "backlog", "blocking_timeout",
+    "@label", "resolve_hostname",
+})
+_TLS_SECRET = ("private_key_passphrase", "ca_private_key_passphrase")
 
-    def handler(directive: Directive, ctx: Context) -> SourceSpec | None:
-        ctx.add("refused", directive.where, f"<source> @type {type_name}",
-                f"coming in a later logferry ({expected}); keep td-agent for this input until then")
-        return None
 
-    return handler
+def forward(directive: Directive, ctx: Context) -> SourceSpec | None:
+    """in_forward: address, handshake, TLS and chunk limit; each client's tag is kept for routing."""
+    reader = Reader(directive, ctx, FORWARD_IGNORED)
+    name = ctx.name_for(directive, "forward")
+    # Fluentd listens on every address unless told otherwise; logferry's default is loopback
+    table: dict[str, Any] = {"type": "forward", "tag": "", "bind": reader.text("bind") or "0.0.0.0",
+                             "port": reader.get(int, "port") or 24224}
+    tag = reader.text("tag")
+    prefix = reader.text("add_tag_prefix") or ""
+    if tag:  # Fluentd adds the prefix to this tag too: a fixed tag can be written whole
+        table["tag"] = tag = f"{prefix}.{tag}" if prefix else tag
+    if (limit := reader.get(values.size, "chunk_size_limit")) is not None:
+        table["chunk_limit_bytes"] = max(limit, 1024)
+        if limit > 32 << 20:  # the whole message may be as large as the chunk
+            table["message_limit_bytes"] = limit
+        ctx.add("approximated", directive.where, "chunk_size_limit",
+                "a larger chunk closes its connection (the client sends it again) where Fluentd dropped it")
+    _forward_invalid(reader, ctx)
+    _forward_refused(reader, ctx)
+    if prefix and not tag:
+        ctx.add("approximated", directive.where, f"add_tag_prefix {prefix}",
+                f"logferry keeps the client's tag as sent: routing was worked out for {prefix}.TAG and the outputs' "
+                f"match patterns are written without `{prefix}.`; [enrich] tag_key writes the tag without it")
+    _forward_security(directive, table, ctx, name)
+    _forward_tls(directive, table, ctx)
+    if table["bind"] not in ("127.0.0.1", "::1", "localhost") and not directive.sections("security", "transport"):
+        ctx.add("note", directive.where, f"bind {table['bind']}",
+                "as in Fluentd, anyone who reaches the port can send records (`logferry check` warns): consider a "
+                "shared_key or TLS")
+    for child in directive.children:
+        if child.name not in ("security", "transport"):
+            ctx.add("refused", child.where, child.heading, "<source> @type forward has no such section in logferry")
+    reader.leftovers("<source> @type forward")
+    routing = [tag] if tag else None
+    return SourceSpec(name, directive, table, routing or [], directive.value("@label"),
+                      open_tags=None if routing else [f"{prefix}.**" if prefix else "**"],
+                      tag_prefix="" if tag else prefix)
+
+
+def _forward_invalid(reader: Reader, ctx: Context) -> None:
+    skip = reader.param("skip_invalid_event")
+    if skip is not None and (reader.get(values.boolean, "skip_invalid_event") or False):
+        ctx.add("approximated", skip.where, "skip_invalid_event true",
+                "a record that is not a map goes to the dead-letter store (STATE_DIR/dead-letter/) instead of "
+                "being dropped")
+
+
+def _forward_refused(reader: Reader, ctx: Context) -> None:
+    for key in ("source_hostname_key", "source_address_key"):
+        if (param := reader.param(key)) is not None:
+            ctx.add("refused", param.where, f"{key} {param.value}",
+                    "logferry does not add the sender's host name or address to records: have each client add "
+                    "its own (Fluent Bit: a record_modifier filter with ${HOSTNAME}; fluent-logger: a field)")
+    if (param := reader.param("deny_keepalive")) is not None and reader.get(values.boolean, "deny_keepalive"):
+        ctx.add("approximated", param.where, "deny_keepalive true",
+                "logferry keeps connections open until keepalive_timeout (600 s) of idleness")
+
+
+def _forward_security(directive: Directive, table: dict[str, Any], ctx: Context, name: str) -> None:
+    for section in directive.sections("security"):
+        reader = Reader(section, ctx, frozenset({"allow_anonymous_source"}))
+        hostname = reader.param("self_hostname")
+        if hostname is not None and hostname.ruby and "gethostname" in hostname.value:
+            table["self_hostname"] = "logferry"
+            ctx.add("note", hostname.where, f"self_hostname {hostname.value}",
+                    "written as \"logferry\": clients only log the name the server gives in the handshake")
+        else:
+            reader.put(table, "self_hostname", str, "self_hostname")
+        key = reader.param("shared_key")
+        if key is not None:
+            origin = f" (td-agent read it from ${key.env})" if key.env else ""
+            ctx.add("secret", key.where, "shared_key (not copied)",
+                    f"set LOGFERRY_SOURCES__{name.upper()}__SHARED_KEY to the key{origin} in the service's "
+                    "environment (systemd/logferry.service.d/override.conf, mode 0600): until it is set the source "
+                    "accepts clients without the handshake (`logferry check` warns when it listens beyond loopback)")
+        if reader.get(values.boolean, "user_auth") or section.sections("user"):
+            ctx.add("refused", section.where, "<security> user_auth / <user>",
+                    "logferry's forward source authenticates clients by the shared_key only, not by user name and "
+                    "password; <user> left out")
+        for client in section.sections("client"):
+            ctx.add("refused", client.where, client.heading,
+                    "logferry does not restrict clients by address or give them keys of their own: use a firewall "
+                    "and one shared_key")
+        reader.leftovers("<security>")
+
+
+def _forward_tls(directive: Directive, table: dict[str, Any], ctx: Context) -> None:
+    for section in directive.sections("transport"):
+        if section.arg != "tls":
+            continue
+        reader = Reader(section, ctx, frozenset({"version", "min_version", "max_version", "ciphers", "insecure"}))
+        cert, key = reader.text("cert_path"), reader.text("private_key_path")
+        if cert and key:
+            table["tls_cert"], table["tls_key"] = cert, key
+        else:
+            ctx.add("refused", section.where, "<transport tls>",
+                    "logferry serves TLS from a PEM certificate and key it is given (cert_path and "
+                    "private_key_path); generated or CA-signed-on-start certificates are not offered")
+        for secret in _TLS_SECRET:
+            if (param := reader.param(secret)) is not None:
+                ctx.add("refused", param.where, f"{secret} (not copied)",
+                        "logferry reads an unencrypted key: write it decrypted (openssl pkey -in KEY -out NEW), "
+                        "readable by the logferry user only")
+        if reader.get(values.boolean, "client_cert_auth"):
+            ctx.add("refused", section.where, "client_cert_auth true",
+                    "logferry does not check client certificates: use shared_key to authenticate clients")
+        reader.leftovers("<transport tls>")
 
 
 SOURCES: dict[str, SourceHandler] = {
     "tail": tail,
-    "forward": not_yet("forward", "port → port, bind → bind, <security> shared_key → shared_key_file"),
+    "forward": forward,
 }
 
 

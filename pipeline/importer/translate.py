@@ -22,10 +22,12 @@ from pipeline.importer.filters import Enrich, other_filter, record_transformer
 from pipeline.importer.fluentd_conf import Directive
 from pipeline.importer.outputs import OUTPUTS
 from pipeline.importer.report import Report
-from pipeline.importer.routing import Route, Target, route
+from pipeline.importer.routing import Route, Target, patterns, route, route_open
 from pipeline.importer.sources import SOURCES, SourceSpec
+from pipeline.importer.tag_patterns import covered
 from pipeline.importer.toml_writer import Table
 from pipeline.registry import OutputConfig, SourceConfig
+from pipeline.runtime.routing import tag_matches
 
 DEFAULT_STATE_DIR = "/var/lib/logferry"
 _LOG_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "warn": "warning", "error": "error",
@@ -91,12 +93,47 @@ def translate(root: Directive, state_dir: str | None = None) -> Translation:
 
 def _route(source: SourceSpec, walk: _Walk) -> Route:
     """The source's route; with ``tag x.*``, the first path's, and a finding if another path's differs."""
+    if source.open_tags is not None:
+        return _route_open(source, walk)
     first, *others = [route(tag, source.label, walk.scopes, walk.targets) for tag in source.routing_tags]
     if any(other.outputs != first.outputs for other in others):
         walk.ctx.add("approximated", source.directive.where, f"tag {source.directive.value('tag')}",
                      "Fluentd routed the files of its path patterns to different outputs; logferry sends all of "
                      "them where the first pattern's went: split the source by path to keep them apart")
     return first
+
+
+def _route_open(source: SourceSpec, walk: _Walk) -> Route:
+    """A source keeping its clients' tags: each output takes its ``<match>``'s patterns (see routing)."""
+    assert source.open_tags is not None
+    result = route_open([source.open_tags], source.label, walk.scopes, walk.targets)
+    shadowing: dict[int, tuple[Directive, list[Directive]]] = {}
+    for later, earlier in result.overlaps:
+        shadowing.setdefault(id(later), (later, []))[1].append(earlier)
+    for later, earliers in shadowing.values():
+        named = ", ".join(f"{e.heading} ({e.where})" for e in earliers)
+        walk.ctx.add("approximated", later.where, later.heading,
+                     f"records of source {source.name} (tags chosen by its clients) whose tag an earlier match took "
+                     f"in Fluentd reach this output too: {named}; logferry's match cannot leave tags out: give those "
+                     "clients tags only one <match> takes")
+    if source.tag_prefix:
+        for name, found in result.patterns.items():
+            result.patterns[name] = _without_prefix(found, source.tag_prefix, source, walk.ctx)
+    return result
+
+
+def _without_prefix(found: list[str], prefix: str, source: SourceSpec, ctx: Context) -> list[str]:
+    """The patterns a client's own tag must match, when Fluentd matched ``prefix.tag`` (add_tag_prefix)."""
+    kept = []
+    for pattern in found:
+        if pattern == "**" or pattern == f"{prefix}.**":
+            kept.append("**")
+        elif pattern.startswith(f"{prefix}."):
+            kept.append(pattern.removeprefix(f"{prefix}."))
+        else:
+            ctx.add("refused", source.directive.where, f"add_tag_prefix {prefix}",
+                    f"the pattern {pattern!r} cannot be written without the prefix: set this output's match by hand")
+    return sorted(set(kept), key=kept.index)
 
 
 def _top_level(directive: Directive, walk: _Walk) -> None:
@@ -162,7 +199,7 @@ def _output(directive: Directive, walk: _Walk) -> str | None:
         return None
     if kind is None:
         ctx.add("refused", directive.where, f"{directive.heading} @type {directive.type}",
-                "logferry has no such output (it has elasticsearch, s3 and file); left out")
+                "logferry has no such output (it has elasticsearch, opensearch, s3 and file); left out")
         return None
     name = ctx.name_for(directive, kind.default_name)
     reader = Reader(directive, ctx, kind.ignored)
@@ -235,7 +272,9 @@ def _enrich(walk: _Walk, routes: dict[str, Route]) -> Enrich:
                 other_filter(directive, ctx)
             else:
                 record_transformer(directive, enrich, ctx)
-                if reached[id(directive)] != {s.name for s in walk.sources}:
+                partial = [s for s in walk.sources if s.name in reached[id(directive)] and s.open_tags is not None
+                           and not covered([s.open_tags], patterns(directive))]
+                if reached[id(directive)] != {s.name for s in walk.sources} or partial:
                     ctx.add("approximated", directive.where, directive.heading,
                             "logferry adds [enrich] fields to the records of every source, not only these tags")
     _tag_key(walk, enrich)
@@ -246,7 +285,10 @@ def _enrich(walk: _Walk, routes: dict[str, Route]) -> Enrich:
 def _time_key(walk: _Walk, enrich: Enrich) -> None:
     """``[enrich] time_key``: the sources' parse time_key (logferry has one for all)."""
     times = sorted({s.time_key for s in walk.sources if s.time_key})
-    where = walk.sources[0].directive.where if walk.sources else "-"
+    tailed = [s for s in walk.sources if s.open_tags is None and s.table["type"] == "tail"]
+    where = tailed[0].directive.where if tailed else "-"
+    if not times and not tailed:
+        return  # forwarded records carry their event time; logferry writes it under time_key if absent
     if not times:
         walk.ctx.add("approximated", where, "<parse> time_key",
                      "Fluentd took the event time from `time` (and removed it from the record); logferry takes it "
@@ -272,7 +314,7 @@ def _tag_key(walk: _Walk, enrich: Enrich) -> None:
 
 
 def _assemble(walk: _Walk, routes: dict[str, Route], enrich: Enrich) -> Translation:
-    tags = {s.name: s.table["tag"] for s in walk.sources}
+    tags = {s.name: s.table["tag"] for s in walk.sources if s.open_tags is None}
     doc: dict[str, Any] = {**walk.root, "enrich": enrich.table, "sources": {}, "outputs": {}}
     tables = [Table((), dict(walk.root)),
               Table(("enrich",), enrich.table, _origin_lines("fields added to every record", enrich.origins))]
@@ -281,7 +323,10 @@ def _assemble(walk: _Walk, routes: dict[str, Route], enrich: Enrich) -> Translat
         tables.append(Table(("sources", spec.name), spec.table,
                             _origin_lines("", [f"{spec.directive.where} <source> @type {spec.directive.type}"])))
     for out in walk.outputs:
-        match = sorted({tags[s] for s, r in routes.items() if out.name in r.outputs})
+        match = sorted({tags[s] for s, r in routes.items() if out.name in r.outputs and s in tags})
+        for pattern in (p for r in routes.values() for p in r.patterns.get(out.name, [])):
+            if pattern not in match:
+                match.append(pattern)
         _shared_tags(out, match, routes, tags, walk.ctx)
         if not match:
             walk.ctx.add("note", out.directive.where, f"{out.directive.heading} @type {out.directive.type}",
@@ -297,12 +342,17 @@ def _assemble(walk: _Walk, routes: dict[str, Route], enrich: Enrich) -> Translat
 
 def _shared_tags(out: OutputSpec, match: list[str], routes: dict[str, Route], tags: dict[str, str],
                  ctx: Context) -> None:
-    """Sources that get a tag another source's route put in ``match`` reach this output too."""
+    """Sources whose tag another source's route put in ``match`` reach this output too."""
     for source, result in routes.items():
-        if tags[source] in match and out.name not in result.outputs:
-            ctx.add("approximated", out.directive.where, f"{out.directive.heading} @type {out.directive.type}",
-                    f"source {source} has the tag {tags[source]!r} too, so its records reach this output as well "
-                    "(Fluentd routed them elsewhere): give the sources distinct tags")
+        if source not in tags or out.name in result.outputs or not tag_matches(match, tags[source]):
+            continue
+        if tags[source] in match:
+            why = f"source {source} has the tag {tags[source]!r} too"
+        else:
+            why = f"the tag {tags[source]!r} of source {source} matches a pattern written for a forward source"
+        ctx.add("approximated", out.directive.where, f"{out.directive.heading} @type {out.directive.type}",
+                f"{why}, so its records reach this output as well (Fluentd routed them elsewhere): give the "
+                "sources distinct tags")
 
 
 def _origin_lines(title: str, origins: list[str]) -> list[str]:

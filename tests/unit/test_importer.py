@@ -18,7 +18,8 @@ from pipeline.importer.translate import NothingToRun, translate
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fluentd"
 EXPECTED = FIXTURES / "expected"
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = ["td-agent", "v1_app", "v0_legacy", "v1_same_as_v0", "routing"]
+GOLDEN = ["td-agent", "v1_app", "v0_legacy", "v1_same_as_v0", "routing", "forward_aggregator", "forward_aggregator_v0",
+          "opensearch"]
 
 
 def run_import(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -81,8 +82,10 @@ def test_first_match_wins_across_overlapping_patterns_and_labels() -> None:
     document = translate(parse_file(FIXTURES / "routing.conf")).document
     matches = {name: out["match"] for name, out in document["outputs"].items()}
     tags = {name: src["tag"] for name, src in document["sources"].items()}
-    assert tags == {"tail": "ai.debug", "tail_2": "ai", "tail_3": "batch.jobs"}
-    assert matches == {"debug_copy": ["ai.debug"], "search": ["ai"], "batch_search": ["batch.jobs"]}
+    assert tags == {"forward": "", "tail": "ai.debug", "tail_2": "ai", "tail_3": "batch.jobs"}
+    # the forward source's clients choose their tags: the ai.** match's pattern is added for them
+    assert matches == {"debug_copy": ["ai.debug"], "search": ["ai", "ai.**"], "search_2": ["legacy.**"],
+                       "batch_search": ["batch.jobs"]}
 
 
 def test_secrets_are_never_written_to_the_toml_or_the_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,3 +240,77 @@ def test_what_fluentd_did_with_the_event_time_field_and_its_local_time_windows_i
     assert "timekey_zone +0900: " in report("time_key ts", "timekey 1h\ntimekey_zone +0900")
     as_logferry = report("time_key ts\nkeep_time_key true\ntime_type float", "timekey 1h\ntimekey_use_utc true")
     assert "Translated with a difference" not in as_logferry, as_logferry
+
+
+def _forwarded(matches: str, source: str = "") -> tuple[dict[str, Any], str]:
+    root = parse_text(f"<source>\n@type forward\n{source}\n</source>\n{matches}", "t.conf")
+    translation = translate(root)
+    return {n: o["match"] for n, o in translation.document["outputs"].items()}, translation.report.render()
+
+
+def test_a_forward_source_keeps_its_clients_tags_and_outputs_take_the_patterns_fluentd_matched() -> None:
+    matches, report = _forwarded("<match ai.**>\n@type file\npath /o/ai\n</match>\n"
+                                 "<match batch.*>\n@type file\npath /o/batch\n</match>\n")
+    assert matches == {"file": ["ai.**"], "file_2": ["batch.*"]}
+    assert "reach this output too" not in report  # disjoint patterns: first-match order is kept exactly
+
+
+def test_forwarded_tags_an_earlier_match_took_are_reported_and_a_shadowed_match_gets_none() -> None:
+    matches, report = _forwarded("<match health.**>\n@type null\n</match>\n"
+                                 "<match ai.debug>\n@type file\npath /o/debug\nappend true\n</match>\n"
+                                 "<match health.check>\n@type file\npath /o/never\nappend true\n</match>\n"
+                                 "<match **>\n@type file\npath /o/rest\nappend true\n</match>\n")
+    assert matches == {"file": ["ai.debug"], "file_2": [], "file_3": ["**"]}
+    assert ("t.conf:18-22  <match **>: records of source forward (tags chosen by its clients) whose tag an earlier "
+            "match took in Fluentd reach this output too: <match health.**> (t.conf:5-7), <match ai.debug> "
+            "(t.conf:8-12); logferry's match cannot leave tags out") in report, report
+
+
+def test_a_forward_source_in_a_label_and_with_add_tag_prefix_routes_the_clients_own_tags() -> None:
+    matches, report = _forwarded("<label @IN>\n<match fwd.ai.**>\n@type file\npath /o/ai\n</match>\n"
+                                 "<match other.**>\n@type file\npath /o/never\n</match>\n"
+                                 "<match **>\n@type file\npath /o/rest\n</match>\n</label>\n",
+                                 "@label @IN\nadd_tag_prefix fwd")
+    assert matches == {"file": ["ai.**"], "file_2": [], "file_3": ["**"]}
+    assert "add_tag_prefix fwd: logferry keeps the client's tag as sent" in report
+
+
+def test_forward_security_and_tls_translate_and_the_shared_key_is_never_copied(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    conf = tmp_path / "fwd.conf"
+    conf.write_text("<source>\n@type forward\n@id edge\nport 24230\n<transport tls>\ncert_path /c.pem\n"
+                    "private_key_path /k.pem\n</transport>\n<security>\nself_hostname agg-1\n"
+                    "shared_key hunter2-fleet\n</security>\n</source>\n<match **>\n@type file\npath /o/a\n"
+                    "</match>\n")
+    status, toml_text, report = run_import(capsys, str(conf))
+    source = tomllib.loads(toml_text)["sources"]["edge"]
+    assert source == {"type": "forward", "tag": "", "bind": "0.0.0.0", "port": 24230, "self_hostname": "agg-1",
+                      "tls_cert": "/c.pem", "tls_key": "/k.pem"}
+    assert "hunter2" not in toml_text and "hunter2" not in report
+    assert "set LOGFERRY_SOURCES__EDGE__SHARED_KEY to the key" in report
+
+
+def test_an_opensearch_endpoint_becomes_sigv4_keys_and_its_aws_keys_are_never_copied(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    conf = tmp_path / "os.conf"
+    conf.write_text("<source>\n@type tail\npath /a/*.log\ntag a\nformat json\n</source>\n"
+                    "<match **>\n@type opensearch\n@id serverless\nindex_name ai\nuser someone\n"
+                    "<endpoint>\nurl https://abc.eu-west-1.aoss.amazonaws.com/\nregion eu-west-1\n"
+                    "aws_service_name aoss\naccess_key_id AKIAEXAMPLEOPENSRCH\nsecret_access_key wJalrOpenSearchKey\n"
+                    "</endpoint>\n</match>\n")
+    status, toml_text, report = run_import(capsys, str(conf))
+    output = tomllib.loads(toml_text)["outputs"]["serverless"]
+    assert output == {"type": "opensearch", "match": ["a"], "hosts": ["https://abc.eu-west-1.aoss.amazonaws.com"],
+                      "index": "ai", "aws_sigv4": True, "aws_region": "eu-west-1", "aws_service": "aoss"}
+    assert "AKIAEXAMPLEOPENSRCH" not in toml_text + report and "wJalrOpenSearchKey" not in toml_text + report
+    assert "access_key_id (not copied): logferry signs with the standard AWS chain" in report
+    assert "user someone: not used: <endpoint> says where to send and how to sign" in report
+
+
+def test_a_forward_source_with_a_fixed_tag_is_routed_by_it_with_its_prefix() -> None:
+    root = parse_text("<source>\n@type forward\ntag app\nadd_tag_prefix fleet\n</source>\n"
+                      "<match fleet.app>\n@type file\npath /o/a\nappend true\n</match>\n"
+                      "<match **>\n@type file\npath /o/b\nappend true\n</match>\n", "t.conf")
+    document = translate(root).document
+    assert document["sources"]["forward"]["tag"] == "fleet.app"
+    assert {n: o["match"] for n, o in document["outputs"].items()} == {"file": ["fleet.app"], "file_2": []}

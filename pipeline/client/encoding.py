@@ -136,11 +136,9 @@ def to_jsonable(obj: Any, _depth: int = 0, _path: frozenset[int] = frozenset()) 
 
 def encode_line_stdlib(record: Mapping[str, Any]) -> bytes:
     """Encode ``record`` as one ``\\n``-terminated line of JSON with the standard library's :mod:`json`."""
-    kwargs: dict[str, Any] = {"ensure_ascii": False, "separators": (",", ":"), "allow_nan": False}
-    try:
-        text = json.dumps(record, default=_convert, **kwargs)
-    except (TypeError, ValueError, RecursionError):
-        text = json.dumps(to_jsonable(record), **kwargs)
+    # Through to_jsonable first: json.dumps never calls ``default`` for an int, and would write
+    # one beyond 64 bits (say in a set) as a literal that orjson-based readers turn into a float.
+    text = json.dumps(to_jsonable(record), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.encode("utf-8", "replace") + b"\n"
 
 

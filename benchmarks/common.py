@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -158,6 +159,31 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def floor_medians(runs: Sequence[dict[str, Any]], records: int) -> dict[str, Any]:
+    """Medians of alternating floor/daemon runs (each ``{"floor": {...}, "logferry": {...}}``): records/s
+    of each, the daemon's ratio to the floor, and the highest peak RSS of the daemon."""
+    floor_s = statistics.median(r["floor"]["seconds"] for r in runs)
+    lf_s = statistics.median(r["logferry"]["seconds"] for r in runs)
+    return {"floor_records_per_s": records / floor_s, "logferry_records_per_s": records / lf_s,
+            "ratio_to_floor": floor_s / lf_s, "peak_rss_mb": max(r["logferry"]["peak_rss_mb"] for r in runs)}
+
+
+def print_floor_runs(runs: Sequence[dict[str, Any]], records: int, medians: dict[str, Any], server: str) -> None:
+    """One row per floor/daemon run (records/s, seconds, the daemon's and the ``server``'s CPU, RSS), then
+    the ``floor_medians`` line."""
+    rows = []
+    for r in runs:
+        lf = r["logferry"]
+        rows.append([f"{records / r['floor']['seconds']:,.0f}", f"{records / lf['seconds']:,.0f}",
+                     f"{lf['seconds']:.2f}", f"{lf['cpu_s']:.2f}", f"{lf['server_cpu_s']:.2f}",
+                     f"{lf['rss_at_start_mb']:.0f} → {lf['peak_rss_mb']:.0f} MB", f"{r['ratio_to_floor']:.2f}x"])
+    print_table(["floor rec/s", "logferry rec/s", "seconds", "logferry CPU-s", f"{server} CPU-s", "RSS start → peak",
+                 "/ floor"], rows)
+    print(f"  medians: floor {medians['floor_records_per_s']:,.0f} rec/s, "
+          f"logferry {medians['logferry_records_per_s']:,.0f} rec/s: {medians['ratio_to_floor']:.2f}x the floor; "
+          f"peak RSS {medians['peak_rss_mb']:.0f} MB")
 
 
 def write_results(name: str, report: dict[str, Any]) -> Path:

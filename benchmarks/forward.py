@@ -44,12 +44,7 @@ from common import (
     write_results,
 )
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.elasticsearch import free_port
 
 
 def daemon_config(root: Path, port: int, fsync: bool) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +31,13 @@ from common import (
     buffer_empty,
     count_lines,
     cpu_seconds,
+    floor_medians,
     group_cpu_seconds,
     machine,
     make_workload,
     peak_rss,
+    print_floor_runs,
     print_header,
-    print_table,
     resident,
     run_floor,
     write_results,
@@ -139,25 +139,12 @@ def main() -> None:
             runs.append({"floor": floor, "logferry": run, "ratio_to_floor": floor["seconds"] / run["seconds"]})
     if args.workdir is None:  # a given one is kept, daemon logs included
         shutil.rmtree(root, ignore_errors=True)
-    floor_s = statistics.median(r["floor"]["seconds"] for r in runs)
-    lf_s = statistics.median(r["logferry"]["seconds"] for r in runs)
     report = {**info, "records": args.records, "max_chars": args.max_chars, "bytes": size, "runs": runs,
-              "floor_records_per_s": args.records / floor_s, "logferry_records_per_s": args.records / lf_s,
-              "ratio_to_floor": floor_s / lf_s, "peak_rss_mb": max(r["logferry"]["peak_rss_mb"] for r in runs)}
+              **floor_medians(runs, args.records)}
     print_header("kafka source: topic backlog → kafka source → file output, next to the floor", info)
     print(f"  workload: {args.records:,} records, {size / 1e6:.0f} MB, in {PARTITIONS} partitions (zstd); "
           f"local Kafka 4.4.0, one broker")
-    rows = []
-    for r in runs:
-        lf = r["logferry"]
-        rows.append([f"{args.records / r['floor']['seconds']:,.0f}", f"{args.records / lf['seconds']:,.0f}",
-                     f"{lf['seconds']:.2f}", f"{lf['cpu_s']:.2f}", f"{lf['server_cpu_s']:.2f}",
-                     f"{lf['rss_at_start_mb']:.0f} → {lf['peak_rss_mb']:.0f} MB", f"{r['ratio_to_floor']:.2f}x"])
-    print_table(["floor rec/s", "logferry rec/s", "seconds", "logferry CPU-s", "Kafka CPU-s", "RSS start → peak",
-                 "/ floor"], rows)
-    print(f"  medians: floor {report['floor_records_per_s']:,.0f} rec/s, "
-          f"logferry {report['logferry_records_per_s']:,.0f} rec/s: {report['ratio_to_floor']:.2f}x the floor; "
-          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    print_floor_runs(runs, args.records, report, server="Kafka")
     write_results(f"kafka-source-{args.records}-{args.max_chars}", report)
 
 

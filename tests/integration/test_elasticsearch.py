@@ -70,6 +70,19 @@ def wait_count(es: Cluster, pattern: str, count: int, daemon: Daemon, timeout: f
              what=f"{count} documents in {pattern}; daemon log:\n{daemon.log()[-3000:]}")
 
 
+def conflicting_backlog(es: Cluster, layout: Layout, prefix: str, records: list[dict[str, Any]],
+                        bad: set[str]) -> Path:
+    """A mapping conflict: index ``{prefix}-{DAY}`` maps ``tokens`` as an integer, and agent.log holds
+    ``records``, those whose request_id is in ``bad`` with a string there. Returns agent.log."""
+    es.call("PUT", f"/{prefix}-{DAY}", {"mappings": {"properties": {"tokens": {"type": "integer"}}}})
+    for record in records:
+        if record["request_id"] in bad:
+            record["tokens"] = "not-a-number"
+    log = layout.logs / "agent.log"
+    log.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+    return log
+
+
 def every_record_once(layout: Layout, daemon_factory: list[Daemon], es: Cluster, url: str, count: int) -> None:
     """Index ``count`` generated records into ai-interactions-%Y.%m.%d and check them."""
     es_config(layout, url, "ai-interactions-%Y.%m.%d")
@@ -174,15 +187,10 @@ def test_example_config_end_to_end(layout, daemon_factory, cluster, es_url, s3_s
 
 def test_documents_refused_for_a_mapping_conflict_are_dead_lettered(layout, daemon_factory, cluster, es_url):
     es = cluster("conflict")
-    es.call("PUT", f"/conflict-{DAY}", {"mappings": {"properties": {"tokens": {"type": "integer"}}}})
     es_config(layout, es_url, "conflict-%Y.%m.%d")
     records = list(generator.records(500, max_chars=500))
     bad = {r["request_id"] for n, r in enumerate(records) if n % 50 == 7}
-    for record in records:
-        if record["request_id"] in bad:
-            record["tokens"] = "not-a-number"
-    log = layout.logs / "agent.log"
-    log.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+    log = conflicting_backlog(es, layout, "conflict", records, bad)
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: len(layout.dead_letters()) >= len(bad), timeout=60, what="dead letters")
         wait_count(es, "conflict-*", len(records) - len(bad), daemon)
@@ -320,11 +328,9 @@ def test_elasticsearch_9_every_record_once(layout, daemon_factory, es9_url):
 
 def test_elasticsearch_9_mapping_conflict_is_dead_lettered(layout, daemon_factory, es9_url):
     es = Cluster(es9_url)
-    es.call("PUT", f"/conflict9-{DAY}", {"mappings": {"properties": {"tokens": {"type": "integer"}}}})
     es_config(layout, es9_url, "conflict9-%Y.%m.%d")
     records = list(generator.records(100, max_chars=300))
-    records[5]["tokens"] = "not-a-number"
-    (layout.logs / "agent.log").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    conflicting_backlog(es, layout, "conflict9", records, {records[5]["request_id"]})
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: len(layout.dead_letters()) >= 1, timeout=60, what="the dead letter")
         wait_count(es, "conflict9-*", 99, daemon)

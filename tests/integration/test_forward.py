@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, wait_for
-from tests.support.forward import RawClient, forward_config, free_port, wait_listening
+from tests.support.elasticsearch import free_port
+from tests.support.forward import RawClient, forward_config, wait_listening
 
 pytestmark = pytest.mark.integration
 

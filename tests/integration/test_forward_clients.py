@@ -22,8 +22,8 @@ import pytest
 
 from tests.conftest import new_daemon
 from tests.support.daemon import Daemon, Layout, wait_for
-from tests.support.elasticsearch import Cluster, dropping_indices
-from tests.support.forward import es_output, forward_config, free_port, go_sender, node_sender, wait_listening
+from tests.support.elasticsearch import Cluster, dropping_indices, free_port
+from tests.support.forward import es_output, forward_config, go_sender, node_sender, wait_listening
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ import pytest
 
 from pipeline import generator
 from tests.conftest import new_daemon
-from tests.integration.test_elasticsearch import DAY, es_config, request_ids, wait_count
+from tests.integration.test_elasticsearch import DAY, conflicting_backlog, es_config, request_ids, wait_count
 from tests.support.authfront import AuthFront, BasicCheck, SigV4Check
 from tests.support.daemon import Layout, render_toml, wait_for
 from tests.support.elasticsearch import Cluster, dropping_indices
@@ -98,14 +98,10 @@ def test_every_record_once_with_the_template_applied(layout, daemon_factory, clu
 
 def test_a_mapping_conflict_goes_to_the_dead_letter_store(layout, daemon_factory, cluster, opensearch_url):
     os_ = cluster("os-conflict")
-    os_.call("PUT", f"/os-conflict-{DAY}", {"mappings": {"properties": {"tokens": {"type": "integer"}}}})
     os_config(layout, opensearch_url, "os-conflict-%Y.%m.%d")
     records = list(generator.records(300, max_chars=300))
     bad = {r["request_id"] for n, r in enumerate(records) if n % 50 == 7}
-    for record in records:
-        if record["request_id"] in bad:
-            record["tokens"] = "not-a-number"
-    (layout.logs / "agent.log").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    conflicting_backlog(os_, layout, "os-conflict", records, bad)
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: len(layout.dead_letters()) >= len(bad), timeout=60, what="dead letters")
         wait_count(os_, "os-conflict-*", len(records) - len(bad), daemon)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import re
 
-import orjson
 import pytest
 
 from pipeline import generator
 from tests.conftest import new_daemon
-from tests.integration.test_elasticsearch import DAY, request_ids, wait_count
+from tests.integration.test_elasticsearch import conflicting_backlog, request_ids, wait_count
 from tests.integration.test_opensearch import os_config
 from tests.support.daemon import wait_for
 from tests.support.elasticsearch import Cluster
@@ -22,11 +21,9 @@ pytestmark = pytest.mark.integration
 
 def test_opensearch_3_every_record_once_and_a_conflict_dead_lettered(layout, daemon_factory, opensearch3_url):
     os_ = Cluster(opensearch3_url)
-    os_.call("PUT", f"/os3-{DAY}", {"mappings": {"properties": {"tokens": {"type": "integer"}}}})
     os_config(layout, opensearch3_url, "os3-%Y.%m.%d")
     records = list(generator.records(500, max_chars=1000))
-    records[7]["tokens"] = "not-a-number"
-    (layout.logs / "agent.log").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    conflicting_backlog(os_, layout, "os3", records, {records[7]["request_id"]})
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: len(layout.dead_letters()) >= 1, timeout=60, what="the dead letter")
         wait_count(os_, "os3-*", 499, daemon)

@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Protocol, Self
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tests.support.users import UserError, ensure_system_user
@@ -482,7 +482,13 @@ def _absolutize_jvm_options(path: Path, logs: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # server
 
-_LIVE: weakref.WeakSet[SearchServer] = weakref.WeakSet()
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+# Every server started by tests/support (search servers, Kafka brokers): stopped at exit, even
+# if a test run is interrupted.
+_LIVE: weakref.WeakSet[_Stoppable] = weakref.WeakSet()
 
 
 @atexit.register

@@ -10,19 +10,17 @@ lock keeps two test processes from making them at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from tests.support.daemon import Daemon, Layout, render_toml, wait_for
-from tests.support.elasticsearch import access_for
+from tests.support.elasticsearch import _file_lock, access_for
 
 HERE = Path(__file__).resolve().parent
 GO_LOGGER = "v1.10.2"
@@ -37,14 +35,6 @@ def cache_root() -> Path:
     if os.geteuid() == 0:
         return Path("/var/cache/logferry-test")
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "logferry"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the daemon binds it again across restarts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def forward_config(layout: Layout, port: int, source: dict[str, Any] | None = None,
@@ -106,15 +96,10 @@ class RawClient:
         self.sock.close()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(target: Path) -> contextlib.AbstractContextManager[None]:
+    """The lock file beside ``target`` that serialises building it (its folder created first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _file_lock(target.parent / f"{target.name}.lock")
 
 
 def go_sender() -> Path:
@@ -122,7 +107,7 @@ def go_sender() -> Path:
     target = cache_root() / f"forward-sender-go-{GO_LOGGER}"
     binary = target / "sender"
     source = HERE / "forward_sender_go"
-    with _locked(target.parent / f"{target.name}.lock"):
+    with _locked(target):
         stamp = max(p.stat().st_mtime for p in source.iterdir())
         if binary.exists() and binary.stat().st_mtime >= stamp:
             return binary
@@ -137,7 +122,7 @@ def go_sender() -> Path:
 def node_sender() -> tuple[str, Path, dict[str, str]]:
     """(node, the sender script, its environment), installing fluent-logger from npm on first use."""
     target = cache_root() / f"node-fluent-logger-{NODE_LOGGER}"
-    with _locked(target.parent / f"{target.name}.lock"):
+    with _locked(target):
         if not (target / "node_modules" / "fluent-logger" / "package.json").exists():
             target.mkdir(parents=True, exist_ok=True)
             npm = shutil.which("npm") or "npm"

@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
@@ -30,12 +29,11 @@ import subprocess
 import tempfile
 import time
 import uuid
-import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from tests.support.elasticsearch import _file_lock, _mkdirs_readable, _tail, cache_dir, find_java, free_port
+from tests.support.elasticsearch import _LIVE, _file_lock, _mkdirs_readable, _tail, cache_dir, find_java, free_port
 
 VERSION = os.environ.get("LOGFERRY_TEST_KAFKA_VERSION", "4.4.0")
 STARTUP_TIMEOUT = 120.0
@@ -97,16 +95,6 @@ def _download(version: str, root: Path, home: Path) -> None:
         (home / _COMPLETE_MARKER).write_text(f"org.apache.kafka:kafka_2.13:{version}\n")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-_LIVE: weakref.WeakSet[KafkaBroker] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for broker in list(_LIVE):
-        with contextlib.suppress(Exception):
-            broker.stop()
 
 
 class KafkaBroker:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from pipeline.configbase import MiB, OutputBase
+from pipeline.errors import ConfigError
 
 _PLACEHOLDER = re.compile(r"%[-_0^#]?[A-Za-z%]")
 _STAR_RUN = re.compile(r"\*[^A-Za-z0-9*]*\*")
@@ -158,3 +159,17 @@ class BulkIndexConfig(OutputBase):
     def effective_template_pattern(self) -> str:
         """``template_pattern`` or its default."""
         return self.template_pattern or template_pattern_for(self.index)
+
+
+def tls_options(name: str, config: BulkIndexConfig) -> dict[str, Any]:
+    """The TLS keyword arguments both clients take (``ca_certs``, ``verify_certs``, ``ssl_show_warn``);
+    ConfigError naming ``outputs.NAME.ca_file`` if that file cannot be read."""
+    tls: dict[str, Any] = {}
+    if config.ca_file is not None:
+        if not config.ca_file.is_file():
+            raise ConfigError(f"outputs.{name}.ca_file: {config.ca_file} is not a readable file")
+        tls["ca_certs"] = str(config.ca_file)
+    if config.uses_tls:
+        tls["verify_certs"] = config.verify_certs
+        tls["ssl_show_warn"] = False  # logged once at start instead of a warning per request
+    return tls

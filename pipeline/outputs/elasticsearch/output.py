@@ -17,6 +17,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from pipeline.config import secret_value
 from pipeline.errors import ConfigError
 from pipeline.outputs.base import OutputContext
+from pipeline.outputs.bulk.config import tls_options
 from pipeline.outputs.bulk.delivery import (
     PROGRESS_CHUNKS,
     START_TIMEOUT,
@@ -60,14 +61,7 @@ def build_client(name: str, config: ElasticsearchOutputConfig) -> AsyncElasticse
         auth["basic_auth"] = (config.username, password)
     if api_key is not None:
         auth["api_key"] = api_key
-    tls: dict[str, Any] = {}
-    if config.ca_file is not None:
-        if not config.ca_file.is_file():
-            raise ConfigError(f"outputs.{name}.ca_file: {config.ca_file} is not a readable file")
-        tls["ca_certs"] = str(config.ca_file)
-    if config.uses_tls:
-        tls["verify_certs"] = config.verify_certs
-        tls["ssl_show_warn"] = False  # logged once at start instead of a warning per request
+    tls = tls_options(name, config)
     try:
         return AsyncElasticsearch(
             config.hosts, request_timeout=config.request_timeout, http_compress=config.http_compress,

@@ -24,6 +24,7 @@ from opensearchpy.exceptions import ImproperlyConfigured, TransportError
 from pipeline.config import secret_value
 from pipeline.errors import ConfigError
 from pipeline.outputs.base import OutputContext
+from pipeline.outputs.bulk.config import tls_options
 from pipeline.outputs.bulk.delivery import BulkOutput, HTTPFailure, NetworkFailure
 from pipeline.outputs.bulk.payload import BulkPayload
 from pipeline.outputs.elasticsearch.classify import FILTER_PATH
@@ -50,13 +51,7 @@ def build_client(name: str, config: OpenSearchOutputConfig) -> AsyncOpenSearch:
         from pipeline.outputs.opensearch.sigv4 import signer  # botocore: ~6 MB, only for AWS
 
         options["http_auth"] = signer(name, config)
-    if config.ca_file is not None:
-        if not config.ca_file.is_file():
-            raise ConfigError(f"outputs.{name}.ca_file: {config.ca_file} is not a readable file")
-        options["ca_certs"] = str(config.ca_file)
-    if config.uses_tls:
-        options["verify_certs"] = config.verify_certs
-        options["ssl_show_warn"] = False  # logged once at start instead of a warning per request
+    options |= tls_options(name, config)
     try:
         return AsyncOpenSearch(
             config.hosts, connection_class=AsyncHttpConnection,  # the connection that signs (SigV4)

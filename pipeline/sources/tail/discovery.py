@@ -21,7 +21,7 @@ import gzip
 import lzma
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,20 +64,9 @@ def expand(pattern: str) -> list[str]:
     """
     if "**" not in pattern:
         return sorted(glob.glob(pattern))
-    root = str(static_root(pattern))
     flat = pattern.replace("**/", "")
-    seen: set[tuple[int, int]] = set()
     found = []
-    for directory, dirs, files in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(directory)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
+    for directory, files in _walk_once(str(static_root(pattern))):
         for name in files:
             path = os.path.join(directory, name)
             if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, flat):
@@ -186,9 +175,17 @@ def directories_to_watch(config: TailSourceConfig, matched: Iterable[str]) -> se
 
 
 def _walk_directories(root: str) -> set[str]:
+    return {directory for directory, _ in _walk_once(root)}
+
+
+def _walk_once(root: str) -> Iterator[tuple[str, list[str]]]:
+    """(directory, file names) for each directory below ``root``, each visited once.
+
+    Symlinks are followed, but a directory already seen (by device and inode) is not
+    walked again, so links that loop back to a parent cannot make the walk explode.
+    """
     seen: set[tuple[int, int]] = set()
-    found: set[str] = set()
-    for directory, dirs, _ in os.walk(root, followlinks=True):
+    for directory, dirs, files in os.walk(root, followlinks=True):
         try:
             st = os.stat(directory)
         except OSError:
@@ -198,8 +195,7 @@ def _walk_directories(root: str) -> set[str]:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        found.add(directory)
-    return found
+        yield directory, files
 
 
 def compressed_head(path: str, length: int) -> bytes | None:

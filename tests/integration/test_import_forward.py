@@ -14,7 +14,8 @@ import pytest
 from pipeline.cli import main
 from tests.conftest import new_daemon
 from tests.support.daemon import Daemon, Layout, wait_for
-from tests.support.forward import free_port, wait_listening
+from tests.support.elasticsearch import free_port
+from tests.support.forward import wait_listening
 
 pytestmark = pytest.mark.integration
 

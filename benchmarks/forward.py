@@ -35,6 +35,7 @@ import orjson
 from common import (
     DaemonProcess,
     count_lines,
+    finish_run,
     machine,
     make_workload,
     print_header,
@@ -132,6 +133,7 @@ def main() -> None:
     ap.add_argument("--fsync", choices=("true", "false"), default="true")
     args = ap.parse_args()
     fsync = args.fsync == "true"
+    info = machine()  # before the work: its load and CPU figures are the run's
     root = Path(tempfile.mkdtemp(prefix="logferry-bench-forward-"))
     workload = root / "records.jsonl"
     make_workload(workload, args.records, args.max_chars)
@@ -141,7 +143,7 @@ def main() -> None:
     for _ in range(args.runs):
         floors.append(run_floor(workload, root / "floor.out"))
         daemons.append(run_daemon(root, chunks, args.records, fsync, args.in_flight))
-    report = summarize(args, size, floors, daemons, fsync)
+    report = summarize(args, size, floors, daemons, fsync, finish_run(info))
     print_header("forward: PackedForward chunks → acked (committed) → file output, next to the floor", report)
     print_table(report)
     write_results(f"forward-{args.records}", report)
@@ -149,12 +151,12 @@ def main() -> None:
 
 
 def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]],
-              daemons: list[dict[str, float]], fsync: bool) -> dict[str, Any]:
+              daemons: list[dict[str, float]], fsync: bool, info: dict[str, Any]) -> dict[str, Any]:
     floor_s = statistics.median(f["seconds"] for f in floors)
     acked_s = statistics.median(d["seconds"] for d in daemons)
     delivered_s = statistics.median(d["delivered_s"] for d in daemons)
     return {
-        **machine(), "records": args.records, "bytes": size, "record_bytes": size / args.records,
+        **info, "records": args.records, "bytes": size, "record_bytes": size / args.records,
         "chunk_records": args.chunk_records, "in_flight": args.in_flight, "fsync": fsync,
         "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6, "runs": floors},
         "logferry": {"records_per_s": args.records / acked_s, "mb_per_s": size / acked_s / 1e6,

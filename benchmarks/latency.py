@@ -42,7 +42,17 @@ from typing import Any
 
 import inotify_simple
 import orjson
-from common import DaemonProcess, LineFactory, cpu_seconds, machine, percentile, print_header, print_table, verdict
+from common import (
+    DaemonProcess,
+    LineFactory,
+    cpu_seconds,
+    finish_run,
+    machine,
+    percentile,
+    print_header,
+    print_table,
+    verdict,
+)
 from common import write_results as save
 
 from pipeline.clock import SystemClock
@@ -256,10 +266,9 @@ def main() -> None:
         commit = commit_phase(base / f"commit-{rate}", rate, args)
         runs.append({"rate": rate, "read": read, "commit": commit})
     shutil.rmtree(base, ignore_errors=True)
-    info["load_after"] = os.getloadavg()[0]
+    finish_run(info)
     print_header(f"latency: write → read (tail source) and write → commit (daemon), {args.seconds:.0f} s per "
                  f"rate and phase, records up to {args.max_chars} chars", info)
-    print(f"  load at the end {info['load_after']:.2f}")
     rows = []
     for r in runs:
         rd, cm = r["read"], r["commit"]

@@ -79,7 +79,8 @@ def test_sigkill_three_times_then_every_message_is_in_the_file_output_exactly_on
     live.start()
     rng = random.Random(20261204)
     # Small reads make a kill land between a batch's commit and its offset's commit to the group.
-    write_source_config(layout, kafka, topic, group, max_batch_messages=300)
+    # A killed member keeps its partitions until its session times out: 6 s, not the default 45 s.
+    write_source_config(layout, kafka, topic, group, max_batch_messages=300, session_timeout=6.0)
     for kill_at in sorted(rng.sample(range(1000, 19_000), 3)):
         daemon = new_daemon(layout, daemon_factory).start()
         wait_for(partial(arrived_at_least, layout, kill_at), what=f"{kill_at} records before the kill")

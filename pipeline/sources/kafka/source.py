@@ -181,6 +181,7 @@ class KafkaSource:
             "queued.max.messages.kbytes": QUEUED_BYTES // 1024,
             # ... and once that queue is full, fetch again soon after it drains (librdkafka waits 1 s).
             "fetch.queue.backoff.ms": 10,
+            "on_commit": self._on_group_commit,
         })
         consumer = Consumer(settings)
         consumer.subscribe(list(cfg.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -222,6 +223,24 @@ class KafkaSource:
             # The saved positions still hold these offsets; the group's only lags until the next commit.
             log.warning("source %s: committing offsets to the group failed: %s", self.name, exc)
 
+    def _on_group_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to a commit: an offset the group refused is committed again at the next step.
+
+        An asynchronous commit sent while the group rebalances (a killed member timing out) is
+        refused after its offsets left ``_durable``; without this the group's offsets would stay
+        behind until new messages arrive, which at the end of a topic is never.
+        """
+        failed = [tp for tp in partitions if error is not None or tp.error is not None]
+        if not failed:
+            return
+        with self._lock:
+            for tp in failed:
+                key = (tp.topic, tp.partition)
+                if tp.offset >= 0 and tp.offset > self._durable.get(key, -1):
+                    self._durable[key] = tp.offset
+        log.info("source %s: the group refused an offset commit (%s): it is tried again", self.name,
+                 error or failed[0].error)
+
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         """Start each partition at the further of the group's offset and our saved position."""
         try:
@@ -233,11 +252,16 @@ class KafkaSource:
             committed = assigned
         for tp in committed:
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
-            if saved is not None and (tp.offset < 0 or saved.offset > tp.offset):
+            ahead = saved is not None and (tp.offset < 0 or saved.offset > tp.offset)
+            if saved is not None and ahead:
                 tp.offset = saved.offset
             start = tp.offset if tp.offset >= 0 else 0
             with self._lock:
                 self.partitions[(tp.topic, tp.partition)] = PartitionState(start)
+                if ahead:
+                    # Durable in our buffers but never committed to the group (we were killed before
+                    # that step): tell the group at the next step, or it stays behind until new messages.
+                    self._durable[(tp.topic, tp.partition)] = start
         consumer.assign(committed)
         log.info("source %s: assigned %s", self.name, _names(committed))
 

@@ -3,6 +3,7 @@
 
   .venv/bin/python benchmarks/redact.py                    # 20,000 typical records
   .venv/bin/python benchmarks/redact.py --leak-every 10    # every 10th record holds an e-mail and a key
+  .venv/bin/python benchmarks/redact.py --shared-workload  # ../shared/bench/gen_interactions.py's records
 
 For each engine: MB/s of raw JSON lines, single thread, best of --runs. The workload is
 pipeline.generator's (prompt + response ≈ 90 % of each line); with --leak-every N every Nth
@@ -15,6 +16,9 @@ record's input gets an e-mail address, an OpenAI key and a card number.
   re2-combined     google-re2 with the same alternation (if installed)
   detect-secrets   its default plugins over each line's prompt and response (if installed)
 
+Then the transform's own cost in CPU seconds per 100,000 records (the figure to compare on a
+busy machine): in all, and its stages (the fields' text in UTF-8; the prefilter's scan).
+
 Engines that are not installed are reported as such. Prints the machine and load like the
 other scripts; writes benchmarks/results/redact-<records>-<leak>.json.
 """
@@ -24,12 +28,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
-from common import machine, print_header, write_results
+from common import machine, make_workload, print_header, write_results
 
 from pipeline import generator
 from pipeline.transforms.redact.config import RedactTransformConfig
@@ -47,6 +53,13 @@ def workload(records: int, leak_every: int) -> list[bytes]:
                                f"card 4111 1111 1111 1111. " + record["input"])
         lines.append(orjson.dumps(record) + b"\n")
     return lines
+
+
+def shared_workload(records: int) -> list[bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "workload.jsonl"
+        make_workload(path, records, 65536, shared=True)
+        return path.read_bytes().splitlines(keepends=True)
 
 
 def batches(lines: list[bytes]) -> list[list[bytes]]:
@@ -124,6 +137,28 @@ def detect_secrets_engine(lines: list[bytes]) -> Callable[[], None]:
     return run
 
 
+def stage_costs(lines: list[bytes], runs: int) -> dict[str, float]:
+    """CPU seconds per 100,000 records of the transform and of its stages, best of ``runs``."""
+    transform = RedactTransform("pii", RedactTransformConfig(type="redact"))
+    groups = [(group, [orjson.loads(line) for line in group]) for group in batches(lines)]
+    texts = [transform.redactor.texts(records) for _, records in groups]
+    stages: dict[str, Callable[[], object]] = {
+        "transform": lambda: [transform.apply(group, records) for group, records in groups],
+        "texts": lambda: [transform.redactor.texts(records) for _, records in groups],
+        "scan": lambda: [transform.prefilter.scan(pieces, owners, len(records))
+                         for (pieces, owners), (_, records) in zip(texts, groups, strict=True)],
+    }
+    costs = {}
+    for name, run in stages.items():
+        best = float("inf")
+        for _ in range(runs):
+            start = time.process_time()
+            run()
+            best = min(best, time.process_time() - start)
+        costs[name] = best * 100_000 / len(lines)
+    return costs
+
+
 ENGINES: dict[str, Callable[[list[bytes]], Callable[[], None]]] = {
     "transform": transform_engine, "re-combined": re_engine, "re2-combined": re2_engine,
     "detect-secrets": detect_secrets_engine,
@@ -137,8 +172,9 @@ def main() -> None:
     ap.add_argument("--leak-every", type=int, default=0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sample", type=int, default=500, help="lines the slow engines are timed on")
+    ap.add_argument("--shared-workload", action="store_true", help="../shared/bench/gen_interactions.py's records")
     args = ap.parse_args()
-    lines = workload(args.records, args.leak_every)
+    lines = shared_workload(args.records) if args.shared_workload else workload(args.records, args.leak_every)
     report: dict[str, Any] = {**machine(), "records": args.records, "bytes": sum(map(len, lines)),
                               "leak_every": args.leak_every, "engines": {}}
     print_header("redaction engines, in-process, single thread", report)
@@ -153,7 +189,10 @@ def main() -> None:
         rate = best_rate(run, sum(map(len, subset)), 1 if name in SLOW else args.runs)
         report["engines"][name] = {"mb_per_s": rate, "lines": len(subset)}
         print(f"{name:16} {rate:9.1f} MB/s   ({len(subset)} lines)")
-    write_results(f"redact-{args.records}-{args.leak_every}", report)
+    report["cpu_s_per_100k"] = costs = stage_costs(lines, args.runs)
+    print("CPU s per 100,000 records: " + ", ".join(f"{name} {cost:.3f}" for name, cost in costs.items()))
+    shared = "-shared" if args.shared_workload else ""
+    write_results(f"redact-{args.records}-{args.leak_every}{shared}", report)
 
 
 if __name__ == "__main__":

@@ -45,21 +45,22 @@ from pipeline.transforms.redact.transform import RedactTransform
 BATCH_BYTES = 1 << 20  # the tail source's default read_bytes
 
 
-def workload(records: int, leak_every: int) -> list[bytes]:
+def workload(records: int, leak_every: int, shared: bool = False) -> list[bytes]:
+    """Typical records (``pipeline.generator``'s or the shared generator's), every Nth one leaking."""
+    if shared:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "workload.jsonl"
+            make_workload(path, records, 65536, shared=True)
+            parsed = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    else:
+        parsed = list(generator.records(records, max_chars=65536))
     lines = []
-    for record in generator.records(records, max_chars=65536):
+    for record in parsed:
         if leak_every and record["seq"] % leak_every == 0:
             record["input"] = (f"write to ana{record['seq']}@example.com, key sk-proj-{'Ab1' * 16}, "
                                f"card 4111 1111 1111 1111. " + record["input"])
         lines.append(orjson.dumps(record) + b"\n")
     return lines
-
-
-def shared_workload(records: int) -> list[bytes]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "workload.jsonl"
-        make_workload(path, records, 65536, shared=True)
-        return path.read_bytes().splitlines(keepends=True)
 
 
 def batches(lines: list[bytes]) -> list[list[bytes]]:
@@ -174,7 +175,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=500, help="lines the slow engines are timed on")
     ap.add_argument("--shared-workload", action="store_true", help="../shared/bench/gen_interactions.py's records")
     args = ap.parse_args()
-    lines = shared_workload(args.records) if args.shared_workload else workload(args.records, args.leak_every)
+    lines = workload(args.records, args.leak_every, args.shared_workload)
     report: dict[str, Any] = {**machine(), "records": args.records, "bytes": sum(map(len, lines)),
                               "leak_every": args.leak_every, "engines": {}}
     print_header("redaction engines, in-process, single thread", report)

@@ -7,15 +7,15 @@ gigabyte per second. Python's ``re`` with the same anchors as one alternation ru
 hundred. Only the detectors whose anchor matched run, in Python, on the strings of the record
 the anchor matched in: the boundaries, Luhn, IBAN and address checks are there.
 
-The prefilter reads the fields' decoded values (the records parsed upstream), not the raw
+The prefilter reads the fields' decoded strings (the records parsed upstream), not the raw
 line: JSON escapes (``\\u0040`` for ``@``) cannot hide a value from it, and the fields every
 record carries (ISO times, epoch seconds, ids, host names) do not make every line a candidate.
-It reads them as orjson writes the batch's values in one call (:meth:`Redactor.json_text`), not
-string by string: encoding each string to UTF-8 cost more than the scan. Rejected on measurements
-(CPU seconds per 100,000 typical records, same process, loaded machine): slicing the fields out
-of the raw lines (finding each key and closing quote costs more in Python than encoding);
-Hyperscan's vectored mode instead of joining the strings (slower scan); ASCII with replacement
-characters instead of UTF-8 (no faster); the scan in a thread (it holds the GIL).
+Encoding those strings to UTF-8 is most of the transform's cost; measured and rejected (CPU
+seconds per 100,000 typical records, freshly parsed, same process, loaded machine): slicing the
+fields out of the raw lines (finding each key and closing quote costs more in Python than the
+encoding), orjson writing the batch's values in one call (slower on fresh strings: it first
+builds each one's cached UTF-8 copy), Hyperscan's vectored mode instead of the join (a slower
+scan), ASCII with replacement characters (no faster), the scan in a thread (it holds the GIL).
 The anchors are split over two databases: Hyperscan slows down several times over when the
 digit and IBAN anchors share one with the token anchors.
 """
@@ -62,34 +62,15 @@ class Prefilter:
         ``pieces`` are the UTF-8 strings of ``count`` records, ``owners`` the record of each piece.
         They are joined and scanned at once: a call per record would cost more than the scan.
         """
-        found = self._matches(b"\n".join(pieces))  # no built-in anchor matches a newline: none spans two
-        if not found:
-            return self._hits([], count)
-        starts = list(accumulate((len(piece) + 1 for piece in pieces), initial=0))
-        return self._hits([(owners[bisect_right(starts, end - 1) - 1], ids) for ids, end in found], count)
-
-    def scan_json(self, block: bytes, values: Sequence[list[Any]]) -> dict[int, frozenset[int]]:
-        """Like :meth:`scan`, over the fields' ``values`` of each record written as one JSON text
-        (``block`` is ``orjson.dumps(values)``; valid for anchors that match no quote, backslash or
-        control character: see :class:`Redactor.json_text`)."""
-        found = self._matches(block)
-        if not found:
-            return self._hits([], len(values))
-        # Where each record's list starts in the block: only worked out for a batch with a match.
-        starts = list(accumulate((len(orjson.dumps(record)) + 1 for record in values), initial=1))
-        return self._hits([(max(bisect_right(starts, end - 1) - 1, 0), ids) for ids, end in found], len(values))
-
-    def _matches(self, block: bytes) -> list[tuple[list[int], int]]:
-        """(detectors, end offset) of every anchor match in ``block``."""
         found: list[tuple[list[int], int]] = []
+        block = b"\n".join(pieces)  # no built-in anchor matches a newline: none spans two strings
         for (database, scratch), ids in zip(self.databases, self.ids, strict=True):
             database.scan(block, match_event_handler=_collect, context=(found, ids), scratch=scratch)
-        return found
-
-    def _hits(self, found: list[tuple[int, list[int]]], count: int) -> dict[int, frozenset[int]]:
         hits: dict[int, set[int]] = {i: set(self.always) for i in range(count)} if self.always else {}
-        for record, detectors in found:
-            hits.setdefault(record, set()).update(detectors)
+        if found:
+            starts = list(accumulate((len(piece) + 1 for piece in pieces), initial=0))
+            for detectors, end in found:
+                hits.setdefault(owners[bisect_right(starts, end - 1) - 1], set()).update(detectors)
         return {index: frozenset(detectors) for index, detectors in hits.items()}
 
 
@@ -170,27 +151,6 @@ class Redactor:
                     owners.extend(index for _ in strings)
                     strings.clear()
         return pieces, owners
-
-    def json_text(self, records: Sequence[dict[str, Any]]) -> tuple[bytes, list[list[Any]]] | None:
-        """The scanned fields' values of each record (None where absent) as one JSON text, and the values;
-        None if orjson cannot write them (a lone surrogate, a key that is not a string, bytes).
-
-        Why: orjson writes the whole batch in one call, faster than encoding each string (most
-        prompts hold non-ASCII text, which Python keeps as 2- or 4-byte characters, 83 % of the
-        typical workload's records). Why the JSON text may stand in for the strings, for anchors
-        that match no quote, backslash or control character (every built-in one; the transform
-        reads the strings one by one when a user pattern has an anchor): orjson escapes only those
-        characters, so each match in a string is in the JSON text as it is. What the text holds
-        besides the strings (keys and floats in nested objects, ``null``) can add a candidate,
-        checked in Python, never hide a match. The source line's own escapes (``\\u0040``, ``\\/``)
-        do not matter: the values are the parsed ones.
-        """
-        fields = self.fields
-        values = [[record.get(name) for name in fields] for record in records]
-        try:
-            return orjson.dumps(values), values
-        except (TypeError, orjson.JSONEncodeError):
-            return None
 
     def redact_text(self, text: str, counts: Counter[str]) -> str:
         """``text`` with every detector's finds masked or hashed (dropping is not possible in a bare text)."""

@@ -39,8 +39,6 @@ class RedactTransform:
         except AnchorError as exc:
             raise ConfigError(f"transforms.{name}.patterns: an anchor does not compile: {exc}") from exc
         self.redactor = Redactor(detectors, dict(modes), config.fields, self._key())
-        # A user's anchor may match a quote or a control character, which JSON text holds escaped.
-        self.json_prefilter = not any(p.anchor for p in config.patterns.values() if p.mode != "off")
         self.summary_key = config.summary_key
         self.counts: Counter[str] = Counter()
         self.records_redacted = 0
@@ -63,7 +61,8 @@ class RedactTransform:
         """The batch with every candidate record redacted; the others' lines are kept as they are."""
         out_lines: list[bytes] | None = None
         out_records: list[dict[str, Any]] | None = None
-        for i, hits in sorted(self._candidates(records).items()):
+        pieces, owners = self.redactor.texts(records)
+        for i, hits in sorted(self.prefilter.scan(pieces, owners, len(records)).items()):
             record = orjson.loads(lines[i])  # the whole line (with the enrichment): it is written back
             counts = self.redactor.redact(record, hits)
             if not counts:
@@ -77,13 +76,6 @@ class RedactTransform:
         if out_lines is None or out_records is None:
             return lines, records
         return out_lines, out_records
-
-    def _candidates(self, records: list[dict[str, Any]]) -> dict[int, frozenset[int]]:
-        """Record index → the detectors to run on it (see :meth:`Redactor.json_text` for the fast way)."""
-        written = self.redactor.json_text(records) if self.json_prefilter else None
-        if written is not None:
-            return self.prefilter.scan_json(*written)
-        return self.prefilter.scan(*self.redactor.texts(records), len(records))
 
     def _summarise(self, record: dict[str, Any], counts: Counter[str]) -> None:
         self.counts.update(counts)

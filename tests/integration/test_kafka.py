@@ -15,14 +15,14 @@ from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, Ledger, render_toml, wait_for
 from tests.support.elasticsearch import free_port
-from tests.support.kafka import KafkaBroker, TopicReader
+from tests.support.kafka import KafkaBroker, KafkaCluster, TopicReader
 from tests.support.writer import AgentWriter
 
 pytestmark = pytest.mark.integration
 
 
-def write_kafka_config(layout: Layout, kafka: KafkaBroker, topic: str, buffer: dict[str, Any] | None = None,
-                       **output: Any) -> None:
+def write_kafka_config(layout: Layout, kafka: KafkaBroker | KafkaCluster, topic: str,
+                       buffer: dict[str, Any] | None = None, **output: Any) -> None:
     """A tail → kafka pipeline over ``layout``."""
     doc = {
         "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},

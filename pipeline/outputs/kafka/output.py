@@ -237,6 +237,9 @@ class KafkaOutput:
                     raise RetryableError(self._describe(exc.args[0], "start")) from exc
                 except StateReadError as exc:
                     raise RetryableError(f"cannot read the state topic {self.config.state_topic}: {exc}") from exc
+                except TimeoutError as exc:  # an admin request's future (a broker killed but not yet fenced)
+                    raise RetryableError(f"start: the brokers {','.join(self.config.brokers)} did not answer "
+                                         f"within {self.config.request_timeout:g}s") from exc
             session = self._sessions[slot]
             assert session is not None
             return session

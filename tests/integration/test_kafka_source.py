@@ -202,6 +202,8 @@ def test_an_unreachable_broker_and_a_missing_topic_are_named_in_status(layout, d
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: f"cannot reach the brokers 127.0.0.1:{closed}" in layout.http("/status")[1].decode(),
                  what="the unreachable broker in status")
+        code, body = layout.http("/health")
+        assert code == 503 and f"source bus: cannot reach the brokers 127.0.0.1:{closed}" in body.decode(), body
         assert daemon.stop() == 0
     missing = f"missing-{uuid.uuid4().hex[:8]}"
     write_source_config(layout, kafka, missing, "indexers")

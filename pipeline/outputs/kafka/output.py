@@ -90,6 +90,14 @@ class KafkaOutput:
         self._opening = threading.Lock()  # worker threads open producers one at a time
         self._errors = ClientErrors()
 
+    def problem(self) -> str | None:
+        """What the check at start found wrong, until a delivery succeeds (status and /health show it at once).
+
+        Brokers unreachable, credentials refused or a missing topic at start are not an outage
+        that may pass within ``output_failing_after``: usually the configuration is wrong.
+        """
+        return f"output {self.name}: {self.start_error}" if self.start_error else None
+
     def client_settings(self) -> dict[str, Any]:
         """librdkafka settings every client of this output shares (brokers, TLS, SASL)."""
         try:

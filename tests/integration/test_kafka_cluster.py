@@ -1,7 +1,8 @@
 """tail → kafka against a three-node Kafka 4.4.0 cluster: exactly once through kill -9 of logferry and of a leader.
 
 The cluster (replication factor 3, ``min.insync.replicas = 2``, the transaction state log
-likewise) is started once per run, only when this module runs; about 10 s once the jars are cached.
+likewise) is started once per run, only when this module runs: about 10 s once the jars are
+cached (20 s on a loaded machine).
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ from tests.support.writer import AgentWriter
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_cluster() -> Iterator[KafkaCluster]:
-    """The run's three-node KRaft cluster (started at the first test that asks)."""
+    """The run's three-node KRaft cluster, started when this module runs and stopped after it.
+
+    Once per run, as only this module asks for it; not kept for the whole session, because its
+    three idle JVMs take about a tenth of a core (heartbeats) through every module after this one.
+    A second module needing it would move it to conftest.py with ``scope="session"``.
+    """
     with KafkaCluster() as cluster:
         yield cluster
 

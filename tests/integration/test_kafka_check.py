@@ -53,9 +53,9 @@ def test_a_reachable_source_and_output_pass_and_say_what_they_found(layout, kafk
     write_check_config(layout, kafka, topic)
     checked = check_connect(layout)
     assert checked.returncode == 0, checked.stderr
-    assert (f"source bus: Kafka at {kafka.bootstrap} (1 brokers): topic {topic} (3 partitions, 1 replica); "
+    assert (f"source bus: Kafka at {kafka.bootstrap} (1 broker): topic {topic} (3 partitions, 1 replica); "
             "group indexers") in checked.stderr
-    assert (f"output events: Kafka at {kafka.bootstrap} (1 brokers): topic {topic} (3 partitions, 1 replica); "
+    assert (f"output events: Kafka at {kafka.bootstrap} (1 broker): topic {topic} (3 partitions, 1 replica); "
             f"state topic {topic}-state will be created at start") in checked.stderr
     assert not kafka_topic_exists(kafka, f"{topic}-state"), "a check creates nothing"
 

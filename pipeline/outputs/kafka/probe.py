@@ -36,7 +36,8 @@ def _probe(name: str, config: KafkaOutputConfig) -> str:
     topic = metadata.topics.get(config.topic)
     if topic is None or topic.error is not None:
         raise RetryableError(f"topic {config.topic} does not exist on {brokers} (key {where}.topic)")
-    return (f"Kafka at {brokers} ({len(metadata.brokers)} brokers): topic {config.topic} ({describe_topic(topic)}); "
+    found = counted(len(metadata.brokers), "broker")
+    return (f"Kafka at {brokers} ({found}): topic {config.topic} ({describe_topic(topic)}); "
             f"{_state_topic(admin, metadata, config, where)}")
 
 

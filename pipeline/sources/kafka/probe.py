@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from pipeline.errors import RetryableError
-from pipeline.outputs.kafka.probe import cluster_metadata, describe_topic
+from pipeline.outputs.kafka.probe import cluster_metadata, counted, describe_topic
 from pipeline.sources.kafka.config import KafkaSourceConfig
 
 TIMEOUT_SECONDS = 10.0
@@ -30,4 +30,4 @@ def _probe(name: str, config: KafkaSourceConfig) -> str:
         named = f"topic {missing[0]} does not" if len(missing) == 1 else f"topics {', '.join(missing)} do not"
         raise RetryableError(f"{named} exist on {brokers} (key {where}.topics)")
     topics = "; ".join(f"topic {t} ({describe_topic(metadata.topics[t])})" for t in config.topics)
-    return f"Kafka at {brokers} ({len(metadata.brokers)} brokers): {topics}; group {config.group_id}"
+    return f"Kafka at {brokers} ({counted(len(metadata.brokers), 'broker')}): {topics}; group {config.group_id}"

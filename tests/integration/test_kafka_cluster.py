@@ -1,4 +1,7 @@
-"""tail → kafka against a three-node Kafka 4.4.0 cluster: exactly once through kill -9 of logferry and of a leader.
+"""Kafka failover on a three-node Kafka 4.4.0 cluster: exactly once through kill -9 of logferry and of a broker.
+
+tail → kafka through the kill of a partition leader; kafka → file through the kill of the
+consumer group's coordinator.
 
 The cluster (replication factor 3, ``min.insync.replicas = 2``, the transaction state log
 likewise) is started once per run, only when this module runs: about 10 s once the jars are
@@ -8,6 +11,7 @@ cached (20 s on a loaded machine).
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ import pytest
 from pipeline import generator
 from tests.conftest import new_daemon
 from tests.integration.test_kafka import committed_at_least, write_kafka_config
+from tests.integration.test_kafka_source import arrived_at_least, group_offsets, produce, write_source_config
 from tests.support.daemon import Ledger, wait_for
 from tests.support.kafka import KafkaCluster, TopicReader
 from tests.support.writer import AgentWriter
@@ -89,6 +94,39 @@ def test_sigkill_of_logferry_three_times_and_of_the_partition_leader_then_every_
     Ledger.compare([generator.request_id(1, n) for n in range(total)], records).assert_exact()
     assert all(r["_headers"]["logferry.id"] == r["request_id"] for r in records), "the id travels in a header"
     cluster.wait_for_brokers(KafkaCluster.SIZE)  # the restarted node is back for whoever uses the cluster next
+
+
+def test_kafka_source_through_a_kill_of_its_group_coordinator_and_of_logferry_takes_every_record_once(
+    layout, daemon_factory, kafka_cluster
+):
+    cluster = kafka_cluster
+    topic, group = f"bus-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    cluster.create_topic(topic, partitions=3)
+    values = [line.rstrip(b"\n") for line in generator.lines(12_000, max_chars=600)]
+    produce(cluster, topic, values[:8000], partitions=3)
+    live = threading.Thread(target=produce, args=(cluster, topic, values[8000:], 3, 100, None, 0.1))
+    live.start()  # about 40 messages a second for the rest: records keep coming through both kills
+    # A killed member keeps its partitions until its session times out: 6 s, not the default 45 s.
+    write_source_config(layout, cluster, topic, group, brokers=[node.bootstrap for node in cluster.nodes],
+                        max_batch_messages=300, session_timeout=6.0)
+    daemon = new_daemon(layout, daemon_factory).start()
+    wait_for(partial(arrived_at_least, layout, 3000), what="3000 records before the coordinator's kill")
+    coordinator = cluster.node(cluster.coordinator(group))
+    coordinator.kill()  # kill -9 of the broker holding the group's offsets and membership
+    wait_for(partial(arrived_at_least, layout, 6000), timeout=90,
+             what=f"6000 records with node {coordinator.node_id} down")
+    daemon.kill()
+    daemon = new_daemon(layout, daemon_factory).start()
+    coordinator.restart()  # it rejoins while the daemon consumes
+    wait_for(partial(arrived_at_least, layout, 9000), timeout=90, what="9000 records before the second kill")
+    daemon.kill()
+    live.join(90)
+    assert not live.is_alive()
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(partial(arrived_at_least, layout, len(values)), timeout=90, what="every record")
+        wait_for(lambda: sum(group_offsets(cluster, topic, group, 3)) == len(values), what="the group's offsets")
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(len(values))], layout.records()).assert_exact()
 
 
 def read_until(reader: TopicReader, count: int, timeout: float) -> None:

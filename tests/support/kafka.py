@@ -408,6 +408,12 @@ class KafkaCluster:
         """The ``node.id`` of the leader of ``topic``'s ``partition``."""
         return self.leaders(topic)[partition]
 
+    def coordinator(self, group: str) -> int:
+        """The ``node.id`` of consumer group ``group``'s coordinator (the group must exist)."""
+        admin = self._admin()  # held until the answer is in: a client destroyed meanwhile fails its requests
+        described = admin.describe_consumer_groups([group])[group].result(30)
+        return int(described.coordinator.id)
+
     def wait_for_brokers(self, count: int) -> None:
         """Poll the metadata until ``count`` brokers are registered (a killed one drops out once fenced)."""
         from confluent_kafka import KafkaException

@@ -57,7 +57,7 @@ def test_sigkill_of_logferry_three_times_and_of_the_partition_leader_then_every_
     writer = AgentWriter(layout.logs / "agent.log", live, start=backlog, pause=0.005, max_chars=800)
     # Small chunks and quick flushes: a transaction is open at almost any moment a kill lands.
     options: dict[str, Any] = {"brokers": brokers, "key_field": "model", "request_timeout": 15.0,
-               "buffer": {"chunk_limit_bytes": 256 * 1024, "flush_interval": 0.05}}
+                               "buffer": {"chunk_limit_bytes": 256 * 1024, "flush_interval": 0.05}}
     reader = TopicReader(cluster.bootstrap, topic)
     try:
         writer.start()

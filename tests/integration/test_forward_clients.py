@@ -123,7 +123,10 @@ def test_node_senders_with_acks_and_shared_key_lose_nothing_and_duplicate_only_r
     index = "logferry-test-forward-node"
     es = cluster(index)
     port = free_port()
-    forward_config(layout, port, source={"shared_key": "fleet-key"}, outputs={"search": es_output(es_url, index)})
+    key = layout.root / "fleet-key"  # the key from a file, as a service keeps it
+    key.write_text("fleet-key\n")
+    key.chmod(0o600)
+    forward_config(layout, port, source={"shared_key_file": str(key)}, outputs={"search": es_output(es_url, index)})
     logs = [layout.root / f"node-{s}.log" for s in range(SENDERS)]
     senders = run_with_kills(layout, daemon_factory, lambda: [
         start([node, str(script), "127.0.0.1", str(port), str(s), str(RECORDS), "fleet-key"], log, env)

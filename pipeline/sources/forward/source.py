@@ -269,13 +269,17 @@ class Connection:
         time_key = self.source.time_key
         records: list[dict[Any, Any]] = []
         dead: list[dict[str, Any]] = []
-        for index, (when, record) in enumerate(message.entries):
+        append = records.append
+        for index, (when, record) in enumerate(message.entries):  # per record: no calls in the common case
             if type(record) is not dict:
                 dead.append(self._dead(key, index, record, "record is not a map", now))
                 continue
-            if time_key not in record and (epoch := event_epoch(when)) is not None:
-                record[time_key] = epoch  # the decoded dict is ours: no copy
-            records.append(record)
+            if time_key not in record:  # the decoded dict is ours: no copy
+                if type(when) is float:  # EventTime, decoded by the codec
+                    record[time_key] = when
+                elif (epoch := event_epoch(when)) is not None:
+                    record[time_key] = epoch
+            append(record)
         chunk = message.chunk
         count = len(records)
         # The records go as dicts: the processor enriches and serialises them once (offsets: their indices).

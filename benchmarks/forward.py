@@ -3,16 +3,23 @@
 chunks, next to the floor on the same records.
 
   .venv/bin/python benchmarks/forward.py                       # 100,000 records of ~1 KB
-  .venv/bin/python benchmarks/forward.py --chunk-records 500 --in-flight 8
+  .venv/bin/python benchmarks/forward.py --chunk-records 500 --in-flight 8 --connections 2
   .venv/bin/python benchmarks/forward.py --fsync false
 
 A client in this process sends the workload as PackedForward chunks (EventTime entries, a
-``chunk`` id each, at most ``--in-flight`` unacknowledged at once, as out_forward with
-``require_ack_response``) to a daemon with a forward source and a file output. The chunks
-are encoded before the clock starts, so the client's own cost is the socket writes. The
-daemon's time runs from the first byte sent until the last ack (every record fsynced in the
-buffer: "committed"), and until the file output holds every record ("delivered").
-The floor (``floor.py``) reads the same records as JSON lines from a file.
+``chunk`` id each, at most ``--in-flight`` unacknowledged at once per connection, as
+out_forward with ``require_ack_response``; ``--connections`` splits the chunks over that many
+connections, as a fleet of forwarders) to a daemon with a forward source and a file output.
+The chunks are encoded before the clock starts, so the client's own cost is the socket writes
+(its CPU seconds are printed: it shares the machine). The daemon's time runs from the first
+byte sent until the last ack (every record fsynced in the buffer: "committed"), and until the
+file output holds every record ("delivered").
+
+Two floors run on the same records, in their own processes, alternating with the daemon:
+``floor.py`` (the project's floor: JSON lines read, parsed, two fields added, serialised,
+written) and the same least work from this input, the PackedForward messages (msgpack unpacked
+instead of JSON parsed: ``--msgpack-floor``). Decoding msgpack costs more than parsing the same
+record as JSON, so the second one is the least any forward receiver in Python does.
 
 Prints a table and writes benchmarks/results/forward-<records>.json. Medians of --runs
 alternating runs (floor, daemon, floor, daemon, ...).
@@ -21,12 +28,17 @@ alternating runs (floor, daemon, floor, daemon, ...).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +94,25 @@ def encode_chunks(workload: Path, per_chunk: int) -> list[tuple[str, bytes, int]
     return chunks
 
 
-def send_all(port: int, chunks: list[tuple[str, bytes, int]], in_flight: int) -> float:
-    """Send every chunk with at most ``in_flight`` unacknowledged; seconds until the last ack."""
-    sock = socket.create_connection(("127.0.0.1", port))
+def send_all(port: int, chunks: list[tuple[str, bytes, int]], in_flight: int, connections: int) -> float:
+    """Send every chunk over ``connections`` connections (chunk i on connection i mod n), each with
+    at most ``in_flight`` unacknowledged; seconds until the last ack."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    with ThreadPoolExecutor(connections) as pool:
+        start = time.perf_counter()
+        sent = [pool.submit(send_one, socks[n], chunks[n::connections], in_flight) for n in range(connections)]
+        for future in sent:
+            future.result()  # a lost connection voids the run
+        seconds = time.perf_counter() - start
+    for sock in socks:
+        sock.close()
+    return seconds
+
+
+def send_one(sock: socket.socket, chunks: list[tuple[str, bytes, int]], in_flight: int) -> None:
+    """Send ``chunks`` on one connection, at most ``in_flight`` unacknowledged, until the last ack."""
     unpacker = msgpack.Unpacker(raw=False)
     pending: set[str] = set()
-    start = time.perf_counter()
     index = 0
     while index < len(chunks) or pending:
         while index < len(chunks) and len(pending) < in_flight:
@@ -95,16 +120,59 @@ def send_all(port: int, chunks: list[tuple[str, bytes, int]], in_flight: int) ->
             sock.sendall(data)
             pending.add(chunk)
             index += 1
-        unpacker.feed(sock.recv(65536))
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"the daemon closed the connection with {len(pending)} chunks unacknowledged")
+        unpacker.feed(data)
         for reply in unpacker:
             pending.discard(reply["ack"])
+
+
+def msgpack_floor(messages: Path, out: Path) -> None:
+    """The least work from PackedForward messages to JSON lines, as floor.py does from JSON lines:
+    unpack each message and its entries, add hostname and ingested_at, serialise, write. Prints
+    floor.py's line."""
+    host = socket.gethostname()
+    dumps, option = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    n = 0
+    start = time.perf_counter()
+    with messages.open("rb") as src, out.open("ab") as sink:
+        stream = msgpack.Unpacker(src, raw=False, max_buffer_size=1 << 30)
+        for _tag, entries, _options in stream:
+            now = datetime.now(UTC).isoformat(timespec="milliseconds")
+            records = msgpack.Unpacker(raw=False, ext_hook=_event_time, max_buffer_size=len(entries))
+            records.feed(entries)
+            buf = []
+            for _when, record in records:
+                record["hostname"] = host
+                record["ingested_at"] = now
+                buf.append(dumps(record, option=option))
+                n += 1
+            sink.write(b"".join(buf))
     seconds = time.perf_counter() - start
-    sock.close()
-    return seconds
+    print(f"records={n} seconds={seconds:.3f} records_per_s={n / seconds:.0f}")
+
+
+def _event_time(code: int, data: bytes) -> float:
+    seconds, nanos = struct.unpack(">II", data)
+    return float(seconds + nanos / 1e9)
+
+
+def run_msgpack_floor(messages: Path, out: Path) -> dict[str, float]:
+    """One run of ``msgpack_floor`` in its own process (its strings fresh, as the daemon's are)."""
+    out.unlink(missing_ok=True)
+    quiet_disk()
+    ru0 = os.times()
+    text = subprocess.run([sys.executable, __file__, "--msgpack-floor", str(messages), str(out)], check=True,
+                          capture_output=True, text=True).stdout
+    ru1 = os.times()
+    seconds = float(text.split("seconds=")[1].split()[0])
+    return {"seconds": seconds, "cpu_s": (ru1.children_user + ru1.children_system)
+            - (ru0.children_user + ru0.children_system)}
 
 
 def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsync: bool,
-               in_flight: int) -> dict[str, float]:
+               in_flight: int, connections: int) -> dict[str, float]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
     port = free_port()
@@ -114,13 +182,16 @@ def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsy
         while b" listening on " not in (root / "daemon.log").read_bytes():  # bound just after "running"
             time.sleep(0.005)
         cpu_ready, _ = proc_stats(daemon.pid)
+        client_cpu = time.process_time()
         start = time.perf_counter()
-        acked = send_all(port, chunks, in_flight)
+        acked = send_all(port, chunks, in_flight, connections)
+        client_cpu = time.process_time() - client_cpu
         while count_lines(root / "out") < total:
             time.sleep(0.01)
         delivered = time.perf_counter() - start
         cpu, rss = proc_stats(daemon.pid)
-    return {"seconds": acked, "delivered_s": delivered, "cpu_s": cpu - cpu_ready, "peak_rss_mb": rss / 1e6}
+    return {"seconds": acked, "delivered_s": delivered, "cpu_s": cpu - cpu_ready, "peak_rss_mb": rss / 1e6,
+            "client_cpu_s": client_cpu}
 
 
 def main() -> None:
@@ -128,10 +199,15 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--max-chars", type=int, default=400, help="generator size knob: 400 gives ~1 KB records")
     ap.add_argument("--chunk-records", type=int, default=1000, help="records per PackedForward chunk")
-    ap.add_argument("--in-flight", type=int, default=4, help="chunks sent before their ack arrives")
+    ap.add_argument("--in-flight", type=int, default=4, help="chunks sent before their ack arrives, per connection")
+    ap.add_argument("--connections", type=int, default=1, help="client connections sharing the chunks")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--fsync", choices=("true", "false"), default="true")
+    ap.add_argument("--msgpack-floor", nargs=2, type=Path, metavar=("MESSAGES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.msgpack_floor:
+        msgpack_floor(*args.msgpack_floor)
+        return
     fsync = args.fsync == "true"
     info = machine()  # before the work: its load and CPU figures are the run's
     root = Path(tempfile.mkdtemp(prefix="logferry-bench-forward-"))
@@ -139,11 +215,14 @@ def main() -> None:
     make_workload(workload, args.records, args.max_chars)
     size = workload.stat().st_size
     chunks = encode_chunks(workload, args.chunk_records)
-    floors, daemons = [], []
+    messages = root / "messages.msgpack"
+    messages.write_bytes(b"".join(data for _, data, _ in chunks))
+    floors, packed_floors, daemons = [], [], []
     for _ in range(args.runs):
         floors.append(run_floor(workload, root / "floor.out"))
-        daemons.append(run_daemon(root, chunks, args.records, fsync, args.in_flight))
-    report = summarize(args, size, floors, daemons, fsync, finish_run(info))
+        packed_floors.append(run_msgpack_floor(messages, root / "floor.out"))
+        daemons.append(run_daemon(root, chunks, args.records, fsync, args.in_flight, args.connections))
+    report = summarize(args, size, floors, packed_floors, daemons, fsync, finish_run(info))
     print_header("forward: PackedForward chunks → acked (committed) → file output, next to the floor", report)
     print_table(report)
     write_results(f"forward-{args.records}", report)
@@ -151,31 +230,43 @@ def main() -> None:
 
 
 def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]],
-              daemons: list[dict[str, float]], fsync: bool, info: dict[str, Any]) -> dict[str, Any]:
+              packed_floors: list[dict[str, float]], daemons: list[dict[str, float]], fsync: bool,
+              info: dict[str, Any]) -> dict[str, Any]:
     floor_s = statistics.median(f["seconds"] for f in floors)
+    packed_s = statistics.median(f["seconds"] for f in packed_floors)
     acked_s = statistics.median(d["seconds"] for d in daemons)
     delivered_s = statistics.median(d["delivered_s"] for d in daemons)
     return {
         **info, "records": args.records, "bytes": size, "record_bytes": size / args.records,
-        "chunk_records": args.chunk_records, "in_flight": args.in_flight, "fsync": fsync,
+        "chunk_records": args.chunk_records, "in_flight": args.in_flight, "connections": args.connections,
+        "fsync": fsync,
         "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6, "runs": floors},
+        "msgpack_floor": {"records_per_s": args.records / packed_s, "mb_per_s": size / packed_s / 1e6,
+                          "cpu_s": statistics.median(f["cpu_s"] for f in packed_floors), "runs": packed_floors},
         "logferry": {"records_per_s": args.records / acked_s, "mb_per_s": size / acked_s / 1e6,
                      "delivered_records_per_s": args.records / delivered_s,
                      "cpu_s": statistics.median(d["cpu_s"] for d in daemons),
+                     "client_cpu_s": statistics.median(d["client_cpu_s"] for d in daemons),
                      "peak_rss_mb": max(d["peak_rss_mb"] for d in daemons),
-                     "ratio_to_floor": floor_s / acked_s, "runs": daemons},
+                     "ratio_to_floor": floor_s / acked_s, "ratio_to_msgpack_floor": packed_s / acked_s,
+                     "runs": daemons},
     }
 
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"{r['records']} records of {r['record_bytes']:.0f} B, {r['chunk_records']} per chunk, "
-          f"{r['in_flight']} in flight, fsync = {str(r['fsync']).lower()}, {r['machine']}, {r['date']}")
-    floor, ours = r["floor"], r["logferry"]
-    print(f"{'':28} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8}")
-    print(f"{'floor (file → file)':28} {floor['records_per_s']:>10.0f} {floor['mb_per_s']:>8.1f}")
-    print(f"{'logferry received + acked':28} {ours['records_per_s']:>10.0f} {ours['mb_per_s']:>8.1f} "
-          f"{ours['cpu_s']:>7.2f} {ours['peak_rss_mb']:>6.0f} MB {ours['ratio_to_floor']:>7.2f}x")
-    print(f"{'logferry delivered to file':28} {ours['delivered_records_per_s']:>10.0f}")
+          f"{r['in_flight']} in flight on each of {r['connections']} connection(s), "
+          f"fsync = {str(r['fsync']).lower()}, {r['machine']}, {r['date']}")
+    floor, packed, ours = r["floor"], r["msgpack_floor"], r["logferry"]
+    print(f"{'':34} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8} {'/ msgpack floor':>16}")
+    print(f"{'floor.py (JSON lines → file)':34} {floor['records_per_s']:>10.0f} {floor['mb_per_s']:>8.1f}")
+    print(f"{'msgpack floor (PackedForward → file)':34} {packed['records_per_s']:>10.0f} {packed['mb_per_s']:>8.1f} "
+          f"{packed['cpu_s']:>7.2f}")
+    print(f"{'logferry received + acked':34} {ours['records_per_s']:>10.0f} {ours['mb_per_s']:>8.1f} "
+          f"{ours['cpu_s']:>7.2f} {ours['peak_rss_mb']:>6.0f} MB {ours['ratio_to_floor']:>7.2f}x "
+          f"{ours['ratio_to_msgpack_floor']:>15.2f}x")
+    print(f"{'logferry delivered to file':34} {ours['delivered_records_per_s']:>10.0f}")
+    print(f"  the client (this process) used {ours['client_cpu_s']:.2f} CPU-s")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Real fluent-logger clients (Go, Node.js) against the forward source while the daemon is killed with kill -9.
 
-The issue asks for 4 senders x 25,000 records; each record here is its own acknowledged chunk
-(that is how both loggers send with acks), and an ack waits for an fsynced commit, so on this
-2-core machine that pace is about 300 records/s: the suite sends 4 x 1,000 (override with
-``LOGFERRY_TEST_FORWARD_RECORDS``) to stay within its time budget. The kills land at random
-moments of the stream either way.
+The issue asks for 4 senders x 25,000 records. Each record here is its own acknowledged chunk
+(that is how both loggers send with acks: one message in flight per logger), and an ack waits
+for an fsynced commit (about 4 fsyncs), so the pace is set by the commit's latency: the four
+senders' records share a commit (2 per commit measured), and on this shared 2-core machine,
+loaded, the Go test took 98 s at 4 x 5,000 and 118 s at 4 x 10,000, the Node test 162 s at
+4 x 5,000. The suite sends 4 x 5,000 (override with ``LOGFERRY_TEST_FORWARD_RECORDS``, e.g.
+25000 for the issue's figure). The kills land at random moments of the stream either way.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tests.support.forward import es_output, forward_config, go_sender, node_sen
 pytestmark = pytest.mark.integration
 
 SENDERS = 4
-RECORDS = int(os.environ.get("LOGFERRY_TEST_FORWARD_RECORDS", "1000"))
+RECORDS = int(os.environ.get("LOGFERRY_TEST_FORWARD_RECORDS", "5000"))
 KILLS = 3
 
 
@@ -64,9 +66,14 @@ def file_request_ids(layout: Layout) -> Counter[str]:
 Senders = subprocess.Popen[bytes]
 
 
+def output_lines(layout: Layout) -> int:
+    """Lines in the file output: counted, not parsed (this runs every poll, beside the daemon on 2 cores)."""
+    return sum(path.read_bytes().count(b"\n") for path in layout.out.rglob("*") if path.is_file())
+
+
 def reached(layout: Layout, senders: list[Senders], count: int) -> bool:
     """The file output holds ``count`` records, or every sender is done."""
-    return len(layout.records()) >= count or all(s.poll() is not None for s in senders)
+    return output_lines(layout) >= count or all(s.poll() is not None for s in senders)
 
 
 def run_with_kills(layout: Layout, daemon_factory: list[Daemon], start_senders: Callable[[], list[Senders]],
@@ -78,7 +85,8 @@ def run_with_kills(layout: Layout, daemon_factory: list[Daemon], start_senders: 
     for kill_at in sorted(rng.sample(range(total // 10, total * 8 // 10), KILLS)):
         daemon = wait_listening(new_daemon(layout, daemon_factory).start())
         senders = senders or start_senders()  # the loggers connect at once: the daemon listens first
-        wait_for(partial(reached, layout, senders, kill_at), timeout=180, what=f"{kill_at} records before a kill")
+        wait_for(partial(reached, layout, senders, kill_at), timeout=180, interval=0.2,
+                 what=f"{kill_at} records before a kill")
         daemon.kill()
     wait_listening(new_daemon(layout, daemon_factory).start())
     for sender in senders:
@@ -109,8 +117,10 @@ def test_go_senders_with_request_ack_are_stored_exactly_once_across_kill_9(layou
     outputs = [log.read_text(errors="replace") for log in logs]
     assert all(s.returncode == 0 for s in senders), outputs
     want = expected_ids("go")
-    wait_for(lambda: set(file_request_ids(layout)) >= want, timeout=120, what="every record in the file output")
-    wait_for(lambda: sum(es_request_ids(es, index).values()) >= len(want), timeout=120, what="every record in ES")
+    wait_for(lambda: set(file_request_ids(layout)) >= want, timeout=120, interval=0.5,
+             what="every record in the file output")
+    wait_for(lambda: sum(es_request_ids(es, index).values()) >= len(want), timeout=120, interval=0.5,
+             what="every record in ES")
     daemon_factory[-1].stop()
     in_file, in_es = file_request_ids(layout), es_request_ids(es, index)
     assert set(in_file) == want and max(in_file.values()) == 1, in_file.most_common(3)
@@ -123,7 +133,10 @@ def test_node_senders_with_acks_and_shared_key_lose_nothing_and_duplicate_only_r
     index = "logferry-test-forward-node"
     es = cluster(index)
     port = free_port()
-    forward_config(layout, port, source={"shared_key": "fleet-key"}, outputs={"search": es_output(es_url, index)})
+    key = layout.root / "fleet-key"  # the key from a file, as a service keeps it
+    key.write_text("fleet-key\n")
+    key.chmod(0o600)
+    forward_config(layout, port, source={"shared_key_file": str(key)}, outputs={"search": es_output(es_url, index)})
     logs = [layout.root / f"node-{s}.log" for s in range(SENDERS)]
     senders = run_with_kills(layout, daemon_factory, lambda: [
         start([node, str(script), "127.0.0.1", str(port), str(s), str(RECORDS), "fleet-key"], log, env)
@@ -133,8 +146,9 @@ def test_node_senders_with_acks_and_shared_key_lose_nothing_and_duplicate_only_r
     assert all(s.returncode == 0 for s in senders), outputs
     re_emits = Counter(line.split()[1] for line in outputs.splitlines() if line.startswith("reemit "))
     want = expected_ids("node")
-    wait_for(lambda: set(file_request_ids(layout)) >= want, timeout=120, what="every record in the file output")
-    wait_for(lambda: set(es_request_ids(es, index)) >= want, timeout=120, what="every record in ES")
+    wait_for(lambda: set(file_request_ids(layout)) >= want, timeout=120, interval=0.5,
+             what="every record in the file output")
+    wait_for(lambda: set(es_request_ids(es, index)) >= want, timeout=120, interval=0.5, what="every record in ES")
     daemon_factory[-1].stop()
     in_file, in_es = file_request_ids(layout), es_request_ids(es, index)
     assert set(in_file) == want

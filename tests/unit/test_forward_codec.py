@@ -9,9 +9,11 @@ from pathlib import Path
 import msgpack
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
 from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip
+from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake, client_ping
 
 
@@ -27,9 +29,10 @@ def test_each_mode_decodes_to_tag_entries_and_chunk() -> None:
     forward = decode(roundtrip(["b", [[1, {"k": 1}], [2, {"k": 2}]]]), 1 << 20)
     assert forward.chunk is None and [t for t, _ in forward.entries] == [1, 2]
     raw = msgpack.packb([1, {"k": 1}]) + msgpack.packb([2, "not a map"])
-    assert decode(roundtrip(["c", raw, {"size": 2}]), 1 << 20).entries == [(1, {"k": 1}), (2, "not a map")]
+    packed = decode(roundtrip(["c", raw, {"size": 2}]), 1 << 20)
+    assert [tuple(e) for e in packed.entries] == [(1, {"k": 1}), (2, "not a map")]
     zipped = decode(roundtrip(["d", gzip.compress(raw), {"compressed": "gzip"}]), 1 << 20)
-    assert zipped.entries == [(1, {"k": 1}), (2, "not a map")]
+    assert [tuple(e) for e in zipped.entries] == [(1, {"k": 1}), (2, "not a map")]
 
 
 @pytest.mark.parametrize("bad", [
@@ -119,3 +122,27 @@ def test_window_bounds_its_size_and_acks_a_resend_that_waited_for_the_first_copy
     window.done("y", 11.0)
     window.done("z", 12.0)
     assert acked == ["resend"] and window.expire(12.0) == 1 and not window.is_committed("x")
+
+
+def forward_config(**options: object) -> ForwardSourceConfig:
+    return ForwardSourceConfig.model_validate({"type": "forward", **options})
+
+
+def test_shared_key_file_is_read_without_its_newline_and_refused_when_open_to_others(tmp_path: Path) -> None:
+    key = tmp_path / "fleet-key"
+    key.write_text("s3cret\n")
+    key.chmod(0o640)
+    config = forward_config(shared_key_file=str(key), bind="0.0.0.0")
+    assert config.key() == "s3cret" and config.requires_handshake() and config.exposure_warning() is None
+    key.chmod(0o644)
+    with pytest.raises(ValidationError, match=r"shared_key_file[\s\S]*open to others \(mode 0644\)"):
+        forward_config(shared_key_file=str(key))
+    key.chmod(0o600)
+    key.write_text("\n")
+    with pytest.raises(ValidationError, match=r"shared_key_file[\s\S]*is empty"):
+        forward_config(shared_key_file=str(key))
+    with pytest.raises(ValidationError, match=r"shared_key_file[\s\S]*cannot read .*No such file"):
+        forward_config(shared_key_file=str(tmp_path / "missing"))
+    key.write_text("s3cret")
+    with pytest.raises(ValidationError, match="not both"):
+        forward_config(shared_key="a", shared_key_file=str(key))

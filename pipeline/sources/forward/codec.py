@@ -63,7 +63,7 @@ def unpacker(limit: int) -> msgpack.Unpacker:
 
 @dataclass(slots=True)
 class Message:
-    """One decoded message: its tag, entries (time, record), and options."""
+    """One decoded message: its tag, entries (time, record: 2-tuples or, from PackedForward, 2-lists), options."""
 
     tag: str
     entries: list[tuple[object, object]]
@@ -114,16 +114,19 @@ def _entry(entry: object) -> tuple[object, object]:
 
 
 def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
-    """The [time, record] entries concatenated in a PackedForward stream."""
+    """The [time, record] entries concatenated in a PackedForward stream (as 2-lists: the hot path)."""
     stream = msgpack.Unpacker(raw=False, ext_hook=ext_hook, max_buffer_size=max(len(raw), 1),
                               strict_map_key=False, unicode_errors="surrogateescape")
     stream.feed(raw)
-    entries: list[tuple[object, object]] = []
+    entries: list[Any] = []
+    append, tell = entries.append, stream.tell
     end = 0  # tell() after the last whole entry: after a failed partial read it counts the partial bytes too
     try:
         for item in stream:
-            entries.append(_entry(item))
-            end = stream.tell()
+            if type(item) is not list or len(item) != 2:  # no call per entry: this loop runs per record
+                _entry(item)  # raises with the shape
+            append(item)
+            end = tell()
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
     if end != len(raw):

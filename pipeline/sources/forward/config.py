@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import stat
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.configbase import MiB, SourceBase
 
@@ -19,6 +20,9 @@ class ForwardSourceConfig(SourceBase):
     bind: str = Field("127.0.0.1", description="Address to listen on (TCP, and UDP for heartbeats).")
     port: int = Field(24224, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
     shared_key: str = Field("", description="Require the HELO/PING/PONG handshake with this key; empty: off.")
+    shared_key_file: Path | None = Field(
+        None, description="File holding the shared key (trailing newline stripped; not readable by others)."
+    )
     self_hostname: str = Field("logferry", description="Host name this server gives in the handshake.")
     tls_cert: Path | None = Field(None, description="PEM certificate: serve TLS (with tls_key).")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
@@ -40,7 +44,26 @@ class ForwardSourceConfig(SourceBase):
     def _tls_pair(self) -> ForwardSourceConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.shared_key and self.shared_key_file is not None:
+            raise ValueError("set shared_key or shared_key_file, not both")
         return self
+
+    @field_validator("shared_key_file")
+    @classmethod
+    def _key_file_usable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_key_file(path)  # at load: `logferry check` and the start fail on it, naming the key
+        return path
+
+    def key(self) -> str:
+        """The handshake's key: ``shared_key`` or the content of ``shared_key_file`` ("": no handshake)."""
+        if self.shared_key_file is not None:
+            return read_key_file(self.shared_key_file)
+        return self.shared_key
+
+    def requires_handshake(self) -> bool:
+        """Whether clients must pass the shared-key handshake (``shared_key`` or ``shared_key_file``)."""
+        return bool(self.shared_key) or self.shared_key_file is not None
 
     def routes_by_record_tag(self) -> bool:
         """Whether each batch is routed by its own tag (the client's) rather than this source's."""
@@ -48,7 +71,7 @@ class ForwardSourceConfig(SourceBase):
 
     def exposure_warning(self) -> str | None:
         """Why listening here is risky (a non-loopback address without TLS or shared_key), or None."""
-        if self.tls_cert is not None or self.shared_key:
+        if self.tls_cert is not None or self.requires_handshake():
             return None
         try:
             loopback = ipaddress.ip_address(self.bind).is_loopback
@@ -57,4 +80,23 @@ class ForwardSourceConfig(SourceBase):
         if loopback:
             return None
         return (f"bind = {self.bind!r}: anyone who reaches port {self.port} can send records; "
-                "set shared_key or tls_cert/tls_key, or bind to 127.0.0.1")
+                "set shared_key(_file) or tls_cert/tls_key, or bind to 127.0.0.1")
+
+
+def read_key_file(path: Path) -> str:
+    """A key file's text without its trailing newline, as the project's other secret files are read.
+
+    ValueError (the loader names the key) when it cannot be read, is empty, or is open to others:
+    the service's group may read it (the daemon's own files are 0640), nobody else.
+    """
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().rstrip("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}"
+                         ) from exc
+    if mode & 0o007:
+        raise ValueError(f"{path} is open to others (mode {stat.S_IMODE(mode):04o}): chmod o-rwx {path}")
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return text

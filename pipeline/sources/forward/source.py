@@ -75,10 +75,14 @@ class ForwardSource:
         # Bound here, while the topology is built: a port in use or a bad certificate stops the start
         # with an error naming the key, and clients can connect once "logferry running" is logged.
         self._ssl = _tls(name, config)
+        try:
+            self.shared_key = config.key()  # a key file is read once, at start (and checked at load)
+        except ValueError as exc:  # changed since the load
+            raise ConfigError(f"sources.{name}.shared_key_file: {exc}") from exc
         self._tcp, self._udp = _listen(name, config)
         self.address: tuple[str, int] | None = self._tcp.getsockname()[:2]
         log.info("forward source %s listening on %s:%d%s%s", name, *self._tcp.getsockname()[:2],
-                 " (TLS)" if self._ssl else "", " (shared_key)" if config.shared_key else "")
+                 " (TLS)" if self._ssl else "", " (shared_key)" if self.shared_key else "")
         if warning := config.exposure_warning():
             log.warning("forward source %s: %s", name, warning)
         self._stop = asyncio.Event()
@@ -172,7 +176,7 @@ class Connection:
     async def serve(self) -> None:
         """Run the connection; bad input is logged and ends it."""
         try:
-            if self.config.shared_key and not await self._handshake():
+            if self.source.shared_key and not await self._handshake():
                 return
             while (data := await self._read()) is not None:
                 self._feed(data)
@@ -209,7 +213,7 @@ class Connection:
         log.warning("forward %s: closing connection from %s: %s", self.source.name, self.peer, reason)
 
     async def _handshake(self) -> bool:
-        shake = Handshake.start(self.config.shared_key, self.config.self_hostname)
+        shake = Handshake.start(self.source.shared_key, self.config.self_hostname)
         self.writer.write(shake.helo())
         ping = await self._next_object()
         if ping is None:
@@ -265,13 +269,17 @@ class Connection:
         time_key = self.source.time_key
         records: list[dict[Any, Any]] = []
         dead: list[dict[str, Any]] = []
-        for index, (when, record) in enumerate(message.entries):
+        append = records.append
+        for index, (when, record) in enumerate(message.entries):  # per record: no calls in the common case
             if type(record) is not dict:
                 dead.append(self._dead(key, index, record, "record is not a map", now))
                 continue
-            if time_key not in record and (epoch := event_epoch(when)) is not None:
-                record[time_key] = epoch  # the decoded dict is ours: no copy
-            records.append(record)
+            if time_key not in record:  # the decoded dict is ours: no copy
+                if type(when) is float:  # EventTime, decoded by the codec
+                    record[time_key] = when
+                elif (epoch := event_epoch(when)) is not None:
+                    record[time_key] = epoch
+            append(record)
         chunk = message.chunk
         count = len(records)
         # The records go as dicts: the processor enriches and serialises them once (offsets: their indices).

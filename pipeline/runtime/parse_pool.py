@@ -1,0 +1,236 @@
+"""ParsePool: parse plain blocks in worker processes, so the per-record work runs on the second core.
+
+The event loop keeps everything that orders and commits: it reads the blocks, copies each into a
+slot of a shared memory (one ``memfd`` the workers map too), and sends the slot number; a worker
+(:mod:`pipeline.runtime.parse_worker`) parses, enriches and serialises the block, writes the
+records and their offsets back into the slot, and answers with their lengths. Only those numbers
+cross the socket, never pickled records: that cost is what sank an earlier try with a process pool.
+
+Order: :meth:`ParsePool.run` hands the committer the processed batches in the order the sources
+gave them (a queue of futures, awaited first in, first out), so frames stay in file order and the
+buffer's invariants (a position saved only with its frames, exactly once across kill -9) are the
+ones the in-process path keeps. Blocks a worker cannot take (records the source decoded itself,
+blocks whose source has transforms, blocks larger than a slot, records spanning two time
+windows) are parsed on the event loop as before, in their place in that order.
+
+A worker that fails a block is reported and the block parsed on the loop; a worker that exits
+stops the daemon with its reason. Workers exit when the daemon closes the pool, or on EOF when the
+daemon is killed: they keep no state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import socket
+import subprocess
+import sys
+from array import array
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from pipeline.errors import LogferryError
+from pipeline.runtime.committer import END, EndOfInput
+from pipeline.runtime.parse_worker import Done, Job, Setup
+from pipeline.sources.base import LineBatch
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
+
+log = logging.getLogger("logferry.parse")
+SLOTS_PER_WORKER = 2  # one block parsed while the next one waits in the worker's memory
+IN_BYTES = 4 << 20  # a slot's block: tail reads 1 MiB steps by default; larger blocks parse on the loop
+OUT_BYTES = 2 * IN_BYTES + (1 << 20)  # records grow by the added fields; offsets follow them
+
+
+@dataclass
+class Pending:
+    """A block sent to a worker, and who waits for its processed batch."""
+
+    batch: LineBatch
+    now: float
+    future: asyncio.Future[ProcessedBatch]
+
+
+@dataclass
+class Worker:
+    """One worker process, its end of the socket and its jobs in the order sent."""
+
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    slots: list[int]
+    pending: deque[Pending] = field(default_factory=deque)
+
+
+class ParsePool:
+    """Worker processes that parse plain blocks; see the module's docstring for what stays on the loop."""
+
+    def __init__(self, processor: RecordProcessor, workers: int) -> None:
+        self.processor = processor
+        self.size = workers
+        self.slot_bytes = IN_BYTES + OUT_BYTES
+        self.workers: list[Worker] = []
+        self.blocks = 0  # parsed by a worker
+        self.inline = 0  # parsed on the loop
+        self._memory: mmap.mmap | None = None
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+
+    def start(self) -> None:
+        """Start the workers; raises LogferryError if one cannot be started."""
+        slots = self.size * SLOTS_PER_WORKER
+        memory_fd = os.memfd_create("logferry-parse", 0)
+        try:
+            os.ftruncate(memory_fd, slots * self.slot_bytes)
+            self._memory = mmap.mmap(memory_fd, slots * self.slot_bytes)
+            setup = Setup(self.slot_bytes, IN_BYTES, self.processor.enricher.keys, self.processor.time_key,
+                          tuple(self.processor.widths))
+            for n in range(self.size):
+                owned = list(range(n * SLOTS_PER_WORKER, (n + 1) * SLOTS_PER_WORKER))
+                self.workers.append(self._spawn(memory_fd, slots * self.slot_bytes, owned, setup))
+        except OSError as exc:
+            self.close()
+            raise LogferryError(f"cannot start the parse workers: {exc}") from exc
+        finally:
+            os.close(memory_fd)  # each worker and our map hold it now
+        loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            loop.add_reader(worker.conn.fileno(), self._on_answer, worker)
+            for slot in worker.slots:
+                self._free.put_nowait(slot)
+        log.info("parse workers started workers=%d", self.size)
+
+    def _spawn(self, memory_fd: int, size: int, slots: list[int], setup: Setup) -> Worker:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.runtime.parse_worker", str(theirs.fileno()), str(memory_fd),
+                 str(size)],
+                pass_fds=(theirs.fileno(), memory_fd), stdin=subprocess.DEVNULL,
+            )
+            conn = Connection(os.dup(ours.fileno()))
+        conn.send(setup)
+        return Worker(process, conn, slots)
+
+    def close(self) -> None:
+        """Tell the workers to exit and wait for them (killed if they do not within a few seconds)."""
+        for worker in self.workers:
+            try:
+                asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+            except RuntimeError:  # no loop: start() failed before registering
+                pass
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass  # already gone: nothing to tell
+            worker.conn.close()
+        for worker in self.workers:
+            try:
+                worker.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+        self.workers.clear()
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
+
+    async def run(self, inbox: asyncio.Queue[LineBatch | EndOfInput],
+                  outbox: asyncio.Queue[ProcessedBatch | EndOfInput],
+                  publish: Callable[[ProcessedBatch], None]) -> None:
+        """Process batches until END, handing them on in the order they came; then pass END on."""
+        order: asyncio.Queue[asyncio.Future[ProcessedBatch] | None] = asyncio.Queue(
+            len(self.workers) * SLOTS_PER_WORKER + 2)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(_hand_on(order, outbox, publish), name="processor:hand-on")
+            while True:
+                batch = await inbox.get()
+                if isinstance(batch, EndOfInput):
+                    await order.put(None)
+                    return
+                await order.put(await self._submit(batch))
+
+    async def _submit(self, batch: LineBatch) -> asyncio.Future[ProcessedBatch]:
+        future: asyncio.Future[ProcessedBatch] = asyncio.get_running_loop().create_future()
+        if not self._takes(batch):
+            self.inline += 1
+            future.set_result(self.processor.process(batch))
+            return future
+        slot = await self._free.get()
+        worker = self.workers[slot // SLOTS_PER_WORKER]
+        assert self._memory is not None
+        start = slot * self.slot_bytes
+        self._memory[start : start + len(batch.data)] = batch.data
+        now = self.processor.clock.time()
+        added = self.processor.enricher.fields(batch.tag, now)
+        worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now))
+        worker.pending.append(Pending(batch, now, future))
+        return future
+
+    def _takes(self, batch: LineBatch) -> bool:
+        return (batch.records is None and batch.offsets is None and 0 < len(batch.data) <= IN_BYTES
+                and batch.source not in self.processor.plan.routes)
+
+    def _on_answer(self, worker: Worker) -> None:
+        """The worker's socket is readable: resolve every job it has answered."""
+        try:
+            while worker.conn.poll():
+                done: Done = worker.conn.recv()
+                self._resolve(worker.pending.popleft(), done)
+        except Exception as exc:  # noqa: BLE001 - EOF, a broken socket, an answer that cannot be read: all fatal
+            self._worker_gone(worker, exc)
+
+    def _resolve(self, job: Pending, done: Done) -> None:
+        try:
+            if done.kind == "ok":
+                self.blocks += 1
+                job.future.set_result(self._processed(job, done))
+            else:
+                if done.kind == "error":
+                    log.error("parse worker failed a block (parsed in the daemon instead): %s", done.reason)
+                self.inline += 1
+                job.future.set_result(self.processor.process(job.batch))
+        finally:
+            self._free.put_nowait(done.slot)
+
+    def _processed(self, job: Pending, done: Done) -> ProcessedBatch:
+        """The worker's records as the in-process path would have grouped them (one window per width)."""
+        assert self._memory is not None
+        batch = job.batch
+        out = done.slot * self.slot_bytes + IN_BYTES
+        payload = self._memory[out : out + done.payload]
+        offsets = array("q")
+        offsets.frombytes(self._memory[out + done.payload : out + done.payload + done.count * offsets.itemsize])
+        offset_list = offsets.tolist()
+        groups: dict[int, dict[int, TimeGroup]] = {}
+        for width, window in zip(self.processor.widths, done.windows, strict=True):
+            groups[width] = {window: TimeGroup([payload], offset_list)} if done.count else {}
+        dead = [*batch.dead, *(self.processor.dead_entry(batch, offset, line, reason, job.now)
+                               for offset, line, reason in done.bad)]
+        return ProcessedBatch(batch, groups, dead, done.count)
+
+    def _worker_gone(self, worker: Worker, exc: BaseException) -> None:
+        """Fail the worker's jobs: the daemon stops with the reason (the blocks are read again at restart)."""
+        asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+        if worker.process.poll() is None:
+            worker.process.kill()
+        code = worker.process.wait()
+        error = LogferryError(f"a parse worker failed (exit code {code}): {type(exc).__name__}: {exc}")
+        while worker.pending:
+            worker.pending.popleft().future.set_exception(error)
+
+
+async def _hand_on(order: asyncio.Queue[asyncio.Future[ProcessedBatch] | None],
+                   outbox: asyncio.Queue[ProcessedBatch | EndOfInput],
+                   publish: Callable[[ProcessedBatch], None]) -> None:
+    """Pass processed batches on in the order they were submitted, then END."""
+    while True:
+        future = await order.get()
+        if future is None:
+            await outbox.put(END)
+            return
+        processed = await future
+        processed.batch.data = b""  # the records live in the groups now
+        publish(processed)
+        await outbox.put(processed)

@@ -1,0 +1,113 @@
+"""ParsePool: worker processes give the committer exactly what the event loop's processor gives, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import orjson
+import pytest
+
+from pipeline.clock import FakeClock
+from pipeline.config import EnrichConfig
+from pipeline.errors import LogferryError
+from pipeline.runtime.committer import END, EndOfInput
+from pipeline.runtime.parse_pool import IN_BYTES, ParsePool
+from pipeline.sources.base import LineBatch
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor
+
+WALL = 1_795_000_000.0
+HOUR = 3600
+
+
+def make_processor(widths: set[int] | None = None) -> RecordProcessor:
+    return RecordProcessor(EnrichConfig(hostname="host-1", tag_key="tag"), widths or {HOUR, 60}, FakeClock(WALL))
+
+
+def make_batch(data: bytes, start: int = 1000, key: str = "7:42") -> LineBatch:
+    return LineBatch("agent", "ai.chat", key, "/logs/agent.jsonl", start, start + len(data), data, None)
+
+
+def blocks() -> list[bytes]:
+    """Blocks that take every path: spliced, re-serialised, bad JSON, not an object, two windows, empty."""
+    plain = b"".join(orjson.dumps({"request_id": f"r{i}", "prompt": "h\u00e9llo " * (i % 7),
+                                   "timestamp": WALL - 40 + i % 50}) + b"\n" for i in range(2000))
+    mixed = (b'{"prompt": "a", "hostname": "theirs"}\n{}\nnot json\n[1, 2]\n\n'
+             b'{"prompt": "b" , "tokens": 3}\n{"x": 1} trailing\n')
+    spanning = b"".join(orjson.dumps({"i": i, "timestamp": WALL - 3600 * (i % 2)}) + b"\n" for i in range(10))
+    huge = b'{"prompt": "' + b"x" * (IN_BYTES + 10) + b'"}\n'
+    return [plain, mixed, spanning, b"", huge, plain[: len(plain) // 3 * 1 // 1].rsplit(b"\n", 1)[0] + b"\n"]
+
+
+def flatten(item: ProcessedBatch) -> tuple[dict[int, dict[int, tuple[bytes, list[int]]]], list[dict[str, object]], int]:
+    groups = {width: {key: (b"".join(g.lines), g.offsets) for key, g in windows.items()}
+              for width, windows in item.groups.items()}
+    return groups, item.dead, item.records
+
+
+async def through_pool(processor: RecordProcessor, batches: list[LineBatch], workers: int) -> list[ProcessedBatch]:
+    pool = ParsePool(processor, workers)
+    pool.start()
+    inbox: asyncio.Queue[LineBatch | EndOfInput] = asyncio.Queue()
+    outbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
+    for item in batches:
+        inbox.put_nowait(item)
+    inbox.put_nowait(END)
+    published: list[ProcessedBatch] = []
+    try:
+        await asyncio.wait_for(pool.run(inbox, outbox, published.append), 60)
+    finally:
+        pool.close()
+    out: list[ProcessedBatch] = []
+    while not isinstance(item := outbox.get_nowait(), EndOfInput):
+        out.append(item)
+    assert published == out
+    assert pool.blocks >= 2, "the plain blocks were parsed by the workers"
+    return out
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_workers_give_what_the_loop_gives_in_order(workers: int) -> None:
+    data = blocks()
+    start = [1000 + 10_000_000 * n for n in range(len(data))]
+    expected = [flatten(make_processor().process(make_batch(d, s))) for d, s in zip(data, start, strict=True)]
+
+    got = await through_pool(make_processor(), [make_batch(d, s) for d, s in zip(data, start, strict=True)], workers)
+
+    assert [item.batch.start for item in got] == start, "batches are handed on in the order they came"
+    assert [flatten(item) for item in got] == expected
+    assert expected[1][1], "the mixed block has dead letters, with their reasons"
+    assert all(item.batch.data == b"" for item in got)
+
+
+@pytest.mark.asyncio
+async def test_many_blocks_keep_their_order_across_workers() -> None:
+    lines = [orjson.dumps({"n": n, "timestamp": WALL}) + b"\n" for n in range(20_000)]
+    batches = [make_batch(b"".join(lines[i : i + 100]), start=i) for i in range(0, len(lines), 100)]
+
+    got = await through_pool(make_processor(), batches, 2)
+
+    numbers = [orjson.loads(line)["n"] for item in got for line in b"".join(item.groups[HOUR][
+        int(WALL) // HOUR * HOUR].lines).splitlines()]
+    assert numbers == list(range(20_000))
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_dies_stops_the_pool_with_its_reason() -> None:
+    pool = ParsePool(make_processor(), 1)
+    pool.start()
+    try:
+        os.kill(pool.workers[0].process.pid, signal.SIGKILL)
+        pool.workers[0].process.wait()
+        inbox: asyncio.Queue[LineBatch | EndOfInput] = asyncio.Queue()
+        outbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
+        inbox.put_nowait(make_batch(b'{"a": 1}\n'))
+        inbox.put_nowait(END)
+        with pytest.raises(ExceptionGroup) as caught:
+            await asyncio.wait_for(pool.run(inbox, outbox, lambda _: None), 30)
+        assert caught.group_contains(LogferryError) or caught.group_contains(OSError)
+        assert outbox.empty(), "nothing is handed on for a block no one parsed"
+    finally:
+        pool.close()

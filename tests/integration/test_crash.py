@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -19,12 +21,36 @@ def delivered_at_least(layout, count: int) -> bool:
     return len(layout.records()) >= count
 
 
-@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "page-cache"])
-def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(layout, daemon_factory, fsync):
+def children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (the daemon's parse workers)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found |= {int(child) for child in task.read_text().split()}
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+@pytest.mark.parametrize(("fsync", "workers"), [(True, 0), (False, 0), (True, 2)],
+                         ids=["fsync", "page-cache", "parse-workers"])
+def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(layout, daemon_factory, fsync, workers):
     # Small chunks and a quick flush put every stage (reading, committing, enqueueing,
     # delivering) in flight at any moment the kill can land. Without fsync the kernel
-    # still holds every write of a killed process: the guarantee is the same.
-    layout.write_config(buffer={"chunk_limit_bytes": 256 * 1024, "flush_interval": 0.05}, fsync=fsync)
+    # still holds every write of a killed process: the guarantee is the same. With parse
+    # workers, blocks are in flight in other processes too: killing the daemon must lose
+    # none of them (they are read again) and leave no worker behind.
+    layout.write_config(buffer={"chunk_limit_bytes": 256 * 1024, "flush_interval": 0.05}, fsync=fsync,
+                        parse_workers=workers)
     rng = random.Random(20261127)
     backlog, live = 20_000, 6000
     generator.write(str(layout.logs / "agent.log"), backlog, max_chars=800)
@@ -34,7 +60,11 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(layout, da
     for kill_at in sorted(rng.sample(range(1000, total - 1000), 3)):
         daemon = new_daemon(layout, daemon_factory).start()
         wait_for(partial(delivered_at_least, layout, kill_at), what=f"{kill_at} records before the kill")
+        assert daemon.proc is not None
+        workers_of_daemon = children(daemon.proc.pid)
+        assert len(workers_of_daemon) == workers
         daemon.kill()
+        wait_for(lambda: not alive(workers_of_daemon), timeout=10, what="the parse workers to exit")
     writer.join(60)
     assert writer.error is None
     with new_daemon(layout, daemon_factory) as daemon:

@@ -51,8 +51,8 @@ async def through_pool(processor: RecordProcessor, batches: list[LineBatch], wor
     pool.start()
     inbox: asyncio.Queue[LineBatch | EndOfInput] = asyncio.Queue()
     outbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
-    for item in batches:
-        inbox.put_nowait(item)
+    for queued in batches:
+        inbox.put_nowait(queued)
     inbox.put_nowait(END)
     published: list[ProcessedBatch] = []
     try:
@@ -60,8 +60,8 @@ async def through_pool(processor: RecordProcessor, batches: list[LineBatch], wor
     finally:
         pool.close()
     out: list[ProcessedBatch] = []
-    while not isinstance(item := outbox.get_nowait(), EndOfInput):
-        out.append(item)
+    while not isinstance(done := outbox.get_nowait(), EndOfInput):
+        out.append(done)
     assert published == out
     assert pool.blocks >= 2, "the plain blocks were parsed by the workers"
     return out

@@ -10,8 +10,9 @@ Order: :meth:`ParsePool.run` hands the committer the processed batches in the or
 gave them (a queue of futures, awaited first in, first out), so frames stay in file order and the
 buffer's invariants (a position saved only with its frames, exactly once across kill -9) are the
 ones the in-process path keeps. Blocks a worker cannot take (records the source decoded itself,
-blocks whose source has transforms, blocks larger than a slot, records spanning two time
-windows) are parsed on the event loop as before, in their place in that order.
+blocks whose source has transforms, blocks larger than a slot or smaller than 64 KiB (a steady
+writer's few lines), records spanning two time windows) are parsed on the event loop as before,
+in their place in that order.
 
 A worker that fails a block is reported and the block parsed on the loop; a worker that exits
 stops the daemon with its reason. Workers exit when the daemon closes the pool, or on EOF when the
@@ -43,6 +44,9 @@ log = logging.getLogger("logferry.parse")
 SLOTS_PER_WORKER = 2  # one block parsed while the next one waits in the worker's memory
 IN_BYTES = 4 << 20  # a slot's block: tail reads 1 MiB steps by default; larger blocks parse on the loop
 OUT_BYTES = 2 * IN_BYTES + (1 << 20)  # records grow by the added fields; offsets follow them
+# A few lines written at a steady rate parse in microseconds on the loop: a round trip to a worker
+# would only add two wake-ups. A backlog is read in 1 MiB blocks, which is where workers pay.
+MIN_WORKER_BYTES = 64 << 10
 
 
 @dataclass
@@ -169,7 +173,7 @@ class ParsePool:
         return future
 
     def _takes(self, batch: LineBatch) -> bool:
-        return (batch.records is None and batch.offsets is None and 0 < len(batch.data) <= IN_BYTES
+        return (batch.records is None and batch.offsets is None and MIN_WORKER_BYTES <= len(batch.data) <= IN_BYTES
                 and batch.source not in self.processor.plan.routes)
 
     def _on_answer(self, worker: Worker) -> None:

@@ -13,7 +13,7 @@ from pipeline.clock import FakeClock
 from pipeline.config import EnrichConfig
 from pipeline.errors import LogferryError
 from pipeline.runtime.committer import END, EndOfInput
-from pipeline.runtime.parse_pool import IN_BYTES, ParsePool
+from pipeline.runtime.parse_pool import IN_BYTES, MIN_WORKER_BYTES, ParsePool
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
 
@@ -34,10 +34,12 @@ def blocks() -> list[bytes]:
     plain = b"".join(orjson.dumps({"request_id": f"r{i}", "prompt": "h\u00e9llo " * (i % 7),
                                    "timestamp": WALL - 40 + i % 50}) + b"\n" for i in range(2000))
     mixed = (b'{"prompt": "a", "hostname": "theirs"}\n{}\nnot json\n[1, 2]\n\n'
-             b'{"prompt": "b" , "tokens": 3}\n{"x": 1} trailing\n')
-    spanning = b"".join(orjson.dumps({"i": i, "timestamp": WALL - 3600 * (i % 2)}) + b"\n" for i in range(10))
+             b'{"prompt": "b" , "tokens": 3}\n{"x": 1} trailing\n') * 2000
+    spanning = b"".join(orjson.dumps({"i": i, "timestamp": WALL - 3600 * (i % 2)}) + b"\n" for i in range(5000))
+    few = b'{"prompt": "a steady writer\'s line"}\n'  # under MIN_WORKER_BYTES: parsed on the loop
     huge = b'{"prompt": "' + b"x" * (IN_BYTES + 10) + b'"}\n'
-    return [plain, mixed, spanning, b"", huge, plain[: len(plain) // 3 * 1 // 1].rsplit(b"\n", 1)[0] + b"\n"]
+    assert len(plain) > MIN_WORKER_BYTES and len(mixed) > MIN_WORKER_BYTES and len(spanning) > MIN_WORKER_BYTES
+    return [plain, mixed, spanning, b"", huge, few, plain]
 
 
 def flatten(item: ProcessedBatch) -> tuple[dict[int, dict[int, tuple[bytes, list[int]]]], list[dict[str, object]], int]:
@@ -63,7 +65,7 @@ async def through_pool(processor: RecordProcessor, batches: list[LineBatch], wor
     while not isinstance(done := outbox.get_nowait(), EndOfInput):
         out.append(done)
     assert published == out
-    assert pool.blocks >= 2, "the plain blocks were parsed by the workers"
+    assert pool.blocks >= 3, "the plain and mixed blocks were parsed by the workers"
     return out
 
 
@@ -85,7 +87,7 @@ async def test_workers_give_what_the_loop_gives_in_order(workers: int) -> None:
 @pytest.mark.asyncio
 async def test_many_blocks_keep_their_order_across_workers() -> None:
     lines = [orjson.dumps({"n": n, "timestamp": WALL}) + b"\n" for n in range(20_000)]
-    batches = [make_batch(b"".join(lines[i : i + 100]), start=i) for i in range(0, len(lines), 100)]
+    batches = [make_batch(b"".join(lines[i : i + 4000]), start=i) for i in range(0, len(lines), 4000)]
 
     got = await through_pool(make_processor(), batches, 2)
 
@@ -103,7 +105,7 @@ async def test_a_worker_that_dies_stops_the_pool_with_its_reason() -> None:
         pool.workers[0].process.wait()
         inbox: asyncio.Queue[LineBatch | EndOfInput] = asyncio.Queue()
         outbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
-        inbox.put_nowait(make_batch(b'{"a": 1}\n'))
+        inbox.put_nowait(make_batch(b'{"a": 1}\n' * MIN_WORKER_BYTES))
         inbox.put_nowait(END)
         with pytest.raises(ExceptionGroup) as caught:
             await asyncio.wait_for(pool.run(inbox, outbox, lambda _: None), 30)

@@ -34,6 +34,10 @@ def alive(pids: set[int]) -> set[int]:
     return {pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)}
 
 
+def no_one_alive(pids: set[int]) -> bool:
+    return not alive(pids)
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -64,7 +68,7 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(layout, da
         workers_of_daemon = children(daemon.proc.pid)
         assert len(workers_of_daemon) == workers
         daemon.kill()
-        wait_for(lambda: not alive(workers_of_daemon), timeout=10, what="the parse workers to exit")
+        wait_for(partial(no_one_alive, workers_of_daemon), timeout=10, what="the parse workers to exit")
     writer.join(60)
     assert writer.error is None
     with new_daemon(layout, daemon_factory) as daemon:

@@ -14,9 +14,10 @@ blocks whose source has transforms, blocks larger than a slot or smaller than 64
 writer's few lines), records spanning two time windows) are parsed on the event loop as before,
 in their place in that order.
 
-A worker that fails a block is reported and the block parsed on the loop; a worker that exits
-stops the daemon with its reason. Workers exit when the daemon closes the pool, or on EOF when the
-daemon is killed: they keep no state.
+A worker that fails a block, or exits, is logged with its reason, and its blocks are parsed on
+the loop (the batches keep their bytes until handed on); the other workers go on, and with none
+left everything runs on the loop. Workers exit when the daemon closes the pool, or on EOF when
+the daemon is killed: they keep no state.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Worker:
     conn: Connection
     slots: list[int]
     pending: deque[Pending] = field(default_factory=deque)
+    alive: bool = True
 
 
 class ParsePool:
@@ -163,17 +165,25 @@ class ParsePool:
             return future
         slot = await self._free.get()
         worker = self.workers[slot // SLOTS_PER_WORKER]
+        if not worker.alive:  # its slots leave circulation
+            return await self._submit(batch)
         assert self._memory is not None
         start = slot * self.slot_bytes
         self._memory[start : start + len(batch.data)] = batch.data
         now = self.processor.clock.time()
         added = self.processor.enricher.fields(batch.tag, now)
-        worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now))
+        try:
+            worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now))
+        except OSError as exc:
+            self._worker_gone(worker, exc)
+            return await self._submit(batch)
         worker.pending.append(Pending(batch, now, future))
         return future
 
     def _takes(self, batch: LineBatch) -> bool:
-        return (batch.records is None and batch.offsets is None and MIN_WORKER_BYTES <= len(batch.data) <= IN_BYTES
+        return (batch.records is None and batch.offsets is None
+                and MIN_WORKER_BYTES <= len(batch.data) <= IN_BYTES
+                and any(worker.alive for worker in self.workers)
                 and batch.source not in self.processor.plan.routes)
 
     def _on_answer(self, worker: Worker) -> None:
@@ -215,14 +225,21 @@ class ParsePool:
         return ProcessedBatch(batch, groups, dead, done.count)
 
     def _worker_gone(self, worker: Worker, exc: BaseException) -> None:
-        """Fail the worker's jobs: the daemon stops with the reason (the blocks are read again at restart)."""
+        """Take the worker out of the pool and parse its unanswered blocks here, in their place."""
+        if not worker.alive:
+            return
+        worker.alive = False
         asyncio.get_running_loop().remove_reader(worker.conn.fileno())
         if worker.process.poll() is None:
             worker.process.kill()
         code = worker.process.wait()
-        error = LogferryError(f"a parse worker failed (exit code {code}): {type(exc).__name__}: {exc}")
+        left = sum(w.alive for w in self.workers)
+        log.error("parse worker failed (exit code %s: %s: %s): its %d blocks are parsed in the daemon; "
+                  "%d workers left", code, type(exc).__name__, exc, len(worker.pending), left)
         while worker.pending:
-            worker.pending.popleft().future.set_exception(error)
+            job = worker.pending.popleft()
+            self.inline += 1
+            job.future.set_result(self.processor.process(job.batch))
 
 
 async def _hand_on(order: asyncio.Queue[asyncio.Future[ProcessedBatch] | None],

@@ -167,7 +167,7 @@ class Committer:
                 # the GIL), and it is the only copy of the records until they reach the kernel.
                 payload = b"".join(group.lines)
                 count = len(group.offsets)  # a parse worker's group holds its records as one payload
-                pieces = frame.encode_parts(frame.KIND_DATA, seq, count, meta, [payload])
+                pieces = frame.encode_parts(frame.KIND_DATA, seq, count, meta, [payload], group.crc)
                 buffer.plan(plan, timekey, seq, pieces, count)
 
     def _routed(self, batch: LineBatch) -> list[FileBuffer]:

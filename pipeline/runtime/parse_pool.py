@@ -219,7 +219,7 @@ class ParsePool:
         offset_list = offsets.tolist()
         groups: dict[int, dict[int, TimeGroup]] = {}
         for width, window in zip(self.processor.widths, done.windows, strict=True):
-            groups[width] = {window: TimeGroup([payload], offset_list)} if done.count else {}
+            groups[width] = {window: TimeGroup([payload], offset_list, done.crc)} if done.count else {}
         dead = [*batch.dead, *(self.processor.dead_entry(batch, offset, line, reason, job.now)
                                for offset, line, reason in done.bad)]
         return ProcessedBatch(batch, groups, dead, done.count)

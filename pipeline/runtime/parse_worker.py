@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import sys
+import zlib
 from array import array
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -62,6 +63,7 @@ class Done:
     payload: int = 0
     count: int = 0
     windows: tuple[int, ...] = ()
+    crc: int = 0  # of the records' bytes: the committer combines it into the frame's, not computing it again
     bad: tuple[tuple[int, bytes, str], ...] = ()
     reason: str = ""
 
@@ -81,7 +83,7 @@ def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
         return Done("inline", job.slot)
     memory[out : out + len(payload)] = payload
     memory[out + len(payload) : out + len(payload) + len(offsets)] = offsets
-    return Done("ok", job.slot, len(payload), len(parsed.offsets), windows, tuple(parsed.bad))
+    return Done("ok", job.slot, len(payload), len(parsed.offsets), windows, zlib.crc32(payload), tuple(parsed.bad))
 
 
 def _single_windows(times: list[float], widths: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -41,6 +41,7 @@ class TimeGroup:
 
     lines: list[bytes] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    crc: int | None = None  # CRC-32 of the lines joined, when whoever made them computed it
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import zlib
 
 import orjson
 import pytest
@@ -81,6 +82,10 @@ async def test_workers_give_what_the_loop_gives_in_order(workers: int) -> None:
     assert [flatten(item) for item in got] == expected
     assert expected[1][1], "the mixed block has dead letters, with their reasons"
     assert all(item.batch.data == b"" for item in got)
+    for item in got:  # a worker's group carries its payload's CRC, which the frame's combines
+        for windows in item.groups.values():
+            assert all(g.crc is None or g.crc == zlib.crc32(b"".join(g.lines)) for g in windows.values())
+    assert any(g.crc is not None for item in got for w in item.groups.values() for g in w.values())
 
 
 @pytest.mark.asyncio

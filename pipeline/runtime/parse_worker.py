@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pipeline.runtime.memory import tune_malloc
 from pipeline.transforms.lines import parse_lines
 
 OFFSET_BYTES = array("q").itemsize
@@ -71,8 +72,8 @@ class Done:
 def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
     """Parse ``job``'s block from the shared memory and write its records and offsets back there."""
     start = job.slot * setup.slot_bytes
-    data = memory[start : start + job.length]
-    parsed = parse_lines(data, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now)
+    parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now,
+                         begin=start, stop=start + job.length)
     windows = _single_windows(parsed.times, setup.widths)
     if windows is None:
         return Done("inline", job.slot)
@@ -120,6 +121,7 @@ def serve(conn: Connection, memory: mmap.mmap) -> None:
 def main(argv: list[str]) -> None:
     """Entry point: ``CONN_FD MEMORY_FD MEMORY_BYTES``."""
     conn_fd, memory_fd, size = (int(a) for a in argv)
+    tune_malloc()  # as the daemon: each block's results reuse the heap instead of fresh mappings
     with mmap.mmap(memory_fd, size) as memory:
         serve(Connection(conn_fd), memory)
 

@@ -8,6 +8,7 @@ time-key parsing: a worker starts in a fraction of the daemon's import time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from mmap import mmap
 from typing import Any
 
 import orjson
@@ -25,13 +26,15 @@ class ParsedLines:
     bad: list[tuple[int, bytes, str]]  # (offset, line, reason)
 
 
-def parse_lines(data: bytes, base: int, suffix: bytes, added: dict[str, Any], keys: frozenset[str], time_key: str,
-                now: float, records: list[dict[str, Any]] | None = None) -> ParsedLines:
+def parse_lines(data: bytes | mmap, base: int, suffix: bytes, added: dict[str, Any], keys: frozenset[str],
+                time_key: str, now: float, records: list[dict[str, Any]] | None = None,
+                begin: int = 0, stop: int | None = None) -> ParsedLines:
     """Parse, validate and enrich the newline-terminated lines of ``data`` (read at offset ``base``).
 
     ``suffix`` is ``added`` pre-serialised (``Enricher.suffix``): spliced in place of a record's closing
     brace; a record that cannot take the splice is re-serialised with ``added`` winning.
-    ``records``, when given, receives each parsed record for the transforms.
+    ``records``, when given, receives each parsed record for the transforms. ``data[begin:stop]`` is the
+    block when ``data`` holds more (a parse worker's shared memory, read in place rather than copied).
     """
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     out: list[bytes] = []
@@ -39,10 +42,13 @@ def parse_lines(data: bytes, base: int, suffix: bytes, added: dict[str, Any], ke
     times: list[float] = []
     bad: list[tuple[int, bytes, str]] = []
     view, find, join = memoryview(data), data.find, b"".join
-    pos, size = 0, len(data)
+    pos, size = begin, len(data) if stop is None else stop
+    base -= begin
     while pos < size:
         # Slices of one memoryview: no copy per line until the enriched record is built.
-        end = find(b"\n", pos)
+        end = find(b"\n", pos, size)  # bounded: in shared memory, bytes past the block are another's
+        if end < 0:  # a block's lines all end in a newline; should one not, it still ends at the block
+            end = size
         line = view[pos:end]
         try:
             record = loads(line)

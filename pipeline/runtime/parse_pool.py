@@ -200,6 +200,7 @@ class ParsePool:
             if done.kind == "ok":
                 self.blocks += 1
                 job.future.set_result(self._processed(job, done))
+                job.batch.data = b""  # the records are in the groups: the block would double what waits in line
             else:
                 if done.kind == "error":
                     log.error("parse worker failed a block (parsed in the daemon instead): %s", done.reason)

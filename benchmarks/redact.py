@@ -3,6 +3,7 @@
 
   .venv/bin/python benchmarks/redact.py                    # 20,000 typical records
   .venv/bin/python benchmarks/redact.py --leak-every 10    # every 10th record holds an e-mail and a key
+  .venv/bin/python benchmarks/redact.py --shared-workload  # ../shared/bench/gen_interactions.py's records
 
 For each engine: MB/s of raw JSON lines, single thread, best of --runs. The workload is
 pipeline.generator's (prompt + response ≈ 90 % of each line); with --leak-every N every Nth
@@ -15,6 +16,9 @@ record's input gets an e-mail address, an OpenAI key and a card number.
   re2-combined     google-re2 with the same alternation (if installed)
   detect-secrets   its default plugins over each line's prompt and response (if installed)
 
+Then the transform's own cost in CPU seconds per 100,000 records (the figure to compare on a
+busy machine): in all, and its stages (the fields' text in UTF-8; the prefilter's scan).
+
 Engines that are not installed are reported as such. Prints the machine and load like the
 other scripts; writes benchmarks/results/redact-<records>-<leak>.json.
 """
@@ -24,24 +28,36 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
-from common import machine, print_header, write_results
+from common import machine, make_workload, print_header, write_results
 
 from pipeline import generator
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.detectors import BUILTIN
 from pipeline.transforms.redact.transform import RedactTransform
 
-BATCH_BYTES = 1 << 20  # the tail source's default read_bytes
+BATCH_BYTES = 1 << 20
+T = TypeVar("T")
+Groups = list[tuple[list[bytes], list[dict[str, Any]]]]  # the tail source's default read_bytes
 
 
-def workload(records: int, leak_every: int) -> list[bytes]:
+def workload(records: int, leak_every: int, shared: bool = False) -> list[bytes]:
+    """Typical records (``pipeline.generator``'s or the shared generator's), every Nth one leaking."""
+    if shared:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "workload.jsonl"
+            make_workload(path, records, 65536, shared=True)
+            parsed = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    else:
+        parsed = list(generator.records(records, max_chars=65536))
     lines = []
-    for record in generator.records(records, max_chars=65536):
+    for record in parsed:
         if leak_every and record["seq"] % leak_every == 0:
             record["input"] = (f"write to ana{record['seq']}@example.com, key sk-proj-{'Ab1' * 16}, "
                                f"card 4111 1111 1111 1111. " + record["input"])
@@ -124,6 +140,41 @@ def detect_secrets_engine(lines: list[bytes]) -> Callable[[], None]:
     return run
 
 
+def stage_costs(lines: list[bytes], runs: int) -> dict[str, float]:
+    """CPU seconds per 100,000 records of the transform and of its stages, best of ``runs``.
+
+    Each run gets freshly parsed records, as the daemon does: a string that has been written as
+    UTF-8 once (orjson.dumps keeps that copy in the string) would flatter every later run.
+    """
+    transform = RedactTransform("pii", RedactTransformConfig(type="redact"))
+    best = dict.fromkeys(("transform", "texts", "scan"), float("inf"))
+
+    def parsed() -> Groups:
+        return [(group, [orjson.loads(line) for line in group]) for group in batches(lines)]
+
+    def texts(groups: Groups) -> object:
+        return [transform.redactor.texts(records) for _, records in groups]
+
+    def scan(pieces: list[tuple[list[bytes], list[int], int]]) -> object:
+        return [transform.prefilter.scan(*piece) for piece in pieces]
+
+    def apply(groups: Groups) -> object:
+        return [transform.apply(*group) for group in groups]
+
+    for _ in range(runs):
+        groups = parsed()
+        best["texts"] = min(best["texts"], cpu(texts, groups))
+        best["scan"] = min(best["scan"], cpu(scan, [(*transform.redactor.texts(r), len(r)) for _, r in groups]))
+        best["transform"] = min(best["transform"], cpu(apply, parsed()))
+    return {name: seconds * 100_000 / len(lines) for name, seconds in best.items()}
+
+
+def cpu(run: Callable[[T], object], given: T) -> float:
+    start = time.process_time()
+    run(given)
+    return time.process_time() - start
+
+
 ENGINES: dict[str, Callable[[list[bytes]], Callable[[], None]]] = {
     "transform": transform_engine, "re-combined": re_engine, "re2-combined": re2_engine,
     "detect-secrets": detect_secrets_engine,
@@ -137,8 +188,9 @@ def main() -> None:
     ap.add_argument("--leak-every", type=int, default=0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sample", type=int, default=500, help="lines the slow engines are timed on")
+    ap.add_argument("--shared-workload", action="store_true", help="../shared/bench/gen_interactions.py's records")
     args = ap.parse_args()
-    lines = workload(args.records, args.leak_every)
+    lines = workload(args.records, args.leak_every, args.shared_workload)
     report: dict[str, Any] = {**machine(), "records": args.records, "bytes": sum(map(len, lines)),
                               "leak_every": args.leak_every, "engines": {}}
     print_header("redaction engines, in-process, single thread", report)
@@ -153,7 +205,10 @@ def main() -> None:
         rate = best_rate(run, sum(map(len, subset)), 1 if name in SLOW else args.runs)
         report["engines"][name] = {"mb_per_s": rate, "lines": len(subset)}
         print(f"{name:16} {rate:9.1f} MB/s   ({len(subset)} lines)")
-    write_results(f"redact-{args.records}-{args.leak_every}", report)
+    report["cpu_s_per_100k"] = costs = stage_costs(lines, args.runs)
+    print("CPU s per 100,000 records: " + ", ".join(f"{name} {cost:.3f}" for name, cost in costs.items()))
+    shared = "-shared" if args.shared_workload else ""
+    write_results(f"redact-{args.records}-{args.leak_every}{shared}", report)
 
 
 if __name__ == "__main__":

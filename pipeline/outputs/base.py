@@ -14,9 +14,10 @@ not fail the chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.buffer.chunk import Chunk
 from pipeline.clock import Clock
@@ -34,6 +35,9 @@ class OutputContext:
     clock: Clock
     hostname: str
     enrich: EnrichConfig = field(default_factory=EnrichConfig)  # the fields every record gets (index templates)
+    # The transforms its records went through, applied to a dead-letter entry it writes (a redact
+    # chain masks the server's reason too: it may quote the document).
+    dead_letter: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda entry: entry)
 
 
 class Output(Protocol):

@@ -1,5 +1,9 @@
 """Tap: a live view of enriched records as they flow, for operators (``logferry tap``).
 
+A viewer of named outputs sees what they take: an output with its own transforms gets its
+variant (redacted behind a redact chain), so tapping it never shows what it would not store.
+Without an output named, a viewer sees the records as the source's transforms left them.
+
 Best effort by design: a slow viewer loses records from its own view (counted and shown
 to it), never slows the pipeline. With nobody watching, the cost is one set check per
 batch.
@@ -57,18 +61,35 @@ class TapHub:
             viewer.queue.put_nowait(END)
 
     def publish(self, item: ProcessedBatch) -> None:
-        """Offer one batch's enriched records to every interested viewer."""
+        """Offer one batch's enriched records to every interested viewer.
+
+        A viewer of named outputs sees what those outputs take: an output with its own transforms
+        gets its variant (redacted, for a redact chain), never the source's records.
+        """
         if not self.viewers or not item.records:
             return
         batch = item.batch
-        groups = next(iter(item.groups.values()))
-        data = b"".join(line for group in groups.values() for line in group.lines)
+        routed = self.routes.get(batch.source, [])
+        joined: dict[int, bytes] = {}  # id of a variant's groups → its lines, joined once per batch
         for viewer in list(self.viewers):
             if not tag_matches(viewer.tags, batch.tag):
                 continue
-            if viewer.outputs and viewer.outputs.isdisjoint(self.routes.get(batch.source, [])):
+            outputs = [output for output in routed if output in viewer.outputs]
+            if viewer.outputs and not outputs:
                 continue
             try:
-                viewer.queue.put_nowait(data)
+                viewer.queue.put_nowait(_view(item, outputs, joined))
             except asyncio.QueueFull:
                 viewer.dropped += item.records
+
+
+def _view(item: ProcessedBatch, outputs: list[str], joined: dict[int, bytes]) -> bytes:
+    """The lines of ``outputs``' variants, each distinct one once (no outputs: the source's own)."""
+    source = next(iter(item.groups.values()))
+    views: dict[bytes, None] = {}
+    for groups in [item.by_output.get(output, source) for output in outputs] or [source]:
+        data = joined.get(id(groups))
+        if data is None:
+            data = joined[id(groups)] = b"".join(line for group in groups.values() for line in group.lines)
+        views.setdefault(data)
+    return b"".join(views)

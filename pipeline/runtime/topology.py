@@ -11,6 +11,7 @@ State directory layout::
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib
 import logging
 import os
@@ -74,11 +75,13 @@ def build(settings: Settings, clock: Clock) -> Topology:
         _rebuild_positions(positions, reports)
     outputs, flushers = {}, {}
     hostname = effective_hostname(settings.enrich)
+    routes = _routes(settings, buffers)
+    plan = _transform_plan(settings, routes)
     for name, cfg in settings.outputs.items():
-        context = OutputContext(name, buffers[name].directory, dead_letters, clock, hostname, settings.enrich)
+        scrub = functools.partial(plan.dead_letter, _chains_into(settings, routes, name))
+        context = OutputContext(name, buffers[name].directory, dead_letters, clock, hostname, settings.enrich, scrub)
         outputs[name] = build_output(name, cfg, context)
         flushers[name] = Flusher(name, outputs[name], buffers[name], clock)
-    routes = _routes(settings, buffers)
     for src, routed in routes.items():
         if not routed and src not in routes.by_record_tag:
             log.warning("source %s (tag %s) matches no output: its records are read and dropped", src,
@@ -91,7 +94,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     source_context = SourceContext(positions, dead_letters, clock, state, settings.enrich.time_key)
     sources = [_build_source(name, cfg, source_context) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
-    processor = RecordProcessor(settings.enrich, widths, clock, _transform_plan(settings, routes))
+    processor = RecordProcessor(settings.enrich, widths, clock, plan)
     return Topology(settings, sources, processor, buffers, outputs, flushers, routes, positions, dead_letters,
                     lock_fd, reports)
 
@@ -120,6 +123,15 @@ def _transform_plan(settings: Settings, routes: dict[str, list[FileBuffer]]) -> 
         if chain or outputs:
             plan.routes[src] = SourceRoute(chain, outputs)
     return plan
+
+
+def _chains_into(settings: Settings, routes: TagRoutes, output: str) -> tuple[str, ...]:
+    """Every transform the records of ``output`` may have gone through: the chains of the sources
+    that may feed it (routed by record tag: any), then its own; each once."""
+    feeding = [src for src in settings.sources
+               if src in routes.by_record_tag or any(b.output == output for b in routes.get(src, []))]
+    names = [name for src in feeding for name in settings.sources[src].transforms]
+    return tuple(dict.fromkeys([*names, *settings.outputs[output].transforms]))
 
 
 def _routes(settings: Settings, buffers: dict[str, FileBuffer]) -> TagRoutes:

@@ -263,7 +263,7 @@ class BulkOutput:
         assert last is not None
         raise RetryableError(
             f"{len(pending)} documents still refused after {self.config.bulk_item_retries + 1} attempts, "
-            f"last: HTTP {last.status} {last.error_type}: {loggable_reason(last.reason)}"
+            f"last: HTTP {last.status} {last.error_type}: {self._shown(last.reason)}"
         )
 
     async def _settle(
@@ -310,7 +310,7 @@ class BulkOutput:
         try:
             return await self._post_bulk(bulk_body(docs) if body is None else body)
         except HTTPFailure as exc:
-            raise self._request_error(exc) from exc
+            raise self._request_error(HTTPFailure(exc.status, self._shown(exc.text))) from exc
         except NetworkFailure as exc:
             raise RetryableError(f"{self.product} at {self._hosts}: {exc.text}") from exc
 
@@ -342,17 +342,23 @@ class BulkOutput:
         # The dead-letter entry keeps the server's whole reason; the log line must not quote the record.
         self.log.warning("output %s: %d documents refused by %s and dead-lettered, e.g. index=%s id=%s: "
                          "HTTP %d %s: %s", self.name, len(rejected), self.product, doc.index, doc.doc_id,
-                         outcome.status, outcome.error_type, loggable_reason(outcome.reason))
+                         outcome.status, outcome.error_type, self._shown(outcome.reason))
+
+    def _shown(self, reason: str) -> str:
+        """A server's reason as it may be logged or shown by status: the quoted value cut, and what the
+        records' redact transforms would redact masked (the rest of a reason may quote the document)."""
+        return str(self.context.dead_letter({"reason": loggable_reason(reason)})["reason"])
 
     def _dead_entry(self, doc: Document, outcome: ItemOutcome, now: float) -> dict[str, Any]:
-        return {
+        # Through the records' transforms: a redact chain masks its finds in the reasons too.
+        return self.context.dead_letter({
             "id": f"{doc.source}:{doc.file}:{doc.offset}", "time": iso_millis(now), "source": doc.source,
             "path": doc.path, "offset": doc.offset,
             "reason": f"{self.product.lower()} refused the document (HTTP {outcome.status}) "
                       f"{outcome.error_type}: {outcome.reason}",
             "output": self.name, "index": doc.index, "doc_id": doc.doc_id, "status": outcome.status,
             "error_type": outcome.error_type, "error_reason": outcome.reason, **line_fields(doc.line),
-        }  # fmt: skip
+        })  # fmt: skip
 
     async def _install_template(self, request_timeout: float | None) -> None:
         """Put the index template; RetryableError if the cluster cannot be reached or refuses now.

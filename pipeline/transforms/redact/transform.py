@@ -14,6 +14,8 @@ from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.detectors import BUILTIN, Detector
 from pipeline.transforms.redact.engine import AnchorError, Prefilter, Redactor
 
+DEAD_LETTER_TEXTS = ("line", "reason", "error_reason")  # what a dead-letter entry may quote of a record
+
 
 class RedactTransform:
     """``type = "redact"``: mask, hash or drop personal data and secrets in the scanned fields."""
@@ -84,20 +86,22 @@ class RedactTransform:
         record[self.summary_key] = dict(counts)
 
     def dead_letter(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """A bad line's dead-letter entry with its text redacted (a line that is not UTF-8 is decoded
-        with replacement characters first: its bytes would otherwise be stored as they are)."""
+        """A dead-letter entry with its line and its reasons redacted (a reason may quote the line: a
+        parse error, or a server refusing a document). A line that is not UTF-8 is decoded with
+        replacement characters first: its bytes would otherwise be stored as they are."""
         entry = dict(entry)
         raw = entry.pop("line_base64", None)
-        text = entry.get("line")
         if isinstance(raw, str):
-            text = base64.b64decode(raw).decode("utf-8", "replace")
+            entry["line"] = base64.b64decode(raw).decode("utf-8", "replace")
             entry["decoded_with_replacement"] = True
-        if isinstance(text, str):
-            counts: Counter[str] = Counter()
-            entry["line"] = self.redactor.redact_text(text, counts)
-            self.counts.update(counts)
-            if counts:
-                entry[self.summary_key] = dict(counts)
+        counts: Counter[str] = Counter()
+        for key in DEAD_LETTER_TEXTS:
+            text = entry.get(key)
+            if isinstance(text, str):
+                entry[key] = self.redactor.redact_text(text, counts)
+        self.counts.update(counts)
+        if counts:
+            entry[self.summary_key] = dict(counts)
         return entry
 
     def stats(self) -> dict[str, Any]:

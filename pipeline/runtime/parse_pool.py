@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import Any
 
 from pipeline.errors import LogferryError
 from pipeline.runtime.committer import END, EndOfInput
@@ -82,6 +83,13 @@ class ParsePool:
         self.inline = 0  # parsed on the loop
         self._memory: mmap.mmap | None = None
         self._free: asyncio.Queue[int] = asyncio.Queue()
+
+    def stats(self) -> dict[str, Any]:
+        """For /status and /metrics: workers configured and alive, blocks parsed by them and on the loop,
+        and each live worker's process id and blocks sent to it but not answered yet."""
+        return {"configured": self.size, "alive": sum(w.alive for w in self.workers),
+                "blocks_in_workers": self.blocks, "blocks_on_loop": self.inline,
+                "waiting": {str(w.process.pid): len(w.pending) for w in self.workers if w.alive}}
 
     def start(self) -> None:
         """Start the workers; raises LogferryError if one cannot be started."""
@@ -235,8 +243,9 @@ class ParsePool:
             worker.process.kill()
         code = worker.process.wait()
         left = sum(w.alive for w in self.workers)
-        log.error("parse worker failed (exit code %s: %s: %s): its %d blocks are parsed in the daemon; "
-                  "%d workers left", code, type(exc).__name__, exc, len(worker.pending), left)
+        log.error("parse worker %d failed (exit code %s: %s): its %d blocks are parsed in the daemon; "
+                  "%d workers left", worker.process.pid, code, f"{type(exc).__name__}: {exc}" if str(exc)
+                  else "its socket closed", len(worker.pending), left)
         while worker.pending:
             job = worker.pending.popleft()
             self.inline += 1

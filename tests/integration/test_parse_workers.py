@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import orjson
 import pytest
@@ -14,13 +15,14 @@ from pipeline import generator
 from tests.conftest import new_daemon
 from tests.integration.test_crash import children
 from tests.integration.test_operations import metric_values
-from tests.support.daemon import Ledger, wait_for
+from tests.support.daemon import Layout, Ledger, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def status(layout) -> dict:
-    return orjson.loads(layout.http("/status")[1])
+def status(layout: Layout) -> dict[str, Any]:
+    snapshot: dict[str, Any] = orjson.loads(layout.http("/status")[1])
+    return snapshot
 
 
 def test_a_backlog_through_parse_workers_then_one_killed(layout, daemon_factory):

@@ -9,6 +9,11 @@ Runtime classes are named as ``"module:Class"`` strings and imported only when a
 uses them, so ``logferry check`` never pays for a client library it does not need.
 Each is built as ``Class(name, config, context)`` for sources, ``Class(config, context)``
 for outputs and ``Class(name, config)`` for transforms.
+
+A component that ``logferry check --connect`` can ask about its server without running it
+registers a probe too, ``"module:function"``: ``await probe(name, config)`` returns what it
+found, or raises a :class:`pipeline.errors.LogferryError` naming the problem and the key.
+(Outputs without one are asked through their ``describe_server()``, if they have it.)
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ SOURCE_CLASSES = {
     "kafka": "pipeline.sources.kafka.source:KafkaSource",
 }
 
+SOURCE_PROBES = {
+    "kafka": "pipeline.sources.kafka.probe:probe",
+}
+
 OutputConfig = Annotated[
     FileOutputConfig | ElasticsearchOutputConfig | OpenSearchOutputConfig | S3OutputConfig | KafkaOutputConfig,
     Field(discriminator="type"),
@@ -45,6 +54,10 @@ OUTPUT_CLASSES = {
     "opensearch": "pipeline.outputs.opensearch.output:OpenSearchOutput",
     "s3": "pipeline.outputs.s3.output:S3Output",
     "kafka": "pipeline.outputs.kafka.output:KafkaOutput",
+}
+
+OUTPUT_PROBES = {
+    "kafka": "pipeline.outputs.kafka.probe:probe",
 }
 
 TransformConfig = Annotated[RedactTransformConfig | CostTransformConfig, Field(discriminator="type")]

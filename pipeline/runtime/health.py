@@ -10,6 +10,11 @@ A full buffer (an output outage) also holds positions still while files grow: th
 back-pressure doing its job, not a stall. While the committer reports its sources
 paused, files show as paused, not stalled, and the watchdog keeps being pinged: a
 restart cannot end an outage, and systemd would otherwise restart us for all of it.
+
+An output failing counts as a problem once it has failed for ``output_failing_after``
+(an outage may pass). An output that can say what keeps it from delivering at all
+(``problem()``: the kafka output's brokers unreachable or credentials refused at start)
+is a problem at once, as a kafka source's is.
 """
 
 from __future__ import annotations
@@ -127,6 +132,9 @@ class Observer:
         return entry
 
     def _output_problem(self, name: str, entry: dict[str, Any], failing_since: float | None) -> str | None:
+        told = getattr(self.topology.flushers[name].output, "problem", None)
+        if callable(told) and (problem := told()):
+            return str(problem)
         if failing_since is not None and self.clock_mono() - failing_since >= self.config.output_failing_after:
             return f"output {name} failing for {self.clock_mono() - failing_since:.0f}s: {entry['last_error']}"
         if entry["buffer_bytes"] >= self.config.buffer_high_water * entry["buffer_limit_bytes"]:

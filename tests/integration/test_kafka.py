@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -15,14 +18,14 @@ from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, Ledger, render_toml, wait_for
 from tests.support.elasticsearch import free_port
-from tests.support.kafka import KafkaBroker, TopicReader
+from tests.support.kafka import KafkaBroker, KafkaCluster, TopicReader
 from tests.support.writer import AgentWriter
 
 pytestmark = pytest.mark.integration
 
 
-def write_kafka_config(layout: Layout, kafka: KafkaBroker, topic: str, buffer: dict[str, Any] | None = None,
-                       **output: Any) -> None:
+def write_kafka_config(layout: Layout, kafka: KafkaBroker | KafkaCluster, topic: str,
+                       buffer: dict[str, Any] | None = None, **output: Any) -> None:
     """A tail → kafka pipeline over ``layout``."""
     doc = {
         "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
@@ -191,6 +194,8 @@ def test_refused_credentials_and_an_unreachable_broker_are_named_in_status(layou
     with new_daemon(layout, daemon_factory, env) as daemon:
         wait_for(lambda: "refused the credentials of ferry-scram" in layout.http("/status")[1].decode(),
                  what="the refused credentials in status")
+        assert_unhealthy_because(layout, "output events: start: the brokers "
+                                 f"{kafka.secure_bootstrap} refused the credentials of ferry-scram", env)
         assert daemon.stop() == 0
     assert "not-the-password" not in daemon.log()
     closed = free_port()
@@ -198,4 +203,14 @@ def test_refused_credentials_and_an_unreachable_broker_are_named_in_status(layou
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: f"cannot reach the brokers 127.0.0.1:{closed}" in layout.http("/status")[1].decode(),
                  what="the unreachable broker in status")
+        assert_unhealthy_because(layout, f"output events: start: cannot reach the brokers 127.0.0.1:{closed}")
         assert daemon.stop() == 0
+
+
+def assert_unhealthy_because(layout: Layout, problem: str, env: dict[str, str] | None = None) -> None:
+    """/health answers 503 naming ``problem`` at once (not after output_failing_after), and so does status."""
+    code, body = layout.http("/health")
+    assert code == 503 and any(p.startswith(problem) for p in orjson.loads(body)["problems"]), body
+    status = subprocess.run([sys.executable, "-m", "pipeline", "status", "-c", str(layout.config)],
+                            capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})})
+    assert f"problem: {problem}" in status.stdout, status.stdout + status.stderr

@@ -18,12 +18,12 @@ from pipeline.outputs.records import hashed_id
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, Ledger, render_toml, wait_for
 from tests.support.elasticsearch import access_for, all_documents, dropping_indices, free_port
-from tests.support.kafka import KafkaBroker
+from tests.support.kafka import KafkaBroker, KafkaCluster
 
 pytestmark = pytest.mark.integration
 
 
-def write_source_config(layout: Layout, kafka: KafkaBroker, topic: str, group: str,
+def write_source_config(layout: Layout, kafka: KafkaBroker | KafkaCluster, topic: str, group: str,
                         output: dict[str, Any] | None = None, **source: Any) -> None:
     """A kafka → file pipeline over ``layout`` (or kafka → ``output``)."""
     doc = {
@@ -36,8 +36,8 @@ def write_source_config(layout: Layout, kafka: KafkaBroker, topic: str, group: s
     layout.config.write_text(render_toml(doc))
 
 
-def produce(kafka: KafkaBroker, topic: str, values: list[bytes], partitions: int = 1, pause_every: int = 0,
-            delivered: dict[bytes, tuple[int, int]] | None = None, pause: float = 0.0) -> None:
+def produce(kafka: KafkaBroker | KafkaCluster, topic: str, values: list[bytes], partitions: int = 1,
+            pause_every: int = 0, delivered: dict[bytes, tuple[int, int]] | None = None, pause: float = 0.0) -> None:
     """Produce ``values`` round-robin over ``partitions`` (a flush and ``pause`` seconds every ``pause_every``
     messages); ``delivered`` gets each value's (partition, offset)."""
     producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5, "enable.idempotence": True})
@@ -56,7 +56,7 @@ def produce(kafka: KafkaBroker, topic: str, values: list[bytes], partitions: int
     assert producer.flush(30) == 0
 
 
-def group_offsets(kafka: KafkaBroker, topic: str, group: str, partitions: int) -> list[int]:
+def group_offsets(kafka: KafkaBroker | KafkaCluster, topic: str, group: str, partitions: int) -> list[int]:
     """The group's committed offset of each partition (-1001 where it has none)."""
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group})
     try:
@@ -202,6 +202,8 @@ def test_an_unreachable_broker_and_a_missing_topic_are_named_in_status(layout, d
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: f"cannot reach the brokers 127.0.0.1:{closed}" in layout.http("/status")[1].decode(),
                  what="the unreachable broker in status")
+        code, body = layout.http("/health")
+        assert code == 503 and f"source bus: cannot reach the brokers 127.0.0.1:{closed}" in body.decode(), body
         assert daemon.stop() == 0
     missing = f"missing-{uuid.uuid4().hex[:8]}"
     write_source_config(layout, kafka, missing, "indexers")

@@ -12,11 +12,19 @@ on 127.0.0.1; ``start()`` formats its storage (``kafka.tools.StorageTool format`
 answers a metadata request. Topics default to one partition; the internal topics (consumer offsets,
 transaction state) have replication factor 1 and few partitions, so transactions work at once.
 
+:class:`KafkaCluster` runs three such nodes (each a broker and one of three controller voters) with
+one cluster id: replication factor 3 and ``min.insync.replicas = 2`` for every topic, the internal
+ones included, so a node may be killed (``kill()``) and restarted (``restart()``) under load.
+
 Usage::
 
     with KafkaBroker() as kafka:
         kafka.create_topic("events", partitions=3)
         print(kafka.bootstrap)
+
+    with KafkaCluster() as cluster:
+        cluster.create_topic("events", partitions=3)
+        cluster.node(cluster.leader("events", 0)).kill()
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -109,16 +118,20 @@ class KafkaBroker:
     scram_user = "ferry-scram"
 
     def __init__(self, version: str = VERSION, *, heap: str = "384m", settings: dict[str, str] | None = None,
-                 secure: bool = False) -> None:
+                 secure: bool = False, node_id: int = 1, cluster_id: str | None = None, voters: str | None = None,
+                 ports: tuple[int, int] | None = None) -> None:
         self.version = version
         self.heap = heap
         self.extra = dict(settings or {})
         self.secure = secure
+        # A node of a KafkaCluster shares the cluster id and the controller voters, with its ports chosen up front.
+        self.node_id = node_id
+        self.cluster_id = cluster_id or _cluster_id()
+        self.voters = voters
         # Random, and recognisable: tests look for it where it must never appear (logs, status).
         self.password = f"pw-{uuid.uuid4().hex}"
-        self.port = 0
+        self.port, self.controller_port = ports or (0, 0)
         self.secure_port = 0
-        self.controller_port = 0
         self.workdir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: IO[bytes] | None = None
@@ -159,9 +172,18 @@ class KafkaBroker:
 
     def start(self) -> Self:
         """Format fresh storage, launch the JVM and wait until the broker answers."""
+        self.prepare()
+        self._launch()
+        self._wait_ready()
+        return self
+
+    def prepare(self) -> None:
+        """Pick the ports, write ``server.properties`` and format the storage (the JVM is not started)."""
         self._lib = ensure_jars(self.version)
         self.workdir = Path(tempfile.mkdtemp(prefix="logferry-kafka-"))
-        self.port, self.controller_port, self.secure_port = free_port(), free_port(), free_port()
+        if not self.port:
+            self.port, self.controller_port = free_port(), free_port()
+        self.secure_port = free_port()
         properties = self.workdir / "server.properties"
         settings = self._settings()
         if self.secure:
@@ -170,11 +192,25 @@ class KafkaBroker:
         _LIVE.add(self)
         scram = [f"SCRAM-SHA-512=[name={self.scram_user},password={self.password}]"] if self.secure else []
         scram = ["--add-scram", *scram] if scram else []
-        self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(properties),
+        self._java("kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}", "-c", str(properties),
                    *scram, wait=True)  # "=": an id may begin with "-"
+
+    def kill(self) -> None:
+        """kill -9 the JVM, keeping its ports and data for :meth:`restart`."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+
+    def restart(self) -> None:
+        """Launch the JVM again on its data (after :meth:`kill`) and wait until it answers."""
+        assert self._proc is None, "kill() it first"
         self._launch()
         self._wait_ready()
-        return self
 
     def stop(self) -> None:
         """Stop the JVM (SIGTERM, SIGKILL after 20 s) and remove its directory."""
@@ -208,8 +244,8 @@ class KafkaBroker:
         assert self.workdir is not None
         return {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -292,6 +328,135 @@ class KafkaBroker:
                 self.stop()
                 raise KafkaError(f"Kafka not ready after {STARTUP_TIMEOUT:.0f}s")
             time.sleep(0.2)
+
+
+class KafkaCluster:
+    """Three KRaft nodes on 127.0.0.1, each a broker and a controller voter, sharing one cluster id.
+
+    Every topic (the consumer offsets and transaction state included) has three replicas and
+    ``min.insync.replicas = 2``: with one node down, transactions and ``acks=all`` still commit.
+    A killed node is fenced after :data:`SESSION_MS` without heartbeats (Kafka's default is
+    9 s), which is when its partitions get new leaders.
+    """
+
+    SIZE = 3
+    SESSION_MS = 3000
+
+    def __init__(self, version: str = VERSION, *, heap: str = "320m") -> None:
+        self.version = version
+        self.heap = heap
+        self.nodes: list[KafkaBroker] = []
+
+    @property
+    def bootstrap(self) -> str:
+        """``bootstrap.servers`` naming every node."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        """Format the three nodes' storage and launch them side by side; wait until all three are brokers."""
+        ensure_jars(self.version)
+        ports = [(free_port(), free_port()) for _ in range(self.SIZE)]
+        voters = ",".join(f"{n + 1}@127.0.0.1:{controller}" for n, (_, controller) in enumerate(ports))
+        cluster_id = _cluster_id()
+        self.nodes = [KafkaBroker(self.version, heap=self.heap, settings=self._settings(), node_id=n + 1,
+                                  cluster_id=cluster_id, voters=voters, ports=ports[n]) for n in range(self.SIZE)]
+        try:
+            with ThreadPoolExecutor(self.SIZE) as pool:  # each format is a JVM of its own: about 2 s
+                list(pool.map(KafkaBroker.prepare, self.nodes))
+            for node in self.nodes:
+                node._launch()
+            self.wait_for_brokers(self.SIZE)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """kill -9 every node and remove their directories.
+
+        A graceful stop would wait: the last nodes' controlled shutdown needs a quorum that the
+        first ones took away. The data is thrown away anyway.
+        """
+        for node in self.nodes:
+            node.kill()
+            node.stop()
+
+    def node(self, node_id: int) -> KafkaBroker:
+        """The node with ``node.id`` ``node_id``."""
+        return next(node for node in self.nodes if node.node_id == node_id)
+
+    def create_topic(self, name: str, partitions: int = 1, config: dict[str, str] | None = None) -> None:
+        """Create a topic with three replicas (``min.insync.replicas`` 2); wait until every partition has a leader."""
+        from confluent_kafka.cimpl import NewTopic
+
+        admin = self._admin()
+        admin.create_topics([NewTopic(name, partitions, self.SIZE, config=config or {})])[name].result(30)
+        _poll(lambda: all(p >= 0 for p in self.leaders(name).values()), f"leaders of {name}", STARTUP_TIMEOUT)
+
+    def leaders(self, topic: str) -> dict[int, int]:
+        """Partition → the ``node.id`` of its leader (-1 while it has none), as the cluster's metadata says."""
+        metadata = self._admin().list_topics(topic, timeout=10)
+        return {p: info.leader for p, info in metadata.topics[topic].partitions.items()}
+
+    def leader(self, topic: str, partition: int) -> int:
+        """The ``node.id`` of the leader of ``topic``'s ``partition``."""
+        return self.leaders(topic)[partition]
+
+    def coordinator(self, group: str) -> int:
+        """The ``node.id`` of consumer group ``group``'s coordinator (the group must exist)."""
+        admin = self._admin()  # held until the answer is in: a client destroyed meanwhile fails its requests
+        described = admin.describe_consumer_groups([group])[group].result(30)
+        return int(described.coordinator.id)
+
+    def wait_for_brokers(self, count: int) -> None:
+        """Poll the metadata until ``count`` brokers are registered (a killed one drops out once fenced)."""
+        from confluent_kafka import KafkaException
+
+        def registered() -> bool:
+            for node in self.nodes:
+                if node._proc is not None and node._proc.poll() is not None:
+                    raise KafkaError(f"Kafka node {node.node_id} exited:\n{_tail(node.log_path, 40)}")
+            try:
+                return len(self._admin().list_topics(timeout=2).brokers) == count
+            except KafkaException:
+                return False  # no node answering yet
+        _poll(registered, f"{count} Kafka brokers", STARTUP_TIMEOUT)
+
+    def _admin(self) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+
+    def _settings(self) -> dict[str, str]:
+        replicated = {f"{topic}.{key}": value for topic in ("offsets.topic", "transaction.state.log")
+                      for key, value in (("replication.factor", "3"), ("num.partitions", "3"))}
+        return {
+            **replicated,
+            "default.replication.factor": "3",
+            "min.insync.replicas": "2",
+            "transaction.state.log.min.isr": "2",
+            "share.coordinator.state.topic.replication.factor": "3",
+            "share.coordinator.state.topic.min.isr": "2",
+            # A kill -9 is noticed in seconds, not Kafka's 9 s default: the failover test stays short.
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": str(self.SESSION_MS),
+            "replica.lag.time.max.ms": "5000",
+        }
+
+
+def _poll(condition: Any, what: str, timeout: float) -> None:
+    """Call ``condition`` every 0.2 s until it is true; KafkaError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise KafkaError(f"no {what} after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def _cluster_id() -> str:

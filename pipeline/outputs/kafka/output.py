@@ -90,6 +90,14 @@ class KafkaOutput:
         self._opening = threading.Lock()  # worker threads open producers one at a time
         self._errors = ClientErrors()
 
+    def problem(self) -> str | None:
+        """What the check at start found wrong, until a delivery succeeds (status and /health show it at once).
+
+        Brokers unreachable, credentials refused or a missing topic at start are not an outage
+        that may pass within ``output_failing_after``: usually the configuration is wrong.
+        """
+        return f"output {self.name}: {self.start_error}" if self.start_error else None
+
     def client_settings(self) -> dict[str, Any]:
         """librdkafka settings every client of this output shares (brokers, TLS, SASL)."""
         try:
@@ -237,6 +245,9 @@ class KafkaOutput:
                     raise RetryableError(self._describe(exc.args[0], "start")) from exc
                 except StateReadError as exc:
                     raise RetryableError(f"cannot read the state topic {self.config.state_topic}: {exc}") from exc
+                except TimeoutError as exc:  # an admin request's future (a broker killed but not yet fenced)
+                    raise RetryableError(f"start: the brokers {','.join(self.config.brokers)} did not answer "
+                                         f"within {self.config.request_timeout:g}s") from exc
             session = self._sessions[slot]
             assert session is not None
             return session

@@ -71,6 +71,13 @@ class SourceRoute:
     chain: Chain = ()
     outputs: dict[str, tuple[int, Chain]] = field(default_factory=dict)
 
+    def dead_letter_chain(self) -> Chain:
+        """What a bad line of this source goes through before it is stored: the source's chain, then every
+        transform any routed output applies (a line is stored once, so it is masked as the strictest output
+        would mask its records: a redact on one output only still keeps its matches out of the store)."""
+        names = [*self.chain, *(name for _, chain in self.outputs.values() for name in chain)]
+        return tuple(dict.fromkeys(names))
+
 
 @dataclass(slots=True)
 class TransformPlan:
@@ -124,7 +131,8 @@ class RecordProcessor:
         by_output: dict[str, dict[int, TimeGroup]] = {}
         if route is not None and records is not None:
             lines, records = self.plan.run(route.chain, lines, records)
-            dead = [self.plan.dead_letter(route.chain, entry) for entry in dead]
+            masking = route.dead_letter_chain()
+            dead = [self.plan.dead_letter(masking, entry) for entry in dead]
             by_output = self._variants(route, lines, records, offsets, times)
         groups = {width: group_by_window(lines, offsets, times, width) for width in self.widths}
         return ProcessedBatch(batch, groups, dead, len(lines), by_output)

@@ -11,8 +11,8 @@ gave them (a queue of futures, awaited first in, first out), so frames stay in f
 buffer's invariants (a position saved only with its frames, exactly once across kill -9) are the
 ones the in-process path keeps. Blocks a worker cannot take (records the source decoded itself,
 blocks whose source has transforms, blocks larger than a slot or smaller than 64 KiB (a steady
-writer's few lines), records spanning two time windows) are parsed on the event loop as before,
-in their place in that order.
+writer's few lines)) are parsed on the event loop as before, in their place in that order. A block
+whose records span several time windows is split by the worker, one region per window.
 
 A worker that fails a block, or exits, is logged with its reason, and its blocks are parsed on
 the loop (the batches keep their bytes until handed on); the other workers go on, and with none
@@ -29,11 +29,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LogferryError
@@ -49,6 +51,8 @@ OUT_BYTES = 2 * IN_BYTES + (1 << 20)  # records grow by the added fields; offset
 # A few lines written at a steady rate parse in microseconds on the loop: a round trip to a worker
 # would only add two wake-ups. A backlog is read in 1 MiB blocks, which is where workers pay.
 MIN_WORKER_BYTES = 64 << 10
+CLOSE_WAIT = 5.0  # seconds for all workers together to exit at close, then they are killed
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding this `pipeline` package
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Pending:
     batch: LineBatch
     now: float
     future: asyncio.Future[ProcessedBatch]
+    slot: int
 
 
 @dataclass
@@ -94,7 +99,7 @@ class ParsePool:
     def start(self) -> None:
         """Start the workers; raises LogferryError if one cannot be started."""
         slots = self.size * SLOTS_PER_WORKER
-        memory_fd = os.memfd_create("logferry-parse", 0)
+        memory_fd = os.memfd_create("logferry-parse", os.MFD_CLOEXEC)  # pass_fds gives it to the workers
         try:
             os.ftruncate(memory_fd, slots * self.slot_bytes)
             self._memory = mmap.mmap(memory_fd, slots * self.slot_bytes)
@@ -102,7 +107,7 @@ class ParsePool:
                           tuple(self.processor.widths))
             for n in range(self.size):
                 owned = list(range(n * SLOTS_PER_WORKER, (n + 1) * SLOTS_PER_WORKER))
-                self.workers.append(self._spawn(memory_fd, slots * self.slot_bytes, owned, setup))
+                self._spawn(memory_fd, slots * self.slot_bytes, owned, setup)
         except OSError as exc:
             self.close()
             raise LogferryError(f"cannot start the parse workers: {exc}") from exc
@@ -118,17 +123,22 @@ class ParsePool:
     def _spawn(self, memory_fd: int, size: int, slots: list[int], setup: Setup) -> Worker:
         ours, theirs = socket.socketpair()
         with ours, theirs:
+            # -P and the daemon's own package root: the worker runs this very code, whatever the cwd holds.
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT,
+                                                                               os.environ.get("PYTHONPATH")]))}
             process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.runtime.parse_worker", str(theirs.fileno()), str(memory_fd),
-                 str(size)],
-                pass_fds=(theirs.fileno(), memory_fd), stdin=subprocess.DEVNULL,
+                [sys.executable, "-P", "-m", "pipeline.runtime.parse_worker", str(theirs.fileno()),
+                 str(memory_fd), str(size)],
+                pass_fds=(theirs.fileno(), memory_fd), stdin=subprocess.DEVNULL, env=env,
             )
             conn = Connection(os.dup(ours.fileno()))
+        worker = Worker(process, conn, slots)
+        self.workers.append(worker)  # before the first send: close() ends it whatever happens next
         conn.send(setup)
-        return Worker(process, conn, slots)
+        return worker
 
     def close(self) -> None:
-        """Tell the workers to exit and wait for them (killed if they do not within a few seconds)."""
+        """Tell the workers to exit and wait for them (killed if they are not gone within CLOSE_WAIT in all)."""
         for worker in self.workers:
             try:
                 asyncio.get_running_loop().remove_reader(worker.conn.fileno())
@@ -139,9 +149,10 @@ class ParsePool:
             except OSError:
                 pass  # already gone: nothing to tell
             worker.conn.close()
+        deadline = time.monotonic() + CLOSE_WAIT
         for worker in self.workers:
             try:
-                worker.process.wait(timeout=5)
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait()
@@ -184,8 +195,9 @@ class ParsePool:
             worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now))
         except OSError as exc:
             self._worker_gone(worker, exc)
+            self._free.put_nowait(slot)  # out of circulation with its worker
             return await self._submit(batch)
-        worker.pending.append(Pending(batch, now, future))
+        worker.pending.append(Pending(batch, now, future, slot))
         return future
 
     def _takes(self, batch: LineBatch) -> bool:
@@ -196,39 +208,52 @@ class ParsePool:
 
     def _on_answer(self, worker: Worker) -> None:
         """The worker's socket is readable: resolve every job it has answered."""
-        try:
-            while worker.conn.poll():
+        while worker.alive:
+            try:
+                if not worker.conn.poll():
+                    return
                 done: Done = worker.conn.recv()
-                self._resolve(worker.pending.popleft(), done)
-        except Exception as exc:  # noqa: BLE001 - EOF, a broken socket, an answer that cannot be read: all fatal
-            self._worker_gone(worker, exc)
+            except Exception as exc:  # noqa: BLE001 - EOF, a broken socket, an answer that cannot be read
+                self._worker_gone(worker, exc)
+                return
+            self._resolve(worker.pending.popleft(), done)
 
     def _resolve(self, job: Pending, done: Done) -> None:
+        """Hand the job's future its batch; an error here (a bug) fails the processor, as it would in-process."""
         try:
+            if job.future.done():  # the processor was cancelled (stopping): nobody waits for it
+                return
             if done.kind == "ok":
                 self.blocks += 1
                 job.future.set_result(self._processed(job, done))
                 job.batch.data = b""  # the records are in the groups: the block would double what waits in line
-            else:
-                if done.kind == "error":
-                    log.error("parse worker failed a block (parsed in the daemon instead): %s", done.reason)
-                self.inline += 1
-                job.future.set_result(self.processor.process(job.batch))
+                return
+            if done.kind == "error":
+                log.error("parse worker failed a block (parsed in the daemon instead): %s", done.reason)
+            self.inline += 1
+            job.future.set_result(self.processor.process(job.batch))
+        except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the batch, so the processor task fails
+            if not job.future.done():
+                job.future.set_exception(exc)
         finally:
-            self._free.put_nowait(done.slot)
+            self._free.put_nowait(job.slot)
 
     def _processed(self, job: Pending, done: Done) -> ProcessedBatch:
-        """The worker's records as the in-process path would have grouped them (one window per width)."""
+        """The worker's records grouped as the in-process path groups them; a region shared by widths is
+        copied out once."""
         assert self._memory is not None
         batch = job.batch
-        out = done.slot * self.slot_bytes + IN_BYTES
-        payload = self._memory[out : out + done.payload]
-        offsets = array("q")
-        offsets.frombytes(self._memory[out + done.payload : out + done.payload + done.count * offsets.itemsize])
-        offset_list = offsets.tolist()
-        groups: dict[int, dict[int, TimeGroup]] = {}
-        for width, window in zip(self.processor.widths, done.windows, strict=True):
-            groups[width] = {window: TimeGroup([payload], offset_list, done.crc)} if done.count else {}
+        area = done.slot * self.slot_bytes + IN_BYTES
+        regions: list[tuple[bytes, list[int]]] = []
+        for region in done.regions:
+            at = area + region.start
+            offsets = array("q")
+            offsets.frombytes(self._memory[at + region.payload : at + region.payload + region.count * offsets.itemsize])
+            regions.append((self._memory[at : at + region.payload], offsets.tolist()))
+        groups: dict[int, dict[int, TimeGroup]] = {width: {} for width in self.processor.widths}
+        for width, window, index in done.groups:
+            payload, offsets_list = regions[index]
+            groups[width][window] = TimeGroup([payload], offsets_list, done.regions[index].crc)
         dead = [*batch.dead, *(self.processor.dead_entry(batch, offset, line, reason, job.now)
                                for offset, line, reason in done.bad)]
         return ProcessedBatch(batch, groups, dead, done.count)
@@ -248,8 +273,14 @@ class ParsePool:
                   else "its socket closed", len(worker.pending), left)
         while worker.pending:
             job = worker.pending.popleft()
+            self._free.put_nowait(job.slot)  # wakes a block waiting for a slot: it goes elsewhere, or stays here
+            if job.future.done():
+                continue
             self.inline += 1
-            job.future.set_result(self.processor.process(job.batch))
+            try:
+                job.future.set_result(self.processor.process(job.batch))
+            except Exception as exc:  # noqa: BLE001 - the processor task fails with it, as in-process
+                job.future.set_exception(exc)
 
 
 async def _hand_on(order: asyncio.Queue[asyncio.Future[ProcessedBatch] | None],

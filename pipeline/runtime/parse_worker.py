@@ -4,7 +4,7 @@ Started by :class:`pipeline.runtime.parse_pool.ParsePool` as ``python -m pipelin
 CONN_FD MEMORY_FD``. Blocks and results travel through the shared memory (a ``memfd`` both map); only
 slot numbers, lengths and the few bad lines cross the socket. The worker keeps no state between
 blocks and writes nothing to disk: positions, frames and commits stay with the daemon, so a worker
-that dies loses nothing (the daemon parses that block itself, or stops).
+that dies loses nothing (the daemon parses its blocks itself).
 
 Messages (pickled, over the socket):
   daemon → worker  ``Setup``, then ``Job`` per block, then ``None`` (or EOF) to exit;
@@ -14,6 +14,7 @@ Messages (pickled, over the socket):
 from __future__ import annotations
 
 import mmap
+import signal
 import sys
 import zlib
 from array import array
@@ -23,8 +24,6 @@ from typing import Any
 
 from pipeline.runtime.memory import tune_malloc
 from pipeline.transforms.lines import parse_lines
-
-OFFSET_BYTES = array("q").itemsize
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,54 +50,86 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Region:
+    """Records of one time window in a slot's result area: ``payload`` bytes at ``start``, then ``count``
+    offsets (8 bytes each); ``crc`` is the payload's CRC-32, which the committer combines into the frame's."""
+
+    start: int
+    payload: int
+    count: int
+    crc: int
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """A job's outcome.
 
-    ``kind``: "ok" (``payload`` bytes of records then ``count`` offsets are in the slot's result area,
-    every width's records in the one window ``windows[width]``); "inline" (the daemon must parse the
-    block itself: its records span windows or do not fit the area); "error" (``reason`` says why).
+    ``kind``: "ok" (``groups`` gives each (width, window) its region: when every record of the block
+    falls in one window of every width, they all share one region); "inline" (the daemon must parse
+    the block itself: the results do not fit the area); "error" (``reason`` says why).
     """
 
     kind: str
     slot: int
-    payload: int = 0
     count: int = 0
-    windows: tuple[int, ...] = ()
-    crc: int = 0  # of the records' bytes: the committer combines it into the frame's, not computing it again
+    regions: tuple[Region, ...] = ()
+    groups: tuple[tuple[int, int, int], ...] = ()  # (width, window, index into regions)
     bad: tuple[tuple[int, bytes, str], ...] = ()
     reason: str = ""
 
 
+class ResultArea:
+    """Writes regions one after another into a slot's result area; ``full`` once one did not fit."""
+
+    def __init__(self, memory: mmap.mmap, start: int, size: int) -> None:
+        self.memory, self.start, self.end = memory, start, start + size
+        self.at = start
+        self.regions: list[Region] = []
+        self.full = False
+
+    def add(self, lines: list[bytes], offsets: list[int]) -> int:
+        """Write one window's records and offsets; the region's index."""
+        payload = b"".join(lines)
+        packed = array("q", offsets).tobytes()
+        if self.at + len(payload) + len(packed) > self.end:
+            self.full = True
+            return -1
+        self.memory[self.at : self.at + len(payload)] = payload
+        self.memory[self.at + len(payload) : self.at + len(payload) + len(packed)] = packed
+        self.regions.append(Region(self.at - self.start, len(payload), len(offsets), zlib.crc32(payload)))
+        self.at += len(payload) + len(packed)
+        return len(self.regions) - 1
+
+
 def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
-    """Parse ``job``'s block from the shared memory and write its records and offsets back there."""
+    """Parse ``job``'s block in place in the shared memory and write its records, per window, back there."""
     start = job.slot * setup.slot_bytes
     parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now,
                          begin=start, stop=start + job.length)
-    windows = _single_windows(parsed.times, setup.widths)
-    if windows is None:
+    area = ResultArea(memory, start + setup.in_bytes, setup.slot_bytes - setup.in_bytes)
+    groups: list[tuple[int, int, int]] = []
+    whole = -1  # the region holding every record, once written
+    times, lines, offsets = parsed.times, parsed.lines, parsed.offsets
+    for width in setup.widths if lines else ():
+        low, high = int(min(times)) // width * width, int(max(times)) // width * width
+        if low == high:  # the common case: one window; int(t) // width is monotonic in t
+            if whole < 0:
+                whole = area.add(lines, offsets)
+            groups.append((width, low, whole))
+            continue
+        for window, picked in _by_window(times, width).items():
+            groups.append((width, window, area.add([lines[i] for i in picked], [offsets[i] for i in picked])))
+    if area.full:
         return Done("inline", job.slot)
-    payload = b"".join(parsed.lines)
-    offsets = array("q", parsed.offsets).tobytes()
-    out, room = start + setup.in_bytes, setup.slot_bytes - setup.in_bytes
-    if len(payload) + len(offsets) > room:
-        return Done("inline", job.slot)
-    memory[out : out + len(payload)] = payload
-    memory[out + len(payload) : out + len(payload) + len(offsets)] = offsets
-    return Done("ok", job.slot, len(payload), len(parsed.offsets), windows, zlib.crc32(payload), tuple(parsed.bad))
+    return Done("ok", job.slot, len(offsets), tuple(area.regions), tuple(groups), tuple(parsed.bad))
 
 
-def _single_windows(times: list[float], widths: tuple[int, ...]) -> tuple[int, ...] | None:
-    """Each width's one window holding every time, or None when any width needs more than one."""
-    if not times:
-        return tuple(0 for _ in widths)
-    low, high = min(times), max(times)
-    windows = []
-    for width in widths:
-        first = int(low) // width * width
-        if int(high) >= first + width:
-            return None
-        windows.append(first)
-    return tuple(windows)
+def _by_window(times: list[float], width: int) -> dict[int, list[int]]:
+    """Record indices per window of ``width`` seconds, windows in order of first appearance (as on the loop)."""
+    windows: dict[int, list[int]] = {}
+    for index, t in enumerate(times):
+        windows.setdefault(int(t) // width * width, []).append(index)
+    return windows
 
 
 def serve(conn: Connection, memory: mmap.mmap) -> None:
@@ -107,7 +138,7 @@ def serve(conn: Connection, memory: mmap.mmap) -> None:
     while True:
         try:
             job = conn.recv()
-        except EOFError:  # the daemon exited (or was killed): nothing here to keep
+        except (EOFError, ConnectionError):  # the daemon exited (or was killed): nothing here to keep
             return
         if job is None:
             return
@@ -115,11 +146,18 @@ def serve(conn: Connection, memory: mmap.mmap) -> None:
             done = run_job(memory, setup, job)
         except Exception as exc:  # noqa: BLE001 - reported to the daemon, which parses the block itself
             done = Done("error", job.slot, reason=f"{type(exc).__name__}: {exc}")
-        conn.send(done)
+        try:
+            conn.send(done)
+        except ConnectionError:  # the daemon is gone: so is the reason for this job
+            return
 
 
 def main(argv: list[str]) -> None:
     """Entry point: ``CONN_FD MEMORY_FD MEMORY_BYTES``."""
+    # systemd's stop signals the whole control group, a terminal's Ctrl-C the whole process group: the
+    # daemon stops in order and tells its workers when; they leave at that word or at EOF, never mid-job.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     conn_fd, memory_fd, size = (int(a) for a in argv)
     tune_malloc()  # as the daemon: each block's results reuse the heap instead of fresh mappings
     with mmap.mmap(memory_fd, size) as memory:

@@ -7,6 +7,7 @@ import random
 from functools import partial
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline import generator
@@ -61,12 +62,14 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(layout, da
     writer = AgentWriter(layout.logs / "agent.log", live, start=backlog, pause=0.001, max_chars=800)
     writer.start()
     total = backlog + live
-    for kill_at in sorted(rng.sample(range(1000, total - 1000), 3)):
+    for run, kill_at in enumerate(sorted(rng.sample(range(1000, total - 1000), 3))):
         daemon = new_daemon(layout, daemon_factory).start()
         wait_for(partial(delivered_at_least, layout, kill_at), what=f"{kill_at} records before the kill")
         assert daemon.proc is not None
         workers_of_daemon = children(daemon.proc.pid)
         assert len(workers_of_daemon) == workers
+        if workers and run == 0:  # and they did the parsing, not the loop (a restarted one may not have yet)
+            assert orjson.loads(layout.http("/status")[1])["parse_workers"]["blocks_in_workers"] > 0
         daemon.kill()
         wait_for(partial(no_one_alive, workers_of_daemon), timeout=10, what="the parse workers to exit")
     writer.join(60)

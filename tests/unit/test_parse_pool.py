@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import zlib
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -123,3 +124,101 @@ async def test_a_worker_that_dies_is_replaced_by_the_loop_and_nothing_is_lost(ca
     assert got == expected, "every block parsed once, in order, by the daemon itself"
     assert pool.blocks == 0 and pool.inline == len(data)
     assert "failed (exit code -9" in caplog.text and "parse worker" in caplog.text
+
+
+def plain_blocks(count: int, per_block: int = 3000) -> list[bytes]:
+    return [b"".join(orjson.dumps({"n": n, "timestamp": WALL}) + b"\n"
+                     for n in range(b * per_block, (b + 1) * per_block)) for b in range(count)]
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    """Poll ``condition`` on the loop (the pool's callbacks run meanwhile) until it holds, for 30 s at most."""
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def run_pool(pool: ParsePool, batches: list[LineBatch]) -> list[ProcessedBatch]:
+    inbox: asyncio.Queue[LineBatch | EndOfInput] = asyncio.Queue()
+    outbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
+    for queued in batches:
+        inbox.put_nowait(queued)
+    inbox.put_nowait(END)
+    await asyncio.wait_for(pool.run(inbox, outbox, lambda _: None), 60)
+    out = []
+    while not isinstance(done := outbox.get_nowait(), EndOfInput):
+        out.append(done)
+    return out
+
+
+@pytest.mark.asyncio
+async def test_the_last_worker_dying_with_blocks_in_hand_and_more_waiting_loses_nothing() -> None:
+    data = plain_blocks(6)
+    expected = [flatten(make_processor().process(make_batch(d, 10**7 * n))) for n, d in enumerate(data)]
+    pool = ParsePool(make_processor(), 1)
+    pool.start()
+    victim = pool.workers[0].process.pid
+    os.kill(victim, signal.SIGSTOP)  # takes two blocks, answers none; the third waits for a slot
+    try:
+        running = asyncio.create_task(run_pool(pool, [make_batch(d, 10**7 * n) for n, d in enumerate(data)]))
+        await until(lambda: len(pool.workers[0].pending) == 2, "two blocks in the stopped worker's hands")
+        os.kill(victim, signal.SIGKILL)
+        got = await running
+    finally:
+        pool.close()
+    assert [flatten(item) for item in got] == expected
+    assert pool.stats()["alive"] == 0 and pool.inline == len(data)
+
+
+@pytest.mark.asyncio
+async def test_answers_out_of_order_are_handed_on_in_order() -> None:
+    data = plain_blocks(12)
+    pool = ParsePool(make_processor(), 2)
+    pool.start()
+    slow = pool.workers[0].process.pid
+    os.kill(slow, signal.SIGSTOP)  # the other worker answers its blocks first
+    try:
+        running = asyncio.create_task(run_pool(pool, [make_batch(d, 10**7 * n) for n, d in enumerate(data)]))
+        await until(lambda: pool.workers[0].pending and pool.blocks >= 1, "the other worker answering first")
+        os.kill(slow, signal.SIGCONT)
+        got = await running
+    finally:
+        pool.close()
+    numbers = [orjson.loads(line)["n"] for item in got for g in item.groups[HOUR].values()
+               for line in b"".join(g.lines).splitlines()]
+    assert numbers == list(range(12 * 3000))
+    assert pool.blocks == len(data), "every block was parsed by a worker"
+
+
+@pytest.mark.asyncio
+async def test_a_block_spanning_windows_is_split_by_the_worker() -> None:
+    block = b"".join(orjson.dumps({"i": i, "timestamp": WALL + 1800 * (i % 3)}) + b"\n" for i in range(5000))
+    expected = flatten(make_processor().process(make_batch(block)))
+    assert len(expected[0][HOUR]) == 2 and len(expected[0][60]) == 3
+    pool = ParsePool(make_processor(), 1)
+    pool.start()
+    try:
+        (got,) = await run_pool(pool, [make_batch(block)])
+    finally:
+        pool.close()
+    assert flatten(got) == expected and pool.blocks == 1
+    for windows in got.groups.values():
+        assert all(g.crc == zlib.crc32(b"".join(g.lines)) for g in windows.values())
+
+
+@pytest.mark.asyncio
+async def test_the_workers_ignore_stop_signals_and_leave_when_told() -> None:
+    pool = ParsePool(make_processor(), 1)
+    pool.start()
+    try:
+        await run_pool(pool, [make_batch(plain_blocks(1)[0])])  # the worker is up and serving
+        os.kill(pool.workers[0].process.pid, signal.SIGTERM)  # systemd signals the whole control group
+        os.kill(pool.workers[0].process.pid, signal.SIGINT)
+        got = await run_pool(pool, [make_batch(d, 10**7 * n) for n, d in enumerate(plain_blocks(3))])
+        assert pool.blocks == 4 and len(got) == 3
+        process = pool.workers[0].process
+    finally:
+        pool.close()
+    assert process.returncode == 0

@@ -7,6 +7,7 @@ every record is in the file output; next to the floor measured in the same run.
   .venv/bin/python benchmarks/catchup.py --shared-workload   # ../shared/bench/gen_interactions.py
   .venv/bin/python benchmarks/catchup.py --fsync true         # only the default mode
   .venv/bin/python benchmarks/catchup.py --fsync true --redact both   # with and without a redact transform
+  .venv/bin/python benchmarks/catchup.py --parse-workers 0,1,2        # parsing on the loop, then in 1 and 2 processes
 
 Both durability modes are measured by default: ``fsync = true`` (the default: power-loss
 safe) and ``fsync = false`` (page cache only, still safe against kill -9). ``--redact on``
@@ -43,12 +44,13 @@ from common import (
 )
 
 
-def daemon_config(root: Path, workload: Path, fsync: bool, redact: bool = False) -> Path:
+def daemon_config(root: Path, workload: Path, fsync: bool, redact: bool = False, workers: int = 0) -> Path:
     config = root / "logferry.toml"
     transforms = '["pii"]' if redact else "[]"
     config.write_text(f"""
 state_dir = "{root / 'state'}"
 fsync = {'true' if fsync else 'false'}
+parse_workers = {workers}
 [sources.agent]
 type = "tail"
 paths = ["{workload}"]
@@ -77,10 +79,10 @@ def caught_up(root: Path, size: int) -> bool:
     return not any(p.suffix in (".staged", ".queued") for p in buffer.iterdir())
 
 
-def run_daemon(root: Path, workload: Path, fsync: bool, redact: bool = False) -> dict[str, float]:
+def run_daemon(root: Path, workload: Path, fsync: bool, redact: bool = False, workers: int = 0) -> dict[str, float]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
-    config = daemon_config(root, workload, fsync, redact)
+    config = daemon_config(root, workload, fsync, redact, workers)
     quiet_disk()
     size = workload.stat().st_size
     with DaemonProcess(config, root / "daemon.log") as daemon:
@@ -102,10 +104,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--fsync", choices=("both", "true", "false"), default="both", help="durability modes to run")
     ap.add_argument("--redact", choices=("off", "on", "both"), default="off", help="a redact transform on the output")
+    ap.add_argument("--parse-workers", default="0", help="comma-separated parse_workers settings to run, e.g. 0,2")
     args = ap.parse_args()
+    workers = [int(n) for n in args.parse_workers.split(",")]
     fsyncs = {"both": [True, False], "true": [True], "false": [False]}[args.fsync]
     redacts = {"both": [False, True], "on": [True], "off": [False]}[args.redact]
-    modes = [(fsync, redact) for fsync in fsyncs for redact in redacts]
+    modes = [(fsync, redact, n) for fsync in fsyncs for redact in redacts for n in workers]
     info = machine()  # before the work: its load and CPU figures are the run's
     root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -115,7 +119,7 @@ def main() -> None:
     size = workload.stat().st_size
     floors: list[dict[str, float]] = []
     disk: list[float] = []
-    daemons: dict[tuple[bool, bool], list[dict[str, float]]] = {mode: [] for mode in modes}
+    daemons: dict[tuple[bool, bool, int], list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(args.runs):
         floors.append(run_floor(workload, root / "floor.out"))
         for mode in modes:
@@ -137,8 +141,13 @@ ROW = {(True, False): "logferry", (False, False): "logferry_no_fsync", (True, Tr
        (False, True): "logferry_no_fsync_redact"}
 
 
+def row_key(mode: tuple[bool, bool, int]) -> str:
+    """The result key of a (fsync, redact, parse_workers) mode: ``ROW``'s, with ``_workersN`` when N > 0."""
+    return ROW[mode[:2]] + (f"_workers{mode[2]}" if mode[2] else "")
+
+
 def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]],
-              daemons: dict[tuple[bool, bool], list[dict[str, float]]], info: dict[str, Any]) -> dict[str, Any]:
+              daemons: dict[tuple[bool, bool, int], list[dict[str, float]]], info: dict[str, Any]) -> dict[str, Any]:
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
@@ -151,8 +160,8 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
     }
     for mode, runs in daemons.items():
         daemon_s = med(runs, "seconds")
-        report[ROW[mode]] = {
-            "fsync": mode[0], "redact": mode[1], "records_per_s": args.records / daemon_s,
+        report[row_key(mode)] = {
+            "fsync": mode[0], "redact": mode[1], "parse_workers": mode[2], "records_per_s": args.records / daemon_s,
             "mb_per_s": size / daemon_s / 1e6,
             "cpu_s": med(runs, "cpu_s"), "peak_rss_mb": max(d["peak_rss_mb"] for d in runs), "runs": runs,
             "ratio_to_floor": floor_s / daemon_s,
@@ -163,16 +172,18 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
 def print_table(r: dict[str, Any]) -> None:
     print(f"{r['records']} records, {r['bytes'] / 1e6:.0f} MB ({r['workload']}), {r['machine']} ({r['cpu']}), "
           f"{r['date']}")
-    print(f"{'':24} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8}")
+    print(f"{'':28} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8}")
     labels = {"floor": "floor", "logferry": "logferry (fsync)", "logferry_no_fsync": "logferry (fsync=false)",
               "logferry_redact": "redact (fsync)", "logferry_no_fsync_redact": "redact (fsync=false)"}
-    for key, label in labels.items():
-        if key not in r:
-            continue
+    rows = [(key, labels[key]) for key in labels if key in r]
+    rows += [(key, f"{labels[key.split('_workers')[0]]} w={key.split('_workers')[1]}") for key in r
+             if "_workers" in key]
+    rows.sort(key=lambda kv: list(labels).index(kv[0].split("_workers")[0]))
+    for key, label in rows:
         row = r[key]
         rss = f"{row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else "-"
         ratio = f"{row['ratio_to_floor']:.2f}x" if "ratio_to_floor" in row else "-"
-        print(f"{label:24} {row['records_per_s']:>10.0f} {row['mb_per_s']:>8.1f} {row['cpu_s']:>7.2f} {rss:>9} "
+        print(f"{label:28} {row['records_per_s']:>10.0f} {row['mb_per_s']:>8.1f} {row['cpu_s']:>7.2f} {rss:>9} "
               f"{ratio:>8}")
     if "durable_io" in r:
         io = r["durable_io"]

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         description="Force commits, deliveries and state to disk (power-loss safe); false: page cache only, "
         "still safe against process crashes and kill -9 (see pipeline/durability.py).",
     )
+    parse_workers: int = Field(
+        0, ge=0, le=16,
+        description="Processes that parse, enrich and serialise tailed blocks beside the event loop (the "
+        "second core); 0: all on the event loop. See docs/PERFORMANCE.md.",
+    )
     enrich: EnrichConfig = Field(default_factory=EnrichConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     tap: TapConfig = Field(default_factory=TapConfig)

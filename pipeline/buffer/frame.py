@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from pipeline.buffer.crc import crc32_combine
+
 MAGIC = b"LFRM"
 HEADER = struct.Struct("<4sBIIIQ")
 CRC = struct.Struct("<I")
@@ -51,13 +53,22 @@ class Frame:
     size: int  # bytes on disk, prefix included
 
 
-def encode_parts(kind: int, seq: int, count: int, meta: dict[str, Any], payload: Sequence[bytes]) -> list[bytes]:
-    """Serialise one frame as pieces to write in order; the payload pieces are not copied."""
+def encode_parts(kind: int, seq: int, count: int, meta: dict[str, Any], payload: Sequence[bytes],
+                 payload_crc: int | None = None) -> list[bytes]:
+    """Serialise one frame as pieces to write in order; the payload pieces are not copied.
+
+    ``payload_crc``, when given, is the CRC-32 of the payload pieces joined (a parse worker's):
+    combined here rather than computed again.
+    """
     meta_bytes = orjson.dumps(meta)
-    head = HEADER.pack(MAGIC, kind, count, len(meta_bytes), sum(map(len, payload)), seq)
+    size = sum(map(len, payload))
+    head = HEADER.pack(MAGIC, kind, count, len(meta_bytes), size, seq)
     crc = zlib.crc32(meta_bytes, zlib.crc32(head))
-    for piece in payload:
-        crc = zlib.crc32(piece, crc)
+    if payload_crc is not None:
+        crc = crc32_combine(crc, payload_crc, size)
+    else:
+        for piece in payload:
+            crc = zlib.crc32(piece, crc)
     return [b"".join((head, CRC.pack(crc), meta_bytes)), *payload]
 
 

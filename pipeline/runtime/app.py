@@ -23,6 +23,7 @@ from pipeline.errors import ConfigError, LogferryError
 from pipeline.runtime.committer import END, Committer, EndOfInput
 from pipeline.runtime.health import Observer
 from pipeline.runtime.http import serve_forever, start_http
+from pipeline.runtime.parse_pool import ParsePool
 from pipeline.runtime.signals import SignalIntents
 from pipeline.runtime.systemd import Notifier
 from pipeline.runtime.tap import TapHub
@@ -105,10 +106,11 @@ class Daemon:
             flushers = [tasks.create_task(f.run(), name=f"flusher:{n}") for n, f in topo.flushers.items()]
             committing = tasks.create_task(committer.run(), name="committer")
             tap = TapHub({src: [b.output for b in routed] for src, routed in topo.routes.items()})
-            processing = tasks.create_task(process_loop(topo.processor, raw, processed, tap), name="processor")
+            pool = ParsePool(topo.processor, self.settings.parse_workers) if self.settings.parse_workers else None
+            processing = tasks.create_task(self._process(topo, raw, processed, tap, pool), name="processor")
             reading = [tasks.create_task(s.run(raw.put), name=f"source:{s.name}") for s in topo.sources]
             observer = self.observer = Observer(topo, committer, self.settings.health, self.clock.monotonic,
-                                                lambda: len(tap.viewers))
+                                                lambda: len(tap.viewers), pool.stats if pool else dict)
             watching = []
             # Answering before "running" (and READY=1): whoever is told we run can ask us how.
             if self.settings.health.listen and (server := await self._start_http(observer)):
@@ -126,6 +128,19 @@ class Daemon:
             for task in [*reading, processing, committing, *flushers, *watching]:
                 task.cancel()
         self._log_stragglers(topo)
+
+    async def _process(self, topo: Topology, raw: asyncio.Queue[LineBatch | EndOfInput],
+                       processed: asyncio.Queue[ProcessedBatch | EndOfInput], tap: TapHub,
+                       pool: ParsePool | None) -> None:
+        """The processor stage: on the event loop, or beside it in the ``parse_workers`` processes."""
+        if pool is None:
+            await process_loop(topo.processor, raw, processed, tap)
+            return
+        pool.start()
+        try:
+            await pool.run(raw, processed, tap.publish)
+        finally:
+            pool.close()
 
     async def _stop(
         self,

@@ -166,8 +166,9 @@ class Committer:
                 # One payload string per frame: its CRC is one call (per-line calls would each release
                 # the GIL), and it is the only copy of the records until they reach the kernel.
                 payload = b"".join(group.lines)
-                pieces = frame.encode_parts(frame.KIND_DATA, seq, len(group.lines), meta, [payload])
-                buffer.plan(plan, timekey, seq, pieces, len(group.lines))
+                count = len(group.offsets)  # a parse worker's group holds its records as one payload
+                pieces = frame.encode_parts(frame.KIND_DATA, seq, count, meta, [payload], group.crc)
+                buffer.plan(plan, timekey, seq, pieces, count)
 
     def _routed(self, batch: LineBatch) -> list[FileBuffer]:
         """The buffers ``batch`` goes to: its source's, or by its own tag (see :class:`TagRoutes`)."""

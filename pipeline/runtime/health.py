@@ -48,6 +48,7 @@ class Observer:
     config: HealthConfig
     clock_mono: Callable[[], float]
     tap_viewers: Callable[[], int] = lambda: 0
+    processing: Callable[[], dict[str, Any]] = dict  # the parse workers' counts, if any
     progress: dict[tuple[str, str], Progress] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
@@ -64,7 +65,7 @@ class Observer:
             problems.append(f"cannot write to the state directory, sources paused: {self.committer.stats.failing}")
         return {"healthy": not problems, "problems": problems, "paused": paused, "sources": sources, "outputs": outputs,
                 "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines,
-                "tap_viewers": self.tap_viewers(),
+                "tap_viewers": self.tap_viewers(), "parse_workers": self.processing(),
                 "transforms": {name: t.stats() for name, t in self.topology.processor.plan.transforms.items()}}
 
     def stalled(self, snapshot: dict[str, Any]) -> bool:

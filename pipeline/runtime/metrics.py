@@ -41,6 +41,7 @@ class SnapshotCollector(Collector):
         yield from _source_metrics(snap["sources"])
         yield from _output_metrics(snap["outputs"])
         yield from _transform_metrics(snap.get("transforms", {}))
+        yield from _parse_worker_metrics(snap.get("parse_workers", {}))
         healthy = GaugeMetricFamily("logferry_healthy", "1 when /health reports no problem")
         healthy.add_metric([], 1.0 if snap["healthy"] else 0.0)
         yield healthy
@@ -138,6 +139,18 @@ def _transform_metrics(transforms: dict[str, Any]) -> Iterator[Metric]:
                 for model, value in stats[source].items():
                     families[key].add_metric([name, model], value)
     yield from (redactions, redacted, *families.values())
+
+
+def _parse_worker_metrics(workers: dict[str, Any]) -> Iterator[Metric]:
+    """Parse workers alive (of ``parse_workers``), and blocks parsed by them or on the event loop."""
+    if not workers:
+        return
+    alive = GaugeMetricFamily("logferry_parse_workers_alive", "Parse worker processes running")
+    alive.add_metric([], workers["alive"])
+    blocks = CounterMetricFamily("logferry_parse_blocks", "Blocks parsed, by where", labels=["where"])
+    blocks.add_metric(["worker"], workers["blocks_in_workers"])
+    blocks.add_metric(["loop"], workers["blocks_on_loop"])
+    yield from (alive, blocks)
 
 
 def render(snapshot: Snapshot) -> bytes:

@@ -28,15 +28,20 @@ from pipeline.deadletter import line_fields
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.base import Transform
 from pipeline.transforms.enrich import Enricher, iso_millis
-from pipeline.transforms.parse_json import MAX_EPOCH, describe_error, event_time
+from pipeline.transforms.lines import parse_lines
+from pipeline.transforms.parse_json import MAX_EPOCH, event_time
 
 
 @dataclass(slots=True)
 class TimeGroup:
-    """Records of one time window: serialised lines (each ending in newline) and source offsets."""
+    """Records of one time window: serialised lines (each ending in newline) and source offsets.
+
+    ``lines`` may also hold all the records as one payload (a parse worker's): count ``offsets``.
+    """
 
     lines: list[bytes] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    crc: int | None = None  # CRC-32 of the lines joined, when whoever made them computed it
 
 
 @dataclass(slots=True)
@@ -65,6 +70,13 @@ class SourceRoute:
 
     chain: Chain = ()
     outputs: dict[str, tuple[int, Chain]] = field(default_factory=dict)
+
+    def dead_letter_chain(self) -> Chain:
+        """What a bad line of this source goes through before it is stored: the source's chain, then every
+        transform any routed output applies (a line is stored once, so it is masked as the strictest output
+        would mask its records: a redact on one output only still keeps its matches out of the store)."""
+        names = [*self.chain, *(name for _, chain in self.outputs.values() for name in chain)]
+        return tuple(dict.fromkeys(names))
 
 
 @dataclass(slots=True)
@@ -119,9 +131,10 @@ class RecordProcessor:
         by_output: dict[str, dict[int, TimeGroup]] = {}
         if route is not None and records is not None:
             lines, records = self.plan.run(route.chain, lines, records)
-            dead = [self.plan.dead_letter(route.chain, entry) for entry in dead]
+            masking = route.dead_letter_chain()
+            dead = [self.plan.dead_letter(masking, entry) for entry in dead]
             by_output = self._variants(route, lines, records, offsets, times)
-        groups = {width: _group(lines, offsets, times, width) for width in self.widths}
+        groups = {width: group_by_window(lines, offsets, times, width) for width in self.widths}
         return ProcessedBatch(batch, groups, dead, len(lines), by_output)
 
     def _variants(self, route: SourceRoute, lines: list[bytes], records: list[dict[str, Any]],
@@ -133,7 +146,7 @@ class RecordProcessor:
         for output, (width, chain) in route.outputs.items():
             if (width, chain) not in grouped:
                 variant, _ = self.plan.run(chain, lines, records, memo)
-                grouped[(width, chain)] = _group(variant, offsets, times, width)
+                grouped[(width, chain)] = group_by_window(variant, offsets, times, width)
             by_output[output] = grouped[(width, chain)]
         return by_output
 
@@ -141,44 +154,9 @@ class RecordProcessor:
         self, batch: LineBatch, now: float, added: dict[str, Any], records: list[dict[str, Any]] | None
     ) -> tuple[list[bytes], list[int], list[float], list[dict[str, Any]]]:
         suffix = self.enricher.suffix(added)
-        keys, time_key = self.enricher.keys, self.time_key
-        loads, decode_error = orjson.loads, orjson.JSONDecodeError
-        out: list[bytes] = []
-        offsets: list[int] = []
-        times: list[float] = []
-        dead: list[dict[str, Any]] = []
-        data = batch.data
-        view, find, join = memoryview(data), data.find, b"".join
-        base, pos, size = batch.start, 0, len(data)
-        while pos < size:
-            # Slices of one memoryview: no copy per line until the enriched record is built.
-            end = find(b"\n", pos)
-            line = view[pos:end]
-            try:
-                record = loads(line)
-            except decode_error as exc:
-                bad = bytes(line)
-                dead.append(self._dead(batch, base + pos, bad, describe_error(bad, exc), now))
-                pos = end + 1
-                continue
-            if type(record) is not dict:
-                dead.append(self._dead(batch, base + pos, bytes(line), "not a JSON object", now))
-                pos = end + 1
-                continue
-            if record and data[end - 1] == 125 and keys.isdisjoint(record):  # 125: "}"
-                out.append(join((view[pos : end - 1], suffix)))
-            else:
-                record.update(added)
-                # Copied out: orjson's own result holds at least 4 KiB however short the record,
-                # which thousands of small records in flight would multiply.
-                out.append(bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))))
-            offsets.append(base + pos)
-            if records is not None:  # kept for the transforms: they read what was parsed, not parse again
-                records.append(record)
-            stamp = record.get(time_key)
-            times.append(stamp if type(stamp) is float and 0.0 <= stamp <= MAX_EPOCH else event_time(stamp, now))
-            pos = end + 1
-        return out, offsets, times, dead
+        parsed = parse_lines(batch.data, batch.start, suffix, added, self.enricher.keys, self.time_key, now, records)
+        dead = [self.dead_entry(batch, offset, line, reason, now) for offset, line, reason in parsed.bad]
+        return parsed.lines, parsed.offsets, parsed.times, dead
 
     def _serialise(
         self, batch: LineBatch, now: float, added: dict[str, Any], kept: list[dict[str, Any]] | None
@@ -199,7 +177,7 @@ class RecordProcessor:
                 out.append(bytes(memoryview(orjson.dumps(record, default=_lenient, option=option))))
             except (TypeError, orjson.JSONEncodeError) as exc:
                 shown = repr(record).encode("utf-8", "replace")
-                dead.append(self._dead(batch, index, shown, f"record cannot be stored as JSON: {exc}", now))
+                dead.append(self.dead_entry(batch, index, shown, f"record cannot be stored as JSON: {exc}", now))
                 continue
             offsets.append(index)
             if kept is not None:
@@ -208,7 +186,8 @@ class RecordProcessor:
             times.append(stamp if type(stamp) is float and 0.0 <= stamp <= MAX_EPOCH else event_time(stamp, now))
         return out, offsets, times, dead
 
-    def _dead(self, batch: LineBatch, offset: int, line: bytes, reason: str, now: float) -> dict[str, Any]:
+    def dead_entry(self, batch: LineBatch, offset: int, line: bytes, reason: str, now: float) -> dict[str, Any]:
+        """The dead-letter entry of a bad line of ``batch`` at ``offset``."""
         return {
             "id": f"{batch.source}:{batch.key}:{offset}", "time": iso_millis(now), "source": batch.source,
             "path": batch.path, "offset": offset, "reason": reason, **line_fields(line),
@@ -235,7 +214,7 @@ def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, A
     return [where[o] for o in offsets]
 
 
-def _group(lines: list[bytes], offsets: list[int], times: list[float], width: int) -> dict[int, TimeGroup]:
+def group_by_window(lines: list[bytes], offsets: list[int], times: list[float], width: int) -> dict[int, TimeGroup]:
     """Split records by time window of ``width`` seconds (one window in the common case)."""
     if not lines:
         return {}

@@ -295,6 +295,13 @@ def test_a_source_chain_changes_every_output_and_its_dead_letters() -> None:
     assert result.dead[0]["line"] == "NOT JSON" and result.records == 1
 
 
+def test_an_output_chain_masks_the_sources_dead_letters_too() -> None:
+    proc, transforms = planned(SourceRoute((), {"search": (HOUR, ("a",)), "archive": (HOUR, ())}))
+    result = proc.process(batch(b'{"x": "hi"}\nnot json\n'))
+    assert result.dead[0]["line"] == "NOT JSON", "stored once, masked as the output that transforms would"
+    assert transforms["a"].calls == 1
+
+
 def test_sources_without_transforms_keep_no_parsed_records() -> None:
     proc, transforms = planned(SourceRoute((), {"search": (HOUR, ("a",))}))
     other = LineBatch("other", "ai.chat", "7:42", "/logs/o.jsonl", 0, 12, b'{"x": "hi"}\n', None)

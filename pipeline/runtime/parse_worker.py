@@ -1,0 +1,171 @@
+"""A parse worker process: the per-record work of plain blocks, on a core the event loop does not use.
+
+Started by :class:`pipeline.runtime.parse_pool.ParsePool` as ``python -m pipeline.runtime.parse_worker
+CONN_FD MEMORY_FD``. Blocks and results travel through the shared memory (a ``memfd`` both map); only
+slot numbers, lengths and the few bad lines cross the socket. The worker keeps no state between
+blocks and writes nothing to disk: positions, frames and commits stay with the daemon, so a worker
+that dies loses nothing (the daemon parses its blocks itself).
+
+Messages (pickled, over the socket):
+  daemon → worker  ``Setup``, then ``Job`` per block, then ``None`` (or EOF) to exit;
+  worker → daemon  ``Done`` per job, in the order the jobs came.
+"""
+
+from __future__ import annotations
+
+import mmap
+import signal
+import sys
+import zlib
+from array import array
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pipeline.runtime.memory import tune_malloc
+from pipeline.transforms.lines import parse_lines
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What every job of this worker shares: the memory's layout and the enrichment's constants."""
+
+    slot_bytes: int  # each slot: the block (in_bytes) then the results (the rest)
+    in_bytes: int
+    keys: frozenset[str]
+    time_key: str
+    widths: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One block in slot ``slot``: ``length`` bytes read at offset ``base``, enriched with ``added``."""
+
+    slot: int
+    length: int
+    base: int
+    suffix: bytes
+    added: dict[str, Any]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """Records of one time window in a slot's result area: ``payload`` bytes at ``start``, then ``count``
+    offsets (8 bytes each); ``crc`` is the payload's CRC-32, which the committer combines into the frame's."""
+
+    start: int
+    payload: int
+    count: int
+    crc: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A job's outcome.
+
+    ``kind``: "ok" (``groups`` gives each (width, window) its region: when every record of the block
+    falls in one window of every width, they all share one region); "inline" (the daemon must parse
+    the block itself: the results do not fit the area); "error" (``reason`` says why).
+    """
+
+    kind: str
+    slot: int
+    count: int = 0
+    regions: tuple[Region, ...] = ()
+    groups: tuple[tuple[int, int, int], ...] = ()  # (width, window, index into regions)
+    bad: tuple[tuple[int, bytes, str], ...] = ()
+    reason: str = ""
+
+
+class ResultArea:
+    """Writes regions one after another into a slot's result area; ``full`` once one did not fit."""
+
+    def __init__(self, memory: mmap.mmap, start: int, size: int) -> None:
+        self.memory, self.start, self.end = memory, start, start + size
+        self.at = start
+        self.regions: list[Region] = []
+        self.full = False
+
+    def add(self, lines: list[bytes], offsets: list[int]) -> int:
+        """Write one window's records and offsets; the region's index."""
+        payload = b"".join(lines)
+        packed = array("q", offsets).tobytes()
+        if self.at + len(payload) + len(packed) > self.end:
+            self.full = True
+            return -1
+        self.memory[self.at : self.at + len(payload)] = payload
+        self.memory[self.at + len(payload) : self.at + len(payload) + len(packed)] = packed
+        self.regions.append(Region(self.at - self.start, len(payload), len(offsets), zlib.crc32(payload)))
+        self.at += len(payload) + len(packed)
+        return len(self.regions) - 1
+
+
+def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
+    """Parse ``job``'s block in place in the shared memory and write its records, per window, back there."""
+    start = job.slot * setup.slot_bytes
+    parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now,
+                         begin=start, stop=start + job.length)
+    area = ResultArea(memory, start + setup.in_bytes, setup.slot_bytes - setup.in_bytes)
+    groups: list[tuple[int, int, int]] = []
+    whole = -1  # the region holding every record, once written
+    times, lines, offsets = parsed.times, parsed.lines, parsed.offsets
+    for width in setup.widths if lines else ():
+        low, high = int(min(times)) // width * width, int(max(times)) // width * width
+        if low == high:  # the common case: one window; int(t) // width is monotonic in t
+            if whole < 0:
+                whole = area.add(lines, offsets)
+            groups.append((width, low, whole))
+            continue
+        for window, picked in _by_window(times, width).items():
+            groups.append((width, window, area.add([lines[i] for i in picked], [offsets[i] for i in picked])))
+    if area.full:
+        return Done("inline", job.slot)
+    return Done("ok", job.slot, len(offsets), tuple(area.regions), tuple(groups), tuple(parsed.bad))
+
+
+def _by_window(times: list[float], width: int) -> dict[int, list[int]]:
+    """Record indices per window of ``width`` seconds, windows in order of first appearance (as on the loop)."""
+    windows: dict[int, list[int]] = {}
+    for index, t in enumerate(times):
+        windows.setdefault(int(t) // width * width, []).append(index)
+    return windows
+
+
+def serve(conn: Connection, memory: mmap.mmap) -> None:
+    """Answer jobs until the daemon says stop or goes away."""
+    setup: Setup = conn.recv()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, ConnectionError):  # the daemon exited (or was killed): nothing here to keep
+            return
+        if job is None:
+            return
+        try:
+            done = run_job(memory, setup, job)
+        except Exception as exc:  # noqa: BLE001 - reported to the daemon, which parses the block itself
+            done = Done("error", job.slot, reason=f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(done)
+        except ConnectionError:  # the daemon is gone: so is the reason for this job
+            return
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: ``CONN_FD MEMORY_FD MEMORY_BYTES``."""
+    # systemd's stop signals the whole control group, a terminal's Ctrl-C the whole process group: the
+    # daemon stops in order and tells its workers when; they leave at that word or at EOF, never mid-job.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    conn_fd, memory_fd, size = (int(a) for a in argv)
+    tune_malloc()  # as the daemon: each block's results reuse the heap instead of fresh mappings
+    with mmap.mmap(memory_fd, size) as memory:
+        serve(Connection(conn_fd), memory)
+
+
+if __name__ == "__main__":
+    # Run as the module's own name, so what it pickles names pipeline.runtime.parse_worker, not __main__.
+    from pipeline.runtime import parse_worker
+
+    parse_worker.main(sys.argv[1:])

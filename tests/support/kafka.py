@@ -387,6 +387,17 @@ class KafkaCluster:
             node.kill()
             node.stop()
 
+    def heal(self) -> None:
+        """Restart every killed node and wait until all are brokers again.
+
+        A test that failed with a node down must not leave the next test a two-node cluster,
+        where a topic with three replicas cannot be created.
+        """
+        for node in self.nodes:
+            if node.pid is None:
+                node.restart()
+        self.wait_for_brokers(self.SIZE)
+
     def node(self, node_id: int) -> KafkaBroker:
         """The node with ``node.id`` ``node_id``."""
         return next(node for node in self.nodes if node.node_id == node_id)

@@ -101,7 +101,7 @@ class TailSource:
         self._watcher = DirectoryWatcher(self._note_changes)
         self._held: dict[str, HeldLines] = {}  # file key → lines read, not emitted yet (pacing.py)
         self._pacer = ReadPacer(self._wake.set, self._watcher.pause_writes, self._watcher.resume_writes,
-                                self.clock.monotonic)
+                                self._watcher.poll_writes, self.clock.monotonic)
         self.on_read: Callable[[str, int], None] | None = None  # (file key, offset read to): for benchmarks
         self._last_discovery: tuple[float, float] | None = None  # (wall, monotonic) of the previous look
         self._forgotten: set[str] = set()

@@ -19,9 +19,10 @@ kernel merges an event identical to the last one queued, so a busy writer costs 
 one wake-up per loop turn, not one per write.
 
 Writes (``IN_MODIFY``) come through their own inotify descriptor, which the source's
-pacing (:mod:`~pipeline.sources.tail.pacing`) takes off the loop between two paced reads
-of a hot file: the kernel queues (and merges) the events meanwhile, so a file written
-1,000 times a second costs a few hundred wake-ups, not a thousand. Everything else
+pacing (:mod:`~pipeline.sources.tail.pacing`) takes off the loop while a file is hot and
+reads from a timer (:meth:`DirectoryWatcher.poll_writes`): the kernel queues (and merges)
+the events meanwhile, so a file written 1,000 times a second costs a few hundred wake-ups,
+not a thousand. Everything else
 (opens, creates, renames, deletes) comes through a second descriptor that is always read:
 those events are rare, and an open of a followed file by a copier must be seen at once.
 
@@ -181,6 +182,11 @@ class DirectoryWatcher:
         self._paused = False
         self._loop.add_reader(self._writes.inotify.fileno(), self._read, self._writes)
         self._read(self._writes)
+
+    def poll_writes(self) -> None:
+        """Read the write events queued while paused, and stay paused (the pacer's timer calls this)."""
+        if self._writes is not None:
+            self._read(self._writes)
 
     @property
     def directories(self) -> set[str]:

@@ -83,7 +83,8 @@ class Daemon:
         raw: asyncio.Queue[LineBatch | EndOfInput] = asyncio.Queue(QUEUE_BATCHES)
         processed: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue(QUEUE_BATCHES)
         committer = self.committer = Committer(
-            processed, topo.routes, list(topo.buffers.values()), topo.positions, topo.dead_letters, self.clock
+            processed, topo.routes, list(topo.buffers.values()), topo.positions, topo.dead_letters, self.clock,
+            topo.id_outputs,
         )
         try:
             await self._pipeline(topo, committer, raw, processed, stop, quit_now)

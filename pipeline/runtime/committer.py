@@ -68,8 +68,10 @@ class Committer:
         positions: PositionStore,
         dead_letters: DeadLetterStore,
         clock: Clock,
+        id_outputs: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         self.inbox = inbox
+        self.id_outputs = id_outputs or {}  # output → (id_key, time_key) of the ids it takes from frames
         self.routes = routes
         self.buffers = list(buffers)
         self.positions = positions
@@ -163,6 +165,10 @@ class Committer:
             for timekey, group in item.groups_for(buffer.output, buffer.config.timekey).items():
                 meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
                         "offs": group.offsets}
+                if group.ids is not None and (id_keys := self.id_outputs.get(buffer.output)) is not None:
+                    # Named with the keys they were computed with: a frame read after a config change
+                    # that no longer matches is parsed again by the output.
+                    meta["ids"], meta["idk"] = group.ids, id_keys
                 # One payload string per frame: its CRC is one call (per-line calls would each release
                 # the GIL), and it is the only copy of the records until they reach the kernel.
                 payload = b"".join(group.lines)

@@ -26,6 +26,7 @@ from pipeline.deadletter import DeadLetterStore
 from pipeline.errors import ConfigError, StateError
 from pipeline.outputs.base import Output, OutputContext
 from pipeline.outputs.flusher import Flusher
+from pipeline.outputs.kafka.config import KafkaOutputConfig
 from pipeline.registry import OUTPUT_CLASSES, SOURCE_CLASSES, TRANSFORM_CLASSES
 from pipeline.runtime.routing import TagRoutes, tag_matches
 from pipeline.sources.base import Source, SourceContext
@@ -54,6 +55,7 @@ class Topology:
     dead_letters: DeadLetterStore
     lock_fd: int
     resume_reports: dict[str, ResumeReport] = field(default_factory=dict)
+    id_outputs: dict[str, tuple[str, str]] = field(default_factory=dict)  # outputs taking ids from frames
 
     def release(self) -> None:
         """Give up the state directory lock."""
@@ -94,9 +96,10 @@ def build(settings: Settings, clock: Clock) -> Topology:
     source_context = SourceContext(positions, dead_letters, clock, state, settings.enrich.time_key)
     sources = [_build_source(name, cfg, source_context) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
-    processor = RecordProcessor(settings.enrich, widths, clock, plan)
+    id_outputs, id_sources = _carried_ids(settings, routes)
+    processor = RecordProcessor(settings.enrich, widths, clock, plan, id_sources)
     return Topology(settings, sources, processor, buffers, outputs, flushers, routes, positions, dead_letters,
-                    lock_fd, reports)
+                    lock_fd, reports, id_outputs)
 
 
 def build_transforms(settings: Settings) -> dict[str, Transform]:
@@ -123,6 +126,29 @@ def _transform_plan(settings: Settings, routes: dict[str, list[FileBuffer]]) -> 
         if chain or outputs:
             plan.routes[src] = SourceRoute(chain, outputs)
     return plan
+
+
+IdKeys = tuple[str, str]  # (id_key, time_key)
+
+
+def _carried_ids(settings: Settings, routes: TagRoutes) -> tuple[dict[str, IdKeys], dict[str, IdKeys]]:
+    """The outputs that take their records' ids from the frames, and the sources whose ids are computed for them.
+
+    A kafka output without a key field needs nothing of a record but its id: the processor computes it
+    while it holds the parsed record, so the output does not parse every record again. Only for sources
+    routed by their configured tag, without transforms, whose every such output uses the same id and time
+    keys; any other frame carries no ids and the output parses its records as before.
+    """
+    outputs = {name: (cfg.id_key, cfg.time_key) for name, cfg in settings.outputs.items()
+               if isinstance(cfg, KafkaOutputConfig) and cfg.key_field is None and not cfg.transforms}
+    sources: dict[str, IdKeys] = {}
+    for src, routed in routes.items():
+        if src in routes.by_record_tag or settings.sources[src].transforms:
+            continue
+        keys = {outputs[b.output] for b in routed if b.output in outputs}
+        if len(keys) == 1:
+            sources[src] = keys.pop()
+    return outputs, sources
 
 
 def _chains_into(settings: Settings, routes: TagRoutes, output: str) -> tuple[str, ...]:

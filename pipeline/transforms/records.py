@@ -25,6 +25,7 @@ import orjson
 from pipeline.clock import Clock
 from pipeline.config import EnrichConfig
 from pipeline.deadletter import line_fields
+from pipeline.outputs.records import document_id
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.base import Transform
 from pipeline.transforms.enrich import Enricher, iso_millis
@@ -42,6 +43,7 @@ class TimeGroup:
     lines: list[bytes] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     crc: int | None = None  # CRC-32 of the lines joined, when whoever made them computed it
+    ids: list[str] | None = None  # each record's id, when an output routed for its source wants them carried
 
 
 @dataclass(slots=True)
@@ -107,26 +109,39 @@ class TransformPlan:
 class RecordProcessor:
     """Parse, validate, enrich and group the lines of a batch."""
 
-    def __init__(self, enrich: EnrichConfig, widths: set[int], clock: Clock, plan: TransformPlan | None = None
-                 ) -> None:
+    def __init__(self, enrich: EnrichConfig, widths: set[int], clock: Clock, plan: TransformPlan | None = None,
+                 carried_ids: dict[str, tuple[str, str]] | None = None) -> None:
         self.enricher = Enricher(enrich)
         self.time_key = enrich.time_key
         self.widths = sorted(widths)
         self.clock = clock
         self.plan = plan or TransformPlan()
+        # Source → (id_key, time_key) of the outputs that take its records' ids from the frames rather
+        # than parse every record again (the kafka output). Not where the enricher adds either key: a
+        # spliced record's dict lacks the added fields, so its id could differ from the stored line's.
+        self.carried_ids = {src: keys for src, keys in (carried_ids or {}).items()
+                            if self.enricher.keys.isdisjoint(keys)}
 
     def process(self, batch: LineBatch) -> ProcessedBatch:
         """Turn one batch into grouped records and dead-letter entries."""
         now = self.clock.time()
         added = self.enricher.fields(batch.tag, now)
         route = self.plan.routes.get(batch.source)
-        records: list[dict[str, Any]] | None = [] if route is not None else None
+        # Ids are carried only for records stored as parsed here: transforms would change them per output.
+        id_keys = self.carried_ids.get(batch.source) if route is None and batch.records is None else None
+        records: list[dict[str, Any]] | None = [] if route is not None or id_keys is not None else None
+        ids: list[str] | None = None
         if batch.records is not None:
             lines, offsets, times, dead = self._serialise(batch, now, added, records)
         else:
             lines, offsets, times, dead = self._parse(batch, now, added, records)
             if batch.offsets is not None:
                 offsets = _source_offsets(batch, offsets, dead)
+            if id_keys is not None and records is not None:
+                # The same ids the outputs compute from the stored lines (pipeline/outputs/records.py), from
+                # the records this parse holds anyway: an output taking them parses nothing again.
+                id_key, time_key, file = id_keys[0], id_keys[1], batch.key
+                ids = [document_id(r, id_key, time_key, file, o) for r, o in zip(records, offsets, strict=True)]
         dead = [*batch.dead, *dead]
         by_output: dict[str, dict[int, TimeGroup]] = {}
         if route is not None and records is not None:
@@ -134,7 +149,7 @@ class RecordProcessor:
             masking = route.dead_letter_chain()
             dead = [self.plan.dead_letter(masking, entry) for entry in dead]
             by_output = self._variants(route, lines, records, offsets, times)
-        groups = {width: group_by_window(lines, offsets, times, width) for width in self.widths}
+        groups = {width: group_by_window(lines, offsets, times, width, ids) for width in self.widths}
         return ProcessedBatch(batch, groups, dead, len(lines), by_output)
 
     def _variants(self, route: SourceRoute, lines: list[bytes], records: list[dict[str, Any]],
@@ -214,18 +229,22 @@ def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, A
     return [where[o] for o in offsets]
 
 
-def group_by_window(lines: list[bytes], offsets: list[int], times: list[float], width: int) -> dict[int, TimeGroup]:
-    """Split records by time window of ``width`` seconds (one window in the common case)."""
+def group_by_window(lines: list[bytes], offsets: list[int], times: list[float], width: int,
+                    ids: list[str] | None = None) -> dict[int, TimeGroup]:
+    """Split records (and their ``ids``, if given) by time window of ``width`` seconds (one window in the common
+    case)."""
     if not lines:
         return {}
     first = int(times[0]) // width * width
     if all(first <= t < first + width for t in times):
-        return {first: TimeGroup(lines, offsets)}
+        return {first: TimeGroup(lines, offsets, None, ids)}
     groups: dict[int, TimeGroup] = {}
-    for line, offset, t in zip(lines, offsets, times, strict=True):
+    for index, (line, offset, t) in enumerate(zip(lines, offsets, times, strict=True)):
         group = groups.get(int(t) // width * width)
         if group is None:
-            group = groups[int(t) // width * width] = TimeGroup()
+            group = groups[int(t) // width * width] = TimeGroup(ids=None if ids is None else [])
         group.lines.append(line)
         group.offsets.append(offset)
+        if ids is not None and group.ids is not None:
+            group.ids.append(ids[index])
     return groups

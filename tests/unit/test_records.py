@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock
 from pipeline.config import EnrichConfig
+from pipeline.outputs.records import document_id
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.enrich import iso_millis
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor, SourceRoute, TransformPlan
@@ -318,3 +319,42 @@ def test_a_batch_with_its_own_offsets_gives_them_to_records_and_dead_letters() -
     assert [offset for _, _, offset in records(result)] == [5, 6, 9]
     [dead] = result.dead
     assert (dead["offset"], dead["id"], dead["path"]) == (8, "bus:agents:2:8", "kafka://agents/2")
+
+
+def test_carried_ids_are_the_ids_an_output_computes_from_the_stored_lines() -> None:
+    t0 = NOW_KEY + HOUR - 2  # the batch spans two windows: each group carries its own records' ids
+    lines = [
+        b'{"request_id":"r1","timestamp":%d}' % t0,  # spliced, its own id
+        b'{"timestamp":%d,"x":1.5}' % t0,  # spliced, a hashed id
+        b'{"hostname":"mine","timestamp":%d}' % (t0 + 2),  # re-serialised (an added key), a hashed id
+        b"not json",  # dead: no id, no record
+        b'{"request_id":"","timestamp":"%d"}' % (t0 + 3),  # unusable id field: hashed with the raw time value
+    ]
+    data = b"".join(line + b"\n" for line in lines)
+    enrich = EnrichConfig(hostname="host-1", tag_key="tag")
+    carried = RecordProcessor(enrich, {HOUR}, FakeClock(WALL), carried_ids={"agent": ("request_id", "timestamp")})
+    for item in (batch(data), LineBatch("agent", "ai.chat", "t:3", "kafka://t/3", 40, 45, data, None,
+                                        offsets=[40, 41, 42, 43, 44])):
+        result = carried.process(item)
+        groups = result.groups[HOUR]
+        assert sorted(groups) == [NOW_KEY, NOW_KEY + HOUR] and result.records == 4
+        for group in groups.values():
+            expected = [document_id(orjson.loads(line), "request_id", "timestamp", item.key, offset)
+                        for line, offset in zip(group.lines, group.offsets, strict=True)]
+            assert group.ids == expected
+        first = groups[NOW_KEY].ids
+        assert first is not None and first[0] == "r1"
+
+
+def test_ids_are_carried_only_for_the_sources_that_need_them_and_never_past_transforms_or_added_keys() -> None:
+    data = b'{"request_id":"r1","timestamp":1}\n'
+    enrich = EnrichConfig(hostname="host-1", tag_key="tag")
+    plain = processor().process(batch(data))
+    assert all(g.ids is None for g in plain.groups[HOUR].values())
+    # An id or time key the enricher adds: a spliced record's dict lacks it, so nothing is carried.
+    added_key = RecordProcessor(enrich, {HOUR}, FakeClock(WALL), carried_ids={"agent": ("hostname", "timestamp")})
+    assert added_key.carried_ids == {}
+    # A source with transforms: each output's variant may change the records, so no ids either.
+    plan = TransformPlan(routes={"agent": SourceRoute(chain=())})
+    routed = RecordProcessor(enrich, {HOUR}, FakeClock(WALL), plan, {"agent": ("request_id", "timestamp")})
+    assert all(g.ids is None for g in routed.process(batch(data)).groups[HOUR].values())

@@ -5,6 +5,12 @@ its deterministic id (:mod:`pipeline.outputs.records`, the same as the Elasticse
 ``_id``) in a header, and optionally a field of it as the message key. A record that the
 topic could never take (over its ``max.message.bytes``) is returned apart, for the
 dead-letter store: it must not fail the transaction of the whole chunk.
+
+Parsing every record again only for its id cost more CPU than anything else here, so a frame
+may carry its records' ids (meta ``ids``, computed by the processor with the keys in meta
+``idk``: :func:`pipeline.runtime.topology._carried_ids`); without a key field they are used as
+they are. A frame without them (parsed by a parse worker, written by an older version, or with
+other keys) is parsed as before.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class MessageEncoder:
         self.id_key = config.id_key
         self.time_key = config.time_key
         self.key_field = config.key_field
+        self.id_keys = [config.id_key, config.time_key]  # as a frame's meta ``idk`` names them
 
     def messages(self, chunk: Chunk) -> Iterator[Message]:
         """Every record of the chunk, in order."""
@@ -79,6 +86,13 @@ class MessageEncoder:
             raise EncodeError(f"frame of {item.count} records has {len(found)} lines and {len(offsets)} offsets")
         source, file, path = str(meta.get("src", "")), str(meta.get("file", "")), str(meta.get("path", ""))
         id_key, time_key, key_field = self.id_key, self.time_key, self.key_field
+        ids = meta.get("ids")
+        if key_field is None and ids is not None and meta.get("idk") == self.id_keys:
+            if len(ids) != item.count:
+                raise EncodeError(f"frame of {item.count} records has {len(ids)} ids")
+            for line, offset, record_id in zip(found, offsets, ids, strict=True):
+                yield Message(bytes(line), None, str(record_id), source, path, file, offset)
+            return
         for line, offset in zip(found, offsets, strict=True):
             record = parse_object(line)
             key = key_bytes(record.get(key_field)) if key_field is not None else None

@@ -23,7 +23,9 @@ class KafkaSourceConfig(SourceBase, KafkaConnection):
     start_from: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a partition the group has never committed starts."
     )
-    max_batch_messages: int = Field(5000, ge=1, description="Messages taken from the consumer in one step.")
+    max_batch_messages: int = Field(
+        1000, ge=1, description="Messages taken from the consumer in one step (all held in memory at once)."
+    )
     max_batch_bytes: int = Field(1 * MiB, ge=4096, description="Bytes of messages per batch handed to the pipeline.")
     session_timeout: float = Field(
         45.0, ge=6, le=300,

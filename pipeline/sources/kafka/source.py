@@ -52,8 +52,11 @@ log = logging.getLogger("logferry.source.kafka")
 POLL_SECONDS = 0.2
 REVOKE_WAIT_SECONDS = 10.0  # how long a revoke waits for batches in flight to be committed
 STOP_WAIT_SECONDS = 5.0
-FETCH_BYTES = 8 * 1024 * 1024
-QUEUED_BYTES = 8 * 1024 * 1024
+# librdkafka's fetch and queue bounds. Each fetched byte is held twice or more at a step's peak (the
+# queue, the messages taken, the batches built from them): 8 MiB of each held 200 MB resident in
+# benchmarks/kafka_source.py, 2 MiB holds 110-125 MB at the same rate.
+FETCH_BYTES = 2 * 1024 * 1024
+QUEUED_BYTES = 2 * 1024 * 1024
 Partition = tuple[str, int]
 
 
@@ -175,8 +178,8 @@ class KafkaSource:
             "group.id": cfg.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
             "isolation.level": "read_committed", "auto.offset.reset": cfg.start_from,
             "session.timeout.ms": int(cfg.session_timeout * 1000),
-            # Fewer, larger fetches: a catch-up is bound by fetch round trips, not by bytes.
-            "fetch.max.bytes": FETCH_BYTES, "max.partition.fetch.bytes": FETCH_BYTES // 4,
+            # A fetch of 2 MiB still keeps a catch-up bound by the pipeline, not by fetch round trips.
+            "fetch.max.bytes": FETCH_BYTES, "max.partition.fetch.bytes": FETCH_BYTES,
             # Messages fetched ahead wait in librdkafka's queue: bounded (its default is 64 MiB).
             "queued.max.messages.kbytes": QUEUED_BYTES // 1024,
             # ... and once that queue is full, fetch again soon after it drains (librdkafka waits 1 s).

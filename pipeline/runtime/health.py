@@ -27,7 +27,7 @@ from typing import Any
 from pipeline.config import HealthConfig
 from pipeline.runtime.committer import Committer
 from pipeline.runtime.topology import Topology
-from pipeline.sources.base import PartitionedSource, Source
+from pipeline.sources.base import ReportingSource, Source
 from pipeline.sources.tail.source import TailSource
 
 
@@ -81,12 +81,8 @@ class Observer:
         if isinstance(source, TailSource):
             entry["files"] = self._files(source)
             entry["unreadable"] = sorted(source.unreadable)
-        elif callable(network := getattr(source, "status", None)):
-            entry["network"] = network()  # a network source's listen address, connections, acks
-        elif isinstance(source, PartitionedSource):
-            entry["partitions"] = source.lag()
-            entry["lag"] = sum(p["lag"] or 0 for p in entry["partitions"])
-            entry["problem"] = source.problem()
+        elif isinstance(source, ReportingSource):
+            entry.update(source.status())
         return entry
 
     def _files(self, source: TailSource) -> list[dict[str, Any]]:

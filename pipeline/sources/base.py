@@ -94,13 +94,16 @@ class Source(Protocol):
 
 
 @runtime_checkable
-class PartitionedSource(Protocol):
-    """A source that reads partitions of a log (Kafka): status shows each one's consumer lag."""
+class ReportingSource(Protocol):
+    """A source that reports its own state in status (network listeners, Kafka partitions).
 
-    def lag(self) -> list[dict[str, Any]]:
-        """One row per partition read now: topic, partition, path, committed, high_watermark, lag."""
-        ...
+    The tail source's files are reported by the observer itself, which reads their positions.
+    """
 
-    def problem(self) -> str | None:
-        """Why the source cannot read now (unreachable broker, refused credentials), if it cannot."""
+    def status(self) -> dict[str, Any]:
+        """Keys merged into this source's status entry.
+
+        ``problem`` (a string, or None) makes the daemon unhealthy while it is set; the other keys
+        are shown as they are (``network`` for a listener, ``partitions`` and ``lag`` for Kafka).
+        """
         ...

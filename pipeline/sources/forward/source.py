@@ -94,8 +94,9 @@ class ForwardSource:
         self._stop.set()
 
     def status(self) -> dict[str, Any]:
-        """This source's counters and address, for the status snapshot."""
-        return {"listen": f"{self.address[0]}:{self.address[1]}" if self.address else None, **asdict(self.stats)}
+        """This source's address and counters, under ``network`` in its status entry."""
+        listen = f"{self.address[0]}:{self.address[1]}" if self.address else None
+        return {"network": {"listen": listen, **asdict(self.stats)}}
 
     async def run(self, emit: Emit) -> None:
         """Serve until stopped."""

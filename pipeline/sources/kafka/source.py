@@ -123,6 +123,11 @@ class KafkaSource:
         """Finish the current step and return from ``run``."""
         self._stop.set()
 
+    def status(self) -> dict[str, Any]:
+        """Each assigned partition's lag, their sum, and why nothing is assigned (if so)."""
+        partitions = self.lag()
+        return {"partitions": partitions, "lag": sum(p["lag"] or 0 for p in partitions), "problem": self.problem()}
+
     def lag(self) -> list[dict[str, Any]]:
         """Each assigned partition's consumer lag: messages on the broker not yet in the buffers."""
         rows = []

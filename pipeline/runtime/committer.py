@@ -40,7 +40,6 @@ class EndOfInput:
 
 
 END = EndOfInput()
-Routes = dict[str, list[FileBuffer]]
 JournalWrites = list[Callable[[], None]]
 
 
@@ -63,7 +62,7 @@ class Committer:
     def __init__(
         self,
         inbox: asyncio.Queue[ProcessedBatch | EndOfInput],
-        routes: Routes,
+        routes: TagRoutes,
         buffers: Sequence[FileBuffer],
         positions: PositionStore,
         dead_letters: DeadLetterStore,
@@ -178,9 +177,7 @@ class Committer:
 
     def _routed(self, batch: LineBatch) -> list[FileBuffer]:
         """The buffers ``batch`` goes to: its source's, or by its own tag (see :class:`TagRoutes`)."""
-        if isinstance(self.routes, TagRoutes):
-            return self.routes.of(batch.source, batch.tag)
-        return self.routes.get(batch.source, [])
+        return self.routes.of(batch.source, batch.tag)
 
     async def _make_room(self, batches: list[ProcessedBatch]) -> None:
         """Apply each routed buffer's overflow action before staging more."""

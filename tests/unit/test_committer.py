@@ -16,6 +16,7 @@ from pipeline.clock import FakeClock
 from pipeline.config import BufferConfig, EnrichConfig
 from pipeline.deadletter import DeadLetterStore
 from pipeline.runtime.committer import END, Committer, EndOfInput
+from pipeline.runtime.routing import TagRoutes
 from pipeline.sources.base import LineBatch
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
@@ -39,7 +40,8 @@ class Env:
             self.buffers.append(buffer)
         self.inbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
         self.committer = Committer(
-            self.inbox, {"agent": self.buffers}, self.buffers, self.positions, self.dead_letters, self.clock
+            self.inbox, TagRoutes({"agent": self.buffers}, [], set()), self.buffers, self.positions, self.dead_letters,
+            self.clock,
         )
         self.processor = RecordProcessor(EnrichConfig(hostname="h"), {3600}, self.clock)
         self.offset = 0

@@ -12,6 +12,12 @@ one transaction per chunk, acks=all, zstd) into a fresh topic of 3 partitions, t
 Each run's records are counted back with a read_committed consumer. Reports records/s,
 logferry's CPU and peak RSS, the broker's CPU (its process group) over the same window, and
 the ratio to the floor (floor seconds / logferry seconds: ≥ 1.0 means as fast as the floor).
+
+Each run also times a plain client: this process's confluent-kafka producer sending the same
+lines, already in memory, with the output's producer settings (transactions of 1,000 records,
+acks=all, idempotence, the same compression, an id header per record) into its own topic. That
+is what producing alone costs here, with no tailing, parsing or buffering: the floor above does
+not talk to Kafka at all, and on a 2-core machine the broker takes its share of the cores.
 Writes benchmarks/results/kafka-<records>-<max_chars>.json.
 """
 
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +38,19 @@ from common import (
     make_workload,
     print_floor_runs,
     print_header,
+    print_table,
     run_floor,
     write_results,
 )
+from confluent_kafka import Producer
 from outputs import run_pipeline
 
+from pipeline.outputs.kafka.encoder import RECORD_OVERHEAD
+from pipeline.outputs.kafka.output import MAX_BATCH_BYTES
 from tests.support.kafka import KafkaBroker, TopicReader
+
+#: Records per transaction of the plain client: a chunk of the workload's size holds about this many.
+CLIENT_TRANSACTION = 1000
 
 
 def committed_records(kafka: KafkaBroker, topic: str, expected: int) -> int:
@@ -49,6 +64,29 @@ def committed_records(kafka: KafkaBroker, topic: str, expected: int) -> int:
         return len(reader.messages)
     finally:
         reader.close()
+
+
+def plain_client(kafka: KafkaBroker, topic: str, workload: Path, compression: str, pgid: int) -> dict[str, float]:
+    """The workload's lines produced by a bare transactional producer; wall time and CPU of this process."""
+    lines = workload.read_bytes().splitlines()
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "transactional.id": f"plain-{topic}",
+                         "enable.idempotence": True, "acks": "all", "compression.type": compression, "linger.ms": 5,
+                         "batch.size": MAX_BATCH_BYTES - RECORD_OVERHEAD, "queue.buffering.max.kbytes": 256 * 1024})
+    producer.init_transactions(30)
+    server0, cpu0, start = group_cpu_seconds(pgid), time.process_time(), time.perf_counter()
+    for first in range(0, len(lines), CLIENT_TRANSACTION):
+        producer.begin_transaction()
+        for n, line in enumerate(lines[first:first + CLIENT_TRANSACTION], first):
+            headers: list[tuple[str, str | bytes | None]] = [("logferry-id", str(n).encode())]
+            while True:
+                try:
+                    producer.produce(topic, line, headers=headers)
+                    break
+                except BufferError:  # the local queue is full
+                    producer.poll(0.05)
+        producer.commit_transaction(30)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "cpu_s": time.process_time() - cpu0, "server_cpu_s": group_cpu_seconds(pgid) - server0}
 
 
 def bench(root: Path, workload: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -67,8 +105,25 @@ def bench(root: Path, workload: Path, args: argparse.Namespace) -> list[dict[str
                                workers=args.workers)
             run["committed"] = committed_records(kafka, topic, args.records)
             assert run["committed"] == args.records, f"{run['committed']} records in Kafka, expected {args.records}"
-            runs.append({"floor": floor, "logferry": run, "ratio_to_floor": floor["seconds"] / run["seconds"]})
+            kafka.create_topic(f"{topic}-plain", partitions=3)
+            client = plain_client(kafka, f"{topic}-plain", workload, args.compression, pgid)
+            runs.append({"floor": floor, "logferry": run, "client": client,
+                         "ratio_to_floor": floor["seconds"] / run["seconds"],
+                         "ratio_to_client": client["seconds"] / run["seconds"]})
     return runs
+
+
+def print_client_runs(runs: list[dict[str, Any]], records: int) -> dict[str, float]:
+    """The plain client's row per run beside logferry's; returns the medians."""
+    rows = [[f"{records / r['client']['seconds']:,.0f}", f"{r['client']['cpu_s']:.2f}",
+             f"{r['client']['server_cpu_s']:.2f}", f"{records / r['logferry']['seconds']:,.0f}",
+             f"{r['ratio_to_client']:.2f}x"] for r in runs]
+    print_table(["plain client rec/s", "client CPU-s", "Kafka CPU-s", "logferry rec/s", "/ client"], rows)
+    client_s = statistics.median(r["client"]["seconds"] for r in runs)
+    lf_s = statistics.median(r["logferry"]["seconds"] for r in runs)
+    print(f"  medians: plain client {records / client_s:,.0f} rec/s; logferry (tail → buffer → kafka) "
+          f"{client_s / lf_s:.2f}x the plain client")
+    return {"client_records_per_s": records / client_s, "ratio_to_client": client_s / lf_s}
 
 
 def main() -> None:
@@ -97,6 +152,7 @@ def main() -> None:
     print(f"  workload: {args.records:,} records, {size / 1e6:.0f} MB; compression {args.compression}; "
           f"local Kafka 4.4.0, one broker")
     print_floor_runs(runs, args.records, report, server="Kafka")
+    report.update(print_client_runs(runs, args.records))
     write_results(f"kafka-{args.records}-{args.max_chars}", report)
 
 

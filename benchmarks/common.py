@@ -186,6 +186,22 @@ def print_floor_runs(runs: Sequence[dict[str, Any]], records: int, medians: dict
           f"peak RSS {medians['peak_rss_mb']:.0f} MB")
 
 
+def print_client_runs(runs: Sequence[dict[str, Any]], records: int, pipeline: str) -> dict[str, float]:
+    """Each run's plain client (``run["client"]``: seconds, cpu_s, server_cpu_s) beside logferry's; the medians.
+
+    The plain client is the least work a program does with the same client library and server
+    (the Kafka benchmarks): the floor above it never talks to a server."""
+    rows = [[f"{records / r['client']['seconds']:,.0f}", f"{r['client']['cpu_s']:.2f}",
+             f"{r['client']['server_cpu_s']:.2f}", f"{records / r['logferry']['seconds']:,.0f}",
+             f"{r['client']['seconds'] / r['logferry']['seconds']:.2f}x"] for r in runs]
+    print_table(["plain client rec/s", "client CPU-s", "server CPU-s", "logferry rec/s", "/ client"], rows)
+    client_s = statistics.median(r["client"]["seconds"] for r in runs)
+    lf_s = statistics.median(r["logferry"]["seconds"] for r in runs)
+    print(f"  medians: plain client {records / client_s:,.0f} rec/s; "
+          f"{pipeline} {client_s / lf_s:.2f}x the plain client")
+    return {"client_records_per_s": records / client_s, "ratio_to_client": client_s / lf_s}
+
+
 def write_results(name: str, report: dict[str, Any]) -> Path:
     """``benchmarks/results/NAME.json``."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,11 @@ defaults, ``fsync = true``), timed from "logferry running" until every partition
 position is at its end and the file output's buffer is empty. Each run's output is counted.
 Reports records/s, logferry's CPU and peak RSS, the broker's CPU over the same window, and
 the ratio to the floor (floor seconds / logferry seconds: ≥ 1.0 means as fast as the floor).
+
+Each run also times a plain client: this process's confluent-kafka consumer (a fresh group,
+read_committed, batches of 1,000) appending every message and a newline to a file, without
+fsync. That is what consuming alone costs here; the floor never talks to Kafka, and on a
+2-core machine the broker takes its share of the cores.
 Writes benchmarks/results/kafka-source-<records>-<max_chars>.json.
 """
 
@@ -36,13 +41,14 @@ from common import (
     machine,
     make_workload,
     peak_rss,
+    print_client_runs,
     print_floor_runs,
     print_header,
     resident,
     run_floor,
     write_results,
 )
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from tests.support.daemon import render_toml
 from tests.support.kafka import KafkaBroker
@@ -68,6 +74,20 @@ def produce_workload(kafka: KafkaBroker, workload: Path) -> int:
             sent += 1
     assert producer.flush(300) == 0
     return sent
+
+
+def warm_up(kafka: KafkaBroker) -> None:
+    """A first consumer group's commit, before any timing: the broker creates its 50-partition
+    ``__consumer_offsets`` topic then, which otherwise lands in the first run (0.35x vs 0.90-1.03x)."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "warm-up", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    try:
+        consumer.subscribe([TOPIC])
+        while not (batch := consumer.consume(1, timeout=1.0)) or batch[0].error() is not None:
+            pass
+        consumer.commit(message=batch[0], asynchronous=False)
+    finally:
+        consumer.close()
 
 
 def saved_ends(state: Path) -> int:
@@ -113,6 +133,26 @@ def run_once(root: Path, kafka: KafkaBroker, run: int, records: int, pgid: int) 
             "peak_rss_mb": rss / 1e6, "rss_at_start_mb": rss_ready / 1e6}
 
 
+def plain_client(kafka: KafkaBroker, out: Path, records: int, pgid: int) -> dict[str, float]:
+    """Every message of TOPIC appended to ``out`` by a bare consumer; wall time and CPU of this process."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"plain-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    server0, cpu0, start = group_cpu_seconds(pgid), time.process_time(), time.perf_counter()
+    consumer.subscribe([TOPIC])
+    seen = 0
+    try:
+        with out.open("wb") as f:
+            while seen < records:
+                batch = consumer.consume(1000, timeout=1.0)
+                f.writelines(value + b"\n" for m in batch if (value := m.value()) is not None and m.error() is None)
+                seen += sum(1 for m in batch if m.error() is None)
+        seconds = time.perf_counter() - start
+    finally:
+        consumer.close()
+    return {"seconds": seconds, "cpu_s": time.process_time() - cpu0, "server_cpu_s": group_cpu_seconds(pgid) - server0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
@@ -132,11 +172,15 @@ def main() -> None:
         pgid = kafka.pid
         assert pgid is not None
         assert produce_workload(kafka, workload) == args.records
+        warm_up(kafka)
         for n in range(args.runs):
             floor = run_floor(workload, root / "floor.out")
             (root / "floor.out").unlink()
             run = run_once(root, kafka, n, args.records, pgid)
-            runs.append({"floor": floor, "logferry": run, "ratio_to_floor": floor["seconds"] / run["seconds"]})
+            client = plain_client(kafka, root / "plain.out", args.records, pgid)
+            (root / "plain.out").unlink()
+            runs.append({"floor": floor, "logferry": run, "client": client,
+                         "ratio_to_floor": floor["seconds"] / run["seconds"]})
     if args.workdir is None:  # a given one is kept, daemon logs included
         shutil.rmtree(root, ignore_errors=True)
     report = {**info, "records": args.records, "max_chars": args.max_chars, "bytes": size, "runs": runs,
@@ -145,6 +189,7 @@ def main() -> None:
     print(f"  workload: {args.records:,} records, {size / 1e6:.0f} MB, in {PARTITIONS} partitions (zstd); "
           f"local Kafka 4.4.0, one broker")
     print_floor_runs(runs, args.records, report, server="Kafka")
+    report.update(print_client_runs(runs, args.records, "logferry (kafka → buffer → file)"))
     write_results(f"kafka-source-{args.records}-{args.max_chars}", report)
 
 

@@ -7,23 +7,38 @@ gigabyte per second. Python's ``re`` with the same anchors as one alternation ru
 hundred. Only the detectors whose anchor matched run, in Python, on the strings of the record
 the anchor matched in: the boundaries, Luhn, IBAN and address checks are there.
 
-The prefilter reads the fields' decoded strings (the records parsed upstream), not the raw
-line: JSON escapes (``\\u0040`` for ``@``) cannot hide a value from it, and the fields every
-record carries (ISO times, epoch seconds, ids, host names) do not make every line a candidate.
-Encoding those strings to UTF-8 is most of the transform's cost; measured and rejected (CPU
-seconds per 100,000 typical records, freshly parsed, same process, loaded machine): slicing the
-fields out of the raw lines (finding each key and closing quote costs more in Python than the
-encoding), orjson writing the batch's values in one call (slower on fresh strings: it first
-builds each one's cached UTF-8 copy), Hyperscan's vectored mode instead of the join (a slower
-scan), ASCII with replacement characters (no faster), the scan in a thread (it holds the GIL).
-The anchors are split over two databases: Hyperscan slows down several times over when the
-digit and IBAN anchors share one with the token anchors.
+Finding the candidates takes two stages. :class:`LineFilter` scans the batch's serialised lines
+(the bytes the transform is given anyway): the token anchors over whole lines, the digit-run and
+IBAN anchors only inside the string values of the scanned keys (ISO times, epoch seconds and ids
+in every record would otherwise flag them all). Only the lines it flags go on to
+:class:`Prefilter`, over their fields' decoded strings encoded to UTF-8, which decides: JSON
+escapes (``\\u0040`` for ``@``) cannot hide a value from it, and a hit outside the scanned fields
+is dropped there. The common record (nothing to redact) is thus never encoded, which was most of
+the transform's cost: ``benchmarks/redact.py --shared-workload --records 10000`` gives 0.38-0.46
+CPU-s per 100,000 records for the transform, 0.50-0.66 with the field-level stage alone (of which
+0.39-0.52 was the encoding); ``benchmarks/catchup.py --shared-workload --runs 2 --fsync true
+--redact on``, ten runs alternating with it, gives the daemon 0.16 CPU-s less (median difference).
+
+Measured and rejected for the field-level stage before it (CPU seconds per 100,000 typical
+records, freshly parsed, same process, loaded machine): slicing the fields out of the raw lines
+in Python (finding each key and closing quote costs more than the encoding), orjson writing the
+batch's values in one call (slower on fresh strings: it first builds each one's cached UTF-8
+copy), Hyperscan's vectored mode instead of the join (a slower scan), ASCII with replacement
+characters (no faster), the scan in a thread (it holds the GIL). For the line filter, scanning
+the shared workload's lines in-process: every anchor behind the key prefix (7.3 vs 0.3 CPU-s: the
+token anchors lose their literal search), the digit anchors without it (0.8 vs 0.2: every number
+of every line is reported back to Python), the string body without escapes (faster, but blind
+after an escaped quote). The anchors are
+split over two databases in each stage: Hyperscan slows down several times over when the digit
+and IBAN anchors share one with the token anchors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import string
+import struct
 import subprocess
 import sys
 from bisect import bisect_right
@@ -52,7 +67,7 @@ class Prefilter:
         heavy = {a: ids for a, ids in by_anchor.items() if {detectors[i].name for i in ids} & DIGIT_HEAVY}
         light = {a: ids for a, ids in by_anchor.items() if a not in heavy}
         groups = [group for group in (light, heavy) if group]
-        self.databases = [_database(list(group)) for group in groups]  # (database, scratch) pairs
+        self.databases = _databases([list(group) for group in groups])  # (database, scratch) pairs
         self.ids = [list(group.values()) for group in groups]
         self.always = frozenset(always)
 
@@ -74,23 +89,100 @@ class Prefilter:
         return {index: frozenset(detectors) for index, detectors in hits.items()}
 
 
+class LineFilter:
+    """Which lines of a batch may hold a built-in anchor in a scanned field, read off the serialised lines.
+
+    The first stage for the built-in detectors: it spares the common record (nothing to redact)
+    the UTF-8 encoding of its fields, which is most of what the field-level :class:`Prefilter`
+    costs. A line it flags goes on to the Prefilter over its decoded fields, which decides; one
+    it does not flag could not have matched there, so the result is the same with or without it:
+
+    * every built-in anchor matches printable ASCII only, never a quote or a backslash: what an
+      anchor matches in a decoded string is written byte for byte in the line, unless a writer
+      escaped one of its characters (``\\/``, or ``\\u0040`` for ``@``). Lines holding such an
+      escape of any character an anchor or a field name may contain are flagged whole;
+    * the token anchors (literals: Hyperscan finds them at several GB/s) run over the whole line:
+      a hit outside the scanned fields only costs the field-level check of that line;
+    * the digit-run and IBAN anchors run only inside the string value of a scanned key (the key,
+      then the string's characters and escapes up to the anchor): numbers, times and ids in every
+      line would otherwise flag them all. A scanned key whose value is not a string (a message
+      list, a number) flags its line.
+
+    ``fields`` must be printable ASCII without a quote or a backslash (see :func:`plain_field`).
+    """
+
+    def __init__(self, detectors: Sequence[Detector], fields: Sequence[str]) -> None:
+        names = [_literal(name) for name in fields]
+        key = rb'"(?:' + b"|".join(names) + rb')"' + JSON_SPACE + b":" + JSON_SPACE
+        inside = key + rb'"(?:[^"\\\n]|\\[^\n])*'  # up to the anchor, never past the string's closing quote
+        light = list(dict.fromkeys(a for d in detectors if d.name not in DIGIT_HEAVY for a in d.anchors))
+        heavy = list(dict.fromkeys(a for d in detectors if d.name in DIGIT_HEAVY for a in d.anchors))
+        escaped = "".join(sorted(set(ANCHOR_ASCII).union(*fields)))
+        markers = [rb"\\/", rb"\\u00(?:" + b"|".join(_hex_code(c) for c in escaped) + b")",
+                   key + rb'[^ \t\r"]']
+        # The same split as the Prefilter's: the token literals and the class-only digit anchors
+        # scan several times slower in one database than in two.
+        groups = [group for group in (light, [inside + b"(?:" + a + b")" for a in heavy] + markers) if group]
+        self.databases = _databases(groups)
+
+    def flagged(self, lines: Sequence[bytes]) -> list[int]:
+        """Indexes (ascending) of the ``lines`` (each ending in a newline) to check field by field."""
+        ends: list[int] = []
+        block = b"".join(lines)  # one scan for the batch: a call per line would cost more than the scan
+        for database, scratch in self.databases:
+            database.scan(block, match_event_handler=_end, context=ends, scratch=scratch)
+        if not ends:
+            return []
+        bounds = list(accumulate(map(len, lines)))  # where each line ends; no pattern matches a newline
+        return sorted({bisect_right(bounds, end - 1) for end in ends})
+
+
+# What a built-in anchor may match, besides letters and digits (tests/unit/test_redact.py checks).
+ANCHOR_ASCII = string.ascii_letters + string.digits + " .()+-_%@/~=:"
+JSON_SPACE = rb"[ \t\r]*"  # and newline, which a line holds only at its end
+
+
+def plain_field(name: str) -> bool:
+    """Whether the line filter can find the key ``name`` in a serialised line: printable ASCII, no quote or
+    backslash (JSON writes those as they are, or as escapes the filter flags)."""
+    return all(" " <= c <= "~" and c not in '"\\' for c in name)
+
+
+def _literal(text: str) -> bytes:
+    """``text`` as a Hyperscan expression matching it literally."""
+    return "".join(c if c.isalnum() else "\\" + c for c in text).encode()
+
+
+def _hex_code(char: str) -> bytes:
+    """The two last hex digits of ``\\u00XX`` for ``char``, in either case."""
+    return b"".join(d.encode() if d.isdigit() else f"[{d}{d.upper()}]".encode() for d in f"{ord(char):02x}")
+
+
+def _end(pattern: int, start: int, end: int, flags: int, context: object) -> None:
+    cast(list[int], context).append(end)
+
+
 def _collect(pattern: int, start: int, end: int, flags: int, context: object) -> None:
     found, ids = cast(tuple[list[tuple[list[int], int]], list[list[int]]], context)
     found.append((ids[pattern], end))
 
 
 # Compiling takes about 10 MB of heap for a moment, which the allocator keeps as the process's
-# peak RSS; a short-lived child compiles instead and hands over the serialised database (~70 KB).
+# peak RSS; a short-lived child compiles instead and hands over the serialised databases (~70 KB each).
 _COMPILE = """
-import sys, hyperscan
-anchors = sys.stdin.buffer.read().split(b"\\0")
-database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-try:
-    database.compile(expressions=anchors, ids=list(range(len(anchors))), elements=len(anchors),
-                     flags=[0] * len(anchors))
-except hyperscan.error as exc:
-    sys.exit(f"{exc}")
-sys.stdout.buffer.write(hyperscan.dumpb(database))
+import json, struct, sys, hyperscan
+out = []
+for group in json.loads(sys.stdin.buffer.read()):
+    anchors = [anchor.encode("latin-1") for anchor in group]
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        database.compile(expressions=anchors, ids=list(range(len(anchors))), elements=len(anchors),
+                         flags=[0] * len(anchors))
+    except hyperscan.error as exc:
+        sys.exit(f"{exc}")
+    serialised = hyperscan.dumpb(database)
+    out.append(struct.pack("<Q", len(serialised)) + serialised)
+sys.stdout.buffer.write(b"".join(out))
 """
 
 
@@ -98,14 +190,22 @@ class AnchorError(ValueError):
     """Hyperscan refused an anchor."""
 
 
-def _database(anchors: list[bytes]) -> tuple[hyperscan.Database, hyperscan.Scratch]:
-    """A block-mode database of ``anchors`` (every match reported: the record of each one matters)."""
-    child = subprocess.run([sys.executable, "-c", _COMPILE], input=b"\0".join(anchors), capture_output=True,
-                           check=False, timeout=120)
+def _databases(groups: Sequence[Sequence[bytes]]) -> list[tuple[hyperscan.Database, hyperscan.Scratch]]:
+    """A block-mode database of each group of expressions (every match reported: the record of each one
+    matters), all compiled by one child."""
+    payload = orjson.dumps([[anchor.decode("latin-1") for anchor in group] for group in groups])
+    child = subprocess.run([sys.executable, "-c", _COMPILE], input=payload, capture_output=True, check=False,
+                           timeout=120)
     if child.returncode != 0:
         raise AnchorError(child.stderr.decode(errors="replace").strip().splitlines()[-1])
-    database = hyperscan.loadb(child.stdout, hyperscan.HS_MODE_BLOCK)
-    return database, hyperscan.Scratch(database)
+    databases = []
+    view, at = child.stdout, 0
+    for _ in groups:
+        (size,) = struct.unpack_from("<Q", view, at)
+        database = hyperscan.loadb(view[at + 8:at + 8 + size], hyperscan.HS_MODE_BLOCK)
+        databases.append((database, hyperscan.Scratch(database)))
+        at += 8 + size
+    return databases
 
 
 class Redactor:

@@ -1,4 +1,13 @@
-"""RedactTransform: the batch step that runs the prefilter over each line and redacts the candidates."""
+"""RedactTransform: the batch step that finds the candidate records of a batch and redacts them.
+
+The built-in detectors find candidates in two stages: :class:`~pipeline.transforms.redact.engine.LineFilter`
+over the batch's serialised lines, then the field-level
+:class:`~pipeline.transforms.redact.engine.Prefilter` over the decoded fields of the lines it flagged.
+User patterns (any anchor may match anything) and field names the line filter cannot find in a
+line take the field-level stage alone; so does a batch after one whose lines were mostly flagged
+(records carrying a token-shaped value outside the scanned fields, or slashes escaped as ``\\/``),
+where the first stage would only add its scan, until a later batch is tried again.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +21,10 @@ import orjson
 from pipeline.errors import ConfigError
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.detectors import BUILTIN, Detector
-from pipeline.transforms.redact.engine import AnchorError, Prefilter, Redactor
+from pipeline.transforms.redact.engine import AnchorError, LineFilter, Prefilter, Redactor, plain_field
 
 DEAD_LETTER_TEXTS = ("line", "reason", "error_reason")  # what a dead-letter entry may quote of a record
+RETRY_LINE_FILTER = 16  # batches that skip the line filter after one whose lines it mostly flagged
 
 
 class RedactTransform:
@@ -38,6 +48,14 @@ class RedactTransform:
             self.prefilter = Prefilter(detectors, always)
         except AnchorError as exc:
             raise ConfigError(f"transforms.{name}.patterns: an anchor does not compile: {exc}") from exc
+        self.line_filter: LineFilter | None = None
+        built_in_only = all(pattern.mode == "off" for pattern in config.patterns.values())
+        if detectors and built_in_only and all(map(plain_field, config.fields)):
+            try:
+                self.line_filter = LineFilter(detectors, config.fields)
+            except AnchorError as exc:
+                raise ConfigError(f"transforms.{name}.fields: the line filter does not compile: {exc}") from exc
+        self.skip_line_filter = 0
         self.redactor = Redactor(detectors, dict(modes), config.fields, self._key())
         self.summary_key = config.summary_key
         self.counts: Counter[str] = Counter()
@@ -61,8 +79,7 @@ class RedactTransform:
         """The batch with every candidate record redacted; the others' lines are kept as they are."""
         out_lines: list[bytes] | None = None
         out_records: list[dict[str, Any]] | None = None
-        pieces, owners = self.redactor.texts(records)
-        for i, hits in sorted(self.prefilter.scan(pieces, owners, len(records)).items()):
+        for i, hits in sorted(self.candidates(lines, records).items()):
             record = orjson.loads(lines[i])  # the whole line (with the enrichment): it is written back
             counts = self.redactor.redact(record, hits)
             if not counts:
@@ -76,6 +93,21 @@ class RedactTransform:
         if out_lines is None or out_records is None:
             return lines, records
         return out_lines, out_records
+
+    def candidates(self, lines: list[bytes], records: list[dict[str, Any]]) -> dict[int, frozenset[int]]:
+        """Record index → indexes of the detectors to run on it, for the records an anchor matched in."""
+        line_filter = self.line_filter
+        if line_filter is None or self.skip_line_filter:
+            self.skip_line_filter = max(0, self.skip_line_filter - 1)
+            return self.prefilter.scan(*self.redactor.texts(records), len(records))
+        flagged = line_filter.flagged(lines)
+        if not flagged:
+            return {}
+        if 2 * len(flagged) > len(lines):
+            self.skip_line_filter = RETRY_LINE_FILTER
+        subset = [records[i] for i in flagged]
+        found = self.prefilter.scan(*self.redactor.texts(subset), len(subset))
+        return {flagged[j]: hits for j, hits in found.items()}
 
     def _summarise(self, record: dict[str, Any], counts: Counter[str]) -> None:
         self.counts.update(counts)

@@ -5,6 +5,7 @@ chunks, next to the floor on the same records.
   .venv/bin/python benchmarks/forward.py                       # 100,000 records of ~1 KB
   .venv/bin/python benchmarks/forward.py --chunk-records 500 --in-flight 8 --connections 2
   .venv/bin/python benchmarks/forward.py --fsync false
+  .venv/bin/python benchmarks/forward.py --runs 1 --trace      # where the daemon's time goes, per stage
 
 A client in this process sends the workload as PackedForward chunks (EventTime entries, a
 ``chunk`` id each, at most ``--in-flight`` unacknowledged at once per connection, as
@@ -20,6 +21,13 @@ Two floors run on the same records, in their own processes, alternating with the
 written) and the same least work from this input, the PackedForward messages (msgpack unpacked
 instead of JSON parsed: ``--msgpack-floor``). Decoding msgpack costs more than parsing the same
 record as JSON, so the second one is the least any forward receiver in Python does.
+
+``--trace`` runs the daemon with a stopwatch around each stage a chunk goes through (wrapped from
+outside, ``pipeline/`` is unchanged; a microsecond or two per call, a few calls per chunk): msgpack
+decoding, the processor, the commit's worker-thread step and its parts (frames, chunk journal,
+positions), the collector's passes, and the event loop's idle time in epoll, counted between the
+first byte sent and the last ack. The table says which of the loop's CPU and the commit's fsyncs
+bounds the run.
 
 Prints a table and writes benchmarks/results/forward-<records>.json. Medians of --runs
 alternating runs (floor, daemon, floor, daemon, ...).
@@ -37,6 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,14 +181,103 @@ def run_msgpack_floor(messages: Path, out: Path) -> dict[str, float]:
             - (ru0.children_user + ru0.children_system)}
 
 
+def trace_daemon(out: Path, argv: list[str]) -> int:
+    """``logferry run ARGV`` in this process with each stage timed (see the module doc); the calls
+    (stage, start, seconds, thread CPU seconds) and each commit's batch count go to OUT at the stop."""
+    import gc
+    import selectors
+    import threading
+
+    from pipeline import cli
+    from pipeline.buffer.file_buffer import CommitPlan
+    from pipeline.runtime.committer import Committer
+    from pipeline.sources.forward import source
+    from pipeline.sources.forward.chunks import ChunkJournal
+    from pipeline.sources.tail.checkpoint import PositionStore
+    from pipeline.transforms.records import RecordProcessor
+
+    calls: list[tuple[str, float, float, float]] = []
+    batches: list[tuple[float, int]] = []
+
+    def wrap(owner: Any, name: str, stage: str) -> None:
+        original: Callable[..., Any] = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                calls.append((stage, start, time.perf_counter() - start, time.thread_time() - cpu))
+        setattr(owner, name, timed)
+
+    wrap(source, "decode", "loop: msgpack decode")  # the module's name, as Connection calls it
+    wrap(source.Connection, "_batch", "loop: records to a batch")
+    wrap(RecordProcessor, "process", "loop: process (enrich, serialise)")
+    wrap(Committer, "_stage", "loop: commit staging (frames, CRC)")
+    wrap(Committer, "_write", "thread: commit write, all")
+    wrap(CommitPlan, "apply", "thread: frames write + fsync")
+    wrap(ChunkJournal, "write", "thread: chunk journal append + fsync")
+    wrap(PositionStore, "save", "thread: positions save (atomic)")
+    loop_thread = threading.get_ident()
+    wrap_idle = selectors.EpollSelector.select
+
+    def select(self: selectors.EpollSelector, timeout: float | None = None) -> Any:
+        if threading.get_ident() != loop_thread:
+            return wrap_idle(self, timeout)
+        start = time.perf_counter()
+        try:
+            return wrap_idle(self, timeout)
+        finally:
+            calls.append(("loop: idle in epoll", start, time.perf_counter() - start, 0.0))
+    setattr(selectors.EpollSelector, "select", select)  # noqa: B010 (mypy: a method replaced)
+    commit = Committer.commit
+
+    async def counted(self: Committer, items: list[Any]) -> None:
+        batches.append((time.perf_counter(), len(items)))
+        await commit(self, items)
+    setattr(Committer, "commit", counted)  # noqa: B010 (mypy: a method replaced)
+    started: list[float] = []
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            calls.append((f"loop: gc pass, generation {info['generation']}", started[0],
+                          time.perf_counter() - started[0], 0.0))
+    gc.callbacks.append(collected)
+    try:
+        return cli.main(["run", *argv])
+    finally:
+        out.write_bytes(orjson.dumps({"calls": calls, "batches": batches}))
+
+
+def trace_table(path: Path, start: float, end: float) -> dict[str, Any]:
+    """Per stage, the calls that began between ``start`` and ``end``: count, seconds, median and
+    longest call (ms), thread CPU seconds; and the commits' batch counts."""
+    trace = orjson.loads(path.read_bytes())
+    stages: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for stage, began, seconds, cpu in trace["calls"]:
+        if start <= began <= end:
+            stages[stage].append((seconds, cpu))
+    table = {stage: {"calls": len(rows), "seconds": sum(r[0] for r in rows),
+                     "median_ms": statistics.median(r[0] for r in rows) * 1e3,
+                     "max_ms": max(r[0] for r in rows) * 1e3, "cpu_s": sum(r[1] for r in rows)}
+             for stage, rows in sorted(stages.items())}
+    sizes = [n for began, n in trace["batches"] if start <= began <= end]
+    return {"window_s": end - start, "stages": table, "commits": len(sizes),
+            "batches_per_commit": statistics.mean(sizes) if sizes else 0.0}
+
+
 def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsync: bool,
-               in_flight: int, connections: int) -> dict[str, float]:
+               in_flight: int, connections: int, trace: bool = False) -> dict[str, Any]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
     port = free_port()
     config = daemon_config(root, port, fsync)
+    trace_path = root / "trace.json"
+    command = [sys.executable, __file__, "--trace-daemon", str(trace_path), "-c", str(config)] if trace else None
     quiet_disk()
-    with DaemonProcess(config, root / "daemon.log") as daemon:
+    with DaemonProcess(config, root / "daemon.log", command=command) as daemon:
         while b" listening on " not in (root / "daemon.log").read_bytes():  # bound just after "running"
             time.sleep(0.005)
         cpu_ready, _ = proc_stats(daemon.pid)
@@ -190,11 +289,16 @@ def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsy
             time.sleep(0.01)
         delivered = time.perf_counter() - start
         cpu, rss = proc_stats(daemon.pid)
-    return {"seconds": acked, "delivered_s": delivered, "cpu_s": cpu - cpu_ready, "peak_rss_mb": rss / 1e6,
-            "client_cpu_s": client_cpu}
+    result: dict[str, Any] = {"seconds": acked, "delivered_s": delivered, "cpu_s": cpu - cpu_ready,
+                              "peak_rss_mb": rss / 1e6, "client_cpu_s": client_cpu}
+    if trace:  # written at the daemon's stop
+        result["trace"] = trace_table(trace_path, start, start + acked)
+    return result
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--trace-daemon"]:  # the daemon of a --trace run (its own arguments follow)
+        raise SystemExit(trace_daemon(Path(sys.argv[2]), sys.argv[3:]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--max-chars", type=int, default=400, help="generator size knob: 400 gives ~1 KB records")
@@ -203,6 +307,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=1, help="client connections sharing the chunks")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--fsync", choices=("true", "false"), default="true")
+    ap.add_argument("--trace", action="store_true", help="time each stage in the daemon (see the module doc)")
     ap.add_argument("--msgpack-floor", nargs=2, type=Path, metavar=("MESSAGES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.msgpack_floor:
@@ -221,7 +326,8 @@ def main() -> None:
     for _ in range(args.runs):
         floors.append(run_floor(workload, root / "floor.out"))
         packed_floors.append(run_msgpack_floor(messages, root / "floor.out"))
-        daemons.append(run_daemon(root, chunks, args.records, fsync, args.in_flight, args.connections))
+        daemons.append(run_daemon(root, chunks, args.records, fsync, args.in_flight, args.connections,
+                                  args.trace))
     report = summarize(args, size, floors, packed_floors, daemons, fsync, finish_run(info))
     print_header("forward: PackedForward chunks → acked (committed) → file output, next to the floor", report)
     print_table(report)
@@ -267,6 +373,19 @@ def print_table(r: dict[str, Any]) -> None:
           f"{ours['ratio_to_msgpack_floor']:>15.2f}x")
     print(f"{'logferry delivered to file':34} {ours['delivered_records_per_s']:>10.0f}")
     print(f"  the client (this process) used {ours['client_cpu_s']:.2f} CPU-s")
+    for n, run in enumerate(ours["runs"]):
+        if "trace" in run:
+            print_trace(n + 1, run["trace"])
+
+
+def print_trace(run: int, trace: dict[str, Any]) -> None:
+    """One traced run's stages, from the first byte sent to the last ack."""
+    print(f"  traced run {run}: {trace['window_s']:.3f} s to the last ack, {trace['commits']} commits of "
+          f"{trace['batches_per_commit']:.2f} chunks on average")
+    print(f"    {'stage':40} {'calls':>6} {'total s':>8} {'median ms':>10} {'max ms':>8} {'CPU-s':>6}")
+    for stage, row in trace["stages"].items():
+        print(f"    {stage:40} {row['calls']:>6} {row['seconds']:>8.3f} {row['median_ms']:>10.2f} "
+              f"{row['max_ms']:>8.2f} {row['cpu_s']:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ class RecordProcessor:
         ``kept`` (when transforms need them) receives the records serialised, as ``_parse`` gives its own.
         """
         records, batch.records = batch.records or [], None
-        time_key, option = self.time_key, orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+        time_key, dumps, option = self.time_key, orjson.dumps, orjson.OPT_APPEND_NEWLINE
         out: list[bytes] = []
         offsets: list[int] = []
         times: list[float] = []
@@ -189,11 +189,17 @@ class RecordProcessor:
         for index, record in enumerate(records):
             record.update(added)  # the added fields win, as for re-serialised lines
             try:
-                out.append(bytes(memoryview(orjson.dumps(record, default=_lenient, option=option))))
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                shown = repr(record).encode("utf-8", "replace")
-                dead.append(self.dead_entry(batch, index, shown, f"record cannot be stored as JSON: {exc}", now))
-                continue
+                # OPT_NON_STR_KEYS only for the rare map with other keys (msgpack allows them): on every
+                # record it made orjson ~25% slower (1 KB forward records: 0.77 -> 0.97 ms per 1,000).
+                line = dumps(record, default=_lenient, option=option)
+            except (TypeError, orjson.JSONEncodeError):
+                try:
+                    line = dumps(record, default=_lenient, option=option | orjson.OPT_NON_STR_KEYS)
+                except (TypeError, orjson.JSONEncodeError) as exc:
+                    shown = repr(record).encode("utf-8", "replace")
+                    dead.append(self.dead_entry(batch, index, shown, f"record cannot be stored as JSON: {exc}", now))
+                    continue
+            out.append(bytes(memoryview(line)))
             offsets.append(index)
             if kept is not None:
                 kept.append(record)

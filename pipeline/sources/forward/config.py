@@ -85,7 +85,7 @@ class ForwardSourceConfig(SourceBase):
     keepalive_timeout: float = Field(600.0, gt=0, description="Close a connection idle this long, seconds.")
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> ForwardSourceConfig:
+    def _consistent(self) -> ForwardSourceConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self._inline_key() and self.shared_key_file is not None:

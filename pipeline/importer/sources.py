@@ -14,6 +14,8 @@ from typing import Any
 from pipeline.importer import values
 from pipeline.importer.context import Context, Reader
 from pipeline.importer.fluentd_conf import Directive
+from pipeline.importer.outputs import SECRETS_DIR
+from pipeline.importer.toml_writer import key as toml_key
 
 #: in_tail parameters that need nothing in logferry (it always follows inodes, uses inotify, ...).
 TAIL_IGNORED = frozenset({
@@ -159,15 +161,64 @@ def _forward_security(directive: Directive, table: dict[str, Any], ctx: Context,
                     f"set LOGFERRY_SOURCES__{name.upper()}__SHARED_KEY to the key{origin} in the service's "
                     "environment (systemd/logferry.service.d/override.conf, mode 0600): until it is set the source "
                     "accepts clients without the handshake (`logferry check` warns when it listens beyond loopback)")
-        if reader.get(values.boolean, "user_auth") or section.sections("user"):
-            ctx.add("refused", section.where, "<security> user_auth / <user>",
-                    "logferry's forward source authenticates clients by the shared_key only, not by user name and "
-                    "password; <user> left out")
+        _forward_users(section, reader, ctx, name)
         for client in section.sections("client"):
             ctx.add("refused", client.where, client.heading,
                     "logferry does not restrict clients by address or give them keys of their own: use a firewall "
                     "and one shared_key")
         reader.leftovers("<security>")
+
+
+_ENV_NAME = re.compile(r"[a-z0-9]+(_[a-z0-9]+)*")  # a user name LOGFERRY_..._USERS__NAME__PASSWORD can spell
+
+
+def _forward_users(section: Directive, reader: Reader, ctx: Context, name: str) -> None:
+    """``user_auth true`` and its ``<user>``s: like the shared key, all go to the service's environment.
+
+    user_auth needs the shared key and a password per user, none of which is copied: written
+    into the TOML it would fail `logferry check` until they are set, so it goes with them.
+    """
+    param = reader.param("user_auth")
+    enabled = reader.get(values.boolean, "user_auth") or False
+    users = section.sections("user")
+    if not enabled:
+        for user in users:
+            ctx.add("note", user.where, user.heading, "Fluentd ignored <user> without user_auth true; left out")
+        return
+    assert param is not None
+    if not users:
+        ctx.add("refused", param.where, "user_auth true without <user>",
+                "Fluentd refused every client; logferry wants at least one user: left out")
+        return
+    prefix = f"LOGFERRY_SOURCES__{name.upper()}"
+    ctx.add("secret", param.where, "user_auth true",
+            f"set {prefix}__USER_AUTH=true in the service's environment with the shared key and the users' "
+            "passwords below (the file passes `logferry check` without them): until then the source asks "
+            "clients for no user name")
+    seen: set[str] = set()
+    for user in users:
+        user_reader = Reader(user, ctx)
+        username = user_reader.text("username")
+        password = user_reader.param("password")
+        user_reader.leftovers("<user>")
+        if not username or password is None:
+            ctx.add("refused", user.where, user.heading, "needs username and password; left out")
+            continue
+        if username in seen:
+            ctx.add("refused", user.where, f"<user> {username}",
+                    "a second password for the same user (Fluentd took either): left out")
+            continue
+        seen.add(username)
+        origin = f" (td-agent read it from ${password.env})" if password.env else ""
+        if _ENV_NAME.fullmatch(username):
+            ctx.add("secret", password.where, f"<user> {username} password (not copied)",
+                    f"set {prefix}__USERS__{username.upper()}__PASSWORD to its password{origin}")
+        else:  # the environment's names are read in lower case and split at "__"
+            path = f"{SECRETS_DIR}/{name}-user-{re.sub(r'[^A-Za-z0-9_.-]+', '_', username)}-password"
+            ctx.add("secret", password.where, f"<user> {username} password (not copied)",
+                    f"the environment cannot name this user: write its password{origin} to {path} (readable by "
+                    f"the logferry user only) and add [sources.{name}.users.{toml_key(username)}] with "
+                    f'password_file = "{path}"')
 
 
 def _forward_tls(directive: Directive, table: dict[str, Any], ctx: Context) -> None:

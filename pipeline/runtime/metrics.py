@@ -83,7 +83,7 @@ NETWORK_COUNTERS = {
     "bytes": "Bytes received",
     "acks": "Acknowledgements sent",
     "resent_chunks": "Resent chunks acknowledged again without storing their records twice",
-    "refused_handshakes": "Handshakes refused (wrong shared_key, no PING)",
+    "refused_handshakes": "Handshakes refused (wrong shared_key, user or password; no PING)",
     "bad_input": "Connections closed for bad input (not msgpack, truncated, oversized)",
 }
 

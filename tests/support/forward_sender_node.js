@@ -1,6 +1,8 @@
 // A test sender: N records through Node.js fluent-logger with requireAckResponse (and a shared key).
 //
 // Usage: node forward_sender_node.js HOST PORT SENDER_ID COUNT [SHARED_KEY]
+// With FLUENT_USERNAME (and FLUENT_PASSWORD) in the environment the handshake also gives that user
+// (the server's user_auth); the environment keeps the password out of the process list.
 // Records are {"request_id": "node-SENDER-I", ...}, emitted one after another. When an emit
 // fails (ack timeout, connection lost) this caller does what a Node service must do: it emits
 // the record again, on a fresh sender, under a new chunk id. Each such re-emit is printed as
@@ -19,6 +21,10 @@ function makeSender() {
   };
   if (sharedKey) {
     options.security = { clientHostname: 'node-' + sender, sharedKey: sharedKey };
+    if (process.env.FLUENT_USERNAME) {
+      options.security.username = process.env.FLUENT_USERNAME;
+      options.security.password = process.env.FLUENT_PASSWORD || '';
+    }
   }
   const s = logger.createFluentSender('test', options);
   s.on('error', () => {});

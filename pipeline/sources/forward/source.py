@@ -79,6 +79,7 @@ class ForwardSource:
             self.shared_key = config.key()  # a key file is read once, at start (and checked at load)
         except ValueError as exc:  # changed since the load
             raise ConfigError(f"sources.{name}.shared_key_file: {exc}") from exc
+        self.users = config.passwords(name)  # user_auth: user -> password (files read once, too); else None
         self._tcp, self._udp = _listen(name, config)
         self.address: tuple[str, int] | None = self._tcp.getsockname()[:2]
         log.info("forward source %s listening on %s:%d%s%s", name, *self._tcp.getsockname()[:2],
@@ -214,7 +215,7 @@ class Connection:
         log.warning("forward %s: closing connection from %s: %s", self.source.name, self.peer, reason)
 
     async def _handshake(self) -> bool:
-        shake = Handshake.start(self.source.shared_key, self.config.self_hostname)
+        shake = Handshake.start(self.source.shared_key, self.config.self_hostname, self.source.users)
         self.writer.write(shake.helo())
         ping = await self._next_object()
         if ping is None:

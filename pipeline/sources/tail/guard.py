@@ -42,6 +42,7 @@ OPENS = int(_F.OPEN | _F.ONLYDIR)
 WRITES = int(_F.MODIFY)
 GUARD_FOR = 1.0  # seconds of reading at every write after a foreign open (the copy, its fsync, the truncate)
 KEEP_FOR = 5.0  # seconds the bytes read before a truncate wait for the source to take them
+PIECE = 64 * 1024  # bytes per read: a few writes' worth at most, so no large buffer per read
 
 
 @dataclass
@@ -170,20 +171,25 @@ class CopyGuard:
         poller.register(self._wake_r, select.POLLIN)
         while not self._closed:
             poller.poll(self._timeout_ms())  # the one place this thread waits: without the GIL
+            with self._lock:
+                if self._closed:
+                    return
+                # Read first, everything else after: each system call gives the GIL up, and while
+                # the loop thread runs Python code, getting it back takes a switch interval or
+                # more (0.6-0.8 ms measured); reading after the event bookkeeping took 1-3 ms.
+                for target in self._targets.values():
+                    if not target.done:
+                        self._catch(target)
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 64)
             events = self._inotify.read(timeout=0)
             with self._lock:
-                if self._closed:
-                    return
                 for event in events:
                     directory = self._watched.get(int(event.wd))
                     if directory is not None and event.name:
                         self._guard(os.path.join(directory, event.name))
                 now = self._monotonic()
                 for key, target in list(self._targets.items()):
-                    if not target.done:
-                        self._catch(target)
                     if now >= target.until:
                         self._drop(key)
 
@@ -205,14 +211,20 @@ class CopyGuard:
             if not target.done:
                 target.until = until
             return
+        base, fp, fp_len = tf.offset, tf.fp, tf.fp_len
+        if fp_len == 0:
+            return  # empty: nothing to lose
         try:
-            fd = os.dup(tf.fd)  # our own descriptor: the source may close its own meanwhile
+            # Read first (see _serve); checked below: the source may have closed its descriptor
+            # since the path list was made, and the number be another file's now.
+            first = os.pread(tf.fd, PIECE, base)
+            fd = os.dup(tf.fd)  # our own descriptor, for as long as we need it
         except OSError:
             return
         try:
             st = os.fstat(fd)
-            if f"{st.st_dev}:{st.st_ino}" != tf.key or tf.fp_len == 0:
-                os.close(fd)  # closed and the number reused since the path list was made; or empty
+            if f"{st.st_dev}:{st.st_ino}" != tf.key or fingerprint(fd, fp_len) != (fp, fp_len):
+                os.close(fd)  # another file, or this one truncated or rewritten already
                 return
             assert self._inotify is not None
             # The watch through our descriptor is on the inode we read, whatever its name is now.
@@ -220,7 +232,7 @@ class CopyGuard:
         except OSError:
             os.close(fd)
             return
-        target = _Target(tf, fd, wd, tf.fp, tf.fp_len, tf.offset, until)
+        target = _Target(tf, fd, wd, fp, fp_len, base, until, bytearray(first))
         self._targets[tf.key] = target
         self._by_wd[wd] = target
         self._catch(target)
@@ -232,21 +244,24 @@ class CopyGuard:
             del target.data[: read_to - target.base]  # all of it if the source has read further
             target.base = read_to
         try:
-            size = os.fstat(target.fd).st_size
-            if size < target.end:
-                self._finish(target)  # truncated: what is held is all there was
+            piece = os.pread(target.fd, PIECE, target.end)  # first: no fstat before it (see _serve)
+            while len(piece) % PIECE == 0 and piece and len(target.data) + len(piece) <= self._cap:
+                more = os.pread(target.fd, PIECE, target.end + len(piece))
+                if not more:
+                    break
+                piece += more
+            if not piece:
+                if os.fstat(target.fd).st_size < target.end:
+                    self._finish(target)  # truncated: what is held is all there was
                 return
-            if size == target.end:
-                return
-            if size - target.base > self._cap:
-                target.data.clear()  # the source is far behind: the copy itself holds what it lacks
-                self._finish(target)
-                return
-            piece = os.pread(target.fd, size - target.end, target.end)
             if fingerprint(target.fd, target.fp_len) != (target.fp, target.fp_len):
                 self._finish(target)  # truncated and rewritten since: the piece may be new content
                 return
         except OSError:
+            self._finish(target)
+            return
+        if len(target.data) + len(piece) > self._cap:
+            target.data.clear()  # the source is far behind: the copy itself holds what it lacks
             self._finish(target)
             return
         target.data += piece

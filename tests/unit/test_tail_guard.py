@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from pipeline.sources.tail.guard import CopyGuard
+from pipeline.sources.tail.guard import REOPENS, CopyGuard
 from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key, fingerprint
 
 HEAD = b'{"header": "' + b"h" * (FP_BYTES + 10) + b'"}\n'  # a full fingerprint's worth of first line
@@ -119,5 +120,27 @@ def test_a_file_no_longer_followed_is_let_go(followed) -> None:
             until(guarding(guard, tf))
         guard.follow({}, {str(path.parent)})
         assert not guard._targets
+    finally:
+        guard.close()
+
+
+def opens_seen(guard: CopyGuard, tf: TailedFile, count: int) -> bool:
+    target = guard._targets.get(tf.key)
+    return bool(guard._muted) or (target is not None and target.opens >= count)
+
+
+def test_a_writer_that_opens_the_file_for_every_write_is_not_read_at_every_write(followed) -> None:
+    path, tf, writer = followed
+    guard = CopyGuard(1 << 20)
+    try:
+        guard.follow({str(path): tf}, {str(path.parent)})
+        for n in range(REOPENS + 1):  # open, write, close: create-mode logging
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, b'{"n": %d}\n' % n)
+            os.close(fd)
+            # Each open seen before the next (the kernel merges an unread event identical to the last).
+            until(partial(opens_seen, guard, tf, n + 1))
+        until(lambda: str(path.parent) in guard._muted)
+        assert not guard._targets and not guard._directories  # its opens no longer wake the guard
     finally:
         guard.close()

@@ -11,6 +11,8 @@ Rotation, as each case looks from here:
   kept ``rotate_wait`` seconds for late writes, then closed and its position dropped.
   The new file is a new inode, read from 0.
 * copytruncate: same inode, size below our offset (or first bytes changed): start at 0.
+  What the copy guard (:mod:`~pipeline.sources.tail.guard`) read of the old content past our
+  offset, while the copier had the file open, is emitted first; the copy is read from past it.
 * deleted while open: like rename; the open descriptor still reads the data.
 * inode reuse: a known inode whose first bytes no longer match the fingerprint is a
   new file, read from 0.

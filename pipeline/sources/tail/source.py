@@ -11,6 +11,8 @@ Rotation, as each case looks from here:
   kept ``rotate_wait`` seconds for late writes, then closed and its position dropped.
   The new file is a new inode, read from 0.
 * copytruncate: same inode, size below our offset (or first bytes changed): start at 0.
+  What the copy guard (:mod:`~pipeline.sources.tail.guard`) read of the old content past our
+  offset, while the copier had the file open, is emitted first; the copy is read from past it.
 * deleted while open: like rename; the open descriptor still reads the data.
 * inode reuse: a known inode whose first bytes no longer match the fingerprint is a
   new file, read from 0.
@@ -60,6 +62,7 @@ from pipeline.sources.tail.generations import (
     replaced,
     same_start,
 )
+from pipeline.sources.tail.guard import CopyGuard
 from pipeline.sources.tail.pacing import HeldLines, ReadPacer
 from pipeline.sources.tail.reader import (
     FP_BYTES,
@@ -110,6 +113,9 @@ class TailSource:
         self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
         self._waiting: set[str] = set()
         self._cached = CachedReader(min(config.read_bytes, config.max_line_bytes))
+        self._guard = CopyGuard(config.read_bytes)
+        # file key → (offset, lines, fingerprint, its length): the guard's bytes of a truncated content
+        self._salvaged: dict[str, tuple[int, bytes, str, int]] = {}
 
     @property
     def unreadable(self) -> set[str]:
@@ -132,6 +138,7 @@ class TailSource:
                 await self._release(tf, emit)  # read before the stop: emitted, as one more step would
         finally:
             self._pacer.cancel()
+            self._guard.close()
             self._watcher.close()
             for tf in self.files.values():
                 tf.close()
@@ -198,13 +205,18 @@ class TailSource:
         return reads
 
     async def _read_next(self, tf: TailedFile, emit: Emit) -> ReadResult | None:
+        if tf.key in self._salvaged:
+            await self._release(tf, emit)  # the old content's last lines, before any of the new one's
         try:
             return self._cached.read(tf)
         except NotCached:
             # The blocking step may find the file replaced and start it again: what is held
             # belongs to the old content, so it goes first.
             await self._release(tf, emit)
-            return await asyncio.to_thread(self._read_result, tf, False)
+            result = await asyncio.to_thread(self._read_result, tf, False)
+            if tf.key in self._salvaged:
+                await self._release(tf, emit)
+            return result
 
     async def _hold_or_emit(self, tf: TailedFile, result: ReadResult, emit: Emit) -> None:
         held = self._held.setdefault(tf.key, HeldLines())
@@ -222,14 +234,19 @@ class TailSource:
             await self._release(tf, emit)
 
     async def _release(self, tf: TailedFile, emit: Emit) -> None:
-        """Emit what is held for ``tf``, if anything."""
+        """Emit what is held for ``tf``, if anything, then what the guard read before a truncate."""
         held = self._held.get(tf.key)
-        if not held:
-            return
-        start, end, data, fp, fp_len = held.take()
-        held.last_emit = self.clock.monotonic()
-        position = FilePosition(self.name, tf.key, tf.path, end, fp, fp_len)
-        await emit(LineBatch(self.name, self.config.tag, tf.key, tf.path, start, end, data, position))
+        if held:
+            start, end, data, fp, fp_len = held.take()
+            held.last_emit = self.clock.monotonic()
+            position = FilePosition(self.name, tf.key, tf.path, end, fp, fp_len)
+            await emit(LineBatch(self.name, self.config.tag, tf.key, tf.path, start, end, data, position))
+        salvaged = self._salvaged.pop(tf.key, None)
+        if salvaged is not None:
+            start, data, fp, fp_len = salvaged
+            end = start + len(data)
+            position = FilePosition(self.name, tf.key, tf.path, end, fp, fp_len)
+            await emit(LineBatch(self.name, self.config.tag, tf.key, tf.path, start, end, data, position))
 
     async def _release_due(self, emit: Emit) -> None:
         now = self.clock.monotonic()
@@ -237,6 +254,7 @@ class TailSource:
             tf = self.files.get(key)
             if tf is None:
                 del self._held[key]
+                self._salvaged.pop(key, None)
             elif held and held.due(now) <= 0:
                 await self._release(tf, emit)
 
@@ -304,6 +322,7 @@ class TailSource:
         directories = await asyncio.to_thread(self._discover)
         new = directories - self._watcher.directories
         self._watcher.watch(directories)
+        self._guard.follow({tf.path: tf for tf in self.files.values() if not tf.rotated}, self._watcher.directories)
         if new & self._watcher.directories:
             # A file written or created between the listing and the new watch sent no event.
             self._dirty.update(self.files)
@@ -487,7 +506,13 @@ class TailSource:
             "file truncated or replaced in place source=%s path=%s offset=%d size=%d: reading from 0",
             self.name, tf.path, tf.offset, size,
         )
-        # Remember how far the old content was read: copytruncate's copy starts with it.
+        # What the guard read of the old content since a copier opened it (its last lines may
+        # be in no copy: written after the copy, before the truncate) goes out before the new
+        # content; copytruncate's copy is read from where the old content was read to.
+        salvaged = self._guard.take(tf, tf.offset)
+        if salvaged:
+            self._salvaged[tf.key] = (tf.offset, salvaged, tf.fp, tf.fp_len)
+            tf.offset += len(salvaged)
         self._copied[(tf.fp, tf.fp_len)] = tf.offset
         tf.offset, tf.oversized = 0, None
         tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)

@@ -4,10 +4,12 @@ and what was read before a truncate is handed over whole lines only, for the con
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +146,30 @@ def test_a_writer_that_opens_the_file_for_every_write_is_not_read_at_every_write
         assert not guard._targets and not guard._directories  # its opens no longer wake the guard
     finally:
         guard.close()
+
+
+def test_an_open_seen_while_closing_leaves_no_descriptor_behind(followed) -> None:
+    path, tf, writer = followed
+    guard = CopyGuard(1 << 20)
+    guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard._inotify is not None
+    inotify = guard._inotify
+    read_events = inotify.read
+    in_read = threading.Event()
+
+    def read_then_wait_for_close(timeout: int | None = None) -> list[Any]:
+        # The guard's thread has its events in hand (outside the lock) when close() runs.
+        events: list[Any] = read_events(timeout=timeout)
+        if events:
+            in_read.set()
+            until(lambda: guard._closed)
+        return events
+
+    inotify.read = read_then_wait_for_close
+    before = set(os.listdir("/proc/self/fd"))
+    with path.open("rb"):
+        assert in_read.wait(5.0)
+        guard.close()
+    assert not guard._targets
+    assert set(os.listdir("/proc/self/fd")) <= before  # no dup of the followed file left open
+

@@ -13,8 +13,16 @@ from typing import Any
 
 import pytest
 
+from pipeline.clock import FakeClock
+from pipeline.deadletter import DeadLetterStore
+from pipeline.sources.base import SourceContext
+from pipeline.sources.tail import source as source_module
+from pipeline.sources.tail.checkpoint import PositionStore
+from pipeline.sources.tail.config import TailSourceConfig
+from pipeline.sources.tail.discovery import list_directories
 from pipeline.sources.tail.guard import REOPENS, CopyGuard
 from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key, fingerprint
+from pipeline.sources.tail.source import TailSource
 
 HEAD = b'{"header": "' + b"h" * (FP_BYTES + 10) + b'"}\n'  # a full fingerprint's worth of first line
 
@@ -173,3 +181,36 @@ def test_an_open_seen_while_closing_leaves_no_descriptor_behind(followed) -> Non
     assert not guard._targets
     assert set(os.listdir("/proc/self/fd")) <= before  # no dup of the followed file left open
 
+
+def test_a_truncate_landing_during_a_look_does_not_make_the_copy_read_from_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    content = HEAD + b"".join(b'{"n": %d}\n' % n for n in range(100))
+    (logs / "agent.log").write_bytes(content)
+    config = TailSourceConfig(type="tail", paths=[str(logs / "agent.log")], tag="ai")
+    positions = PositionStore(tmp_path / "positions.json")
+    clock = FakeClock(time.time())
+    source = TailSource("agent", config, SourceContext(positions, DeadLetterStore(tmp_path / "dead"), clock, tmp_path))
+    try:
+        source._discover()
+        (tf,) = source.files.values()
+        while source._read(tf, False) is not None:  # the source has read (and emitted) everything
+            pass
+        assert tf.offset == len(content)
+        clock.advance(5)
+        (logs / "agent.log.1").write_bytes(content)  # logrotate's copy...
+
+        def truncated_meanwhile(directories: set[str]) -> dict[str, Any]:
+            os.truncate(logs / "agent.log", 0)  # ...and its ftruncate, after the look checked agent.log
+            return list_directories(directories)
+
+        monkeypatch.setattr(source_module, "list_directories", truncated_meanwhile)
+        source._discover()
+        copies = [t for t in source.files.values() if t.path.endswith(".1")]
+        # Every line of the copy was emitted from agent.log already: none may be read again.
+        assert all(copy.offset >= len(content) for copy in copies)
+    finally:
+        for t in source.files.values():
+            t.close()

@@ -180,19 +180,25 @@ class CopyGuard:
                 os.read(self._wake_r, 64)
             events = self._inotify.read(timeout=0)
             with self._lock:
-                for event in events:
-                    directory = self._watched.get(int(event.wd))
-                    if directory is not None and event.name:
-                        self._guard(os.path.join(directory, event.name))
-                now = self._monotonic()
-                for key, target in list(self._targets.items()):
-                    if now >= target.until:
-                        self._drop(key)
-                for directory, until in list(self._muted.items()):
-                    if now >= until:
-                        del self._muted[directory]
-                        if directory in self._wanted:
-                            self._watch_directory(directory)
+                if self._closed:
+                    return  # close() has let every file go: guarding one now would leave its descriptor open
+                self._bookkeeping(events)
+
+    def _bookkeeping(self, events: list[inotify_simple.Event]) -> None:
+        """(Under the lock.) Guard the files opened, let go of those whose time is up, unmute directories."""
+        for event in events:
+            directory = self._watched.get(int(event.wd))
+            if directory is not None and event.name:
+                self._guard(os.path.join(directory, event.name))
+        now = self._monotonic()
+        for key, target in list(self._targets.items()):
+            if now >= target.until:
+                self._drop(key)
+        for directory, until in list(self._muted.items()):
+            if now >= until:
+                del self._muted[directory]
+                if directory in self._wanted:
+                    self._watch_directory(directory)
 
     def _timeout_ms(self) -> int | None:
         with self._lock:

@@ -427,8 +427,16 @@ class TailSource:
         """Siblings we never followed: copytruncate's copy, or a file created and rotated away unseen."""
         # (fingerprint, its length, file size) of each followed file: a sibling that starts with
         # the same bytes and is no longer may be a copy of it that copytruncate has not truncated yet.
-        tracked = [(tf.fp, tf.fp_len, os.fstat(tf.fd).st_size) for tf in self.files.values()
-                   if not tf.rotated and tf.fp_len]
+        # Checked for a truncate again, here: logrotate's ftruncate may land after _update_tracked
+        # looked, and a copy longer than its truncated original, with the old content's
+        # fingerprint still on record, passed for a generation never seen and was read from its
+        # head (every line again). Noticed now, the copy is found in _copied, read past the offset.
+        tracked: list[tuple[str, int, int]] = []
+        for tf in self.files.values():
+            if not tf.rotated:
+                size = self._check_replaced(tf)
+                if tf.fp_len:
+                    tracked.append((tf.fp, tf.fp_len, size))
         for key, found in listing.items():
             if key in self.files or key in saved or not is_sibling(found.path, patterns) or is_compressed(found.path):
                 continue
@@ -512,6 +520,7 @@ class TailSource:
         salvaged = self._guard.take(tf, tf.offset)
         if salvaged:
             self._salvaged[tf.key] = (tf.offset, salvaged, tf.fp, tf.fp_len)
+            self._dirty.add(tf.key)  # released at its next read: soon, even if nothing is written now
             tf.offset += len(salvaged)
         self._copied[(tf.fp, tf.fp_len)] = tf.offset
         tf.offset, tf.oversized = 0, None

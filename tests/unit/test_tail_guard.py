@@ -48,90 +48,81 @@ def followed(tmp_path: Path) -> Iterator[tuple[Path, TailedFile, int]]:
     tf.close()
 
 
+@pytest.fixture
+def guard() -> Iterator[CopyGuard]:
+    """A copy guard with a 1 MiB hold, closed (its thread joined) after the test."""
+    copy_guard = CopyGuard(1 << 20)
+    yield copy_guard
+    copy_guard.close()
+
+
 def guarding(guard: CopyGuard, tf: TailedFile) -> Callable[[], bool]:
     return lambda: tf.key in guard._targets
 
 
-def test_lines_written_before_a_truncate_are_taken_even_while_the_main_thread_is_busy(followed) -> None:
-    path, tf, writer = followed
-    guard = CopyGuard(1 << 20)
-    try:
-        guard.follow({str(path): tf}, {str(path.parent)})
-        copier = os.open(path, os.O_RDWR)  # logrotate's copytruncate opens the file
+def opened_elsewhere(guard: CopyGuard, path: Path, tf: TailedFile) -> None:
+    """The guard follows ``tf``; another process opens it (and closes it): the guard reads it from now on."""
+    guard.follow({str(path): tf}, {str(path.parent)})
+    with path.open("rb"):
         until(guarding(guard, tf))
-        os.write(writer, b'{"n": 1}\n')
-        os.write(writer, b'{"n": 2}\n{"n": 3')  # the third line is not finished at the truncate
-        # The main thread (the source's event loop) is busy in Python code: the guard's thread
-        # still gets the GIL within the switch interval and reads the writes.
-        spin_until = time.perf_counter() + 0.05
-        while time.perf_counter() < spin_until:
-            pass
-        os.ftruncate(copier, 0)
-        os.close(copier)
-        os.write(writer, b'{"n": 4}\n')  # the new content
-        assert guard.take(tf, tf.offset) == b'{"n": 1}\n{"n": 2}\n'
-        assert guard.take(tf, tf.offset) == b""  # once
-    finally:
-        guard.close()
 
 
-def test_only_what_the_source_has_not_read_is_taken(followed) -> None:
+def test_lines_written_before_a_truncate_are_taken_even_while_the_main_thread_is_busy(
+    followed, guard: CopyGuard
+) -> None:
     path, tf, writer = followed
-    guard = CopyGuard(1 << 20)
-    try:
-        guard.follow({str(path): tf}, {str(path.parent)})
-        with path.open("rb"):
-            until(guarding(guard, tf))
-        os.write(writer, b'{"n": 1}\n{"n": 2}\n')
-        until(lambda: guard._targets[tf.key].end == len(HEAD) + 18)
-        tf.offset += 9  # the source read the first line itself
-        os.truncate(path, 0)
-        assert guard.take(tf, tf.offset) == b'{"n": 2}\n'
-    finally:
-        guard.close()
+    guard.follow({str(path): tf}, {str(path.parent)})
+    copier = os.open(path, os.O_RDWR)  # logrotate's copytruncate opens the file
+    until(guarding(guard, tf))
+    os.write(writer, b'{"n": 1}\n')
+    os.write(writer, b'{"n": 2}\n{"n": 3')  # the third line is not finished at the truncate
+    # The main thread (the source's event loop) is busy in Python code: the guard's thread
+    # still gets the GIL within the switch interval and reads the writes.
+    spin_until = time.perf_counter() + 0.05
+    while time.perf_counter() < spin_until:
+        pass
+    os.ftruncate(copier, 0)
+    os.close(copier)
+    os.write(writer, b'{"n": 4}\n')  # the new content
+    assert guard.take(tf, tf.offset) == b'{"n": 1}\n{"n": 2}\n'
+    assert guard.take(tf, tf.offset) == b""  # once
 
 
-def test_a_file_rewritten_with_other_content_gives_nothing(followed) -> None:
+def test_only_what_the_source_has_not_read_is_taken(followed, guard: CopyGuard) -> None:
     path, tf, writer = followed
-    guard = CopyGuard(1 << 20)
-    try:
-        guard.follow({str(path): tf}, {str(path.parent)})
-        with path.open("rb"):
-            until(guarding(guard, tf))
-        # Truncated and written past the old end at once: the bytes at the old offsets are new content.
-        path.write_bytes(b'{"other": "' + b"o" * (len(HEAD) + 100) + b'"}\n')
-        until(lambda: guard._targets[tf.key].done)
-        assert guard.take(tf, tf.offset) == b""
-    finally:
-        guard.close()
+    opened_elsewhere(guard, path, tf)
+    os.write(writer, b'{"n": 1}\n{"n": 2}\n')
+    until(lambda: guard._targets[tf.key].end == len(HEAD) + 18)
+    tf.offset += 9  # the source read the first line itself
+    os.truncate(path, 0)
+    assert guard.take(tf, tf.offset) == b'{"n": 2}\n'
 
 
-def test_files_not_opened_by_anyone_else_are_not_read(followed) -> None:
+def test_a_file_rewritten_with_other_content_gives_nothing(followed, guard: CopyGuard) -> None:
     path, tf, writer = followed
-    guard = CopyGuard(1 << 20)
-    try:
-        guard.follow({str(path): tf}, {str(path.parent)})
-        os.write(writer, b'{"n": 1}\n')  # the writer's descriptor was opened before: no open event
-        (path.parent / "other.log").write_bytes(b"x\n")  # an open of a file that is not followed
-        time.sleep(0.05)  # nothing to poll for: the guard must stay idle
-        assert not guard._targets
-        os.truncate(path, 0)
-        assert guard.take(tf, tf.offset) == b""
-    finally:
-        guard.close()
+    opened_elsewhere(guard, path, tf)
+    # Truncated and written past the old end at once: the bytes at the old offsets are new content.
+    path.write_bytes(b'{"other": "' + b"o" * (len(HEAD) + 100) + b'"}\n')
+    until(lambda: guard._targets[tf.key].done)
+    assert guard.take(tf, tf.offset) == b""
 
 
-def test_a_file_no_longer_followed_is_let_go(followed) -> None:
+def test_files_not_opened_by_anyone_else_are_not_read(followed, guard: CopyGuard) -> None:
     path, tf, writer = followed
-    guard = CopyGuard(1 << 20)
-    try:
-        guard.follow({str(path): tf}, {str(path.parent)})
-        with path.open("rb"):
-            until(guarding(guard, tf))
-        guard.follow({}, {str(path.parent)})
-        assert not guard._targets
-    finally:
-        guard.close()
+    guard.follow({str(path): tf}, {str(path.parent)})
+    os.write(writer, b'{"n": 1}\n')  # the writer's descriptor was opened before: no open event
+    (path.parent / "other.log").write_bytes(b"x\n")  # an open of a file that is not followed
+    time.sleep(0.05)  # nothing to poll for: the guard must stay idle
+    assert not guard._targets
+    os.truncate(path, 0)
+    assert guard.take(tf, tf.offset) == b""
+
+
+def test_a_file_no_longer_followed_is_let_go(followed, guard: CopyGuard) -> None:
+    path, tf, writer = followed
+    opened_elsewhere(guard, path, tf)
+    guard.follow({}, {str(path.parent)})
+    assert not guard._targets
 
 
 def opens_seen(guard: CopyGuard, tf: TailedFile, count: int) -> bool:
@@ -139,21 +130,17 @@ def opens_seen(guard: CopyGuard, tf: TailedFile, count: int) -> bool:
     return bool(guard._muted) or (target is not None and target.opens >= count)
 
 
-def test_a_writer_that_opens_the_file_for_every_write_is_not_read_at_every_write(followed) -> None:
+def test_a_writer_that_opens_the_file_for_every_write_is_not_read_at_every_write(followed, guard: CopyGuard) -> None:
     path, tf, writer = followed
-    guard = CopyGuard(1 << 20)
-    try:
-        guard.follow({str(path): tf}, {str(path.parent)})
-        for n in range(REOPENS + 1):  # open, write, close: create-mode logging
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            os.write(fd, b'{"n": %d}\n' % n)
-            os.close(fd)
-            # Each open seen before the next (the kernel merges an unread event identical to the last).
-            until(partial(opens_seen, guard, tf, n + 1))
-        until(lambda: str(path.parent) in guard._muted)
-        assert not guard._targets and not guard._directories  # its opens no longer wake the guard
-    finally:
-        guard.close()
+    guard.follow({str(path): tf}, {str(path.parent)})
+    for n in range(REOPENS + 1):  # open, write, close: create-mode logging
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b'{"n": %d}\n' % n)
+        os.close(fd)
+        # Each open seen before the next (the kernel merges an unread event identical to the last).
+        until(partial(opens_seen, guard, tf, n + 1))
+    until(lambda: str(path.parent) in guard._muted)
+    assert not guard._targets and not guard._directories  # its opens no longer wake the guard
 
 
 def test_an_open_seen_while_closing_leaves_no_descriptor_behind(followed) -> None:

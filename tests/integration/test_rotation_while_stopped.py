@@ -110,6 +110,41 @@ def test_copytruncate_rotations_while_stopped_lose_nothing(layout, daemon_factor
     assert_in_order(records, 4 * PER)
 
 
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_a_stop_right_after_a_copytruncate_reads_its_copy_neither_again_nor_never(layout, daemon_factory, stop):
+    """Running and caught up; logrotate copytruncate; new lines read and committed; kill -9 (or a stop) at once.
+
+    The new content's saved position replaced the old content's, and the copy may not have been
+    found yet (its name matches no pattern): the old content's fingerprint and read offset are
+    saved with the new position, so the next start reads the copy only past them (it read all
+    of it again before: every record of the first generation twice).
+    """
+    layout.write_config()
+    fd = os.open(layout.logs / "agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(start: int, count: int) -> None:
+        for line in generator.lines(count, start=start, max_chars=400):
+            os.write(fd, line)
+
+    try:
+        write(0, PER)
+        daemon = new_daemon(layout, daemon_factory).start()
+        wait_for(lambda: len(layout.records()) >= PER, what="the first generation")
+        logrotate(layout, "copytruncate")
+        write(PER, 10)
+        wait_for(lambda: len(layout.records()) >= PER + 10, what="the lines after the truncate")
+        if stop == "kill -9":
+            daemon.kill()
+        else:
+            assert daemon.stop() == 0
+        write(PER + 10, PER)
+    finally:
+        os.close(fd)
+
+    records = read_the_rest(layout, daemon_factory, 2 * PER + 10)
+    Ledger.compare(ids(2 * PER + 10), records).assert_exact()
+
+
 RATE = 2000  # lines/s, one write() each: CI-sized (the chaos run uses 5,000)
 ROTATIONS = 8
 BETWEEN = 600  # lines between two rotations

@@ -44,6 +44,21 @@ def test_save_and_load_roundtrip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["positions.json"], "no temp file left behind"
 
 
+def test_a_truncated_files_copy_record_survives_a_restart_and_other_entries_keep_their_fields(tmp_path: Path) -> None:
+    truncated = FilePosition("agent", "8:3", "/logs/c.jsonl", 40, "aaaa", 40, "bbbb", 1024, 5000)
+    store = PositionStore(tmp_path / "positions.json")
+    store.save_now({("agent", "8:1"): A, ("agent", "8:3"): truncated})
+
+    loaded = PositionStore(tmp_path / "positions.json")
+    loaded.load()
+
+    assert not loaded.corrupt
+    assert loaded.get("agent", "8:3") == truncated and loaded.get("agent", "8:1") == A
+    files = {f["key"]: f for f in orjson.loads((tmp_path / "positions.json").read_bytes())["files"]}
+    assert "copy_fp" not in files["8:1"]  # a store with no truncate in it is written as before
+    assert (files["8:3"]["copy_fp"], files["8:3"]["copy_offset"]) == ("bbbb", 5000)
+
+
 def test_encode_applies_updates_and_forgets(tmp_path: Path) -> None:
     path = tmp_path / "positions.json"
     store = saved_store(path)

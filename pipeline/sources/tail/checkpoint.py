@@ -40,6 +40,12 @@ class FilePosition:
     offset: int
     fingerprint: str  # hash of the first fp_len bytes: tells a reused inode from the same file
     fp_len: int
+    # After a truncate in place (copytruncate): the old content's fingerprint and how far it
+    # was read. Its copy may be found only at the next start (the daemon was killed before a
+    # look found it): it is read from there, neither again from its head nor skipped.
+    copy_fp: str = ""
+    copy_fp_len: int = 0
+    copy_offset: int = 0
 
 
 class PositionStore:
@@ -128,10 +134,13 @@ class PositionStore:
 
 
 def _as_dict(pos: FilePosition) -> dict[str, Any]:
-    return {
+    item: dict[str, Any] = {
         "source": pos.source, "key": pos.key, "path": pos.path, "offset": pos.offset,
         "fingerprint": pos.fingerprint, "fp_len": pos.fp_len,
     }
+    if pos.copy_fp_len:  # only for a file truncated in place: the store of every other file is as it was
+        item.update(copy_fp=pos.copy_fp, copy_fp_len=pos.copy_fp_len, copy_offset=pos.copy_offset)
+    return item
 
 
 def _crc(files: list[dict[str, Any]]) -> int:

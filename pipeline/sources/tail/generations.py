@@ -25,15 +25,24 @@ def replaced(pos: FilePosition, found: FoundFile | None) -> bool:
 
 def copy_offset(found: FoundFile, before: dict[str, FilePosition], truncated: dict[str, FilePosition]) -> int | None:
     """Where to start reading an unseen sibling: 0 for a new generation, a saved offset for
-    copytruncate's copy of a file truncated since, None for a copy of a file that goes on."""
-    found_heads = head_fingerprints(found.path, {pos.fp_len for pos in before.values() if pos.fp_len})
+    copytruncate's copy of a file truncated since (or of a truncate the daemon saw but whose
+    copy it had not found yet: ``FilePosition.copy_*``), None for a copy of a file that goes on."""
+    found_heads = head_fingerprints(found.path, lengths_of(before))
     for key, pos in before.items():
         if pos.fp_len and found_heads.get(pos.fp_len) == pos.fingerprint:
             if key not in truncated:
                 return None
             del truncated[key]  # one copy per truncate
             return min(pos.offset, found.size)
+    for pos in before.values():
+        if pos.copy_fp_len and found_heads.get(pos.copy_fp_len) == pos.copy_fp:
+            return min(pos.copy_offset, found.size)
     return 0
+
+
+def lengths_of(positions: dict[str, FilePosition]) -> set[int]:
+    """The fingerprint lengths a sibling's head is compared at: each saved position's, and its copy's."""
+    return {n for pos in positions.values() for n in (pos.fp_len, pos.copy_fp_len) if n}
 
 
 def same_start(path: str, pos: FilePosition) -> bool:

@@ -67,6 +67,7 @@ class TailedFile:
     offset: int  # next byte to read (always a line start)
     fp: str = ""
     fp_len: int = 0
+    copied: tuple[str, int, int] = ("", 0, 0)  # the old content at the last truncate: FilePosition.copy_*
     rotated: bool = False  # no matched path leads here any more
     idle_since: float | None = None
     oversized: Oversized | None = None
@@ -74,7 +75,7 @@ class TailedFile:
 
     def position(self, offset: int) -> FilePosition:
         """The position record to commit for ``offset``."""
-        return FilePosition(self.source, self.key, self.path, offset, self.fp, self.fp_len)
+        return FilePosition(self.source, self.key, self.path, offset, self.fp, self.fp_len, *self.copied)
 
     def refresh_fingerprint(self) -> None:
         """Extend the fingerprint while the file is shorter than FP_BYTES."""

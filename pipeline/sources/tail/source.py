@@ -239,7 +239,7 @@ class TailSource:
         if held:
             start, end, data, fp, fp_len = held.take()
             held.last_emit = self.clock.monotonic()
-            position = FilePosition(self.name, tf.key, tf.path, end, fp, fp_len)
+            position = FilePosition(self.name, tf.key, tf.path, end, fp, fp_len, *tf.copied)
             await emit(LineBatch(self.name, self.config.tag, tf.key, tf.path, start, end, data, position))
         salvaged = self._salvaged.pop(tf.key, None)
         if salvaged is not None:
@@ -523,6 +523,11 @@ class TailSource:
             self._dirty.add(tf.key)  # released at its next read: soon, even if nothing is written now
             tf.offset += len(salvaged)
         self._copied[(tf.fp, tf.fp_len)] = tf.offset
+        if tf.fp_len:  # saved with the new content's positions, for a copy only the next start finds
+            tf.copied = (tf.fp, tf.fp_len, tf.offset)
+        # copytruncate made its copy before the truncate: look now, not at the next rescan (the copy's
+        # name matches no pattern, so no event asks for a look), and a kill leaves less of it unread.
+        self._rescan_requested = True
         tf.offset, tf.oversized = 0, None
         tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
         return size

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -13,19 +12,13 @@ import pytest
 from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import Daemon, Ledger, wait_for
+from tests.support.logrotate import logrotate
 from tests.support.writer import AgentWriter
 
 pytestmark = pytest.mark.integration
-LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
 COUNT = 6000
 MAX_ROUNDS = 12
 SHM = Path("/dev/shm")
-
-
-def logrotate(layout, options: str) -> None:
-    conf = layout.root / "logrotate.conf"
-    conf.write_text(f"{layout.logs}/agent.log {{\n  rotate 20\n  missingok\n  {options}\n}}\n")
-    subprocess.run([LOGROTATE, "-f", "-s", str(layout.root / "logrotate.state"), str(conf)], check=True)
 
 
 QUICK = (1000, 2500, 2600, 4000)  # 2500 and 2600: twice before the daemon can catch up

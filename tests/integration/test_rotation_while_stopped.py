@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -15,18 +13,12 @@ import pytest
 from pipeline import generator
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, Ledger, wait_for
+from tests.support.logrotate import logrotate
 from tests.support.writer import PacedWriter, lost_per_rotation
 
 pytestmark = pytest.mark.integration
-LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
 PER = 2000  # records per generation
 DATEEXT = "dateext\n  dateformat -%Y%m%d-%s"  # agent.log-20261202-1796240763, as in the field
-
-
-def logrotate(layout: Layout, options: str) -> None:
-    conf = layout.root / "logrotate.conf"
-    conf.write_text(f"{layout.logs}/agent.log {{\n  rotate 20\n  missingok\n  {options}\n}}\n")
-    subprocess.run([LOGROTATE, "-f", "-s", str(layout.root / "logrotate.state"), str(conf)], check=True)
 
 
 def next_second() -> None:

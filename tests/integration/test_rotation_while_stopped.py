@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,20 @@ def next_second() -> None:
 
 def ids(count: int) -> list[str]:
     return [generator.request_id(1, n) for n in range(count)]
+
+
+@pytest.fixture
+def appender(layout: Layout) -> Iterator[Callable[[int, int], None]]:
+    """``write(start, count)``: records appended through one O_APPEND descriptor kept open, as a
+    program that expects copytruncate writes (closed after the test)."""
+    fd = os.open(layout.logs / "agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(start: int, count: int) -> None:
+        for line in generator.lines(count, start=start, max_chars=400):
+            os.write(fd, line)
+
+    yield write
+    os.close(fd)
 
 
 def read_first_generation(layout: Layout, daemon_factory, write) -> None:
@@ -77,25 +92,17 @@ def test_dateext_rotations_while_stopped_lose_nothing(layout, daemon_factory):
     assert_in_order(records, 4 * PER)
 
 
-def test_copytruncate_rotations_while_stopped_lose_nothing(layout, daemon_factory):
+def test_copytruncate_rotations_while_stopped_lose_nothing(layout, daemon_factory, appender):
     """Stopped; a writer that keeps its O_APPEND descriptor goes on; logrotate copytruncate (dateext) twice."""
     layout.write_config()
-    fd = os.open(layout.logs / "agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(start: int, count: int) -> None:
-        for line in generator.lines(count, start=start, max_chars=400):
-            os.write(fd, line)
-
-    try:
-        read_first_generation(layout, daemon_factory, write)
-        write(PER, PER)
-        logrotate(layout, f"copytruncate\n  {DATEEXT}")
-        write(2 * PER, PER)
-        next_second()
-        logrotate(layout, f"copytruncate\n  {DATEEXT}")
-        write(3 * PER, PER)
-    finally:
-        os.close(fd)
+    write = appender
+    read_first_generation(layout, daemon_factory, write)
+    write(PER, PER)
+    logrotate(layout, f"copytruncate\n  {DATEEXT}")
+    write(2 * PER, PER)
+    next_second()
+    logrotate(layout, f"copytruncate\n  {DATEEXT}")
+    write(3 * PER, PER)
 
     records = read_the_rest(layout, daemon_factory, 4 * PER)
     Ledger.compare(ids(4 * PER), records).assert_exact()
@@ -103,7 +110,9 @@ def test_copytruncate_rotations_while_stopped_lose_nothing(layout, daemon_factor
 
 
 @pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
-def test_a_stop_right_after_a_copytruncate_reads_its_copy_neither_again_nor_never(layout, daemon_factory, stop):
+def test_a_stop_right_after_a_copytruncate_reads_its_copy_neither_again_nor_never(
+    layout, daemon_factory, appender, stop
+):
     """Running and caught up; logrotate copytruncate; new lines read and committed; kill -9 (or a stop) at once.
 
     The new content's saved position replaced the old content's, and the copy may not have been
@@ -112,26 +121,18 @@ def test_a_stop_right_after_a_copytruncate_reads_its_copy_neither_again_nor_neve
     of it again before: every record of the first generation twice).
     """
     layout.write_config()
-    fd = os.open(layout.logs / "agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(start: int, count: int) -> None:
-        for line in generator.lines(count, start=start, max_chars=400):
-            os.write(fd, line)
-
-    try:
-        write(0, PER)
-        daemon = new_daemon(layout, daemon_factory).start()
-        wait_for(lambda: len(layout.records()) >= PER, what="the first generation")
-        logrotate(layout, "copytruncate")
-        write(PER, 10)
-        wait_for(lambda: len(layout.records()) >= PER + 10, what="the lines after the truncate")
-        if stop == "kill -9":
-            daemon.kill()
-        else:
-            assert daemon.stop() == 0
-        write(PER + 10, PER)
-    finally:
-        os.close(fd)
+    write = appender
+    write(0, PER)
+    daemon = new_daemon(layout, daemon_factory).start()
+    wait_for(lambda: len(layout.records()) >= PER, what="the first generation")
+    logrotate(layout, "copytruncate")
+    write(PER, 10)
+    wait_for(lambda: len(layout.records()) >= PER + 10, what="the lines after the truncate")
+    if stop == "kill -9":
+        daemon.kill()
+    else:
+        assert daemon.stop() == 0
+    write(PER + 10, PER)
 
     records = read_the_rest(layout, daemon_factory, 2 * PER + 10)
     Ledger.compare(ids(2 * PER + 10), records).assert_exact()

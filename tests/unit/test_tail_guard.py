@@ -20,7 +20,7 @@ from pipeline.sources.tail import source as source_module
 from pipeline.sources.tail.checkpoint import PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import list_directories
-from pipeline.sources.tail.guard import REOPENS, CopyGuard
+from pipeline.sources.tail.guard import MAX_TARGETS, REOPENS, CopyGuard
 from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key, fingerprint
 from pipeline.sources.tail.source import TailSource
 
@@ -141,6 +141,31 @@ def test_a_writer_that_opens_the_file_for_every_write_is_not_read_at_every_write
         until(partial(opens_seen, guard, tf, n + 1))
     until(lambda: str(path.parent) in guard._muted)
     assert not guard._targets and not guard._directories  # its opens no longer wake the guard
+
+
+def test_no_more_files_are_guarded_at_once_than_max_targets(tmp_path: Path, guard: CopyGuard) -> None:
+    # Each guarded file holds a descriptor beyond max_open_files: a process opening many followed
+    # files (one open each) must not have them all guarded.
+    files = {}
+    for n in range(MAX_TARGETS + 3):
+        path = tmp_path / f"agent-{n}.log"
+        path.write_bytes(HEAD)
+        fd = os.open(path, os.O_RDONLY)
+        tf = TailedFile("agent", file_key(os.fstat(fd)), str(path), fd, len(HEAD))
+        tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
+        files[str(path)] = tf
+    try:
+        guard.follow(files, {str(tmp_path)})
+        for name in files:
+            with open(name, "rb"):
+                pass
+        first = next(iter(files.values()))
+        with open(first.path, "rb"):  # seen after every open above (inotify keeps their order)
+            until(lambda: first.key in guard._targets and guard._targets[first.key].opens >= 2)
+        assert len(guard._targets) == MAX_TARGETS
+    finally:
+        for tf in files.values():
+            tf.close()
 
 
 def test_an_open_seen_while_closing_leaves_no_descriptor_behind(followed) -> None:

@@ -44,6 +44,11 @@ GUARD_FOR = 1.0  # seconds of reading at every write after a foreign open (the c
 KEEP_FOR = 5.0  # seconds the bytes read before a truncate wait for the source to take them
 REOPENS = 20  # opens within GUARD_FOR that mark a writer opening the file for each write (not a copier)
 PIECE = 64 * 1024  # bytes per read: a few writes' worth at most, so no large buffer per read
+# Files guarded at once. Each holds a descriptor beyond the source's max_open_files, and a writer
+# that opens many followed files (one open per file and round) would otherwise have them all
+# guarded for a second: 70 descriptors against max_open_files = 40 in test_many_files. logrotate
+# copies one file at a time.
+MAX_TARGETS = 2
 
 
 @dataclass
@@ -229,8 +234,8 @@ class CopyGuard:
                 target.until = until
             return
         base, fp, fp_len = tf.offset, tf.fp, tf.fp_len
-        if fp_len == 0:
-            return  # empty: nothing to lose
+        if fp_len == 0 or len(self._targets) >= MAX_TARGETS:
+            return  # empty: nothing to lose; or as many guarded as the descriptors allow
         try:
             # Read first (see _serve); checked below: the source may have closed its descriptor
             # since the path list was made, and the number be another file's now.

@@ -6,7 +6,6 @@ chunks, next to the floor on the same records.
   .venv/bin/python benchmarks/forward.py --chunk-records 500 --in-flight 8 --connections 2
   .venv/bin/python benchmarks/forward.py --fsync false
   .venv/bin/python benchmarks/forward.py --runs 1 --trace      # where the daemon's time goes, per stage
-  .venv/bin/python benchmarks/forward.py --parse-workers 2     # entries decoded in 2 worker processes
 
 A client in this process sends the workload as PackedForward chunks (EventTime entries, a
 ``chunk`` id each, at most ``--in-flight`` unacknowledged at once per connection, as
@@ -71,12 +70,11 @@ from common import (
 from tests.support.elasticsearch import free_port
 
 
-def daemon_config(root: Path, port: int, fsync: bool, parse_workers: int = 0) -> Path:
+def daemon_config(root: Path, port: int, fsync: bool) -> Path:
     config = root / "logferry.toml"
     config.write_text(f"""
 state_dir = "{root / 'state'}"
 fsync = {'true' if fsync else 'false'}
-parse_workers = {parse_workers}
 [health]
 listen = ""
 [sources.fluent]
@@ -271,11 +269,11 @@ def trace_table(path: Path, start: float, end: float) -> dict[str, Any]:
 
 
 def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsync: bool,
-               in_flight: int, connections: int, trace: bool = False, parse_workers: int = 0) -> dict[str, Any]:
+               in_flight: int, connections: int, trace: bool = False) -> dict[str, Any]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
     port = free_port()
-    config = daemon_config(root, port, fsync, parse_workers)
+    config = daemon_config(root, port, fsync)
     trace_path = root / "trace.json"
     command = [sys.executable, __file__, "--trace-daemon", str(trace_path), "-c", str(config)] if trace else None
     quiet_disk()
@@ -310,8 +308,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--fsync", choices=("true", "false"), default="true")
     ap.add_argument("--trace", action="store_true", help="time each stage in the daemon (see the module doc)")
-    ap.add_argument("--parse-workers", type=int, default=0,
-                    help="the daemon's parse_workers (PackedForward entries decoded in that many processes)")
     ap.add_argument("--msgpack-floor", nargs=2, type=Path, metavar=("MESSAGES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.msgpack_floor:
@@ -331,7 +327,7 @@ def main() -> None:
         floors.append(run_floor(workload, root / "floor.out"))
         packed_floors.append(run_msgpack_floor(messages, root / "floor.out"))
         daemons.append(run_daemon(root, chunks, args.records, fsync, args.in_flight, args.connections,
-                                  args.trace, args.parse_workers))
+                                  args.trace))
     report = summarize(args, size, floors, packed_floors, daemons, fsync, finish_run(info))
     print_header("forward: PackedForward chunks → acked (committed) → file output, next to the floor", report)
     print_table(report)
@@ -349,7 +345,7 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
     return {
         **info, "records": args.records, "bytes": size, "record_bytes": size / args.records,
         "chunk_records": args.chunk_records, "in_flight": args.in_flight, "connections": args.connections,
-        "fsync": fsync, "parse_workers": args.parse_workers,
+        "fsync": fsync,
         "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6, "runs": floors},
         "msgpack_floor": {"records_per_s": args.records / packed_s, "mb_per_s": size / packed_s / 1e6,
                           "cpu_s": statistics.median(f["cpu_s"] for f in packed_floors), "runs": packed_floors},
@@ -366,7 +362,7 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
 def print_table(r: dict[str, Any]) -> None:
     print(f"{r['records']} records of {r['record_bytes']:.0f} B, {r['chunk_records']} per chunk, "
           f"{r['in_flight']} in flight on each of {r['connections']} connection(s), "
-          f"fsync = {str(r['fsync']).lower()}, parse_workers = {r['parse_workers']}, {r['machine']}, {r['date']}")
+          f"fsync = {str(r['fsync']).lower()}, {r['machine']}, {r['date']}")
     floor, packed, ours = r["floor"], r["msgpack_floor"], r["logferry"]
     print(f"{'':34} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8} {'/ msgpack floor':>16}")
     print(f"{'floor.py (JSON lines → file)':34} {floor['records_per_s']:>10.0f} {floor['mb_per_s']:>8.1f}")

@@ -103,8 +103,8 @@ class Settings(BaseSettings):
     )
     parse_workers: int = Field(
         0, ge=0, le=16,
-        description="Processes that parse, enrich and serialise tailed blocks and forward PackedForward "
-        "messages beside the event loop (the second core); 0: all on the event loop. See docs/PERFORMANCE.md.",
+        description="Processes that parse, enrich and serialise tailed blocks beside the event loop (the "
+        "second core); 0: all on the event loop. See docs/PERFORMANCE.md.",
     )
     enrich: EnrichConfig = Field(default_factory=EnrichConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)

@@ -14,11 +14,6 @@ blocks whose source has transforms, blocks larger than a slot or smaller than 64
 writer's few lines)) are parsed on the event loop as before, in their place in that order. A block
 whose records span several time windows is split by the worker, one region per window.
 
-The forward source's PackedForward messages travel the same way (``LineBatch.packed``: their entries,
-still msgpack, maybe gzipped, copied into the slot; a ``PackedJob`` instead of a ``Job``): the worker
-decodes, enriches and serialises them as the source and processor would on the loop. Entries that are
-not a valid stream are answered "inline": the loop decodes them again and rejects the message.
-
 A worker that fails a block, or exits, is logged with its reason, and its blocks are parsed on
 the loop (the batches keep their bytes until handed on); the other workers go on, and with none
 left everything runs on the loop. Workers exit when the daemon closes the pool, or on EOF when
@@ -45,7 +40,7 @@ from typing import Any
 
 from pipeline.errors import LogferryError
 from pipeline.runtime.committer import END, EndOfInput
-from pipeline.runtime.parse_worker import Done, Job, PackedJob, Setup
+from pipeline.runtime.parse_worker import Done, Job, Setup
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
 
@@ -193,18 +188,11 @@ class ParsePool:
             return await self._submit(batch)
         assert self._memory is not None
         start = slot * self.slot_bytes
-        packed = batch.packed
-        data = batch.data if packed is None else packed.raw
-        self._memory[start : start + len(data)] = data
+        self._memory[start : start + len(batch.data)] = batch.data
         now = self.processor.clock.time()
         added = self.processor.enricher.fields(batch.tag, now)
-        job: Job | PackedJob
-        if packed is None:
-            job = Job(slot, len(data), batch.start, self.processor.enricher.suffix(added), added, now)
-        else:
-            job = PackedJob(slot, len(data), packed.compressed, packed.limit, added, now)
         try:
-            worker.conn.send(job)
+            worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now))
         except OSError as exc:
             self._worker_gone(worker, exc)
             self._free.put_nowait(slot)  # out of circulation with its worker
@@ -213,9 +201,8 @@ class ParsePool:
         return future
 
     def _takes(self, batch: LineBatch) -> bool:
-        size = len(batch.data) if batch.packed is None else len(batch.packed.raw)  # forward: entries, encoded
         return (batch.records is None and batch.offsets is None
-                and MIN_WORKER_BYTES <= size <= IN_BYTES
+                and MIN_WORKER_BYTES <= len(batch.data) <= IN_BYTES
                 and any(worker.alive for worker in self.workers)
                 and batch.source not in self.processor.plan.routes)
 
@@ -269,9 +256,6 @@ class ParsePool:
             groups[width][window] = TimeGroup([payload], offsets_list, done.regions[index].crc)
         dead = [*batch.dead, *(self.processor.dead_entry(batch, offset, line, reason, job.now)
                                for offset, line, reason in done.bad)]
-        if (packed := batch.packed) is not None:  # a forward message: what its frames' meta and its ack count
-            batch.packed, packed.raw, packed.records = None, b"", done.count
-            batch.end = done.count + len(done.bad)  # its entries: every one stored or dead-lettered
         return ProcessedBatch(batch, groups, dead, done.count)
 
     def _worker_gone(self, worker: Worker, exc: BaseException) -> None:

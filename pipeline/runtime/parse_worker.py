@@ -7,8 +7,7 @@ blocks and writes nothing to disk: positions, frames and commits stay with the d
 that dies loses nothing (the daemon parses its blocks itself).
 
 Messages (pickled, over the socket):
-  daemon → worker  ``Setup``, then ``Job`` per block (``PackedJob`` per forward message), then ``None``
-                   (or EOF) to exit;
+  daemon → worker  ``Setup``, then ``Job`` per block, then ``None`` (or EOF) to exit;
   worker → daemon  ``Done`` per job, in the order the jobs came.
 """
 
@@ -46,19 +45,6 @@ class Job:
     length: int
     base: int
     suffix: bytes
-    added: dict[str, Any]
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class PackedJob:
-    """A forward message's PackedForward entries (``length`` bytes in slot ``slot``, gzipped if ``compressed``,
-    at most ``limit`` bytes decompressed), enriched with ``added``; answered as a :class:`Job` is."""
-
-    slot: int
-    length: int
-    compressed: bool
-    limit: int
     added: dict[str, Any]
     now: float
 
@@ -138,42 +124,6 @@ def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
     return Done("ok", job.slot, len(offsets), tuple(area.regions), tuple(groups), tuple(parsed.bad))
 
 
-def run_packed_job(memory: mmap.mmap, setup: Setup, job: PackedJob) -> Done:
-    """Decode, enrich and serialise a PackedForward message's entries (the forward source's work on the
-    loop, :mod:`pipeline.sources.forward.packed`) and write the records, per window, into the slot.
-
-    ``bad`` holds the entries that are not maps (offset: index among the entries) then the records that
-    cannot be stored as JSON (offset: index among the maps). Entries that are not a valid stream are
-    answered "inline": the daemon decodes them again, finds the same reason and closes the connection.
-    """
-    # Imported here: a daemon without a forward source never makes its workers import msgpack.
-    from pipeline.sources.forward.codec import ProtocolError
-    from pipeline.sources.forward.packed import packed_lines
-
-    start = job.slot * setup.slot_bytes
-    try:
-        done, not_maps = packed_lines(memory[start : start + job.length], job.compressed, job.limit,
-                                      setup.time_key, job.added, job.now)
-    except ProtocolError as exc:
-        return Done("inline", job.slot, reason=str(exc))
-    area = ResultArea(memory, start + setup.in_bytes, setup.slot_bytes - setup.in_bytes)
-    groups: list[tuple[int, int, int]] = []
-    whole = -1  # the region holding every record, once written
-    times, lines, offsets = done.times, done.lines, done.offsets
-    for width in setup.widths if lines else ():
-        low, high = int(min(times)) // width * width, int(max(times)) // width * width
-        if low == high:  # as in run_job: one region shared by every width whose window holds them all
-            if whole < 0:
-                whole = area.add(lines, offsets)
-            groups.append((width, low, whole))
-            continue
-        for window, picked in _by_window(times, width).items():
-            groups.append((width, window, area.add([lines[i] for i in picked], [offsets[i] for i in picked])))
-    if area.full:
-        return Done("inline", job.slot)
-    return Done("ok", job.slot, len(offsets), tuple(area.regions), tuple(groups), (*not_maps, *done.bad))
-
-
 def _by_window(times: list[float], width: int) -> dict[int, list[int]]:
     """Record indices per window of ``width`` seconds, windows in order of first appearance (as on the loop)."""
     windows: dict[int, list[int]] = {}
@@ -193,7 +143,7 @@ def serve(conn: Connection, memory: mmap.mmap) -> None:
         if job is None:
             return
         try:
-            done = run_packed_job(memory, setup, job) if type(job) is PackedJob else run_job(memory, setup, job)
+            done = run_job(memory, setup, job)
         except Exception as exc:  # noqa: BLE001 - reported to the daemon, which parses the block itself
             done = Done("error", job.slot, reason=f"{type(exc).__name__}: {exc}")
         try:

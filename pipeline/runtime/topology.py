@@ -93,8 +93,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     # Where a first start matters (read_from_head = false) its offsets are saved now: to the
     # sources every start is a restart, and a file without a saved position appeared after
     # that first look, so it is read from its head.
-    source_context = SourceContext(positions, dead_letters, clock, state, settings.enrich.time_key,
-                                   settings.parse_workers > 0)
+    source_context = SourceContext(positions, dead_letters, clock, state, settings.enrich.time_key)
     sources = [_build_source(name, cfg, source_context) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
     id_outputs, id_sources = _carried_ids(settings, routes)

@@ -46,27 +46,6 @@ class LineBatch:
     # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of
     # ``data``; their offsets are their indices in the batch. Set to None once processed.
     records: list[dict[Any, Any]] | None = None
-    # A forward message's PackedForward entries still encoded (``parse_workers`` > 0): decoded where the
-    # batch is processed, in a parse worker or on the loop. Set to None once processed.
-    packed: PackedEntries | None = None
-    peer: str | None = None  # a network source's client: named in the dead-letter entries
-
-
-@dataclass(slots=True)
-class PackedEntries:
-    """The entries of one PackedForward / CompressedPackedForward message, not decoded yet.
-
-    Whoever processes the batch decodes them (:mod:`pipeline.sources.forward.packed`); entries that are not
-    a valid stream store nothing: ``reject`` is called on the event loop with the reason (the source closes
-    the connection, as it would have had it decoded them itself), and the batch loses its ``on_commit`` and
-    ``journal`` (no ack, the chunk id not remembered).
-    """
-
-    raw: bytes
-    compressed: bool  # gzip
-    limit: int  # chunk_limit_bytes: the entries' size at most, decompressed
-    reject: Callable[[str], None]
-    records: int = 0  # records stored, once processed (the source's counters)
 
 
 class CommitJournal(Protocol):
@@ -98,8 +77,6 @@ class SourceContext:
     clock: Clock
     state_dir: Path  # the daemon's state directory, for a source's own state files
     time_key: str = "timestamp"  # [enrich] time_key: where a source that knows each record's event time puts it
-    # parse_workers > 0: a source may leave its records encoded (LineBatch.packed) for a worker to decode.
-    defer_decoding: bool = False
 
 
 class Source(Protocol):

@@ -69,32 +69,24 @@ class Message:
     entries: list[tuple[object, object]]
     chunk: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    packed: bytes | None = None  # PackedForward entries left encoded (``decode(defer=True)``): entries is empty
 
 
-def decode(obj: object, chunk_limit: int, defer: bool = False) -> Message:
-    """A message from one unpacked msgpack object; ``ProtocolError`` when it is not one.
-
-    ``defer``: PackedForward entries are left encoded in ``packed`` (gzipped if ``options["compressed"]``
-    says so), for a parse worker to decode; the size of an uncompressed stream is still checked here.
-    """
+def decode(obj: object, chunk_limit: int) -> Message:
+    """A message from one unpacked msgpack object; ``ProtocolError`` when it is not one."""
     if not isinstance(obj, list | tuple) or len(obj) < 2 or not isinstance(obj[0], str):
         raise ProtocolError(f"not a forward message (expected [tag, ...], got {_shape(obj)})")
     tag, second = obj[0], obj[1]
-    packed: bytes | None = None
     if isinstance(second, list):  # Forward
         options = _options(obj, 2)
         entries = [_entry(e) for e in second]
     elif isinstance(second, bytes | str):  # PackedForward, maybe compressed
         options = _options(obj, 2)
         raw = second.encode("utf-8", "surrogateescape") if isinstance(second, str) else second
-        compressed = options.get("compressed") == "gzip"
-        if not compressed and len(raw) > chunk_limit:
+        if options.get("compressed") == "gzip":
+            raw = gunzip(raw, chunk_limit)
+        elif len(raw) > chunk_limit:
             raise TooLarge(f"chunk of {len(raw)} bytes exceeds chunk_limit_bytes = {chunk_limit}")
-        if defer:
-            entries, packed = [], raw
-        else:
-            entries = unpack_entries(gunzip(raw, chunk_limit) if compressed else raw)
+        entries = unpack_entries(raw)
     else:  # Message
         if len(obj) < 3:
             raise ProtocolError("Message mode needs [tag, time, record]")
@@ -103,7 +95,7 @@ def decode(obj: object, chunk_limit: int, defer: bool = False) -> Message:
     chunk = options.get("chunk")
     if chunk is not None and not isinstance(chunk, str):
         raise ProtocolError(f"option chunk must be a string, got {_shape(chunk)}")
-    return Message(tag, entries, chunk, options, packed)
+    return Message(tag, entries, chunk, options)
 
 
 def _options(obj: list[Any] | tuple[Any, ...], index: int) -> dict[str, Any]:
@@ -135,8 +127,7 @@ def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
                 _entry(item)  # raises with the shape
             append(item)
             end = tell()
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        # TypeError: a map keyed by an array or a map (unhashable), which no record can be
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
     if end != len(raw):
         raise ProtocolError(f"PackedForward entries cut short ({len(raw) - end} bytes left over)")

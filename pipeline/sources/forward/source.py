@@ -27,15 +27,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import msgpack
+import orjson
 
 from pipeline.deadletter import line_fields
 from pipeline.errors import ConfigError
-from pipeline.sources.base import Emit, LineBatch, PackedEntries, SourceContext
+from pipeline.sources.base import Emit, LineBatch, SourceContext
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
-from pipeline.sources.forward.codec import Message, ProtocolError, decode, pack, unpacker
+from pipeline.sources.forward.codec import Message, ProtocolError, decode, event_epoch, pack, unpacker
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake
-from pipeline.sources.forward.packed import records_of
 from pipeline.transforms.enrich import iso_millis
 
 log = logging.getLogger("logferry.forward")
@@ -68,7 +68,6 @@ class ForwardSource:
         self.dead_letters = context.dead_letters
         self.clock = context.clock
         self.time_key = context.time_key
-        self.defer = context.defer_decoding  # PackedForward entries decoded by a parse worker
         self.journal = ChunkJournal(context.state_dir / "forward" / name, config.chunk_window, context.clock.time)
         self.window = ChunkWindow(self.journal, context.positions.commit_seq, config.chunk_window,
                                   config.chunk_window_max)
@@ -175,21 +174,18 @@ class Connection:
         self.unpacker = unpacker(self.config.message_limit_bytes)
         self.fed = 0  # bytes given to the unpacker
         self.consumed = 0  # bytes of the whole messages it returned
-        self.rejected = False  # a deferred message's entries turned out bad: the connection is closing
 
     async def serve(self) -> None:
         """Run the connection; bad input is logged and ends it."""
         try:
             if self.source.shared_key and not await self._handshake():
                 return
-            while not self.rejected and (data := await self._read()) is not None:
+            while (data := await self._read()) is not None:
                 self._feed(data)
                 for obj in self.unpacker:
                     self.consumed = self.unpacker.tell()
                     await self._message(obj)
-                    if self.rejected:
-                        return
-            if (leftover := self.fed - self.consumed) and not self.rejected:
+            if leftover := self.fed - self.consumed:
                 self._bad(f"connection closed in the middle of a message ({leftover} bytes discarded)")
         except BAD_STREAM as exc:
             self._bad(_reason(exc, self.config.message_limit_bytes))
@@ -247,7 +243,7 @@ class Connection:
     # -- one message -------------------------------------------------------------------
 
     async def _message(self, obj: object) -> None:
-        message = decode(obj, self.config.chunk_limit_bytes, self.source.defer)
+        message = decode(obj, self.config.chunk_limit_bytes)
         chunk = message.chunk
         window = self.source.window
         if chunk is not None and window.is_committed(chunk):
@@ -271,38 +267,36 @@ class Connection:
         self.messages += 1
         key = message.chunk if message.chunk is not None else f"{self.ident}-{self.messages}"
         path = f"forward://{self.peer}"
-        chunk = message.chunk
-        tag = self.config.tag or message.tag
-        journal = None if chunk is None else (self.source.journal, chunk)
-        if message.packed is not None:  # decoded, enriched and serialised where the batch is processed
-            packed = PackedEntries(message.packed, message.options.get("compressed") == "gzip",
-                                   self.config.chunk_limit_bytes, lambda reason: self._rejected(chunk, reason))
-            return LineBatch(self.source.name, tag, key, path, 0, 0, b"", None,
-                             on_commit=lambda: self._committed(chunk, packed.records), journal=journal,
-                             packed=packed, peer=self.peer)
         now = self.source.clock.time()
-        records, not_maps = records_of(message.entries, self.source.time_key)
-        dead = [self._dead(key, index, shown, reason, now) for index, shown, reason in not_maps]
+        time_key = self.source.time_key
+        records: list[dict[Any, Any]] = []
+        dead: list[dict[str, Any]] = []
+        append = records.append
+        for index, (when, record) in enumerate(message.entries):  # per record: no calls in the common case
+            if type(record) is not dict:
+                dead.append(self._dead(key, index, record, "record is not a map", now))
+                continue
+            if time_key not in record:  # the decoded dict is ours: no copy
+                if type(when) is float:  # EventTime, decoded by the codec
+                    record[time_key] = when
+                elif (epoch := event_epoch(when)) is not None:
+                    record[time_key] = epoch
+            append(record)
+        chunk = message.chunk
         count = len(records)
         # The records go as dicts: the processor enriches and serialises them once (offsets: their indices).
-        return LineBatch(self.source.name, tag, key, path, 0, len(message.entries), b"", None, dead=dead,
-                         on_commit=lambda: self._committed(chunk, count), journal=journal, records=records,
-                         peer=self.peer)
+        return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, len(message.entries), b"",
+                         None, dead=dead, on_commit=lambda: self._committed(chunk, count),
+                         journal=None if chunk is None else (self.source.journal, chunk), records=records)
 
-    def _dead(self, key: str, index: int, shown: bytes, reason: str, now: float) -> dict[str, Any]:
+    def _dead(self, key: str, index: int, record: object, reason: str, now: float) -> dict[str, Any]:
+        try:
+            shown = orjson.dumps(record, default=repr, option=orjson.OPT_NON_STR_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            shown = repr(record).encode("utf-8", "replace")
         return {"id": f"{self.source.name}:{key}:{index}", "time": iso_millis(now), "source": self.source.name,
                 "path": f"forward://{self.peer}", "peer": self.peer, "offset": index, "reason": reason,
                 **line_fields(shown)}
-
-    def _rejected(self, chunk: str | None, reason: str) -> None:
-        """A deferred message's entries were not valid (found where it was processed): nothing of it is
-        stored; close the connection as for any bad input (what it sent after is stored but not acked: the
-        client resends it on a new connection, where it is acknowledged as committed)."""
-        if chunk is not None:
-            self.source.window.abandon(chunk)  # resends waiting for it get no ack: they are sent again
-        self.rejected = True
-        self._bad(reason)
-        self.writer.close()
 
     def _committed(self, chunk: str | None, records: int) -> None:
         source = self.source

@@ -22,6 +22,7 @@ from tests.support.forward import RawClient, forward_config, wait_listening
 pytestmark = pytest.mark.integration
 
 T0 = 1_795_000_000  # an event time well in the past of the test run, so a time key can't be the ingest time
+ARRAY_KEYED: dict[Any, Any] = {(1, 2): "x"}  # packs as a map keyed by an array, which no receiver can decode
 
 
 @pytest.fixture
@@ -124,7 +125,8 @@ def test_a_record_that_is_not_a_map_is_dead_lettered_with_the_peer_while_its_nei
     assert entry["line"] == '"just a string"' and entry["source"] == "fluent"
 
 
-@pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb"])
+@pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb", "array-key",
+                                 "packed-array-key"])
 def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, daemon_factory, connect, bad):
     port = free_port()
     forward_config(layout, port, source={"message_limit_bytes": 4096, "chunk_limit_bytes": 8192})
@@ -143,6 +145,10 @@ def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, dae
             evil.send(["app.big", T0, {"request_id": "big", "x": "y" * 10_000}])
         elif bad == "not-a-message":
             evil.send({"hello": "world"})
+        elif bad == "array-key":  # a map keyed by an array: msgpack cannot give it as a dict
+            evil.send(["app.key", T0, ARRAY_KEYED])
+        elif bad == "packed-array-key":
+            evil.send(["app.key", packed([(T0, ARRAY_KEYED)]), {"chunk": "k"}])
         else:
             evil.send(["app.bomb", gzip.compress(packed([(T0, {"x": "0" * 100_000})])), {"compressed": "gzip"}])
         assert evil.closed_by_server()

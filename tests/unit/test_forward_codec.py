@@ -39,6 +39,7 @@ def test_each_mode_decodes_to_tag_entries_and_chunk() -> None:
     {"not": "an array"}, ["tag-only"], [1, 2, {}], ["t", [[1]]], ["t", 1, {"k": 1}, "option"],
     ["t", b"\x92\x01"],  # PackedForward cut short
     ["t", 1, {"k": 1}, {"chunk": 5}],
+    ["t", b"\x92\x01\x81\x91\x01\x01"],  # PackedForward with a record keyed by an array (unhashable)
 ])
 def test_malformed_messages_are_protocol_errors(bad: object) -> None:
     with pytest.raises(ProtocolError):

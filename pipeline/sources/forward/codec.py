@@ -127,7 +127,8 @@ def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
                 _entry(item)  # raises with the shape
             append(item)
             end = tell()
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        # TypeError: a map keyed by an array or a map (unhashable), which no record can be
         raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
     if end != len(raw):
         raise ProtocolError(f"PackedForward entries cut short ({len(raw) - end} bytes left over)")

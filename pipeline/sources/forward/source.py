@@ -23,6 +23,7 @@ import logging
 import secrets
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -182,7 +183,7 @@ class Connection:
                 return
             while (data := await self._read()) is not None:
                 self._feed(data)
-                for obj in self.unpacker:
+                for obj in self._messages():
                     self.consumed = self.unpacker.tell()
                     await self._message(obj)
             if leftover := self.fed - self.consumed:
@@ -205,6 +206,14 @@ class Connection:
             return None
         self.source.stats.bytes += len(data)
         return data or None
+
+    def _messages(self) -> Iterator[object]:
+        """The whole objects fed so far. A map keyed by an array or a map cannot be decoded (msgpack raises
+        TypeError: unhashable), so it is bad input like any other, not an error of the handler."""
+        try:
+            yield from self.unpacker
+        except TypeError as exc:
+            raise ProtocolError(f"not a forward message: {exc}") from exc
 
     def _feed(self, data: bytes) -> None:
         self.unpacker.feed(data)
@@ -231,8 +240,7 @@ class Connection:
 
     async def _next_object(self) -> object | None:
         while True:
-            with contextlib.suppress(msgpack.OutOfData):
-                obj: object = self.unpacker.unpack()
+            for obj in self._messages():
                 self.consumed = self.unpacker.tell()
                 return obj
             data = await self._read()

@@ -129,11 +129,11 @@ class Helper:
             while self.conn.poll():
                 try:
                     message = self.conn.recv()
+                    if message is None:
+                        return
+                    self.handle(message)
                 except (EOFError, ConnectionError):
-                    return  # the daemon exited or was killed
-                if message is None:
-                    return
-                self.handle(message)
+                    return  # the daemon exited or was killed (before or while it was answered)
             self.bookkeeping(events)
 
     def handle(self, message: tuple[object, ...]) -> None:

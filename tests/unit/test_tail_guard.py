@@ -1,13 +1,21 @@
-"""CopyGuard: a followed file opened by someone else is read at every write by the guard's thread,
-and what was read before a truncate is handed over whole lines only, for the content it was read from."""
+"""CopyGuard: a followed file opened by someone else is read at every write by the guard's helper
+process, and what was read before a truncate is handed over whole lines only, for the content it
+was read from; the helper leaves with the daemon."""
 
 from __future__ import annotations
 
+import mmap
 import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,8 @@ from pipeline.sources.tail import source as source_module
 from pipeline.sources.tail.checkpoint import PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import list_directories
-from pipeline.sources.tail.guard import MAX_TARGETS, REOPENS, CopyGuard
+from pipeline.sources.tail.guard import PACKAGE_ROOT, SLOTS, CopyGuard
+from pipeline.sources.tail.guard_helper import MAX_TARGETS, REOPENS, SLOT, Helper
 from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key, fingerprint
 from pipeline.sources.tail.source import TailSource
 
@@ -32,6 +41,14 @@ def until(condition: Callable[[], bool], within: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.001)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not waited for, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture
@@ -50,34 +67,52 @@ def followed(tmp_path: Path) -> Iterator[tuple[Path, TailedFile, int]]:
 
 @pytest.fixture
 def guard() -> Iterator[CopyGuard]:
-    """A copy guard with a 1 MiB hold, closed (its thread joined) after the test."""
+    """A copy guard with a 1 MiB hold, closed (its helper gone) after the test."""
     copy_guard = CopyGuard(1 << 20)
     yield copy_guard
     copy_guard.close()
 
 
-def guarding(guard: CopyGuard, tf: TailedFile) -> Callable[[], bool]:
-    return lambda: tf.key in guard._targets
+@pytest.fixture
+def helper() -> Iterator[tuple[Helper, CopyGuard]]:
+    """The helper's loop in a thread of the test (its state can be looked at), and a CopyGuard whose
+    messages and shared memory reach it, as the daemon's would reach the helper process."""
+    ours, theirs = socket.socketpair()
+    memory_fd = os.memfd_create("test-guard")
+    os.ftruncate(memory_fd, SLOTS * SLOT.size)
+    offsets, published = mmap.mmap(memory_fd, SLOTS * SLOT.size), mmap.mmap(memory_fd, SLOTS * SLOT.size)
+    os.close(memory_fd)
+    state = Helper(Connection(theirs.detach()), offsets, 1 << 20)
+    thread = threading.Thread(target=state.serve, daemon=True)
+    thread.start()
+    copy_guard = CopyGuard(1 << 20)
+    copy_guard._conn, copy_guard._memory = Connection(ours.detach()), published
+    copy_guard._process = subprocess.Popen(["true"])  # stands for the helper: follow() starts none
+    yield state, copy_guard
+    copy_guard.close()
+    thread.join(5.0)
+    assert not thread.is_alive()
+    offsets.close()
 
 
 def opened_elsewhere(guard: CopyGuard, path: Path, tf: TailedFile) -> None:
     """The guard follows ``tf``; another process opens it (and closes it): the guard reads it from now on."""
     guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard.guarded() == {}  # answered: the helper runs and watches the directory
     with path.open("rb"):
-        until(guarding(guard, tf))
+        until(lambda: tf.key in guard.guarded())
 
 
-def test_lines_written_before_a_truncate_are_taken_even_while_the_main_thread_is_busy(
-    followed, guard: CopyGuard
-) -> None:
+def test_lines_written_before_a_truncate_are_taken_even_while_the_daemon_is_busy(followed, guard: CopyGuard) -> None:
     path, tf, writer = followed
     guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard.guarded() == {}  # answered: the helper runs and watches the directory
     copier = os.open(path, os.O_RDWR)  # logrotate's copytruncate opens the file
-    until(guarding(guard, tf))
+    until(lambda: tf.key in guard.guarded())
     os.write(writer, b'{"n": 1}\n')
     os.write(writer, b'{"n": 2}\n{"n": 3')  # the third line is not finished at the truncate
-    # The main thread (the source's event loop) is busy in Python code: the guard's thread
-    # still gets the GIL within the switch interval and reads the writes.
+    # The daemon (here: this process) runs Python code and holds its GIL: the helper process reads
+    # the writes all the same, with no wait for this interpreter.
     spin_until = time.perf_counter() + 0.05
     while time.perf_counter() < spin_until:
         pass
@@ -92,10 +127,24 @@ def test_only_what_the_source_has_not_read_is_taken(followed, guard: CopyGuard) 
     path, tf, writer = followed
     opened_elsewhere(guard, path, tf)
     os.write(writer, b'{"n": 1}\n{"n": 2}\n')
-    until(lambda: guard._targets[tf.key].end == len(HEAD) + 18)
-    tf.offset += 9  # the source read the first line itself
+    until(lambda: guard.guarded().get(tf.key) == len(HEAD) + 18)
+    tf.offset += 9  # the source read the first line itself...
+    guard.note(tf)  # ...and says so after the read
     os.truncate(path, 0)
     assert guard.take(tf, tf.offset) == b'{"n": 2}\n'
+
+
+def test_what_the_source_has_read_is_not_kept(followed, guard: CopyGuard) -> None:
+    path, tf, writer = followed
+    opened_elsewhere(guard, path, tf)
+    os.write(writer, b'{"n": 1}\n')
+    until(lambda: guard.guarded().get(tf.key) == len(HEAD) + 9)
+    tf.offset += 9
+    guard.note(tf)
+    os.write(writer, b'{"n": 2}\n')  # the helper drops what lies before the source's offset at this read
+    until(lambda: guard.guarded().get(tf.key) == len(HEAD) + 18)
+    os.truncate(path, 0)
+    assert guard.take(tf, tf.offset - 9) == b""  # before what the helper holds: nothing (no half answer)
 
 
 def test_a_file_rewritten_with_other_content_gives_nothing(followed, guard: CopyGuard) -> None:
@@ -103,17 +152,17 @@ def test_a_file_rewritten_with_other_content_gives_nothing(followed, guard: Copy
     opened_elsewhere(guard, path, tf)
     # Truncated and written past the old end at once: the bytes at the old offsets are new content.
     path.write_bytes(b'{"other": "' + b"o" * (len(HEAD) + 100) + b'"}\n')
-    until(lambda: guard._targets[tf.key].done)
     assert guard.take(tf, tf.offset) == b""
 
 
 def test_files_not_opened_by_anyone_else_are_not_read(followed, guard: CopyGuard) -> None:
     path, tf, writer = followed
     guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard.guarded() == {}  # answered: the helper runs and watches the directory
     os.write(writer, b'{"n": 1}\n')  # the writer's descriptor was opened before: no open event
     (path.parent / "other.log").write_bytes(b"x\n")  # an open of a file that is not followed
-    time.sleep(0.05)  # nothing to poll for: the guard must stay idle
-    assert not guard._targets
+    time.sleep(0.05)  # nothing to poll for: the helper must stay idle
+    assert guard.guarded() == {}
     os.truncate(path, 0)
     assert guard.take(tf, tf.offset) == b""
 
@@ -122,30 +171,34 @@ def test_a_file_no_longer_followed_is_let_go(followed, guard: CopyGuard) -> None
     path, tf, writer = followed
     opened_elsewhere(guard, path, tf)
     guard.follow({}, {str(path.parent)})
-    assert not guard._targets
+    assert guard.guarded() == {}  # the helper answers in the order it is told
 
 
-def opens_seen(guard: CopyGuard, tf: TailedFile, count: int) -> bool:
-    target = guard._targets.get(tf.key)
-    return bool(guard._muted) or (target is not None and target.opens >= count)
+def opens_seen(state: Helper, tf: TailedFile, count: int) -> bool:
+    target = state.targets.get(tf.key)
+    return bool(state.muted) or (target is not None and target.opens >= count)
 
 
-def test_a_writer_that_opens_the_file_for_every_write_is_not_read_at_every_write(followed, guard: CopyGuard) -> None:
+def test_a_writer_that_opens_the_file_for_every_write_is_not_read_at_every_write(followed, helper) -> None:
     path, tf, writer = followed
+    state, guard = helper
     guard.follow({str(path): tf}, {str(path.parent)})
+    until(lambda: bool(state.directories))
     for n in range(REOPENS + 1):  # open, write, close: create-mode logging
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.write(fd, b'{"n": %d}\n' % n)
         os.close(fd)
-        # Each open seen before the next (the kernel merges an unread event identical to the last).
-        until(partial(opens_seen, guard, tf, n + 1))
-    until(lambda: str(path.parent) in guard._muted)
-    assert not guard._targets and not guard._directories  # its opens no longer wake the guard
+        # Each open seen before the next (the kernel merges an unread event identical to the last),
+        # the helper's own open at the first one too.
+        until(partial(opens_seen, state, tf, n + 2))
+    until(lambda: str(path.parent) in state.muted)
+    assert not state.targets and not state.directories  # its opens no longer wake the helper
 
 
-def test_no_more_files_are_guarded_at_once_than_max_targets(tmp_path: Path, guard: CopyGuard) -> None:
-    # Each guarded file holds a descriptor beyond max_open_files: a process opening many followed
-    # files (one open each) must not have them all guarded.
+def test_no_more_files_are_guarded_at_once_than_max_targets(tmp_path: Path, helper) -> None:
+    # Each guarded file holds a descriptor in the helper: a process opening many followed files
+    # (one open each) must not have them all guarded.
+    state, guard = helper
     files = {}
     for n in range(MAX_TARGETS + 3):
         path = tmp_path / f"agent-{n}.log"
@@ -156,42 +209,57 @@ def test_no_more_files_are_guarded_at_once_than_max_targets(tmp_path: Path, guar
         files[str(path)] = tf
     try:
         guard.follow(files, {str(tmp_path)})
+        until(lambda: bool(state.directories))
         for name in files:
             with open(name, "rb"):
                 pass
-        first = next(iter(files.values()))
-        with open(first.path, "rb"):  # seen after every open above (inotify keeps their order)
-            until(lambda: first.key in guard._targets and guard._targets[first.key].opens >= 2)
-        assert len(guard._targets) == MAX_TARGETS
+        # Every open seen: ours, and the helper's own of each file it guards (distinct files: no
+        # event merged with another).
+        until(lambda: state.opens_seen >= len(files) + MAX_TARGETS)
+        assert len(state.targets) == MAX_TARGETS
     finally:
         for tf in files.values():
             tf.close()
 
 
-def test_an_open_seen_while_closing_leaves_no_descriptor_behind(followed) -> None:
+def test_close_stops_the_helper_and_leaves_no_descriptor_behind(followed) -> None:
     path, tf, writer = followed
-    guard = CopyGuard(1 << 20)
-    guard.follow({str(path): tf}, {str(path.parent)})
-    assert guard._inotify is not None
-    inotify = guard._inotify
-    read_events = inotify.read
-    in_read = threading.Event()
-
-    def read_then_wait_for_close(timeout: int | None = None) -> list[Any]:
-        # The guard's thread has its events in hand (outside the lock) when close() runs.
-        events: list[Any] = read_events(timeout=timeout)
-        if events:
-            in_read.set()
-            until(lambda: guard._closed)
-        return events
-
-    inotify.read = read_then_wait_for_close
     before = set(os.listdir("/proc/self/fd"))
-    with path.open("rb"):
-        assert in_read.wait(5.0)
-        guard.close()
-    assert not guard._targets
-    assert set(os.listdir("/proc/self/fd")) <= before  # no dup of the followed file left open
+    guard = CopyGuard(1 << 20)
+    opened_elsewhere(guard, path, tf)
+    assert guard._process is not None
+    process = guard._process
+    os.kill(process.pid, signal.SIGTERM)  # a stop signal to the process group is the daemon's to handle
+    assert process.pid in {int(p) for p in os.listdir("/proc") if p.isdigit()} and alive(process.pid)
+    assert tf.key in guard.guarded()
+    guard.close()
+    assert process.returncode == 0  # it left when told
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_the_helper_leaves_when_the_daemon_is_killed(followed, tmp_path: Path) -> None:
+    path, tf, writer = followed
+    daemon_code = textwrap.dedent(f"""
+        import os, sys, time
+        from pipeline.sources.tail.guard import CopyGuard
+        from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key, fingerprint
+        fd = os.open({str(path)!r}, os.O_RDONLY)
+        tf = TailedFile("agent", file_key(os.fstat(fd)), {str(path)!r}, fd, {len(HEAD)})
+        tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
+        guard = CopyGuard(1 << 20)
+        guard.follow({{tf.path: tf}}, {{{str(path.parent)!r}}})
+        guard.guarded()  # the helper runs
+        print(guard._process.pid, flush=True)
+        time.sleep(60)
+    """)
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    with subprocess.Popen([sys.executable, "-c", daemon_code], stdout=subprocess.PIPE, env=env) as daemon:
+        assert daemon.stdout is not None
+        helper_pid = int(daemon.stdout.readline())
+        assert alive(helper_pid)
+        daemon.kill()  # kill -9: no close(), the helper sees its socket's end
+        daemon.wait()
+        until(lambda: not alive(helper_pid))
 
 
 def test_a_truncate_landing_during_a_look_does_not_make_the_copy_read_from_its_head(

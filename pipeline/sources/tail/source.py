@@ -193,6 +193,7 @@ class TailSource:
                     break
                 tf.idle_since = None
                 reads += 1
+                self._guard.note(tf)
                 if self.on_read is not None:
                     self.on_read(tf.key, result.end)
                 await self._hold_or_emit(tf, result, emit)

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +81,11 @@ def helper() -> Iterator[tuple[Helper, CopyGuard]]:
     os.ftruncate(memory_fd, SLOTS * SLOT.size)
     offsets, published = mmap.mmap(memory_fd, SLOTS * SLOT.size), mmap.mmap(memory_fd, SLOTS * SLOT.size)
     os.close(memory_fd)
-    state = Helper(Connection(theirs.detach()), offsets, 1 << 20)
+    state = Helper(theirs.detach(), offsets, 1 << 20)
     thread = threading.Thread(target=state.serve, daemon=True)
     thread.start()
     copy_guard = CopyGuard(1 << 20)
-    copy_guard._conn, copy_guard._memory = Connection(ours.detach()), published
+    copy_guard._conn, copy_guard._memory = ours, published
     copy_guard._process = subprocess.Popen(["true"])  # stands for the helper: follow() starts none
     yield state, copy_guard
     copy_guard.close()
@@ -334,3 +333,44 @@ def test_a_kill_after_the_new_content_is_committed_does_not_read_the_copy_again(
     finally:
         for t in restarted.files.values():
             t.close()
+
+
+def test_a_hung_helper_neither_blocks_the_daemon_nor_outlives_its_stop(
+    followed, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A helper that stops answering (SIGSTOP here; a read stuck on a dead mount) while the daemon
+    sends it more than a socket buffer holds: the send gives up, the helper is killed, logged once."""
+    from pipeline.sources.tail import guard as guard_module
+
+    monkeypatch.setattr(guard_module, "TAKE_WAIT", 0.5)
+    monkeypatch.setattr(guard_module, "CLOSE_WAIT", 0.5)
+    path, tf, writer = followed
+    guard = CopyGuard(1 << 20)
+    guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard.guarded() == {}  # the helper runs
+    process = guard._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    # Thousands of followed files with long names: one follow message larger than the socket's buffers.
+    many = {
+        f"{path.parent}/{'x' * 200}-{n}.log": TailedFile("agent", f"0:{n}", f"{path.parent}/{'x' * 200}-{n}.log", -1, 0)
+        for n in range(3000)
+    }
+    done = threading.Event()
+
+    def daemon() -> None:
+        guard.follow(many, {str(path.parent)})
+        guard.close()
+        done.set()
+
+    thread = threading.Thread(target=daemon, daemon=True)
+    thread.start()
+    try:
+        assert done.wait(10.0), "the daemon blocked on a hung helper"
+    finally:
+        if not done.is_set():
+            os.kill(process.pid, signal.SIGKILL)
+            thread.join(5.0)
+    assert process.returncode is not None and not alive(process.pid)
+    assert [r.message for r in caplog.records if "guard stopped" in r.message][1:] == []  # once
+    assert any("guard stopped" in r.message for r in caplog.records)

@@ -473,3 +473,21 @@ def test_a_source_stopped_or_cancelled_leaves_no_helper_and_no_descriptor(tmp_pa
     pid = asyncio.run(scenario(cancel=True))
     assert not alive(pid)
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_truncated_file_read_from_0_again_is_kept_from_0(followed, guard: CopyGuard) -> None:
+    # The source found agent.log truncated and rewritten, and follows its new content from 0;
+    # before it reads any of it, a copier opens it: the helper keeps what lies past 0, not past
+    # the old content's offset (which the file's slot held until the source's next read).
+    path, tf, writer = followed
+    guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard.guarded() == {}
+    os.truncate(path, 0)
+    new = b'{"new": "' + b"y" * FP_BYTES + b'"}\n' + b'{"n": 1}\n' * 20
+    os.write(writer, new)
+    tf.offset = 0  # the source's _check_replaced
+    tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
+    guard.follow({str(path): tf}, {str(path.parent)})  # the look it asks for
+    with path.open("rb"):
+        until(lambda: tf.key in guard.guarded())
+    assert guard.take(tf, tf.offset) == new

@@ -91,7 +91,11 @@ class CopyGuard:
                 if not self._free:
                     continue
                 slot = self._slots[tf.key] = self._free.pop()
-                self.note(tf)  # before the helper learns the slot
+            # Every time, not only for a new slot: a file truncated (read from 0 again) or a reused
+            # inode (another file, same key) keeps its slot, and until its next read the slot held
+            # the old content's offset, past what is unread now: the helper kept nothing of it.
+            # Before the helper learns the slot or the new fingerprint.
+            self.note(tf)
             spec += [path, tf.key, tf.fp, tf.fp_len, slot]
         message = ("follow", len(spec) // 5, *spec, *sorted(directories))
         if message != self._sent:

@@ -491,3 +491,21 @@ def test_a_truncated_file_read_from_0_again_is_kept_from_0(followed, guard: Copy
     with path.open("rb"):
         until(lambda: tf.key in guard.guarded())
     assert guard.take(tf, tf.offset) == new
+
+
+def test_a_dead_helper_is_said_once_and_the_guard_goes_on_without_it(
+    followed, guard: CopyGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, tf, writer = followed
+    opened_elsewhere(guard, path, tf)
+    process = guard._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert guard.take(tf, tf.offset) == b""  # nothing to hand back: the source reads on, as without a guard
+    guard.note(tf)
+    guard.follow({str(path): tf}, set())  # the next look: no new helper, no error
+    assert guard.take(tf, tf.offset) == b""
+    assert guard.guarded() == {}
+    assert [r.levelname for r in caplog.records if "guard stopped" in r.message] == ["ERROR"]
+    assert guard._process is None

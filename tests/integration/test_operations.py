@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -98,12 +99,31 @@ def test_status_reads_the_state_directory_when_stopped(layout, daemon_factory):
     assert "not running" in result.stdout and "output debug: 1 chunks" in result.stdout
 
 
+def guard_helpers(pid: int) -> set[int]:
+    """The copy guard's helper processes among ``pid``'s children (one per tail source that follows files)."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"guard_helper" in cmdline:
+            found.add(int(entry))
+    return found
+
+
 def test_reload_applies_a_new_output_path_and_refuses_an_invalid_config(layout, daemon_factory):
     layout.write_config()
     log = layout.logs / "agent.log"
     generator.write(str(log), 100, max_chars=300)
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: len(layout.records()) >= 100, what="first 100")
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        wait_for(lambda: len(guard_helpers(pid)) == 1, what="the tail source's guard helper")
+        (first_helper,) = guard_helpers(pid)
         drop_in = layout.root / "conf.d" / "99-typo.toml"
         drop_in.parent.mkdir()
         drop_in.write_text("[outputs.debug.buffer]\ntimekeyy = 1\n")  # a typo in a drop-in: refused
@@ -118,7 +138,12 @@ def test_reload_applies_a_new_output_path_and_refuses_an_invalid_config(layout, 
         wait_for(lambda: daemon.log().count("logferry running") == 2, what="the reloaded pipeline")
         generator.write(str(log), 100, start=200, max_chars=300)
         wait_for(lambda: len(layout.records()) >= 300, what="records after the reload")
+        # The old pipeline's helper left with it; the new pipeline's tail source has one of its own.
+        helpers = guard_helpers(pid)
+        assert len(helpers) == 1 and first_helper not in helpers
+        assert not Path(f"/proc/{first_helper}").exists()  # exited and reaped (no zombie)
         assert daemon.stop() == 0
+        assert not Path(f"/proc/{helpers.pop()}").exists()  # gone with the daemon, not orphaned
     Ledger.compare(ids(300), layout.records()).assert_exact()
     reloaded = [orjson.loads(x)["request_id"] for p in (layout.out / "reloaded").iterdir()
                 for x in p.read_bytes().splitlines()]

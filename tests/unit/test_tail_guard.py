@@ -4,6 +4,7 @@ was read from; the helper leaves with the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import os
 import signal
@@ -15,15 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.clock import FakeClock
+from pipeline.clock import FakeClock, SystemClock
 from pipeline.deadletter import DeadLetterStore
-from pipeline.sources.base import SourceContext
+from pipeline.sources.base import LineBatch, SourceContext
 from pipeline.sources.tail import source as source_module
 from pipeline.sources.tail.checkpoint import PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
@@ -82,11 +82,11 @@ def helper() -> Iterator[tuple[Helper, CopyGuard]]:
     os.ftruncate(memory_fd, SLOTS * SLOT.size)
     offsets, published = mmap.mmap(memory_fd, SLOTS * SLOT.size), mmap.mmap(memory_fd, SLOTS * SLOT.size)
     os.close(memory_fd)
-    state = Helper(Connection(theirs.detach()), offsets, 1 << 20)
+    state = Helper(theirs.detach(), offsets, 1 << 20)
     thread = threading.Thread(target=state.serve, daemon=True)
     thread.start()
     copy_guard = CopyGuard(1 << 20)
-    copy_guard._conn, copy_guard._memory = Connection(ours.detach()), published
+    copy_guard._conn, copy_guard._memory = ours, published
     copy_guard._process = subprocess.Popen(["true"])  # stands for the helper: follow() starts none
     yield state, copy_guard
     copy_guard.close()
@@ -334,3 +334,178 @@ def test_a_kill_after_the_new_content_is_committed_does_not_read_the_copy_again(
     finally:
         for t in restarted.files.values():
             t.close()
+
+
+def test_a_hung_helper_neither_blocks_the_daemon_nor_outlives_its_stop(
+    followed, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A helper that stops answering (SIGSTOP here; a read stuck on a dead mount) while the daemon
+    sends it more than a socket buffer holds: the send gives up, the helper is killed, logged once."""
+    from pipeline.sources.tail import guard as guard_module
+
+    monkeypatch.setattr(guard_module, "TAKE_WAIT", 0.5)
+    monkeypatch.setattr(guard_module, "CLOSE_WAIT", 0.5)
+    path, tf, writer = followed
+    guard = CopyGuard(1 << 20)
+    guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard.guarded() == {}  # the helper runs
+    process = guard._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    # Thousands of followed files with long names: one follow message larger than the socket's buffers.
+    many = {
+        f"{path.parent}/{'x' * 200}-{n}.log": TailedFile("agent", f"0:{n}", f"{path.parent}/{'x' * 200}-{n}.log", -1, 0)
+        for n in range(3000)
+    }
+    done = threading.Event()
+
+    def daemon() -> None:
+        guard.follow(many, {str(path.parent)})
+        guard.close()
+        done.set()
+
+    thread = threading.Thread(target=daemon, daemon=True)
+    thread.start()
+    try:
+        assert done.wait(10.0), "the daemon blocked on a hung helper"
+    finally:
+        if not done.is_set():
+            os.kill(process.pid, signal.SIGKILL)
+            thread.join(5.0)
+    assert process.returncode is not None and not alive(process.pid)
+    assert [r.message for r in caplog.records if "guard stopped" in r.message][1:] == []  # once
+    assert any("guard stopped" in r.message for r in caplog.records)
+
+
+def tail_source(tmp_path: Path) -> tuple[Path, TailSource]:
+    """A tail source following ``logs/agent.log`` (a full fingerprint's worth of first line)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "agent.log").write_bytes(HEAD)
+    config = TailSourceConfig(type="tail", paths=[str(logs / "agent.log")], tag="ai")
+    context = SourceContext(PositionStore(tmp_path / "positions.json"), DeadLetterStore(tmp_path / "dead"),
+                            SystemClock(), tmp_path)
+    return logs / "agent.log", TailSource("agent", config, context)
+
+
+async def polled(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """``until`` for a coroutine: the event loop runs meanwhile."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def test_a_copytruncate_while_the_loop_is_busy_emits_every_line_once(tmp_path: Path) -> None:
+    # The source's loop is blocked from the copier's open to the truncate: the lines written after
+    # the copy reach the source from the helper only, those before it from the helper, not the copy.
+    path, source = tail_source(tmp_path)
+    lines: list[bytes] = []
+
+    async def emit(batch: LineBatch) -> None:
+        lines.extend(batch.data.splitlines())
+
+    def numbered(first: int, last: int) -> bytes:
+        return b"".join(b'{"n": %d}\n' % n for n in range(first, last))
+
+    async def scenario() -> None:
+        running = asyncio.create_task(source.run(emit))
+        writer = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(writer, numbered(0, 10))
+            await polled(lambda: len(lines) == 11)
+            (tf,) = source.files.values()
+            assert source._guard.guarded() == {}  # answered: the helper runs and watches the directory
+            # From here to the truncate, no await: the loop is busy.
+            copier = os.open(path, os.O_RDWR)
+            until(lambda: tf.key in source._guard.guarded())
+            os.write(writer, numbered(10, 20))
+            (path.parent / "agent.log.1").write_bytes(os.pread(copier, 1 << 20, 0))  # the copy
+            os.write(writer, numbered(20, 30))  # after the copy: in no copy
+            size = os.fstat(writer).st_size
+            until(lambda: source._guard.guarded().get(tf.key) == size)
+            os.ftruncate(copier, 0)
+            os.close(copier)
+            os.write(writer, b'{"new": "' + b"y" * FP_BYTES + b'"}\n' + numbered(30, 40))
+            await polled(lambda: len(lines) >= 41)
+            await asyncio.sleep(0.3)  # a look finds the copy: nothing of it may come again
+            source._rescan_requested = True
+            source._wake.set()
+            await asyncio.sleep(0.3)
+        finally:
+            os.close(writer)
+            source.stop()
+            await running
+
+    asyncio.run(scenario())
+    numbers = [line for line in lines if line.startswith(b'{"n"')]
+    assert numbers == numbered(0, 40).splitlines()  # each once, in order
+
+
+def test_a_source_stopped_or_cancelled_leaves_no_helper_and_no_descriptor(tmp_path: Path) -> None:
+    path, source = tail_source(tmp_path)
+    before = set(os.listdir("/proc/self/fd"))
+
+    async def emit(batch: LineBatch) -> None:
+        pass
+
+    async def scenario(cancel: bool) -> int:
+        running = asyncio.create_task(source.run(emit))
+        await polled(lambda: source._guard._process is not None)
+        process = source._guard._process
+        assert process is not None
+        assert source._guard.guarded() == {}  # answered: the helper runs and watches the directory
+        with path.open("rb"):  # the helper guards the file: one more descriptor of its own
+            until(lambda: bool(source._guard.guarded()))
+        if cancel:  # the daemon's stop deadline passed: its tasks are cancelled
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        else:
+            source.stop()
+            await running
+        return process.pid
+
+    pid = asyncio.run(scenario(cancel=False))
+    assert not alive(pid)
+    (tmp_path / "again").mkdir()
+    path, source = tail_source(tmp_path / "again")
+    pid = asyncio.run(scenario(cancel=True))
+    assert not alive(pid)
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_truncated_file_read_from_0_again_is_kept_from_0(followed, guard: CopyGuard) -> None:
+    # The source found agent.log truncated and rewritten, and follows its new content from 0;
+    # before it reads any of it, a copier opens it: the helper keeps what lies past 0, not past
+    # the old content's offset (which the file's slot held until the source's next read).
+    path, tf, writer = followed
+    guard.follow({str(path): tf}, {str(path.parent)})
+    assert guard.guarded() == {}
+    os.truncate(path, 0)
+    new = b'{"new": "' + b"y" * FP_BYTES + b'"}\n' + b'{"n": 1}\n' * 20
+    os.write(writer, new)
+    tf.offset = 0  # the source's _check_replaced
+    tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
+    guard.follow({str(path): tf}, {str(path.parent)})  # the look it asks for
+    with path.open("rb"):
+        until(lambda: tf.key in guard.guarded())
+    assert guard.take(tf, tf.offset) == new
+
+
+def test_a_dead_helper_is_said_once_and_the_guard_goes_on_without_it(
+    followed, guard: CopyGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, tf, writer = followed
+    opened_elsewhere(guard, path, tf)
+    process = guard._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert guard.take(tf, tf.offset) == b""  # nothing to hand back: the source reads on, as without a guard
+    guard.note(tf)
+    guard.follow({str(path): tf}, set())  # the next look: no new helper, no error
+    assert guard.take(tf, tf.offset) == b""
+    assert guard.guarded() == {}
+    assert [r.levelname for r in caplog.records if "guard stopped" in r.message] == ["ERROR"]
+    assert guard._process is None

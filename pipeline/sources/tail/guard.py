@@ -33,16 +33,17 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping
-from multiprocessing.connection import Connection
 from pathlib import Path
 
-from pipeline.sources.tail.guard_helper import SLOT
+from pipeline.sources.tail.guard_helper import FRAME, SLOT, frame
 from pipeline.sources.tail.reader import TailedFile
 
 log = logging.getLogger("logferry.tail")
 
 SLOTS = 4096  # followed files whose read offset the helper can see (the rest are not guarded)
-TAKE_WAIT = 5.0  # seconds for the helper to answer a take; then it is taken for hung and stopped
+# Seconds for the helper to take a message or answer one; then it is taken for hung and stopped (a
+# send with no limit blocked the event loop, and the daemon's stop, once the socket's buffer was full).
+TAKE_WAIT = 5.0
 CLOSE_WAIT = 5.0  # seconds for the helper to exit at close, then it is killed
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding this `pipeline` package
 
@@ -59,7 +60,7 @@ class CopyGuard:
         self._cap = cap  # bytes held beyond what the source has read, per file
         self._lock = threading.Lock()  # one message at a time on the socket (the loop's and workers')
         self._process: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._conn: socket.socket | None = None
         self._memory: mmap.mmap | None = None
         self._slots: dict[str, int] = {}  # file key → its slot in the shared memory
         self._free = list(range(SLOTS - 1, -1, -1))
@@ -83,18 +84,22 @@ class CopyGuard:
         keys = {tf.key for tf in files.values()}
         for key in self._slots.keys() - keys:
             self._free.append(self._slots.pop(key))
-        spec: dict[str, tuple[str, str, int, int]] = {}
-        for path, tf in files.items():
+        spec: list[str | int] = []
+        for path, tf in sorted(files.items()):
             slot = self._slots.get(tf.key)
             if slot is None:
                 if not self._free:
                     continue
                 slot = self._slots[tf.key] = self._free.pop()
-                self.note(tf)  # before the helper learns the slot
-            spec[path] = (tf.key, tf.fp, tf.fp_len, slot)
-        message = ("follow", spec, sorted(directories))
+            # Every time, not only for a new slot: a file truncated (read from 0 again) or a reused
+            # inode (another file, same key) keeps its slot, and until its next read the slot held
+            # the old content's offset, past what is unread now: the helper kept nothing of it.
+            # Before the helper learns the slot or the new fingerprint.
+            self.note(tf)
+            spec += [path, tf.key, tf.fp, tf.fp_len, slot]
+        message = ("follow", len(spec) // 5, *spec, *sorted(directories))
         if message != self._sent:
-            self._send(message)
+            self._send(frame(*message))
             self._sent = message
 
     def note(self, tf: TailedFile) -> None:
@@ -106,30 +111,28 @@ class CopyGuard:
     def take(self, tf: TailedFile, offset: int) -> bytes:
         """(Any thread; the source's, for ``tf``.) Whole lines read from ``offset`` on, ``tf``'s
         content as fingerprinted now; the guard lets go of the file."""
-        return self._ask(("take", tf.key, tf.fp, tf.fp_len, offset))
+        return self._ask(frame("take", tf.key, tf.fp, tf.fp_len, offset))
 
-    def _ask(self, message: tuple[object, ...]) -> bytes:
-        """Send ``message``, return the helper's answer (``b""`` without a helper)."""
+    def _ask(self, message: bytes) -> bytes:
+        """Send the framed ``message``, return the helper's answer (``b""`` without a helper)."""
         with self._lock:
             conn = self._conn
             if conn is None:
                 return b""
             try:
-                conn.send(message)
-                if conn.poll(TAKE_WAIT):
-                    return conn.recv_bytes()
-                reason = f"no answer within {TAKE_WAIT} s"
-            except (OSError, EOFError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-        log.error("copytruncate guard stopped (%s): lines written during a copy may be lost", reason)
-        self._closed = True
-        self._stop_helper()  # the shared memory stays mapped until close(): the loop may be storing an offset
+                conn.settimeout(TAKE_WAIT)
+                conn.sendall(message)
+                return _receive(conn, FRAME.unpack(_receive(conn, FRAME.size))[0])
+            except (OSError, EOFError) as exc:  # TimeoutError: no answer within TAKE_WAIT
+                self._conn = None  # under the lock: the first to fail says it, once
+                error: BaseException = exc
+        self._fail(conn, error)
         return b""
 
     def guarded(self) -> dict[str, int]:
         """(Any thread.) The files the helper reads at every write now, by key, and the offset each is
         read to (for tests and diagnostics)."""
-        lines = self._ask(("guarded",)).decode().splitlines()
+        lines = self._ask(frame("guarded")).decode().splitlines()
         return {key: int(end) for key, end in (line.rsplit(" ", 1) for line in lines)}
 
     def close(self) -> None:
@@ -158,37 +161,52 @@ class CopyGuard:
                      str(memory_fd), str(size), str(self._cap)],
                     pass_fds=(theirs.fileno(), memory_fd), stdin=subprocess.DEVNULL, env=env,
                 )
-                self._conn = Connection(os.dup(ours.fileno()))
+                self._conn = socket.socket(fileno=os.dup(ours.fileno()))
         finally:
             os.close(memory_fd)  # the helper and our map hold it now
 
-    def _send(self, message: tuple[object, ...]) -> None:
+    def _send(self, message: bytes) -> None:
         with self._lock:
             conn = self._conn
             if conn is None:
                 return
             try:
-                conn.send(message)
+                conn.settimeout(TAKE_WAIT)
+                conn.sendall(message)
                 return
-            except OSError as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-        log.error("copytruncate guard stopped (%s): lines written during a copy may be lost", reason)
+            except OSError as exc:  # TimeoutError: the helper took nothing within TAKE_WAIT
+                self._conn = None  # under the lock: the first to fail says it, once
+                error = exc
+        self._fail(conn, error)
+
+    def _fail(self, conn: socket.socket, exc: BaseException) -> None:
+        """The helper is gone or hung: say it (once: the caller took the socket away), stop it."""
+        log.error("copytruncate guard stopped (%s: %s): lines written during a copy may be lost",
+                  type(exc).__name__, exc)
+        conn.close()
         self._closed = True
-        self._stop_helper()
+        self._stop_helper()  # the shared memory stays mapped until close(): the loop may be storing an offset
 
     def _stop_helper(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
             process, self._process = self._process, None
         if conn is not None:
-            try:
-                conn.send(None)
-            except OSError:
-                pass  # already gone: nothing to tell
-            conn.close()
+            conn.close()  # the helper leaves at the socket's end (no message: a hung helper's buffer may be full)
         if process is not None:
             try:
                 process.wait(timeout=CLOSE_WAIT)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _receive(conn: socket.socket, size: int) -> bytes:
+    """``size`` bytes from ``conn`` (within its timeout for each piece); EOFError at its end."""
+    data = bytearray()
+    while len(data) < size:
+        piece = conn.recv(size - len(data))
+        if not piece:
+            raise EOFError("the helper closed its socket")
+        data += piece
+    return bytes(data)

@@ -5,16 +5,19 @@ follows files). It runs outside the daemon's GIL, so a write is read while the d
 parses a batch: the thread this replaces waited 0.6-0.8 ms for the GIL then (3 lines at 5,000
 lines/s), and logrotate's window between its copy and its truncate is 1-2 ms.
 
-Protocol (a socket, :class:`multiprocessing.connection.Connection`):
+Protocol (a socket; each message a frame: a 4-byte big-endian length, then that many bytes; a
+message's fields are separated by NUL bytes, names in the file system's encoding, numbers in
+decimal: :func:`frame`, :func:`fields`):
 
-  daemon → helper  ``("follow", {path: (key, fp, fp_len, slot)}, [directory, ...])``: the files
-                   followed now and the directories to watch for opens (replaces the previous);
-                   ``("take", key, fp, fp_len, offset)``: the source found the file truncated;
-                   answered with the whole lines held from ``offset`` on (``b""`` if none, or if
-                   they were read from another content), and the file is let go;
-                   ``("guarded",)``: answered with the files guarded now, a line each: the key and
-                   the offset read to (for tests and diagnostics);
-                   ``None`` or EOF: exit (EOF when the daemon is killed).
+  daemon → helper  ``follow N (path key fp fp_len slot)×N directory…``: the files followed now and
+                   the directories to watch for opens (replaces the previous);
+                   ``take key fp fp_len offset``: the source found the file truncated; answered
+                   with the whole lines held from ``offset`` on (empty if none, or if they were
+                   read from another content), and the file is let go;
+                   ``guarded``: answered with the files guarded now, a line each: the key and the
+                   offset read to (for tests and diagnostics);
+                   EOF: exit (the daemon closed the socket, or was killed).
+  helper → daemon  an answer: a frame of bytes.
   daemon → helper  (shared memory) slot ``n`` holds the source's read offset of the file given
                    slot ``n``, an 8-byte integer the source stores after each read: the helper
                    drops what the source has read (a stale, lower value only keeps more).
@@ -25,8 +28,10 @@ that asked for it, and the source commits it as it commits its own reads.
 
 from __future__ import annotations
 
-import contextlib
-import logging
+# The imports are few on purpose: the helper's memory is an interpreter's and little more (no
+# multiprocessing, hashlib's OpenSSL, dataclasses, logging, inotify_simple's ctypes.util: 22 MB
+# RSS with them).
+import ctypes
 import mmap
 import os
 import select
@@ -34,18 +39,12 @@ import signal
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from collections.abc import Sequence
 
-import inotify_simple
+from pipeline.sources.tail.heads import fingerprint
 
-from pipeline.sources.tail.reader import fingerprint
-
-log = logging.getLogger("logferry.tail")
-
-_F = inotify_simple.flags
-OPENS = int(_F.OPEN | _F.ONLYDIR)
-WRITES = int(_F.MODIFY)
+OPENS = 0x20 | 0x01000000  # IN_OPEN | IN_ONLYDIR (<sys/inotify.h>)
+WRITES = 0x2  # IN_MODIFY
 GUARD_FOR = 1.0  # seconds of reading at every write after a foreign open (the copy, its fsync, the truncate)
 KEEP_FOR = 5.0  # seconds the bytes read before a truncate wait for the source to take them
 REOPENS = 20  # opens within GUARD_FOR that mark a writer opening the file for each write (not a copier)
@@ -55,31 +54,120 @@ PIECE = 64 * 1024  # bytes per read: a few writes' worth at most, so no large bu
 # file at a time.
 MAX_TARGETS = 2
 SLOT = struct.Struct("<q")  # a read offset in the shared memory
+FRAME = struct.Struct(">I")  # a message's length
 
 
-@dataclass
+def frame(*values: str | int) -> bytes:
+    """A message of ``values`` (no NUL byte in any), framed."""
+    payload = b"\0".join(os.fsencode(value) if isinstance(value, str) else b"%d" % value for value in values)
+    return FRAME.pack(len(payload)) + payload
+
+
+def fields(payload: bytes) -> list[str]:
+    """A message's fields (numbers as their decimal text)."""
+    return [os.fsdecode(value) for value in payload.split(b"\0")]
+
+
+def read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from the blocking descriptor ``fd``; EOFError at its end."""
+    data = b""
+    while len(data) < size:
+        piece = os.read(fd, size - len(data))
+        if not piece:
+            raise EOFError
+        data += piece
+    return data
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to the blocking descriptor ``fd``."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class INotify:
+    """An inotify descriptor, non-blocking (inotify_simple's calls, without its imports: its
+    ctypes.util alone, to find the C library, costs 2.4 MB of RSS; the interpreter's own symbols
+    hold the C library's functions)."""
+
+    EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+    libc: ctypes.CDLL | None = None
+
+    def __init__(self) -> None:
+        if INotify.libc is None:
+            INotify.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._call(INotify.libc.inotify_init1, os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _call(self, function: ctypes._NamedFuncPointer, *args: object) -> int:
+        result = int(function(*args))
+        if result == -1:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return result
+
+    def fileno(self) -> int:
+        """The descriptor (for poll)."""
+        return self.fd
+
+    def add_watch(self, path: str, mask: int) -> int:
+        """Watch ``path`` for ``mask``'s events; its watch descriptor."""
+        assert INotify.libc is not None
+        return self._call(INotify.libc.inotify_add_watch, self.fd, os.fsencode(path), mask)
+
+    def rm_watch(self, wd: int) -> None:
+        """Stop watching ``wd``."""
+        assert INotify.libc is not None
+        self._call(INotify.libc.inotify_rm_watch, self.fd, wd)
+
+    def read(self) -> list[tuple[int, str]]:
+        """The events pending now, as (watch descriptor, name: empty for the watched file itself)."""
+        events: list[tuple[int, str]] = []
+        while True:
+            try:
+                data = os.read(self.fd, 64 * 1024)
+            except BlockingIOError:
+                return events
+            at = 0
+            while at < len(data):
+                wd, _, _, size = self.EVENT.unpack_from(data, at)
+                at += self.EVENT.size
+                events.append((wd, os.fsdecode(data[at : at + size].rstrip(b"\0"))))
+                at += size
+
+    def close(self) -> None:
+        """Release the descriptor (and its watches)."""
+        os.close(self.fd)
+
+
 class Followed:
     """A followed file as the source last described it."""
 
-    key: str
-    fp: str
-    fp_len: int
-    slot: int
+    __slots__ = ("key", "fp", "fp_len", "slot")
+
+    def __init__(self, key: str, fp: str, fp_len: int, slot: int) -> None:
+        self.key, self.fp, self.fp_len, self.slot = key, fp, fp_len, slot
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Followed) and (self.key, self.fp, self.fp_len, self.slot) == (
+            other.key, other.fp, other.fp_len, other.slot
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as a dataclass
 
 
-@dataclass
 class Target:
     """One guarded file: its bytes from ``base`` on, read through a descriptor of our own."""
 
-    path: str
-    followed: Followed
-    fd: int
-    wd: int
-    base: int
-    until: float
-    data: bytearray = field(default_factory=bytearray)
-    done: bool = False  # truncated, replaced or over the cap: nothing more is read
-    opens: int = 1
+    __slots__ = ("path", "followed", "fd", "wd", "base", "until", "data", "done", "opens")
+
+    def __init__(
+        self, path: str, followed: Followed, fd: int, wd: int, base: int, until: float, data: bytearray
+    ) -> None:
+        self.path, self.followed, self.fd, self.wd, self.base, self.until = path, followed, fd, wd, base, until
+        self.data = data
+        self.done = False  # truncated, replaced or over the cap: nothing more is read
+        self.opens = 1
 
     @property
     def end(self) -> int:
@@ -89,11 +177,13 @@ class Target:
 class Helper:
     """The helper's state and its one loop (:meth:`serve`)."""
 
-    def __init__(self, conn: Connection, offsets: mmap.mmap, cap: int) -> None:
-        self.conn = conn
+    def __init__(self, conn: int, offsets: mmap.mmap, cap: int) -> None:
+        self.conn = conn  # the socket's descriptor (blocking)
+        self.conn_ready = select.poll()
+        self.conn_ready.register(conn, select.POLLIN)
         self.offsets = offsets
         self.cap = cap  # bytes held beyond what the source has read, per file
-        self.inotify = inotify_simple.INotify(nonblocking=True)
+        self.inotify = INotify()
         self.followed: dict[str, Followed] = {}  # path → file
         self.directories: dict[str, int] = {}  # directory → watch descriptor
         self.wanted: set[str] = set()
@@ -111,45 +201,49 @@ class Helper:
             for key in list(self.targets):
                 self.drop(key)
             self.inotify.close()
-            self.conn.close()
+            os.close(self.conn)
 
     def _serve(self) -> None:
         poller = select.poll()
         poller.register(self.inotify.fileno(), select.POLLIN)
-        poller.register(self.conn.fileno(), select.POLLIN)
+        poller.register(self.conn, select.POLLIN)
         while True:
             poller.poll(self.timeout_ms())
             # The events are taken before the reads, so every write they report is read now: taken
             # after, a write landing between the reads and the taking would wait for the next event,
             # and its lines were lost when that was the truncate (a unit test saw it every other run).
-            events = self.inotify.read(timeout=0)
+            events = self.inotify.read()
             for target in self.targets.values():
                 if not target.done:
                     self.catch(target)
-            while self.conn.poll():
+            while self.conn_ready.poll(0):
                 try:
-                    message = self.conn.recv()
-                    if message is None:
-                        return
-                    self.handle(message)
+                    self.handle(fields(read_exactly(self.conn, FRAME.unpack(read_exactly(self.conn, FRAME.size))[0])))
                 except (EOFError, ConnectionError):
-                    return  # the daemon exited or was killed (before or while it was answered)
+                    return  # the daemon closed the socket or was killed (before or while it was answered)
             self.bookkeeping(events)
 
-    def handle(self, message: tuple[object, ...]) -> None:
-        if message[0] == "follow":
-            _, files, directories = message
-            assert isinstance(files, dict) and isinstance(directories, list)
-            self.follow({path: Followed(*spec) for path, spec in files.items()}, set(directories))
-        elif message[0] == "take":
+    def handle(self, message: Sequence[str]) -> None:
+        """Act on one message of the daemon's (see the module doc)."""
+        verb = message[0]
+        if verb == "follow":
+            count = int(message[1])
+            specs = message[2 : 2 + 5 * count]
+            files = {
+                specs[i]: Followed(specs[i + 1], specs[i + 2], int(specs[i + 3]), int(specs[i + 4]))
+                for i in range(0, 5 * count, 5)
+            }
+            self.follow(files, set(message[2 + 5 * count :]))
+        elif verb == "take":
             _, key, fp, fp_len, offset = message
-            assert isinstance(key, str) and isinstance(fp, str) and isinstance(fp_len, int)
-            assert isinstance(offset, int)
-            self.conn.send_bytes(self.take(key, fp, fp_len, offset))
-        elif message[0] == "guarded":
-            self.conn.send_bytes("".join(f"{key} {t.end}\n" for key, t in self.targets.items()).encode())
+            self.answer(self.take(key, fp, int(fp_len), int(offset)))
+        elif verb == "guarded":
+            self.answer("".join(f"{key} {t.end}\n" for key, t in self.targets.items()).encode())
         else:
-            raise ValueError(f"unknown message {message[0]!r}")
+            raise ValueError(f"unknown message {verb!r}")
+
+    def answer(self, data: bytes) -> None:
+        write_all(self.conn, FRAME.pack(len(data)) + data)
 
     def follow(self, files: dict[str, Followed], directories: set[str]) -> None:
         self.followed = files
@@ -173,12 +267,12 @@ class Helper:
         data = target.data[offset - target.base:]
         return bytes(data[: data.rfind(b"\n") + 1])
 
-    def bookkeeping(self, events: list[inotify_simple.Event]) -> None:
+    def bookkeeping(self, events: list[tuple[int, str]]) -> None:
         """Guard the files opened, let go of those whose time is up, unmute directories."""
-        for event in events:
-            directory = self.watched.get(int(event.wd))
-            if directory is not None and event.name:
-                self.guard(os.path.join(directory, event.name))
+        for wd, name in events:
+            directory = self.watched.get(wd)
+            if directory is not None and name:
+                self.guard(os.path.join(directory, name))
         now = time.monotonic()
         for key, target in list(self.targets.items()):
             if now >= target.until:
@@ -237,7 +331,7 @@ class Helper:
                 os.close(fd)  # another file at this path now, or this one truncated or rewritten already
                 return
             # The watch through our descriptor is on the inode we read, whatever its name is now.
-            wd = int(self.inotify.add_watch(f"/proc/self/fd/{fd}", WRITES))
+            wd = self.inotify.add_watch(f"/proc/self/fd/{fd}", WRITES)
         except OSError:
             os.close(fd)
             return
@@ -283,7 +377,7 @@ class Helper:
 
     def watch_directory(self, directory: str) -> None:
         try:
-            wd = int(self.inotify.add_watch(directory, OPENS))
+            wd = self.inotify.add_watch(directory, OPENS)
         except OSError:
             return  # gone, or over the watch limit: the source's watcher reports those
         self.directories[directory] = wd
@@ -294,13 +388,17 @@ class Helper:
         if wd is None:
             return
         self.watched.pop(wd, None)
-        with contextlib.suppress(OSError):  # already dropped with the directory
+        try:
             self.inotify.rm_watch(wd)
+        except OSError:
+            pass  # already dropped with the directory
 
     def unwatch(self, target: Target) -> None:
         if self.by_wd.pop(target.wd, None) is not None:
-            with contextlib.suppress(OSError):  # the file is gone: the kernel dropped the watch
+            try:
                 self.inotify.rm_watch(target.wd)
+            except OSError:
+                pass  # the file is gone: the kernel dropped the watch
 
     def drop(self, key: str) -> None:
         target = self.targets.pop(key)
@@ -310,6 +408,9 @@ class Helper:
 
 def main(argv: list[str]) -> None:
     """Entry point: ``CONN_FD MEMORY_FD MEMORY_BYTES CAP``."""
+    # The daemon gone, a write to the socket fails with EPIPE (ignored by Python's start already; said
+    # here as the helper depends on it to leave quietly).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # A stop signal sent to the whole process group (systemd, a terminal's Ctrl-C) is the daemon's to
     # handle: the helper leaves when the daemon closes its socket, or at EOF when it is killed.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -317,7 +418,7 @@ def main(argv: list[str]) -> None:
     conn_fd, memory_fd, size, cap = (int(a) for a in argv)
     with mmap.mmap(memory_fd, size, prot=mmap.PROT_READ) as offsets:
         os.close(memory_fd)
-        Helper(Connection(conn_fd), offsets, cap).serve()
+        Helper(conn_fd, offsets, cap).serve()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ covers zero bytes and grows as they do.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,19 +18,12 @@ from typing import Any
 from pipeline.durability import opener, sync
 from pipeline.sources.tail.checkpoint import FilePosition
 
+# Their home was here: importers keep these names.
+from pipeline.sources.tail.heads import fingerprint as fingerprint
+from pipeline.sources.tail.heads import head_digest as head_digest
+
 FP_BYTES = 1024
 OVERSIZED_STEP = 64 * 1024 * 1024  # bytes of an oversized line scanned per read step
-
-
-def fingerprint(fd: int, length: int) -> tuple[str, int]:
-    """Hash of the first ``length`` bytes (fewer if the file is shorter), and how many were hashed."""
-    head = os.pread(fd, length, 0)
-    return head_digest(head), len(head)
-
-
-def head_digest(head: bytes | bytearray) -> str:
-    """The fingerprint hash of a file's first bytes."""
-    return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
 def last_line_end(fd: int, size: int) -> int:

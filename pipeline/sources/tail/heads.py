@@ -1,0 +1,20 @@
+"""The fingerprint of a file's first bytes, in a module of its own: the copy guard's helper process
+imports it, and nothing else of the tail source (see guard_helper.py: its memory)."""
+
+from __future__ import annotations
+
+import os
+
+# hashlib's blake2b is this very type; importing hashlib also loads OpenSSL (3.5 MB of the helper's RSS).
+from _blake2 import blake2b
+
+
+def fingerprint(fd: int, length: int) -> tuple[str, int]:
+    """Hash of the first ``length`` bytes (fewer if the file is shorter), and how many were hashed."""
+    head = os.pread(fd, length, 0)
+    return head_digest(head), len(head)
+
+
+def head_digest(head: bytes | bytearray) -> str:
+    """The fingerprint hash of a file's first bytes."""
+    return blake2b(head, digest_size=8).hexdigest()

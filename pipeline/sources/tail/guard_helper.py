@@ -29,9 +29,7 @@ that asked for it, and the source commits it as it commits its own reads.
 from __future__ import annotations
 
 # The imports are few on purpose: the helper's memory is an interpreter's and little more (no
-# multiprocessing, hashlib's OpenSSL, dataclasses, logging, inotify_simple's ctypes.util: 22 MB
-# RSS with them).
-import ctypes
+# multiprocessing, hashlib's OpenSSL, dataclasses, logging: 22 MB RSS with them).
 import mmap
 import os
 import select
@@ -41,10 +39,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+import inotify_simple
+
 from pipeline.sources.tail.heads import fingerprint
 
-OPENS = 0x20 | 0x01000000  # IN_OPEN | IN_ONLYDIR (<sys/inotify.h>)
-WRITES = 0x2  # IN_MODIFY
+_F = inotify_simple.flags
+OPENS = int(_F.OPEN | _F.ONLYDIR)
+WRITES = int(_F.MODIFY)
 GUARD_FOR = 1.0  # seconds of reading at every write after a foreign open (the copy, its fsync, the truncate)
 KEEP_FOR = 5.0  # seconds the bytes read before a truncate wait for the source to take them
 REOPENS = 20  # opens within GUARD_FOR that mark a writer opening the file for each write (not a copier)
@@ -84,60 +85,6 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-class INotify:
-    """An inotify descriptor, non-blocking (inotify_simple's calls, without its imports: its
-    ctypes.util alone, to find the C library, costs 2.4 MB of RSS; the interpreter's own symbols
-    hold the C library's functions)."""
-
-    EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
-    libc: ctypes.CDLL | None = None
-
-    def __init__(self) -> None:
-        if INotify.libc is None:
-            INotify.libc = ctypes.CDLL(None, use_errno=True)
-        self.fd = self._call(INotify.libc.inotify_init1, os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def _call(self, function: ctypes._NamedFuncPointer, *args: object) -> int:
-        result = int(function(*args))
-        if result == -1:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        return result
-
-    def fileno(self) -> int:
-        """The descriptor (for poll)."""
-        return self.fd
-
-    def add_watch(self, path: str, mask: int) -> int:
-        """Watch ``path`` for ``mask``'s events; its watch descriptor."""
-        assert INotify.libc is not None
-        return self._call(INotify.libc.inotify_add_watch, self.fd, os.fsencode(path), mask)
-
-    def rm_watch(self, wd: int) -> None:
-        """Stop watching ``wd``."""
-        assert INotify.libc is not None
-        self._call(INotify.libc.inotify_rm_watch, self.fd, wd)
-
-    def read(self) -> list[tuple[int, str]]:
-        """The events pending now, as (watch descriptor, name: empty for the watched file itself)."""
-        events: list[tuple[int, str]] = []
-        while True:
-            try:
-                data = os.read(self.fd, 64 * 1024)
-            except BlockingIOError:
-                return events
-            at = 0
-            while at < len(data):
-                wd, _, _, size = self.EVENT.unpack_from(data, at)
-                at += self.EVENT.size
-                events.append((wd, os.fsdecode(data[at : at + size].rstrip(b"\0"))))
-                at += size
-
-    def close(self) -> None:
-        """Release the descriptor (and its watches)."""
-        os.close(self.fd)
 
 
 class Followed:
@@ -183,7 +130,7 @@ class Helper:
         self.conn_ready.register(conn, select.POLLIN)
         self.offsets = offsets
         self.cap = cap  # bytes held beyond what the source has read, per file
-        self.inotify = INotify()
+        self.inotify = inotify_simple.INotify(nonblocking=True)
         self.followed: dict[str, Followed] = {}  # path → file
         self.directories: dict[str, int] = {}  # directory → watch descriptor
         self.wanted: set[str] = set()
@@ -212,7 +159,7 @@ class Helper:
             # The events are taken before the reads, so every write they report is read now: taken
             # after, a write landing between the reads and the taking would wait for the next event,
             # and its lines were lost when that was the truncate (a unit test saw it every other run).
-            events = self.inotify.read()
+            events = self.inotify.read(timeout=0)
             for target in self.targets.values():
                 if not target.done:
                     self.catch(target)
@@ -267,12 +214,12 @@ class Helper:
         data = target.data[offset - target.base:]
         return bytes(data[: data.rfind(b"\n") + 1])
 
-    def bookkeeping(self, events: list[tuple[int, str]]) -> None:
+    def bookkeeping(self, events: list[inotify_simple.Event]) -> None:
         """Guard the files opened, let go of those whose time is up, unmute directories."""
-        for wd, name in events:
-            directory = self.watched.get(wd)
-            if directory is not None and name:
-                self.guard(os.path.join(directory, name))
+        for event in events:
+            directory = self.watched.get(int(event.wd))
+            if directory is not None and event.name:
+                self.guard(os.path.join(directory, event.name))
         now = time.monotonic()
         for key, target in list(self.targets.items()):
             if now >= target.until:
@@ -331,7 +278,7 @@ class Helper:
                 os.close(fd)  # another file at this path now, or this one truncated or rewritten already
                 return
             # The watch through our descriptor is on the inode we read, whatever its name is now.
-            wd = self.inotify.add_watch(f"/proc/self/fd/{fd}", WRITES)
+            wd = int(self.inotify.add_watch(f"/proc/self/fd/{fd}", WRITES))
         except OSError:
             os.close(fd)
             return
@@ -377,7 +324,7 @@ class Helper:
 
     def watch_directory(self, directory: str) -> None:
         try:
-            wd = self.inotify.add_watch(directory, OPENS)
+            wd = int(self.inotify.add_watch(directory, OPENS))
         except OSError:
             return  # gone, or over the watch limit: the source's watcher reports those
         self.directories[directory] = wd

@@ -46,13 +46,11 @@ from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
 
 log = logging.getLogger("logferry.parse")
-# One slot per worker, and two for a single worker (slot n belongs to worker n % workers): the loop,
-# not the workers, sets the pace (a worker parses a 1 MiB block in ~5 ms and waits half the time), and
-# with two workers a second slot each measured no faster while it kept two more blocks in flight:
-# ~2 MB of shared pages more in each worker and ~4 MB in the daemon (which maps them all), plus the
-# batches waiting for them. A single worker with one slot would wait for each round trip
-# (docs/PERFORMANCE.md §3).
-MIN_SLOTS = 2
+# One block parsed while the next one waits in the worker's memory. One slot per worker measured ~10 %
+# slower on small records with fsync = false (where the workers are busiest; catchup.py, 1,000,000
+# records of <= 300 chars, parse_workers = 2: 251,000 and 257,000 rec/s against 277,000 and 282,000,
+# alternating) for ~19 MB less peak RSS (docs/PERFORMANCE.md §3).
+SLOTS_PER_WORKER = 2
 IN_BYTES = 4 << 20  # a slot's block: tail reads 1 MiB steps by default; larger blocks parse on the loop
 OUT_BYTES = 2 * IN_BYTES + (1 << 20)  # records grow by the added fields; offsets follow them
 # A few lines written at a steady rate parse in microseconds on the loop: a round trip to a worker
@@ -105,7 +103,7 @@ class ParsePool:
 
     def start(self) -> None:
         """Start the workers; raises LogferryError if one cannot be started."""
-        slots = max(MIN_SLOTS, self.size)
+        slots = self.size * SLOTS_PER_WORKER
         memory_fd = os.memfd_create("logferry-parse", os.MFD_CLOEXEC)  # pass_fds gives it to the workers
         try:
             os.ftruncate(memory_fd, slots * self.slot_bytes)
@@ -113,7 +111,7 @@ class ParsePool:
             setup = Setup(self.slot_bytes, IN_BYTES, self.processor.enricher.keys, self.processor.time_key,
                           tuple(self.processor.widths))
             for n in range(self.size):
-                owned = list(range(n, slots, self.size))
+                owned = list(range(n * SLOTS_PER_WORKER, (n + 1) * SLOTS_PER_WORKER))
                 self._spawn(memory_fd, slots * self.slot_bytes, owned, setup)
         except OSError as exc:
             self.close()
@@ -170,7 +168,7 @@ class ParsePool:
                   publish: Callable[[ProcessedBatch], None]) -> None:
         """Process batches until END, handing them on in the order they came; then pass END on."""
         order: asyncio.Queue[asyncio.Future[ProcessedBatch] | None] = asyncio.Queue(
-            max(MIN_SLOTS, len(self.workers)) + 2)
+            len(self.workers) * SLOTS_PER_WORKER + 2)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(_hand_on(order, outbox, publish), name="processor:hand-on")
             while True:
@@ -187,7 +185,7 @@ class ParsePool:
             future.set_result(self.processor.process(batch))
             return future
         slot = await self._free.get()
-        worker = self.workers[slot % self.size]
+        worker = self.workers[slot // SLOTS_PER_WORKER]
         if not worker.alive:  # its slots leave circulation
             return await self._submit(batch)
         assert self._memory is not None

@@ -14,7 +14,7 @@ import pytest
 from pipeline.clock import FakeClock
 from pipeline.config import EnrichConfig
 from pipeline.runtime.committer import END, EndOfInput
-from pipeline.runtime.parse_pool import IN_BYTES, MIN_SLOTS, MIN_WORKER_BYTES, ParsePool
+from pipeline.runtime.parse_pool import IN_BYTES, MIN_WORKER_BYTES, ParsePool
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
 
@@ -160,10 +160,10 @@ async def test_the_last_worker_dying_with_blocks_in_hand_and_more_waiting_loses_
     pool = ParsePool(make_processor(), 1)
     pool.start()
     victim = pool.workers[0].process.pid
-    os.kill(victim, signal.SIGSTOP)  # takes a block per slot, answers none; the next waits for a slot
+    os.kill(victim, signal.SIGSTOP)  # takes two blocks, answers none; the third waits for a slot
     try:
         running = asyncio.create_task(run_pool(pool, [make_batch(d, 10**7 * n) for n, d in enumerate(data)]))
-        await until(lambda: len(pool.workers[0].pending) == MIN_SLOTS, "blocks in the stopped worker's hands")
+        await until(lambda: len(pool.workers[0].pending) == 2, "two blocks in the stopped worker's hands")
         os.kill(victim, signal.SIGKILL)
         got = await running
     finally:

@@ -266,6 +266,24 @@ def peak_rss(pid: int) -> int:
     return total
 
 
+def peak_rss_shared_once(pid: int) -> int:
+    """Peak resident set (bytes) of the process and its live descendants with shared pages counted once:
+    the process's VmHWM plus each descendant's private part, its VmHWM less the file and shared-memory
+    pages resident now (those only grow during a run).
+
+    :func:`peak_rss` counts a parse worker's pages of the interpreter and its libraries, and of the
+    memory it shares with the daemon, twice: the daemon maps the same files and writes and reads every
+    page of that memory. This is the memory the machine gives them (close to the sum of their PSS)."""
+    total = 0
+    for member in family(pid):
+        text = Path(f"/proc/{member}/status").read_text()
+        fields = {key: int(kb) * 1024 for key, kb in re.findall(r"^(VmHWM|RssFile|RssShmem):\s+(\d+) kB", text, re.M)}
+        total += fields.get("VmHWM", 0)
+        if member != pid:
+            total -= fields.get("RssFile", 0) + fields.get("RssShmem", 0)
+    return total
+
+
 def resident(pid: int) -> int:
     """Current resident set (VmRSS), bytes, of the process and its live descendants."""
     total = 0

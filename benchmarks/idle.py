@@ -59,7 +59,8 @@ def run(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         path.write_bytes(b"".join(factory.line(n * args.lines + i) for i in range(args.lines)))
         sizes[str(path)] = path.stat().st_size
     config = layout.write_config(buffer={"flush_interval": args.flush_interval, "retry_wait": 1.0},
-                                 source={"rescan_interval": 5.0, "rotate_wait": 5.0})
+                                 source={"rescan_interval": 5.0, "rotate_wait": 5.0},
+                                 parse_workers=args.parse_workers)
     with DaemonProcess(config, root / "daemon.log") as daemon:
         daemon_pid = daemon.pid
         wait_for(lambda: delivered_all(layout.state, "debug", sizes), timeout=120, interval=0.1,
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=3.0, help="seconds after delivery before the window")
     ap.add_argument("--flush-interval", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--parse-workers", type=int, default=0, help="the daemon's parse_workers (their CPU counts)")
     args = ap.parse_args()
     info = machine()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-idle-"))
@@ -107,7 +109,7 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     assert result["delivered"] == result["records"], f"delivered {result['delivered']} of {result['records']}"
     print_header(f"idle: {args.files} followed files, nothing written for {args.seconds:.0f} s "
-                 f"(flush_interval {args.flush_interval} s)", info)
+                 f"(flush_interval {args.flush_interval} s, parse_workers {args.parse_workers})", info)
     r = result
     print_table(["files", "window", "CPU-s", "CPU", "wakeups/s", "max/s", "threads", "fds", "peak RSS", "target"],
                 [[r["files"], f"{r['window_s']:.0f} s", f"{r['cpu_s']:.2f}", f"{r['cpu_pct_of_core']:.2f}%",

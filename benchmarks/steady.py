@@ -77,7 +77,8 @@ def run_rate(root: Path, rate: int, args: argparse.Namespace) -> dict[str, Any]:
     log = layout.logs / "agent.log"
     log.touch()
     config = layout.write_config(buffer={"flush_interval": args.flush_interval, "retry_wait": 1.0},
-                                 source={"rescan_interval": 5.0, "rotate_wait": 5.0})
+                                 source={"rescan_interval": 5.0, "rotate_wait": 5.0},
+                                 parse_workers=args.parse_workers)
     ours, theirs = multiprocessing.Pipe()
     writer = multiprocessing.get_context("fork").Process(
         target=write_at_rate, args=(log, rate, args.seconds, args.max_chars, theirs), daemon=True)
@@ -121,13 +122,15 @@ def main() -> None:
     ap.add_argument("--max-chars", type=int, default=2000)
     ap.add_argument("--poll", type=float, default=0.01, help="output reader's poll interval, seconds")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--parse-workers", type=int, default=0, help="the daemon's parse_workers (their CPU counts)")
     args = ap.parse_args()
     info = machine()
     base = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-steady-"))
     runs = [run_rate(base / f"rate-{rate}", int(rate), args) for rate in args.rates.split(",")]
     shutil.rmtree(base, ignore_errors=True)
     print_header(f"steady: writer at a fixed rate → tail → file output (flush_interval {args.flush_interval} s), "
-                 f"{args.seconds:.0f} s per rate, records up to {args.max_chars} chars", info)
+                 f"{args.seconds:.0f} s per rate, records up to {args.max_chars} chars, "
+                 f"parse_workers {args.parse_workers}", info)
     rows = []
     for r in runs:
         lat = r["latency_s"]

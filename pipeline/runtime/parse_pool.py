@@ -32,7 +32,7 @@ import sys
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -40,12 +40,17 @@ from typing import Any
 
 from pipeline.errors import LogferryError
 from pipeline.runtime.committer import END, EndOfInput
+from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
 from pipeline.runtime.parse_worker import Done, Job, Setup
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
 
 log = logging.getLogger("logferry.parse")
-SLOTS_PER_WORKER = 2  # one block parsed while the next one waits in the worker's memory
+# One block parsed while the next one waits in the worker's memory. One slot per worker measured ~10 %
+# slower on small records with fsync = false (where the workers are busiest; catchup.py, 1,000,000
+# records of <= 300 chars, parse_workers = 2: 251,000 and 257,000 rec/s against 277,000 and 282,000,
+# alternating) for ~19 MB less peak RSS (docs/PERFORMANCE.md §3).
+SLOTS_PER_WORKER = 2
 IN_BYTES = 4 << 20  # a slot's block: tail reads 1 MiB steps by default; larger blocks parse on the loop
 OUT_BYTES = 2 * IN_BYTES + (1 << 20)  # records grow by the added fields; offsets follow them
 # A few lines written at a steady rate parse in microseconds on the loop: a round trip to a worker
@@ -123,13 +128,10 @@ class ParsePool:
     def _spawn(self, memory_fd: int, size: int, slots: list[int], setup: Setup) -> Worker:
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            # -P and the daemon's own package root: the worker runs this very code, whatever the cwd holds.
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT,
-                                                                               os.environ.get("PYTHONPATH")]))}
             process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "pipeline.runtime.parse_worker", str(theirs.fileno()),
                  str(memory_fd), str(size)],
-                pass_fds=(theirs.fileno(), memory_fd), stdin=subprocess.DEVNULL, env=env,
+                pass_fds=(theirs.fileno(), memory_fd), stdin=subprocess.DEVNULL, env=worker_env(os.environ),
             )
             conn = Connection(os.dup(ours.fileno()))
         worker = Worker(process, conn, slots)
@@ -281,6 +283,17 @@ class ParsePool:
                 job.future.set_result(self.processor.process(job.batch))
             except Exception as exc:  # noqa: BLE001 - the processor task fails with it, as in-process
                 job.future.set_exception(exc)
+
+
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment: ``environ``, the daemon's package root first on PYTHONPATH, and the
+    daemon's malloc settings (:mod:`pipeline.runtime.memory`) as glibc's variables where ``environ`` sets
+    none, so the worker need not import ctypes to apply them."""
+    # -P and the daemon's own package root: the worker runs this very code, whatever the cwd holds.
+    env = {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, environ.get("PYTHONPATH")]))}
+    env.setdefault("MALLOC_ARENA_MAX", str(ARENAS))
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))  # each block's results reuse the heap
+    return env
 
 
 async def _hand_on(order: asyncio.Queue[asyncio.Future[ProcessedBatch] | None],

@@ -23,12 +23,20 @@ def delivered_at_least(layout, count: int) -> bool:
 
 
 def children(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (the daemon's parse workers)."""
+    """The daemon's parse workers among the live child processes of ``pid`` (the copy guard's helper is
+    a child too)."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         with contextlib.suppress(OSError):
             found |= {int(child) for child in task.read_text().split()}
-    return found
+    return {child for child in found if b"pipeline.runtime.parse_worker" in _cmdline(child)}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # exited meanwhile
+        return b""
 
 
 def alive(pids: set[int]) -> set[int]:

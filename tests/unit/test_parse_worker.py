@@ -1,0 +1,86 @@
+"""The parse worker's process: what it imports, its socket framing, its result area and its environment."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import threading
+import zlib
+from multiprocessing.connection import Connection
+
+import pytest
+
+from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
+from pipeline.runtime.parse_pool import PACKAGE_ROOT, worker_env
+from pipeline.runtime.parse_worker import Channel, Done, Region, ResultArea
+
+# What a worker must not load: each is megabytes and milliseconds per worker, and none is needed to parse.
+HEAVY = ("multiprocessing", "ctypes", "asyncio", "pydantic", "subprocess", "pipeline.config", "pipeline.runtime.memory",
+         "pipeline.transforms.records", "pipeline.sources")
+
+
+def test_a_worker_imports_only_the_hot_loop() -> None:
+    # The way the pool starts it (-P, its environment), from another directory: this checkout's code, nothing heavy.
+    probe = ("import sys, pipeline.runtime.parse_worker, pipeline; "
+             "print(pipeline.__file__); print(*sorted(sys.modules))")
+    out = subprocess.run([sys.executable, "-P", "-c", probe], env=worker_env(os.environ), cwd="/",
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == os.path.join(PACKAGE_ROOT, "pipeline", "__init__.py")
+    loaded = set(out[1].split())
+    assert "pipeline.transforms.lines" in loaded and "orjson" in loaded
+    assert not [name for name in loaded if name.startswith(HEAVY)]
+
+
+def test_the_channel_speaks_multiprocessing_connection_framing_both_ways() -> None:
+    ours, theirs = socket.socketpair()
+    daemon, worker = Connection(ours.detach()), Channel(theirs.detach())
+    big = Done("ok", 3, 7, (Region(0, 10, 1, 99),), bad=((5, b"x" * 300_000, "not JSON"),))  # several reads
+    try:
+        sender = threading.Thread(target=daemon.send, args=(big,))  # larger than the socket's buffer
+        sender.start()
+        assert worker.recv() == big
+        sender.join()
+        got: list[object] = []
+        receiver = threading.Thread(target=lambda: got.extend((daemon.recv(), daemon.recv())))
+        receiver.start()
+        worker.send(big)
+        worker.send(None)
+        receiver.join()
+        assert got == [big, None]
+    finally:
+        daemon.close()
+    with pytest.raises(EOFError):  # the daemon exited: the worker leaves
+        worker.recv()
+    with pytest.raises(ConnectionError):
+        worker.send(big)
+    os.close(worker.fd)
+
+
+def test_the_result_area_writes_records_then_offsets_with_their_crc() -> None:
+    with mmap.mmap(-1, 4096) as memory:
+        area = ResultArea(memory, 1000, 200)
+        lines = [b'{"a":1}\n', b'{"b":"\xc3\xa9"}\n', b"\n"]
+        assert area.add(lines, [0, 8, 20]) == 0
+        assert area.add([b"x" * 7], [40]) == 1
+        payload = b"".join(lines)
+        assert area.regions[0] == Region(0, len(payload), 3, zlib.crc32(payload))
+        assert memory[1000 : 1000 + len(payload)] == payload
+        assert memory[1000 + len(payload) : 1000 + len(payload) + 24] == b"".join(
+            n.to_bytes(8, sys.byteorder, signed=True) for n in (0, 8, 20))
+        assert area.regions[1] == Region(len(payload) + 24, 7, 1, zlib.crc32(b"x" * 7))
+        assert not area.full
+        assert area.add([b"y" * 150], [50]) == -1  # 150 + 8 more would pass the area's end
+        assert area.full
+        assert memory[1000 + len(payload) + 24 + 15 : 1200] == bytes(200 - len(payload) - 24 - 15)
+
+
+def test_the_worker_environment_carries_the_malloc_settings_unless_set() -> None:
+    env = worker_env({"PATH": "/bin", "PYTHONPATH": "/elsewhere"})
+    assert env["PYTHONPATH"] == os.pathsep.join([PACKAGE_ROOT, "/elsewhere"])
+    assert (env["MALLOC_ARENA_MAX"], env["MALLOC_MMAP_THRESHOLD_"]) == (str(ARENAS), str(MMAP_THRESHOLD))
+    assert env["PATH"] == "/bin"
+    assert worker_env({"MALLOC_ARENA_MAX": "1"})["MALLOC_ARENA_MAX"] == "1"  # the operator's word wins
+    assert worker_env({})["PYTHONPATH"] == PACKAGE_ROOT

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LogferryError
+from pipeline.processes import reap
 from pipeline.runtime.committer import END, EndOfInput
 from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
 from pipeline.runtime.parse_worker import Done, Job, Setup
@@ -153,11 +154,7 @@ class ParsePool:
             worker.conn.close()
         deadline = time.monotonic() + CLOSE_WAIT
         for worker in self.workers:
-            try:
-                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                worker.process.wait()
+            reap(worker.process, deadline - time.monotonic())
         self.workers.clear()
         if self._memory is not None:
             self._memory.close()

@@ -35,6 +35,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from pipeline.processes import reap
 from pipeline.sources.tail.guard_helper import FRAME, SLOT, frame
 from pipeline.sources.tail.reader import TailedFile
 
@@ -194,11 +195,7 @@ class CopyGuard:
         if conn is not None:
             conn.close()  # the helper leaves at the socket's end (no message: a hung helper's buffer may be full)
         if process is not None:
-            try:
-                process.wait(timeout=CLOSE_WAIT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            reap(process, CLOSE_WAIT)
 
 
 def _receive(conn: socket.socket, size: int) -> bytes:

@@ -44,11 +44,19 @@ def test_metrics_parse_and_count_what_was_sent(layout, daemon_factory):
     generator.write(str(layout.logs / "agent.log"), 500, bad_every=50, max_chars=300)
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: len(layout.records()) >= 500, what="500 records")
-        status, body = layout.http("/metrics")
-        assert status == 200
-        values = metric_values(body.decode())
+        src, out = (("source", "agent"),), (("output", "debug"),)
+        values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+        def delivered_counted() -> bool:
+            # The records are in the file before the flusher, back from its write, counts them (a CI run read 0).
+            nonlocal values
+            status, body = layout.http("/metrics")
+            assert status == 200
+            values = metric_values(body.decode())
+            return values.get(("logferry_output_delivered_records_total", out)) == 500
+
+        wait_for(delivered_counted, what="the delivered records counted in /metrics")
         daemon.stop()
-    src, out = (("source", "agent"),), (("output", "debug"),)
     assert values[("logferry_source_records_total", src)] == 500
     assert values[("logferry_source_dead_letters_total", src)] == 10
     assert values[("logferry_output_delivered_records_total", out)] == 500

@@ -32,7 +32,8 @@ from pipeline.errors import ConfigError
 from pipeline.importer.report import Report
 from pipeline.importer.sources import SourceSpec
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
-from pipeline.sources.tail.reader import FP_BYTES, file_key, fingerprint
+from pipeline.sources.tail.heads import fingerprint
+from pipeline.sources.tail.reader import FP_BYTES, file_key
 
 UNWATCHED = 0xFFFFFFFFFFFFFFFF
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pipeline.cli import main
-from pipeline.sources.tail.reader import head_digest
+from pipeline.sources.tail.heads import head_digest
 
 
 def pos_line(path: Path, offset: int, inode: int) -> str:

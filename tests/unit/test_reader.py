@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.sources.tail.heads import fingerprint
 from pipeline.sources.tail.reader import (
     FP_BYTES,
     RWF_NOWAIT,
@@ -17,7 +18,6 @@ from pipeline.sources.tail.reader import (
     ReadResult,
     TailedFile,
     file_key,
-    fingerprint,
     read_step,
 )
 

@@ -30,7 +30,8 @@ from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import list_directories
 from pipeline.sources.tail.guard import PACKAGE_ROOT, SLOTS, CopyGuard
 from pipeline.sources.tail.guard_helper import MAX_TARGETS, REOPENS, SLOT, Helper
-from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key, fingerprint
+from pipeline.sources.tail.heads import fingerprint
+from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key
 from pipeline.sources.tail.source import TailSource
 
 HEAD = b'{"header": "' + b"h" * (FP_BYTES + 10) + b'"}\n'  # a full fingerprint's worth of first line
@@ -242,7 +243,8 @@ def test_the_helper_leaves_when_the_daemon_is_killed(followed, tmp_path: Path) -
     daemon_code = textwrap.dedent(f"""
         import os, sys, time
         from pipeline.sources.tail.guard import CopyGuard
-        from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key, fingerprint
+        from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key
+        from pipeline.sources.tail.heads import fingerprint
         fd = os.open({str(path)!r}, os.O_RDONLY)
         tf = TailedFile("agent", file_key(os.fstat(fd)), {str(path)!r}, fd, {len(HEAD)})
         tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)

@@ -13,7 +13,7 @@ import os
 
 from pipeline.sources.tail.checkpoint import FilePosition
 from pipeline.sources.tail.discovery import FoundFile, compressed_head
-from pipeline.sources.tail.reader import fingerprint, head_digest
+from pipeline.sources.tail.heads import fingerprint, head_digest
 
 MTIME_SLACK = 1.0  # seconds: a file system's mtime granularity, and a write racing the last save
 

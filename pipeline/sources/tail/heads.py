@@ -1,5 +1,5 @@
-"""The fingerprint of a file's first bytes, in a module of its own: the copy guard's helper process
-imports it, and nothing else of the tail source (see guard_helper.py: its memory)."""
+"""The fingerprint of a file's first bytes: the tail source's, the importer's and the copy guard's helper
+process's. A module of its own so the helper imports nothing else of the tail source (its memory)."""
 
 from __future__ import annotations
 

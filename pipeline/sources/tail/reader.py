@@ -17,10 +17,7 @@ from typing import Any
 
 from pipeline.durability import opener, sync
 from pipeline.sources.tail.checkpoint import FilePosition
-
-# Their home was here: importers keep these names.
-from pipeline.sources.tail.heads import fingerprint as fingerprint
-from pipeline.sources.tail.heads import head_digest as head_digest
+from pipeline.sources.tail.heads import fingerprint, head_digest
 
 FP_BYTES = 1024
 OVERSIZED_STEP = 64 * 1024 * 1024  # bytes of an oversized line scanned per read step

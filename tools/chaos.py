@@ -3,7 +3,7 @@
 
   .venv/bin/python tools/chaos.py                 # every fault, full iteration counts; rewrites the table
   .venv/bin/python tools/chaos.py --quick         # a few iterations each (a smoke run; prints only)
-  .venv/bin/python tools/chaos.py --only kill9    # one fault (prints only; --write to update the doc anyway)
+  .venv/bin/python tools/chaos.py --only kill9    # one fault (prints only; --write to renew its rows in the doc)
 
 Each scenario drives the real ``logferry run`` process with real writers and checks every
 output against the writers' ledger of request_ids: lost, duplicated, corrupted (differs
@@ -564,18 +564,35 @@ def run(name: str, root: Path, rng: random.Random, iterations: int) -> list[Resu
     return results
 
 
+TABLE_HEAD = ("| fault | how | iterations | records written | lost | duplicated | corrupted | guarantee | run |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+
+
 def write_table(results: list[Result], args: argparse.Namespace) -> None:
-    rows = "\n".join(
-        f"| {r.fault} | {r.note} | {r.iterations} | {r.written:,} | {r.lost} | {r.duplicated} | {r.corrupted} "
-        f"| {r.guarantee} |" for r in results)
-    text = (REPO / "docs" / "RELIABILITY.md").read_text()
+    """Put ``results``' rows in docs/RELIABILITY.md's table; the rows of faults not run now stay as they were.
+
+    Each row says which run measured it (date, commit, command), so the table can be renewed a fault at a
+    time (a full run takes about an hour on the 2-core VM) without passing old figures off as new ones.
+    """
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                            check=False).stdout.strip() or "unknown commit"
+    run = f"{time.strftime('%Y-%m-%d')}, {commit}, `{' '.join(['tools/chaos.py', *sys.argv[1:]])}` (seed {args.seed})"
+    doc = REPO / "docs" / "RELIABILITY.md"
+    text = doc.read_text()
     start, end = "<!-- chaos:begin -->", "<!-- chaos:end -->"
     head, _, rest = text.partition(start)
-    _, _, tail = rest.partition(end)
-    table = (f"{start}\nRun {time.strftime('%Y-%m-%d')} with `{' '.join(['tools/chaos.py', *sys.argv[1:]])}` "
-             f"(seed {args.seed}):\n\n| fault | how | iterations | records written | lost | duplicated | corrupted "
-             f"| guarantee |\n|---|---|---|---|---|---|---|---|\n{rows}\n{end}")
-    (REPO / "docs" / "RELIABILITY.md").write_text(head + table + tail)
+    old, _, tail = rest.partition(end)
+    rows = {line.split(" | ", 1)[0].removeprefix("| "): line for line in old.splitlines()
+            if line.startswith("| ") and not line.startswith(("| fault |", "|---"))}
+    for r in results:
+        rows[r.fault] = (f"| {r.fault} | {r.note} | {r.iterations} | {r.written:,} | {r.lost} | {r.duplicated} "
+                         f"| {r.corrupted} | {r.guarantee} | {run} |")
+    order = list(SCENARIOS)
+    ranked = sorted(rows, key=lambda fault: (order.index(fault.split(" (")[0]) if fault.split(" (")[0] in order
+                                             else len(order), fault))
+    table = (f"{start}\nEach row is one fault's run with `tools/chaos.py`; the last column says which run "
+             f"(date, commit, command).\n\n{TABLE_HEAD}\n" + "\n".join(rows[f] for f in ranked) + f"\n{end}")
+    doc.write_text(head + table + tail)
 
 
 def main() -> None:
@@ -595,7 +612,7 @@ def main() -> None:
                    for row in run(name, root, rng, 3 if args.quick else SCENARIOS[name][1])]
     finally:
         SERVERS.close()
-    # A partial run would replace the whole table with its few rows: only when asked.
+    # A partial run's rows replace those faults' rows only, and a quick run's figures are not the doc's: when asked.
     if not args.no_write and (args.write or not (args.quick or args.only)):
         write_table(results, args)
     shutil.rmtree(root, ignore_errors=True)

@@ -32,8 +32,8 @@ from pipeline.errors import ConfigError
 from pipeline.importer.report import Report
 from pipeline.importer.sources import SourceSpec
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
-from pipeline.sources.tail.heads import fingerprint
-from pipeline.sources.tail.reader import FP_BYTES, file_key
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint
+from pipeline.sources.tail.reader import file_key
 
 UNWATCHED = 0xFFFFFFFFFFFFFFFF
 

@@ -33,8 +33,8 @@ from pipeline.sources.base import Source, SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import matched_files
-from pipeline.sources.tail.heads import fingerprint
-from pipeline.sources.tail.reader import FP_BYTES, file_key, last_line_end
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint
+from pipeline.sources.tail.reader import file_key, last_line_end
 from pipeline.transforms.base import Transform
 from pipeline.transforms.records import RecordProcessor, SourceRoute, TransformPlan
 

@@ -13,8 +13,8 @@ from pipeline.deadletter import DeadLetterStore
 from pipeline.sources.base import SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
-from pipeline.sources.tail.heads import fingerprint
-from pipeline.sources.tail.reader import FP_BYTES, file_key
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint
+from pipeline.sources.tail.reader import file_key
 from pipeline.sources.tail.source import TailSource
 
 

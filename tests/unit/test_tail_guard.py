@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import mmap
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,10 +29,10 @@ from pipeline.sources.tail import source as source_module
 from pipeline.sources.tail.checkpoint import PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import list_directories
-from pipeline.sources.tail.guard import PACKAGE_ROOT, SLOTS, CopyGuard
+from pipeline.sources.tail.guard import HELPER_NICE, PACKAGE_ROOT, SLOTS, CopyGuard
 from pipeline.sources.tail.guard_helper import MAX_TARGETS, REOPENS, SLOT, Helper
-from pipeline.sources.tail.heads import fingerprint
-from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
+from pipeline.sources.tail.reader import TailedFile, file_key
 from pipeline.sources.tail.source import TailSource
 
 HEAD = b'{"header": "' + b"h" * (FP_BYTES + 10) + b'"}\n'  # a full fingerprint's worth of first line
@@ -243,8 +244,8 @@ def test_the_helper_leaves_when_the_daemon_is_killed(followed, tmp_path: Path) -
     daemon_code = textwrap.dedent(f"""
         import os, sys, time
         from pipeline.sources.tail.guard import CopyGuard
-        from pipeline.sources.tail.reader import FP_BYTES, TailedFile, file_key
-        from pipeline.sources.tail.heads import fingerprint
+        from pipeline.sources.tail.reader import TailedFile, file_key
+        from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
         fd = os.open({str(path)!r}, os.O_RDONLY)
         tf = TailedFile("agent", file_key(os.fstat(fd)), {str(path)!r}, fd, {len(HEAD)})
         tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
@@ -511,3 +512,109 @@ def test_a_dead_helper_is_said_once_and_the_guard_goes_on_without_it(
     assert guard.guarded() == {}
     assert [r.levelname for r in caplog.records if "guard stopped" in r.message] == ["ERROR"]
     assert guard._process is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs root, CAP_SYS_NICE or LimitNICE")
+def test_the_helper_runs_ahead_of_the_writers_when_allowed(followed, guard: CopyGuard) -> None:
+    path, tf, writer = followed
+    opened_elsewhere(guard, path, tf)
+    assert guard._process is not None
+    assert os.getpriority(os.PRIO_PROCESS, guard._process.pid) == HELPER_NICE
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the daemon's own stays
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="dropping CAP_SYS_NICE needs root")
+def test_a_refused_priority_is_said_and_the_helper_guards_all_the_same(followed) -> None:
+    path, tf, writer = followed
+    daemon_code = textwrap.dedent(f"""
+        import logging, os
+        from pipeline.sources.tail.guard import CopyGuard
+        from pipeline.sources.tail.reader import TailedFile, file_key
+        from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        fd = os.open({str(path)!r}, os.O_RDONLY)
+        tf = TailedFile("agent", file_key(os.fstat(fd)), {str(path)!r}, fd, {len(HEAD)})
+        tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
+        guard = CopyGuard(1 << 20)
+        guard.follow({{tf.path: tf}}, {{{str(path.parent)!r}}})
+        guard.guarded()  # answered: the helper runs and watches the directory
+        print(os.getpriority(os.PRIO_PROCESS, guard._process.pid), flush=True)
+        copier = os.open(tf.path, os.O_RDWR)
+        while tf.key not in guard.guarded():
+            pass
+        os.write(os.open(tf.path, os.O_WRONLY | os.O_APPEND), b'{{"n": 1}}\\n')
+        while guard.guarded()[tf.key] == {len(HEAD)}:
+            pass
+        os.ftruncate(copier, 0)
+        print(guard.take(tf, tf.offset).decode(), end="", flush=True)
+        guard.close()
+    """)
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    # root without CAP_SYS_NICE, and RLIMIT_NICE at 0 (the default): what an unprivileged daemon meets.
+    done = subprocess.run(["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--", sys.executable,
+                           "-c", daemon_code], env=env, capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout == '0\n{"n": 1}\n'  # at the daemon's priority, and it still kept the line
+    assert f"copytruncate guard runs at the daemon's priority (nice {HELPER_NICE} refused" in done.stderr
+
+
+def test_a_file_empty_at_the_last_look_is_guarded_once_written_again(tmp_path: Path, guard: CopyGuard) -> None:
+    # Rotations a fraction of a second apart: the look after a truncate found the file empty (no
+    # fingerprint yet), and the next copier came before the next look.
+    path = tmp_path / "agent.log"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    tf = TailedFile("agent", file_key(os.fstat(fd)), str(path), fd, 0)
+    tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
+    assert tf.fp_len == 0
+    writer = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        guard.follow({str(path): tf}, {str(path.parent)})
+        assert guard.guarded() == {}
+        os.write(writer, b'{"n": 1}\n')
+        tf.offset = 9  # the source read it, and fingerprinted the file further as it grew
+        tf.refresh_fingerprint()
+        guard.note(tf)
+        with path.open("rb"):  # the copier
+            until(lambda: tf.key in guard.guarded())
+        os.write(writer, b'{"n": 2}\n' + HEAD)  # the file grows past what the source fingerprinted
+        until(lambda: guard.guarded().get(tf.key) == 18 + len(HEAD))
+        os.truncate(path, 0)
+        assert guard.take(tf, tf.offset) == b'{"n": 2}\n' + HEAD
+    finally:
+        os.close(writer)
+        tf.close()
+
+
+def test_a_fingerprint_grown_since_the_guard_began_still_takes_from_the_same_content(
+    tmp_path: Path, guard: CopyGuard
+) -> None:
+    path = tmp_path / "agent.log"
+    path.write_bytes(b'{"n": 0}\n')
+    fd = os.open(path, os.O_RDONLY)
+    tf = TailedFile("agent", file_key(os.fstat(fd)), str(path), fd, 9)
+    tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
+    writer = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        opened_elsewhere(guard, path, tf)
+        os.write(writer, HEAD)
+        tf.offset += len(HEAD)  # the source read on and fingerprinted 1,024 bytes...
+        tf.refresh_fingerprint()
+        guard.note(tf)
+        guard.follow({str(path): tf}, {str(path.parent)})  # ...and a look told the helper: still guarded
+        os.write(writer, b'{"n": 2}\n')
+        until(lambda: guard.guarded().get(tf.key) == tf.offset + 9)
+        os.truncate(path, 0)
+        assert guard.take(tf, tf.offset) == b'{"n": 2}\n'
+    finally:
+        os.close(writer)
+        tf.close()
+
+
+def test_a_take_for_another_contents_fingerprint_gets_nothing(followed, guard: CopyGuard) -> None:
+    path, tf, writer = followed
+    opened_elsewhere(guard, path, tf)
+    os.write(writer, b'{"n": 1}\n')
+    until(lambda: guard.guarded().get(tf.key) == len(HEAD) + 9)
+    os.truncate(path, 0)
+    tf.fp = head_digest(b"x" * tf.fp_len)  # the source read other bytes than the helper
+    assert guard.take(tf, tf.offset) == b""

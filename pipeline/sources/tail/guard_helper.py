@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import inotify_simple
 
-from pipeline.sources.tail.heads import fingerprint
+from pipeline.sources.tail.heads import FP_BYTES, head_digest
 
 _F = inotify_simple.flags
 OPENS = int(_F.OPEN | _F.ONLYDIR)
@@ -106,19 +106,27 @@ class Followed:
 class Target:
     """One guarded file: its bytes from ``base`` on, read through a descriptor of our own."""
 
-    __slots__ = ("path", "followed", "fd", "wd", "base", "until", "data", "done", "opens")
+    __slots__ = ("path", "followed", "fd", "wd", "base", "until", "data", "head", "done", "opens")
 
     def __init__(
-        self, path: str, followed: Followed, fd: int, wd: int, base: int, until: float, data: bytearray
+        self, path: str, followed: Followed, fd: int, wd: int, base: int, until: float, data: bytearray, head: bytes
     ) -> None:
         self.path, self.followed, self.fd, self.wd, self.base, self.until = path, followed, fd, wd, base, until
         self.data = data
+        # The file's first bytes as read here (up to FP_BYTES, longer as it grows): the content the
+        # source fingerprints, checked at each read and at the take whatever length the source has
+        # fingerprinted since (a file emptied by the last truncate is fingerprinted anew as it grows).
+        self.head = head
         self.done = False  # truncated, replaced or over the cap: nothing more is read
         self.opens = 1
 
     @property
     def end(self) -> int:
         return self.base + len(self.data)
+
+    def starts_as(self, fp: str, fp_len: int) -> bool:
+        """Whether the source's fingerprint ``fp`` of ``fp_len`` bytes is of this content."""
+        return fp_len <= len(self.head) and head_digest(self.head[:fp_len]) == fp
 
 
 class Helper:
@@ -199,8 +207,14 @@ class Helper:
         for directory in self.directories.keys() - directories:
             self.unwatch_directory(directory)
         self.wanted = directories
-        for key in [k for k, t in self.targets.items() if files.get(t.path) != t.followed]:
-            self.drop(key)
+        for key, target in list(self.targets.items()):
+            now = files.get(target.path)
+            if now is not None and (now.key, now.slot) == (key, target.followed.slot) and target.starts_as(
+                now.fp, now.fp_len
+            ):
+                target.followed = now  # the same content, fingerprinted further as it grew
+            else:
+                self.drop(key)
 
     def take(self, key: str, fp: str, fp_len: int, offset: int) -> bytes:
         target = self.targets.get(key)
@@ -209,7 +223,7 @@ class Helper:
         if not target.done:
             self.catch(target)  # the last writes before the truncate, if not read yet
         self.drop(key)
-        if (target.followed.fp, target.followed.fp_len) != (fp, fp_len) or not target.base <= offset:
+        if not target.starts_as(fp, fp_len) or not target.base <= offset:
             return b""
         data = target.data[offset - target.base:]
         return bytes(data[: data.rfind(b"\n") + 1])
@@ -260,8 +274,8 @@ class Helper:
             elif not target.done:
                 target.until = until
             return
-        if followed.fp_len == 0 or len(self.targets) >= MAX_TARGETS:
-            return  # empty: nothing to lose; or as many guarded as the descriptors allow
+        if len(self.targets) >= MAX_TARGETS:
+            return  # as many guarded as the descriptors allow
         base = self.read_offset(followed)
         try:
             # An open of our own: the directory watch reports it too (one more of this file's opens,
@@ -272,8 +286,11 @@ class Helper:
         try:
             first = os.pread(fd, PIECE, base)  # read first: the writes are what is at stake
             st = os.fstat(fd)
-            if f"{st.st_dev}:{st.st_ino}" != followed.key or fingerprint(fd, followed.fp_len) != (
-                followed.fp, followed.fp_len
+            head = os.pread(fd, FP_BYTES, 0)
+            # Also a file empty at the source's last look (fingerprinted over 0 bytes): one emptied by
+            # the last copytruncate, written again since. Which content it is, the take checks.
+            if f"{st.st_dev}:{st.st_ino}" != followed.key or followed.fp_len and (
+                len(head) < followed.fp_len or head_digest(head[: followed.fp_len]) != followed.fp
             ):
                 os.close(fd)  # another file at this path now, or this one truncated or rewritten already
                 return
@@ -282,7 +299,7 @@ class Helper:
         except OSError:
             os.close(fd)
             return
-        target = Target(path, followed, fd, wd, base, until, bytearray(first))
+        target = Target(path, followed, fd, wd, base, until, bytearray(first), head)
         self.targets[followed.key] = target
         self.by_wd[wd] = target
         self.catch(target)
@@ -304,9 +321,11 @@ class Helper:
                 if os.fstat(target.fd).st_size < target.end:
                     self.finish(target)  # truncated: what is held is all there was
                 return
-            if fingerprint(target.fd, target.followed.fp_len) != (target.followed.fp, target.followed.fp_len):
+            head = os.pread(target.fd, FP_BYTES, 0)
+            if not head.startswith(target.head):
                 self.finish(target)  # truncated and rewritten since: the piece may be new content
                 return
+            target.head = head
         except OSError:
             self.finish(target)
             return

@@ -8,6 +8,8 @@ import os
 # hashlib's blake2b is this very type; importing hashlib also loads OpenSSL (3.5 MB of the helper's RSS).
 from _blake2 import blake2b
 
+FP_BYTES = 1024  # a file's first bytes that tell it apart (fewer while it is shorter)
+
 
 def fingerprint(fd: int, length: int) -> tuple[str, int]:
     """Hash of the first ``length`` bytes (fewer if the file is shorter), and how many were hashed."""

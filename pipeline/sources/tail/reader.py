@@ -17,9 +17,8 @@ from typing import Any
 
 from pipeline.durability import opener, sync
 from pipeline.sources.tail.checkpoint import FilePosition
-from pipeline.sources.tail.heads import fingerprint, head_digest
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
 
-FP_BYTES = 1024
 OVERSIZED_STEP = 64 * 1024 * 1024  # bytes of an oversized line scanned per read step
 
 

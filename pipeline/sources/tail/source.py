@@ -63,9 +63,9 @@ from pipeline.sources.tail.generations import (
     same_start,
 )
 from pipeline.sources.tail.guard import CopyGuard
-from pipeline.sources.tail.heads import fingerprint
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint
 from pipeline.sources.tail.pacing import HeldLines, ReadPacer
-from pipeline.sources.tail.reader import FP_BYTES, CachedReader, NotCached, ReadResult, TailedFile, read_step
+from pipeline.sources.tail.reader import CachedReader, NotCached, ReadResult, TailedFile, read_step
 from pipeline.sources.tail.watcher import Changes, DirectoryWatcher
 
 log = logging.getLogger("logferry.tail")

@@ -67,6 +67,9 @@ def render_running(snap: dict[str, Any]) -> str:
         if net := src.get("network"):
             lines.append(f"  listening on {net['listen']}: {net['connections']} connections, {net['acks']} acks, "
                          f"{net['refused_handshakes']} refused handshakes")
+        if "instance_id" in src:  # a kafka source: static member id, or dynamic membership
+            member = src["instance_id"]
+            lines.append(f"  group member: {f'static, instance id {member}' if member else 'dynamic'}")
         lines += [f"  {p['path']}: lag {p['lag'] if p['lag'] is not None else '?'} messages (committed to "
                   f"offset {p['committed']})" for p in src.get("partitions", [])]
     for name, out in snap["outputs"].items():

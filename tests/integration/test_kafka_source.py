@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -15,6 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline import generator
 from pipeline.outputs.records import hashed_id
+from pipeline.sources.kafka.source import default_instance_id
 from tests.conftest import new_daemon
 from tests.support.daemon import Layout, Ledger, render_toml, wait_for
 from tests.support.elasticsearch import access_for, all_documents, dropping_indices, free_port
@@ -162,6 +164,129 @@ def test_two_processes_in_one_group_one_killed_then_restarted_index_every_record
         part, offset = delivered[value]
         expected_ids.add(hashed_id(f"{topic}:{part}", offset, orjson.loads(value)["timestamp"]))
     assert len(ids) == total and set(ids) == expected_ids, "each id is the hash of (topic, partition, offset)"
+
+
+def test_two_static_members_one_killed_and_restarted_at_once_write_each_record_once_to_their_files(
+    tmp_path, daemon_factory, kafka
+):
+    """File outputs (no ids to absorb a redelivery): static membership gives a member killed and restarted within
+    session_timeout its own partitions back, without a rebalance, from its saved positions."""
+    topic, group = f"static-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic, partitions=4)
+    total = 12_000
+    values = [line.rstrip(b"\n") for line in generator.lines(total, max_chars=400)]
+    produce(kafka, topic, values[:2000], partitions=4)
+    layouts = [Layout(tmp_path / "a"), Layout(tmp_path / "b")]
+    # Small steps make a kill land between a batch's commit to the buffers and its offset's commit to the group.
+    # A restart takes 1-2 s, well within the 15 s session.
+    for each in layouts:
+        write_source_config(each, kafka, topic, group, session_timeout=15.0, max_batch_messages=100)
+    daemons = [new_daemon(each, daemon_factory).start() for each in layouts]
+    wait_for(lambda: [assigned(each) for each in layouts] == [2, 2], what="two partitions held by each process")
+    held = [held_partitions(each) for each in layouts]
+    # About 500 messages a second: every kill and restart happens mid-stream.
+    live = threading.Thread(target=produce, args=(kafka, topic, values[2000:], 4, 50, None, 0.1))
+    live.start()
+    rebalances, regained = [], []
+    for n, kill_at in enumerate((4000, 6500, 9000)):
+        victim, other = n % 2, 1 - n % 2
+        wait_for(partial(reached, layouts, kill_at), what=f"{kill_at} records before kill {n + 1}")
+        revoked_before = daemons[other].log().count("source bus: revoked")
+        daemons[victim].kill()
+        daemons[victim] = new_daemon(layouts[victim], daemon_factory).start()
+        wait_for(lambda: [assigned(each) for each in layouts] == [2, 2], what="the restarted member back")
+        regained.append(held_partitions(layouts[victim]) == held[victim])
+        rebalances.append(daemons[other].log().count("source bus: revoked") - revoked_before)
+    mid_stream = live.is_alive()
+    live.join(60)
+    wait_for(partial(reached, layouts, total), timeout=90, what="every record")
+    wait_for(lambda: sum(group_offsets(kafka, topic, group, 4)) == total, what="the group's offsets")
+    status = [orjson.loads(each.http("/status")[1])["sources"]["bus"] for each in layouts]
+    assert all(daemon.stop() == 0 for daemon in daemons)
+    Ledger.compare([generator.request_id(1, n) for n in range(total)],
+                   [*layouts[0].records(), *layouts[1].records()]).assert_exact()
+    assert mid_stream, "the records kept coming through every kill and restart"
+    assert regained == [True, True, True], "each restarted member got its own partitions back"
+    assert rebalances == [0, 0, 0], "the other member never gave up its partitions"
+    assert [s["instance_id"] for s in status] == [default_instance_id("bus", each.state, os.uname().nodename)
+                                                  for each in layouts]
+
+
+def test_a_member_fenced_by_another_with_its_instance_id_stops_and_says_so_in_status(
+    tmp_path, daemon_factory, kafka
+):
+    topic, group = f"fenced-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    shared = f"indexer-{uuid.uuid4().hex[:6]}"
+    kafka.create_topic(topic, partitions=2)
+    values = [line.rstrip(b"\n") for line in generator.lines(400, max_chars=300)]
+    produce(kafka, topic, values[:200], partitions=2)
+    first, second = Layout(tmp_path / "a"), Layout(tmp_path / "b")
+    for each in (first, second):
+        write_source_config(each, kafka, topic, group, instance_id=shared, session_timeout=10.0)
+    older = new_daemon(first, daemon_factory).start()
+    wait_for(lambda: sum(group_offsets(kafka, topic, group, 2)) == 200, what="the first 200 committed")
+    newer = new_daemon(second, daemon_factory).start()  # joins with the same id: the older member is fenced
+    wait_for(lambda: "fenced" in (layouts_status(first)["problem"] or ""), timeout=30, what="the fence in status")
+    wait_for(lambda: assigned(second) == 2, what="the newer process holding both partitions")
+    produce(kafka, topic, values[200:], partitions=2)
+    wait_for(lambda: sum(group_offsets(kafka, topic, group, 2)) == 400, what="the last 200 committed")
+    problem = layouts_status(first)["problem"]
+    code, health = first.http("/health")
+    assert older.proc is not None and older.proc.poll() is None, "fenced, not exited (systemd would restart it)"
+    assert older.stop() == 0 and newer.stop() == 0
+    assert f"instance id {shared}" in problem and f"group {group}" in problem, problem
+    assert code == 503 and shared in health.decode(), health
+    assert "fenced out of group" in older.log() and older.log().count("fenced out of group") <= 2, "said once"
+    Ledger.compare([generator.request_id(1, n) for n in range(200)], first.records()).assert_exact()
+    Ledger.compare([generator.request_id(1, n) for n in range(200, 400)], second.records()).assert_exact()
+
+
+def test_a_static_member_stopped_cleanly_keeps_its_partitions_until_its_session_times_out(
+    tmp_path, daemon_factory, kafka
+):
+    """librdkafka sends no LeaveGroup for a static member (KIP-345): the other takes its partitions only after
+    session_timeout, from the offsets committed at the stop, so nothing is read twice."""
+    topic, group = f"clean-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic, partitions=4)
+    values = [line.rstrip(b"\n") for line in generator.lines(800, max_chars=300)]
+    produce(kafka, topic, values[:400], partitions=4)
+    layouts = [Layout(tmp_path / "a"), Layout(tmp_path / "b")]
+    for each in layouts:
+        write_source_config(each, kafka, topic, group, session_timeout=10.0)
+    first, second = (new_daemon(each, daemon_factory).start() for each in layouts)
+    wait_for(lambda: [assigned(each) for each in layouts] == [2, 2], what="two partitions held by each process")
+    wait_for(lambda: sum(group_offsets(kafka, topic, group, 4)) == 400, what="the first 400 committed")
+    stopped = time.monotonic()
+    assert first.stop() == 0
+    wait_for(lambda: assigned(layouts[1]) == 4, timeout=30, what="the other process taking every partition")
+    waited = time.monotonic() - stopped
+    produce(kafka, topic, values[400:], partitions=4)
+    wait_for(lambda: sum(group_offsets(kafka, topic, group, 4)) == 800, what="the last 400 committed")
+    assert second.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(800)],
+                   [*layouts[0].records(), *layouts[1].records()]).assert_exact()
+    # A dynamic member hands over within a heartbeat or so (2.9 s measured); the static one after its session
+    # expires and the others rebalance (12.0 s measured).
+    assert waited > 10.0 / 2, f"handed over after {waited:.1f} s: a static member left the group at its stop"
+
+
+def layouts_status(layout: Layout) -> dict[str, Any]:
+    """The kafka source's entry in the status of the process on ``layout``."""
+    return dict(orjson.loads(layout.http("/status")[1])["sources"]["bus"])
+
+
+def reached(layouts: list[Layout], count: int) -> bool:
+    """Whether the file outputs of the processes on ``layouts`` hold ``count`` records together."""
+    return sum(len(each.records()) for each in layouts) >= count
+
+
+def held_partitions(layout: Layout) -> set[int]:
+    """The partitions the process on ``layout`` holds, as its status says (none while it starts)."""
+    try:
+        status = orjson.loads(layout.http("/status")[1])
+    except OSError:
+        return set()
+    return {row["partition"] for row in status["sources"]["bus"]["partitions"]}
 
 
 def assigned(layout: Layout) -> int:

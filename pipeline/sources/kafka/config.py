@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.configbase import MiB, SourceBase
 from pipeline.outputs.kafka.config import KafkaConnection
@@ -31,3 +31,17 @@ class KafkaSourceConfig(SourceBase, KafkaConnection):
         45.0, ge=6, le=300,
         description="Seconds without a heartbeat before the group gives this process's partitions to the others.",
     )
+    instance_id: str | None = Field(
+        None, max_length=249, pattern=r"^[A-Za-z0-9._-]*$",
+        description="Static group membership (group.instance.id); default logferry-<hostname>-<source>-<hash of "
+                    "state_dir>; \"\" for dynamic membership.",
+    )
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id_is_legal(cls, value: str | None) -> str | None:
+        # Kafka's own consumer refuses an id that is not a legal topic name (JoinGroupRequest.validateGroupInstanceId:
+        # at most 249 of [A-Za-z0-9._-], not "." or ".."); librdkafka sends anything, so we check it here.
+        if value in (".", ".."):
+            raise ValueError(f"instance_id {value!r} is not a legal group.instance.id")
+        return value

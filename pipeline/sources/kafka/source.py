@@ -17,8 +17,28 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
   committed, and commits their offsets synchronously before letting them go: a clean
   hand-over takes nothing twice. After a kill -9 the next owner starts at the group's
   offset and may take again what the dead process had buffered but not yet committed to
-  the group; the records' ids come from (topic, partition, offset), so Elasticsearch and
-  S3 keys absorb that.
+  the group. The records' ids come from (topic, partition, offset), so Elasticsearch absorbs
+  that; a file or S3 output would hold those records twice (in chunks of two hosts).
+* Static group membership (KIP-345, ``group.instance.id``, see :func:`instance_id`) closes
+  that window for the usual crash: a member killed and restarted (systemd
+  ``Restart=on-failure``) within ``session_timeout`` gets its own partitions back without a
+  rebalance, nobody else reads them meanwhile, and ``_on_assign`` starts them at our saved
+  positions: nothing is taken twice, whatever the output. A member that stays down longer
+  loses its partitions to the others once its session times out, and the window above
+  applies again (up to one step of records per partition).
+
+Static membership changes a clean stop too: librdkafka does not send LeaveGroup for a static
+member when it closes (KIP-345: only the session timeout ends a static membership), so a
+stopped member's partitions wait up to ``session_timeout`` before the others take them, from
+the offsets our revoke committed synchronously (nothing twice, only a pause). A restart
+within that time gets them back at once, without any rebalance. ``instance_id = ""`` gives
+dynamic membership (immediate hand-over at a clean stop) for those who prefer it.
+
+A member fenced by another process joining with the same instance id (two daemons
+configured with one ``instance_id``; librdkafka's fatal FENCED_INSTANCE_ID) stops consuming
+and says so in the log, ``status`` and ``/health`` until it is restarted: rejoining would
+fence the other process in turn, each round taking records twice, and exiting would let
+systemd do just that.
 
 Each message value is one record. A value holding newlines (pretty-printed JSON) is
 re-encoded on one line; one that does not parse then goes to the dead-letter store here,
@@ -31,12 +51,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
+import re
 import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -58,6 +82,39 @@ STOP_WAIT_SECONDS = 5.0
 FETCH_BYTES = 2 * 1024 * 1024
 QUEUED_BYTES = 2 * 1024 * 1024
 Partition = tuple[str, int]
+ILLEGAL_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")  # a group.instance.id is limited to a topic name's characters
+MAX_ID_LENGTH = 249
+
+
+def default_instance_id(source: str, state_dir: Path, hostname: str) -> str:
+    """The static member id of ``source`` when ``instance_id`` is not set: ``logferry-<host>-<source>-<dir hash>``.
+
+    Stable across restarts (the host name, the source's name and the state directory do not
+    change), and unique per daemon: a state directory is locked by one daemon at a time, so two
+    daemons of one host in one group differ by its hash (8 hex digits of the SHA-256 of its
+    resolved path), where the host and source names alone would fence each other. The source's
+    name keeps two kafka sources of one daemon in one group apart. Characters a
+    ``group.instance.id`` may not hold become ``-``; the host and source part is cut so the whole
+    stays within 249 characters.
+
+    >>> default_instance_id("bus", Path("/var/lib/logferry"), "indexer-1.example")
+    'logferry-indexer-1.example-bus-57063eb0'
+    """
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+    head = ILLEGAL_ID_CHARS.sub("-", f"logferry-{hostname}-{source}")
+    return f"{head[:MAX_ID_LENGTH - len(digest) - 1]}-{digest}"
+
+
+def instance_id(source: str, config: KafkaSourceConfig, state_dir: Path) -> str | None:
+    """The source's ``group.instance.id``: ``config.instance_id``, its default, or None (dynamic) for ``""``.
+
+    >>> instance_id("bus", KafkaSourceConfig(type="kafka", brokers=["k:9092"], topics=["t"], group_id="g", tag="x",
+    ...                                      instance_id=""), Path("/var/lib/logferry")) is None
+    True
+    """
+    if config.instance_id is None:
+        return default_instance_id(source, state_dir, os.uname().nodename)
+    return config.instance_id or None
 
 
 def partition_key(topic: str, partition: int) -> str:
@@ -110,6 +167,8 @@ class KafkaSource:
         self.dead_letters = context.dead_letters
         self.clock = context.clock
         self.errors = ClientErrors()
+        self.instance_id = instance_id(name, config, context.state_dir)  # None: dynamic membership
+        self.fenced: str | None = None  # set once another consumer took our instance id: we consume no more
         self.partitions: dict[Partition, PartitionState] = {}  # assigned now
         self.messages = 0
         self._stop = threading.Event()
@@ -124,9 +183,10 @@ class KafkaSource:
         self._stop.set()
 
     def status(self) -> dict[str, Any]:
-        """Each assigned partition's lag, their sum, and why nothing is assigned (if so)."""
+        """Each assigned partition's lag, their sum, the static member id (None: dynamic), and any problem."""
         partitions = self.lag()
-        return {"partitions": partitions, "lag": sum(p["lag"] or 0 for p in partitions), "problem": self.problem()}
+        return {"partitions": partitions, "lag": sum(p["lag"] or 0 for p in partitions),
+                "instance_id": self.instance_id, "problem": self.problem()}
 
     def lag(self) -> list[dict[str, Any]]:
         """Each assigned partition's consumer lag: messages on the broker not yet in the buffers."""
@@ -140,7 +200,9 @@ class KafkaSource:
         return rows
 
     def problem(self) -> str | None:
-        """Why nothing is assigned yet, if librdkafka said: refused credentials, no broker, a missing topic."""
+        """Fenced out of the group; or why nothing is assigned yet: refused credentials, no broker, a missing topic."""
+        if self.fenced is not None:
+            return self.fenced
         if self.partitions:
             return None
         brokers, last = ",".join(self.config.brokers), self.errors.last
@@ -163,6 +225,11 @@ class KafkaSource:
             consumer = await loop.run_in_executor(thread, self._open)
             try:
                 while not self._stop.is_set():
+                    if self.fenced is not None:
+                        # The consumer is dead (a fatal error) and rejoining would fence the other process:
+                        # wait here, unhealthy, for the operator's restart (see the module docstring).
+                        await asyncio.sleep(POLL_SECONDS)
+                        continue
                     messages = await loop.run_in_executor(thread, self._step, consumer)
                     batches = self._batches(messages)
                     del messages  # not held while the batches wait for room downstream
@@ -179,7 +246,10 @@ class KafkaSource:
     def _open(self) -> Consumer:
         cfg = self.config
         settings = client_settings(cfg, f"logferry-{self.name}", self.errors)
+        if self.instance_id is not None:
+            settings["group.instance.id"] = self.instance_id
         settings.update({
+            "error_cb": self._on_client_error,
             "group.id": cfg.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
             "isolation.level": "read_committed", "auto.offset.reset": cfg.start_from,
             "session.timeout.ms": int(cfg.session_timeout * 1000),
@@ -194,8 +264,31 @@ class KafkaSource:
         consumer = Consumer(settings)
         consumer.subscribe(list(cfg.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        log.info("source %s: consuming %s in group %s", self.name, ",".join(cfg.topics), cfg.group_id)
+        membership = f"as static member {self.instance_id}" if self.instance_id else "as a dynamic member"
+        log.info("source %s: consuming %s in group %s %s", self.name, ",".join(cfg.topics), cfg.group_id, membership)
         return consumer
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error_cb: kept for ``problem``; a fatal error (our instance id fenced) stops the source."""
+        self.errors(error)
+        if error.code() == KafkaError._FATAL or error.fatal():
+            self._fatal(error)
+
+    def _fatal(self, error: KafkaError) -> None:
+        """The consumer cannot go on. librdkafka reports a fenced static member as _FATAL with the broker's words."""
+        if self.fenced is not None:
+            return
+        if "fenced" in error.str().lower():
+            self.fenced = (f"source {self.name}: fenced out of group {self.config.group_id}: another consumer joined "
+                           f"with the same instance id {self.instance_id} (two daemons with one instance_id?); "
+                           f"this source consumes nothing until logferry is restarted ({error.str()})")
+        else:
+            self.fenced = (f"source {self.name}: the consumer of group {self.config.group_id} failed for good "
+                           f"(instance id {self.instance_id}); it consumes nothing until logferry is restarted "
+                           f"({error.str()})")
+        log.error("%s", self.fenced)
+        with self._lock:
+            self._forget(set(self.partitions))  # status shows none held, and the problem
 
     def _step(self, consumer: Consumer) -> list[Message]:
         """Commit what became durable, then take the next messages (and refresh the watermarks)."""
@@ -258,10 +351,12 @@ class KafkaSource:
             # moved further is read again from ours (ids absorb it in Elasticsearch); nothing is skipped.
             log.warning("source %s: cannot read the group's offsets (%s): starting from the saved ones", self.name, exc)
             committed = assigned
+        ours: list[str] = []  # partitions where our saved position is ahead of the group's: say so in the log
         for tp in committed:
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
             ahead = saved is not None and (tp.offset < 0 or saved.offset > tp.offset)
             if saved is not None and ahead:
+                ours.append(f"{tp.topic}/{tp.partition} {tp.offset}->{saved.offset}")
                 tp.offset = saved.offset
             start = tp.offset if tp.offset >= 0 else 0
             with self._lock:
@@ -271,7 +366,8 @@ class KafkaSource:
                     # that step): tell the group at the next step, or it stays behind until new messages.
                     self._durable[(tp.topic, tp.partition)] = start
         consumer.assign(committed)
-        log.info("source %s: assigned %s", self.name, _names(committed))
+        ahead_note = f" (our saved positions ahead of the group's: {', '.join(ours)})" if ours else ""
+        log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         """Let the pipeline commit what it holds of these partitions, commit it to the group, then let go."""
@@ -296,7 +392,12 @@ class KafkaSource:
 
     def _close(self, consumer: Consumer) -> None:
         self._commit_durable(consumer, asynchronous=False)
-        consumer.close()  # leaves the group at once: the others take over without waiting for a timeout
+        # A dynamic member leaves the group at once: the others take over without waiting for a timeout.
+        # A static one does not (KIP-345): its partitions wait for our restart, or session_timeout.
+        try:
+            consumer.close()
+        except KafkaException as exc:  # e.g. fenced: nothing left to hand over
+            log.warning("source %s: closing the consumer: %s", self.name, exc)
 
     # -- batches (event loop) ----------------------------------------------------------
 
@@ -305,7 +406,9 @@ class KafkaSource:
         for msg in messages:
             error = msg.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF and error.str() != self._consume_error:
+                if error.code() == KafkaError._FATAL or error.fatal():
+                    self._fatal(error)
+                elif error.code() != KafkaError._PARTITION_EOF and error.str() != self._consume_error:
                     self._consume_error = error.str()  # e.g. a topic that does not exist (yet)
                     log.warning("source %s: %s", self.name, error.str())
                 continue

@@ -587,9 +587,9 @@ def write_table(results: list[Result], args: argparse.Namespace) -> None:
     for r in results:
         rows[r.fault] = (f"| {r.fault} | {r.note} | {r.iterations} | {r.written:,} | {r.lost} | {r.duplicated} "
                          f"| {r.corrupted} | {r.guarantee} | {run} |")
-    order = list(SCENARIOS)
+    order, placed = list(SCENARIOS), list(rows)  # a fault's rows keep their order (the doc's, then this run's)
     ranked = sorted(rows, key=lambda fault: (order.index(fault.split(" (")[0]) if fault.split(" (")[0] in order
-                                             else len(order), fault))
+                                             else len(order), placed.index(fault)))
     table = (f"{start}\nEach row is one fault's run with `tools/chaos.py`; the last column says which run "
              f"(date, commit, command).\n\n{TABLE_HEAD}\n" + "\n".join(rows[f] for f in ranked) + f"\n{end}")
     doc.write_text(head + table + tail)

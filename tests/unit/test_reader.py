@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sources.tail.heads import fingerprint
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint
 from pipeline.sources.tail.reader import (
-    FP_BYTES,
     RWF_NOWAIT,
     CachedReader,
     NotCached,

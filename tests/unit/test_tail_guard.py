@@ -245,7 +245,7 @@ def test_the_helper_leaves_when_the_daemon_is_killed(followed, tmp_path: Path) -
         import os, sys, time
         from pipeline.sources.tail.guard import CopyGuard
         from pipeline.sources.tail.reader import TailedFile, file_key
-        from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
+        from pipeline.sources.tail.heads import FP_BYTES, fingerprint
         fd = os.open({str(path)!r}, os.O_RDONLY)
         tf = TailedFile("agent", file_key(os.fstat(fd)), {str(path)!r}, fd, {len(HEAD)})
         tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
@@ -530,7 +530,7 @@ def test_a_refused_priority_is_said_and_the_helper_guards_all_the_same(followed)
         import logging, os
         from pipeline.sources.tail.guard import CopyGuard
         from pipeline.sources.tail.reader import TailedFile, file_key
-        from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
+        from pipeline.sources.tail.heads import FP_BYTES, fingerprint
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         fd = os.open({str(path)!r}, os.O_RDONLY)
         tf = TailedFile("agent", file_key(os.fstat(fd)), {str(path)!r}, fd, {len(HEAD)})

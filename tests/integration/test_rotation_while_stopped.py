@@ -142,18 +142,19 @@ RATE = 2000  # lines/s, one write() each: CI-sized (the chaos run uses 5,000)
 ROTATIONS = 8
 BETWEEN = 600  # lines between two rotations
 MAX_LOST_PER_ROTATION = 3
-TOLERATED = 1  # rotations over the bound in one run: a loaded machine's scheduling hiccup (see the test)
 
 
 def test_copytruncate_loses_at_most_three_lines_per_rotation(layout, daemon_factory):
     """Lines written between logrotate's copy and its truncate exist only in the original until the
     truncate: a caught-up reader reads them there. No duplicates, and at most 3 lost per rotation.
 
-    How robust: the daemon must get a CPU within a millisecond or two of logrotate opening the file
-    (it then reads at every write until the truncate). On this 2-core machine loaded to 5-8 by other
-    work, one rotation in 8-16 lost 5-17 lines (a few ms without a CPU), so one such rotation per run
-    is tolerated; a reader ~100 ms late (logferry before inotify) lost more than 3 in three rotations
-    of 8 at this rate, and 25 per rotation on average at 5,000 lines/s (tools/chaos.py).
+    How robust: the copy guard's helper must get a CPU within a millisecond or two of each write
+    while logrotate has the file open. It runs at nice -10 where allowed (as root here): with both
+    cores kept busy by two other processes, 15 runs of this test in a row passed (2026-12-05). Before
+    the helper, on this machine loaded to 5-8, one rotation in 8-16 lost 5-17 lines and one such
+    rotation per run was tolerated; a reader ~100 ms late (logferry before inotify) lost more than 3
+    in three rotations of 8 at this rate, and 25 per rotation on average at 5,000 lines/s
+    (tools/chaos.py).
     """
     layout.write_config()
     total = BETWEEN * (ROTATIONS + 1)
@@ -173,8 +174,7 @@ def test_copytruncate_loses_at_most_three_lines_per_rotation(layout, daemon_fact
     lost = sorted(int(i.split("-")[1]) for i in ledger.lost)
     per_rotation = lost_per_rotation(lost, writer.marks)
     assert sum(per_rotation) == len(lost), f"lost after the last rotation: {lost}"
-    over = [n for n in per_rotation if n > MAX_LOST_PER_ROTATION]
-    assert len(over) <= TOLERATED, f"lost per rotation: {per_rotation}"
+    assert max(per_rotation, default=0) <= MAX_LOST_PER_ROTATION, f"lost per rotation: {per_rotation}"
 
 
 def caught_up(layout: Layout) -> bool:

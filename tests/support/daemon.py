@@ -168,12 +168,24 @@ class Layout:
         return int(orjson.loads(body)["tap_viewers"]) if status == 200 else 0
 
     def saved_offset(self, path: Path) -> int:
-        """The daemon's saved read position of ``path`` (-1 before its first save)."""
+        """The daemon's saved read position of the file at ``path`` now (-1 before its first save).
+
+        By the file's inode when it exists: a generation rotated away keeps its saved position under
+        the path it was followed at (agent.log, now agent.log.1), beside the new file's.
+        """
         positions = self.state / "positions.json"
         if not positions.exists():
             return -1
-        files = {f["path"]: f["offset"] for f in orjson.loads(positions.read_bytes())["files"]}
-        return int(files.get(str(path), -1))
+        files = orjson.loads(positions.read_bytes())["files"]
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            key = f"{st.st_dev}:{st.st_ino}"
+            for f in files:
+                if f["key"] == key:
+                    return int(f["offset"])
+            return -1
+        by_path = {f["path"]: f["offset"] for f in files}
+        return int(by_path.get(str(path), -1))
 
     def buffered_chunks(self, output: str = "debug") -> list[Path]:
         """An output's staged and queued chunks on disk (delivered ones are gone)."""

@@ -582,14 +582,20 @@ def write_table(results: list[Result], args: argparse.Namespace) -> None:
     start, end = "<!-- chaos:begin -->", "<!-- chaos:end -->"
     head, _, rest = text.partition(start)
     old, _, tail = rest.partition(end)
-    rows = {line.split(" | ", 1)[0].removeprefix("| "): line for line in old.splitlines()
+    # A full run renews every row (and drops those of faults gone); --only keeps the others'.
+    kept = old.splitlines() if args.only else []
+    rows = {line.split(" | ", 1)[0].removeprefix("| "): line for line in kept
             if line.startswith("| ") and not line.startswith(("| fault |", "|---"))}
     for r in results:
         rows[r.fault] = (f"| {r.fault} | {r.note} | {r.iterations} | {r.written:,} | {r.lost} | {r.duplicated} "
                          f"| {r.corrupted} | {r.guarantee} | {run} |")
     order, placed = list(SCENARIOS), list(rows)  # a fault's rows keep their order (the doc's, then this run's)
-    ranked = sorted(rows, key=lambda fault: (order.index(fault.split(" (")[0]) if fault.split(" (")[0] in order
-                                             else len(order), placed.index(fault)))
+
+    def rank(fault: str) -> tuple[int, int]:
+        scenario = fault.split(" (")[0]  # "kill9-all-outputs (s3)": one scenario's row per output
+        return order.index(scenario) if scenario in order else len(order), placed.index(fault)
+
+    ranked = sorted(rows, key=rank)
     table = (f"{start}\nEach row is one fault's run with `tools/chaos.py`; the last column says which run "
              f"(date, commit, command).\n\n{TABLE_HEAD}\n" + "\n".join(rows[f] for f in ranked) + f"\n{end}")
     doc.write_text(head + table + tail)

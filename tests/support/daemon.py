@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.sources.tail.reader import file_key
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -178,8 +180,7 @@ class Layout:
             return -1
         files = orjson.loads(positions.read_bytes())["files"]
         with contextlib.suppress(FileNotFoundError):
-            st = path.stat()
-            key = f"{st.st_dev}:{st.st_ino}"
+            key = file_key(path.stat())
             for f in files:
                 if f["key"] == key:
                     return int(f["offset"])

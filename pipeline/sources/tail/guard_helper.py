@@ -126,7 +126,12 @@ class Target:
 
     def starts_as(self, fp: str, fp_len: int) -> bool:
         """Whether the source's fingerprint ``fp`` of ``fp_len`` bytes is of this content."""
-        return fp_len <= len(self.head) and head_digest(self.head[:fp_len]) == fp
+        return starts_as(self.head, fp, fp_len)
+
+
+def starts_as(head: bytes, fp: str, fp_len: int) -> bool:
+    """Whether a file beginning with ``head`` is the one fingerprinted ``fp`` over ``fp_len`` bytes."""
+    return fp_len <= len(head) and head_digest(head[:fp_len]) == fp
 
 
 class Helper:
@@ -289,8 +294,8 @@ class Helper:
             head = os.pread(fd, FP_BYTES, 0)
             # Also a file empty at the source's last look (fingerprinted over 0 bytes): one emptied by
             # the last copytruncate, written again since. Which content it is, the take checks.
-            if f"{st.st_dev}:{st.st_ino}" != followed.key or followed.fp_len and (
-                len(head) < followed.fp_len or head_digest(head[: followed.fp_len]) != followed.fp
+            if f"{st.st_dev}:{st.st_ino}" != followed.key or followed.fp_len and not starts_as(
+                head, followed.fp, followed.fp_len
             ):
                 os.close(fd)  # another file at this path now, or this one truncated or rewritten already
                 return

@@ -53,6 +53,7 @@ from pipeline.runtime import app, committer  # noqa: E402
 from pipeline.runtime.tap import TapHub  # noqa: E402
 from pipeline.sources.tail import source as tail_source  # noqa: E402
 from pipeline.sources.tail.checkpoint import PositionStore  # noqa: E402
+from pipeline.sources.tail.reader import CachedReader  # noqa: E402
 from pipeline.transforms.records import RecordProcessor  # noqa: E402
 
 LONG_CALLBACK = 0.005
@@ -176,8 +177,8 @@ def instrument(switch_interval: float, experiment: str) -> None:
     asyncio.events.Handle._run = traced_handle_run  # type: ignore[method-assign]
     asyncio.to_thread = traced_to_thread  # modules look it up at each call
     # source
-    wrap(tail_source.TailSource, "_read_cached", "source.read_on_loop")
-    wrap(tail_source.TailSource, "_read", "source.read_in_thread")
+    wrap(CachedReader, "read", "source.read_on_loop")
+    wrap(tail_source.TailSource, "_read_result", "source.read_in_thread")
     wrap(tail_source.TailSource, "_discover", "source.discover")
     _wrap_source_emit()
     # processor

@@ -4,6 +4,12 @@ Transforms work on a batch, not a record (see the speed amendment in the style g
 the batch's serialised lines and the records as parsed (without the enrichment fields, read-only)
 and return both, replacing only the lines they change. They never drop or reorder a record:
 the buffer frames keep each line's source offset, and exactly-once depends on that.
+
+A transform may run in a parse worker process (:mod:`pipeline.runtime.parse_worker`): it is pickled
+into the worker's setup (a transform holding what does not pickle gives ``__reduce__``: its name
+and config, and any secret it read at load time, never re-read from disk there), its counters
+there are taken after each block (:meth:`Transform.take_tally`) and added to the daemon's own
+(:meth:`Transform.add_tally`), so /status and /metrics count every record wherever it ran.
 """
 
 from __future__ import annotations
@@ -26,4 +32,12 @@ class Transform(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """Counters for /status and /metrics."""
+        ...
+
+    def take_tally(self) -> Any:
+        """The counters added since the last take, which are reset (picklable: a worker sends it)."""
+        ...
+
+    def add_tally(self, tally: Any) -> None:
+        """Add another instance's :meth:`take_tally` to these counters."""
         ...

@@ -27,10 +27,10 @@ from pipeline.config import EnrichConfig
 from pipeline.deadletter import line_fields
 from pipeline.outputs.records import document_id
 from pipeline.sources.base import LineBatch
-from pipeline.transforms.base import Transform
 from pipeline.transforms.enrich import Enricher, iso_millis
 from pipeline.transforms.lines import parse_lines
 from pipeline.transforms.parse_json import MAX_EPOCH, event_time
+from pipeline.transforms.plan import Chain, SourceRoute, TransformPlan
 
 
 @dataclass(slots=True)
@@ -60,50 +60,6 @@ class ProcessedBatch:
         """The records ``output`` takes (its own transforms applied), per window of ``width`` seconds."""
         groups = self.by_output.get(output)
         return self.groups[width] if groups is None else groups
-
-
-Chain = tuple[str, ...]
-Batch = tuple[list[bytes], list[dict[str, Any]]]
-
-
-@dataclass(slots=True)
-class SourceRoute:
-    """The transforms of one source: its own chain, and each routed output's chain (non-empty) and width."""
-
-    chain: Chain = ()
-    outputs: dict[str, tuple[int, Chain]] = field(default_factory=dict)
-
-    def dead_letter_chain(self) -> Chain:
-        """What a bad line of this source goes through before it is stored: the source's chain, then every
-        transform any routed output applies (a line is stored once, so it is masked as the strictest output
-        would mask its records: a redact on one output only still keeps its matches out of the store)."""
-        names = [*self.chain, *(name for _, chain in self.outputs.values() for name in chain)]
-        return tuple(dict.fromkeys(names))
-
-
-@dataclass(slots=True)
-class TransformPlan:
-    """Every configured transform by name, and which run for which source and output."""
-
-    transforms: dict[str, Transform] = field(default_factory=dict)
-    routes: dict[str, SourceRoute] = field(default_factory=dict)
-
-    def run(self, chain: Chain, lines: list[bytes], records: list[dict[str, Any]],
-            memo: dict[Chain, Batch] | None = None) -> Batch:
-        """``chain`` applied to a batch; ``memo`` keeps every prefix so chains that share one compute it once."""
-        done: Batch = (lines, records)
-        for n in range(1, len(chain) + 1):
-            cached = memo.get(chain[:n]) if memo is not None else None
-            done = cached if cached is not None else self.transforms[chain[n - 1]].apply(*done)
-            if memo is not None:
-                memo[chain[:n]] = done
-        return done
-
-    def dead_letter(self, chain: Chain, entry: dict[str, Any]) -> dict[str, Any]:
-        """A dead-letter entry as the source's transforms let it be stored (redact masks its line)."""
-        for name in chain:
-            entry = self.transforms[name].dead_letter(entry)
-        return entry
 
 
 class RecordProcessor:
@@ -144,26 +100,24 @@ class RecordProcessor:
                 ids = [document_id(r, id_key, time_key, file, o) for r, o in zip(records, offsets, strict=True)]
         dead = [*batch.dead, *dead]
         by_output: dict[str, dict[int, TimeGroup]] = {}
+        widths = self.widths
         if route is not None and records is not None:
-            lines, records = self.plan.run(route.chain, lines, records)
-            masking = route.dead_letter_chain()
-            dead = [self.plan.dead_letter(masking, entry) for entry in dead]
-            by_output = self._variants(route, lines, records, offsets, times)
-        groups = {width: group_by_window(lines, offsets, times, width, ids) for width in self.widths}
-        return ProcessedBatch(batch, groups, dead, len(lines), by_output)
+            variants = self.plan.variants(route, lines, records)
+            lines = variants.lines
+            dead = self.masked(route, dead)
+            by_output = _grouped(variants.outputs, offsets, times)
+            widths = self.plain_widths(route)
+        groups = {width: group_by_window(lines, offsets, times, width, ids) for width in widths}
+        return ProcessedBatch(batch, groups, dead, len(offsets), by_output)
 
-    def _variants(self, route: SourceRoute, lines: list[bytes], records: list[dict[str, Any]],
-                  offsets: list[int], times: list[float]) -> dict[str, dict[int, TimeGroup]]:
-        """Each routed output's records with its own chain: every chain and (width, chain) computed once."""
-        memo: dict[Chain, Batch] = {}
-        grouped: dict[tuple[int, Chain], dict[int, TimeGroup]] = {}
-        by_output = {}
-        for output, (width, chain) in route.outputs.items():
-            if (width, chain) not in grouped:
-                variant, _ = self.plan.run(chain, lines, records, memo)
-                grouped[(width, chain)] = group_by_window(variant, offsets, times, width)
-            by_output[output] = grouped[(width, chain)]
-        return by_output
+    def plain_widths(self, route: SourceRoute | None) -> list[int]:
+        """The widths the batch's own groups are made for: none when every output routed has its own chain."""
+        return self.widths if route is None or route.plain else []
+
+    def masked(self, route: SourceRoute, dead: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Dead-letter entries of a routed source, masked as :meth:`SourceRoute.dead_letter_chain` says."""
+        masking = route.dead_letter_chain()
+        return [self.plan.dead_letter(masking, entry) for entry in dead]
 
     def _parse(
         self, batch: LineBatch, now: float, added: dict[str, Any], records: list[dict[str, Any]] | None
@@ -233,6 +187,18 @@ def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, A
         entry["offset"] = where[entry["offset"]]
         entry["id"] = f"{batch.source}:{batch.key}:{entry['offset']}"
     return [where[o] for o in offsets]
+
+
+def _grouped(variants: dict[str, tuple[int, Chain, list[bytes]]], offsets: list[int],
+             times: list[float]) -> dict[str, dict[int, TimeGroup]]:
+    """Each output's variant by window: each (width, chain) grouped once, shared by the outputs that take it."""
+    grouped: dict[tuple[int, Chain], dict[int, TimeGroup]] = {}
+    by_output = {}
+    for output, (width, chain, lines) in variants.items():
+        if (width, chain) not in grouped:
+            grouped[(width, chain)] = group_by_window(lines, offsets, times, width)
+        by_output[output] = grouped[(width, chain)]
+    return by_output
 
 
 def group_by_window(lines: list[bytes], offsets: list[int], times: list[float], width: int,

@@ -15,7 +15,8 @@ from pipeline.config import EnrichConfig
 from pipeline.outputs.records import document_id
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.enrich import iso_millis
-from pipeline.transforms.records import ProcessedBatch, RecordProcessor, SourceRoute, TransformPlan
+from pipeline.transforms.plan import SourceRoute, TransformPlan
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor
 
 WALL = 1_795_000_000.0
 HOUR = 3600
@@ -265,6 +266,12 @@ class Upper:
 
     def stats(self) -> dict[str, Any]:
         return {"type": "upper", "calls": self.calls}
+
+    def take_tally(self) -> int:
+        return 0
+
+    def add_tally(self, tally: int) -> None:
+        pass
 
 
 def planned(route: SourceRoute, widths: set[int] | None = None) -> tuple[RecordProcessor, dict[str, Upper]]:

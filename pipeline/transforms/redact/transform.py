@@ -30,7 +30,8 @@ RETRY_LINE_FILTER = 16  # batches that skip the line filter after one whose line
 class RedactTransform:
     """``type = "redact"``: mask, hash or drop personal data and secrets in the scanned fields."""
 
-    def __init__(self, name: str, config: RedactTransformConfig) -> None:
+    def __init__(self, name: str, config: RedactTransformConfig, key: bytes | None = None) -> None:
+        """``key``: the HMAC key as read from ``hash_key_file`` already (a parse worker's copy), else read here."""
         self.name = name
         self.config = config
         modes = config.modes()
@@ -56,7 +57,8 @@ class RedactTransform:
             except AnchorError as exc:
                 raise ConfigError(f"transforms.{name}.fields: the line filter does not compile: {exc}") from exc
         self.skip_line_filter = 0
-        self.redactor = Redactor(detectors, dict(modes), config.fields, self._key())
+        self.key = key if key is not None else self._key()
+        self.redactor = Redactor(detectors, dict(modes), config.fields, self.key)
         self.summary_key = config.summary_key
         self.counts: Counter[str] = Counter()
         self.records_redacted = 0
@@ -140,6 +142,22 @@ class RedactTransform:
         """Redactions per detector (every enabled one, zeros included) and records changed."""
         return {"type": "redact", "records_redacted": self.records_redacted,
                 "redactions": {d.name: self.counts[d.name] for d in self.detectors}}
+
+    def take_tally(self) -> tuple[int, dict[str, int]]:
+        """(records redacted, redactions per detector) since the last take; reset."""
+        tally = (self.records_redacted, dict(self.counts))
+        self.records_redacted, self.counts = 0, Counter()
+        return tally
+
+    def add_tally(self, tally: tuple[int, dict[str, int]]) -> None:
+        """Add a worker's :meth:`take_tally`."""
+        self.records_redacted += tally[0]
+        self.counts.update(tally[1])
+
+    def __reduce__(self) -> tuple[type[RedactTransform], tuple[str, RedactTransformConfig, bytes | None]]:
+        # Into a parse worker: compiled there again (Hyperscan databases do not pickle), with the key read
+        # here at load time, so the worker neither reads the key file nor can fail on it later.
+        return RedactTransform, (self.name, self.config, self.key)
 
 
 __all__ = ["RedactTransform"]

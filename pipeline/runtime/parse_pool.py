@@ -10,9 +10,19 @@ Order: :meth:`ParsePool.run` hands the committer the processed batches in the or
 gave them (a queue of futures, awaited first in, first out), so frames stay in file order and the
 buffer's invariants (a position saved only with its frames, exactly once across kill -9) are the
 ones the in-process path keeps. Blocks a worker cannot take (records the source decoded itself,
-blocks whose source has transforms, blocks larger than a slot or smaller than 64 KiB (a steady
-writer's few lines)) are parsed on the event loop as before, in their place in that order. A block
-whose records span several time windows is split by the worker, one region per window.
+blocks larger than a slot or smaller than 64 KiB (a steady writer's few lines)) are parsed on the
+event loop as before, in their place in that order. A block whose records span several time windows
+is split by the worker, one region per window.
+
+Transforms run in the workers too: each gets the :class:`~pipeline.transforms.plan.TransformPlan`
+pickled in its setup (a redact transform as its plain spec, the HMAC key read by the daemon at load
+time), applies a block's chains as :class:`~pipeline.transforms.records.RecordProcessor` does, and
+writes each output's variant as its own regions (a variant no record changed shares the records'
+regions). The transforms' counters come back with the answer and are added to the daemon's; dead
+letters are masked here, where their counters are. A slot's result area holds one more copy per
+distinct output chain; a block whose variants still do not fit is processed on the loop. With a
+redact transform, a worker holds Hyperscan and its databases: ~6.4 MB more resident (1.8 MB of it
+its own, the rest library pages the daemon maps too), measured with one redact transform.
 
 A worker that fails a block, or exits, is logged with its reason, and its blocks are parsed on
 the loop (the batches keep their bytes until handed on); the other workers go on, and with none

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock
-from pipeline.config import EnrichConfig
+from pipeline.config import EnrichConfig, settings_from_dict
 from pipeline.outputs.records import document_id
+from pipeline.runtime import topology
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.enrich import iso_millis
 from pipeline.transforms.plan import SourceRoute, TransformPlan
@@ -365,3 +367,24 @@ def test_ids_are_carried_only_for_the_sources_that_need_them_and_never_past_tran
     plan = TransformPlan(routes={"agent": SourceRoute(chain=())})
     routed = RecordProcessor(enrich, {HOUR}, FakeClock(WALL), plan, {"agent": ("request_id", "timestamp")})
     assert all(g.ids is None for g in routed.process(batch(data)).groups[HOUR].values())
+
+
+@pytest.mark.parametrize("raw_output", [True, False])
+def test_the_batch_is_grouped_as_parsed_only_when_some_output_takes_it_so(tmp_path: Path, raw_output: bool) -> None:
+    file_output: dict[str, Any] = {"type": "file", "path": str(tmp_path / "out" / "%Y%m%d.jsonl")}
+    outputs = {"search": {**file_output, "transforms": ["pii"]}}
+    if raw_output:
+        outputs["archive"] = file_output
+    config = settings_from_dict({
+        "state_dir": str(tmp_path / "state"), "outputs": outputs, "transforms": {"pii": {"type": "redact"}},
+        "sources": {"agent": {"type": "tail", "paths": [str(tmp_path / "*.log")], "tag": "ai"}},
+    })
+    topo = topology.build(config, FakeClock(WALL))
+    try:
+        result = topo.processor.process(batch(b'{"input": "mail a@example.com"}\n'))
+    finally:
+        topo.release()
+    assert topo.processor.plan.routes["agent"].plain is raw_output
+    assert bool(result.groups) is raw_output, "no output takes the records as parsed: none are grouped"
+    (search,) = result.groups_for("search", HOUR).values()
+    assert b"[REDACTED:email]" in search.lines[0]

@@ -32,7 +32,7 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.transforms.lines import parse_lines
+from pipeline.transforms.lines import ParsedRecords, parse_lines
 
 if TYPE_CHECKING:  # a worker loads the transforms' modules only when its setup brings a plan
     from pipeline.transforms.plan import TransformPlan
@@ -132,16 +132,15 @@ def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
     if plan is not None:
         plan.take_tallies()  # what a failed job counted: the daemon parses that block itself
     start = job.slot * setup.slot_bytes
-    records: list[dict[str, Any]] | None = [] if route is not None else None
-    parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now, records,
+    parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now,
                          begin=start, stop=start + job.length)
     area = ResultArea(memory, start + setup.in_bytes, setup.slot_bytes - setup.in_bytes)
     windows = Windows(area, parsed.times)
     lines, offsets = parsed.lines, parsed.offsets
     outputs: list[tuple[str, tuple[tuple[int, int], ...]]] = []
     tallies = None
-    if plan is not None and route is not None and records is not None:
-        variants = plan.variants(route, lines, records)
+    if plan is not None and route is not None:
+        variants = plan.variants(route, lines, ParsedRecords(memory, parsed, job.added, setup.keys))
         lines = variants.lines
         outputs = [(output, windows.write(variant, offsets, width))
                    for output, (width, _, variant) in variants.outputs.items()]

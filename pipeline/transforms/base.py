@@ -14,7 +14,10 @@ there are taken after each block (:meth:`Transform.take_tally`) and added to the
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, overload
+
+Records = Sequence[dict[str, Any]]  # a list, or the block's records parsed on demand (ParsedRecords)
 
 
 class Transform(Protocol):
@@ -22,7 +25,7 @@ class Transform(Protocol):
 
     name: str
 
-    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+    def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
         """The batch after this transform; the lists given are not changed (they may be shared)."""
         ...
 
@@ -41,3 +44,31 @@ class Transform(Protocol):
     def add_tally(self, tally: Any) -> None:
         """Add another instance's :meth:`take_tally` to these counters."""
         ...
+
+
+class Replaced(Sequence[dict[str, Any]]):
+    """``records`` with a few replaced (index → record): what a transform that changed a few returns,
+    without reading every other record (they may be parsed only when read)."""
+
+    def __init__(self, records: Records, changes: dict[int, dict[str, Any]]) -> None:
+        self.records, self.changes = records, changes
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self.records)
+        changed = self.changes.get(index)
+        return self.records[index] if changed is None else changed
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self.records)))

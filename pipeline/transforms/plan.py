@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.transforms.base import Transform
+from pipeline.transforms.base import Records, Transform
 
 Chain = tuple[str, ...]
-Batch = tuple[list[bytes], list[dict[str, Any]]]
+Batch = tuple[list[bytes], Records]
 
 
 @dataclass(slots=True)
@@ -55,7 +55,7 @@ class TransformPlan:
     transforms: dict[str, Transform] = field(default_factory=dict)
     routes: dict[str, SourceRoute] = field(default_factory=dict)
 
-    def run(self, chain: Chain, lines: list[bytes], records: list[dict[str, Any]],
+    def run(self, chain: Chain, lines: list[bytes], records: Records,
             memo: dict[Chain, Batch] | None = None) -> Batch:
         """``chain`` applied to a batch; ``memo`` keeps every prefix so chains that share one compute it once."""
         done: Batch = (lines, records)
@@ -66,7 +66,7 @@ class TransformPlan:
                 memo[chain[:n]] = done
         return done
 
-    def variants(self, route: SourceRoute, lines: list[bytes], records: list[dict[str, Any]]) -> Variants:
+    def variants(self, route: SourceRoute, lines: list[bytes], records: Records) -> Variants:
         """The source's chain over a batch, then each routed output's on that: each distinct chain once."""
         lines, records = self.run(route.chain, lines, records)
         memo: dict[Chain, Batch] = {}

@@ -27,8 +27,9 @@ from pipeline.config import EnrichConfig
 from pipeline.deadletter import line_fields
 from pipeline.outputs.records import document_id
 from pipeline.sources.base import LineBatch
+from pipeline.transforms.base import Records
 from pipeline.transforms.enrich import Enricher, iso_millis
-from pipeline.transforms.lines import parse_lines
+from pipeline.transforms.lines import ParsedLines, ParsedRecords, parse_lines
 from pipeline.transforms.parse_json import MAX_EPOCH, event_time
 from pipeline.transforms.plan import Chain, SourceRoute, TransformPlan
 
@@ -85,19 +86,27 @@ class RecordProcessor:
         route = self.plan.routes.get(batch.source)
         # Ids are carried only for records stored as parsed here: transforms would change them per output.
         id_keys = self.carried_ids.get(batch.source) if route is None and batch.records is None else None
-        records: list[dict[str, Any]] | None = [] if route is not None or id_keys is not None else None
+        # Kept as parsed for the ids and for the transforms of decoded records; parsed lines give the
+        # transforms their records again on demand (ParsedRecords) rather than all of them kept.
+        kept: list[dict[str, Any]] | None = [] if id_keys is not None or (
+            route is not None and batch.records is not None) else None
+        records: Records | None = kept
         ids: list[str] | None = None
         if batch.records is not None:
-            lines, offsets, times, dead = self._serialise(batch, now, added, records)
+            lines, offsets, times, dead = self._serialise(batch, now, added, kept)
         else:
-            lines, offsets, times, dead = self._parse(batch, now, added, records)
+            parsed = self._parse(batch, now, added, kept)
+            lines, offsets, times = parsed.lines, parsed.offsets, parsed.times
+            dead = [self.dead_entry(batch, offset, line, reason, now) for offset, line, reason in parsed.bad]
+            if route is not None:
+                records = ParsedRecords(batch.data, parsed, added, self.enricher.keys)
             if batch.offsets is not None:
                 offsets = _source_offsets(batch, offsets, dead)
-            if id_keys is not None and records is not None:
+            if id_keys is not None and kept is not None:
                 # The same ids the outputs compute from the stored lines (pipeline/outputs/records.py), from
                 # the records this parse holds anyway: an output taking them parses nothing again.
                 id_key, time_key, file = id_keys[0], id_keys[1], batch.key
-                ids = [document_id(r, id_key, time_key, file, o) for r, o in zip(records, offsets, strict=True)]
+                ids = [document_id(r, id_key, time_key, file, o) for r, o in zip(kept, offsets, strict=True)]
         dead = [*batch.dead, *dead]
         by_output: dict[str, dict[int, TimeGroup]] = {}
         widths = self.widths
@@ -119,13 +128,10 @@ class RecordProcessor:
         masking = route.dead_letter_chain()
         return [self.plan.dead_letter(masking, entry) for entry in dead]
 
-    def _parse(
-        self, batch: LineBatch, now: float, added: dict[str, Any], records: list[dict[str, Any]] | None
-    ) -> tuple[list[bytes], list[int], list[float], list[dict[str, Any]]]:
+    def _parse(self, batch: LineBatch, now: float, added: dict[str, Any],
+               records: list[dict[str, Any]] | None) -> ParsedLines:
         suffix = self.enricher.suffix(added)
-        parsed = parse_lines(batch.data, batch.start, suffix, added, self.enricher.keys, self.time_key, now, records)
-        dead = [self.dead_entry(batch, offset, line, reason, now) for offset, line, reason in parsed.bad]
-        return parsed.lines, parsed.offsets, parsed.times, dead
+        return parse_lines(batch.data, batch.start, suffix, added, self.enricher.keys, self.time_key, now, records)
 
     def _serialise(
         self, batch: LineBatch, now: float, added: dict[str, Any], kept: list[dict[str, Any]] | None

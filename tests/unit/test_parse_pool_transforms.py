@@ -104,8 +104,10 @@ async def test_workers_run_the_transforms_and_give_the_loops_bytes_offsets_windo
         tmp_path: Path, workers: int) -> None:
     key_file = tmp_path / "hmac.key"
     key_file.write_bytes(b"s3cret-key\n")
-    # "search" redacts (and prices), "costed" only prices, "archive" (no chain) takes the records as parsed.
-    route = SourceRoute((), {"search": (HOUR, ("cost", "pii")), "costed": (60, ("cost",))})
+    # "search" prices then redacts, "costed" only prices, "priced" redacts then prices (what the redaction
+    # changed), "archive" (no chain) takes the records as parsed.
+    route = SourceRoute((), {"search": (HOUR, ("cost", "pii")), "costed": (60, ("cost",)),
+                             "priced": (HOUR, ("pii", "cost"))})
     data = [block(3000), block(2000), block(2500)]
     batches = [(d, 10_000_000 * n) for n, d in enumerate(data)]
     loop = processor(key_file, route)
@@ -127,8 +129,10 @@ async def test_workers_run_the_transforms_and_give_the_loops_bytes_offsets_windo
     assert records == 3000 and len(dead) == 6
     # What the transforms counted in the workers is counted in the daemon, as if they had run there.
     assert stats(in_workers) == stats(loop)
-    assert stats(loop)["pii"]["redactions"]["email"] == 750 + 6 + 4 + 5  # records, then the bad lines
-    assert stats(loop)["cost"]["records"]["other"] == 7500, "the shared prefix (\"cost\",) ran once per block"
+    assert stats(loop)["pii"]["redactions"]["email"] == 2 * 750 + 6 + 4 + 5  # two chains' records, the bad lines
+    assert stats(loop)["cost"]["records"]["other"] == 2 * 7500, "the shared prefix (\"cost\",) ran once per block"
+    priced = b"".join(payload for payload, _ in outputs["priced"].values())
+    assert EMAIL.encode() not in priced and priced.count(b'"cost_usd"') == 3000
 
 
 @pytest.mark.asyncio

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.transforms.base import Records
 from pipeline.transforms.cost.config import CostTransformConfig, Price
 
 OTHER = "other"
@@ -63,7 +64,7 @@ class CostTransform:
                      None)
         return alias, price
 
-    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+    def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
         """Every record with its cost and alias added; lines are spliced, not re-serialised."""
         out_lines = list(lines)
         out_records = list(records)

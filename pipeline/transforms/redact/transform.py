@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pipeline.errors import ConfigError
+from pipeline.transforms.base import Records, Replaced
 from pipeline.transforms.redact.detectors import BUILTIN, Detector
 from pipeline.transforms.redact.engine import AnchorError, LineFilter, Prefilter, Redactor, plain_field
 
@@ -99,26 +100,27 @@ class RedactTransform:
         self.counts: Counter[str] = Counter()
         self.records_redacted = 0
 
-    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
-        """The batch with every candidate record redacted; the others' lines are kept as they are."""
+    def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
+        """The batch with every candidate record redacted; the others' lines are kept as they are (and their
+        records are not read: they may be parsed only when read)."""
         out_lines: list[bytes] | None = None
-        out_records: list[dict[str, Any]] | None = None
+        changed: dict[int, dict[str, Any]] = {}
         for i, hits in sorted(self.candidates(lines, records).items()):
             record = orjson.loads(lines[i])  # the whole line (with the enrichment): it is written back
             counts = self.redactor.redact(record, hits)
             if not counts:
                 continue
             self._summarise(record, counts)
-            if out_lines is None or out_records is None:
-                out_lines, out_records = list(lines), list(records)
+            if out_lines is None:
+                out_lines = list(lines)
             # Copied out of orjson's buffer, which holds at least 4 KiB (see pipeline.transforms.records).
             out_lines[i] = bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)))
-            out_records[i] = record
-        if out_lines is None or out_records is None:
+            changed[i] = record
+        if out_lines is None:
             return lines, records
-        return out_lines, out_records
+        return out_lines, Replaced(records, changed)
 
-    def candidates(self, lines: list[bytes], records: list[dict[str, Any]]) -> dict[int, frozenset[int]]:
+    def candidates(self, lines: list[bytes], records: Records) -> dict[int, frozenset[int]]:
         """Record index → indexes of the detectors to run on it, for the records an anchor matched in."""
         line_filter = self.line_filter
         if line_filter is None or self.skip_line_filter:

@@ -21,8 +21,9 @@ writes each output's variant as its own regions (a variant no record changed sha
 regions). The transforms' counters come back with the answer and are added to the daemon's; dead
 letters are masked here, where their counters are. A slot's result area holds one more copy per
 distinct output chain; a block whose variants still do not fit is processed on the loop. With a
-redact transform, a worker holds Hyperscan and its databases: ~6.4 MB more resident (1.8 MB of it
-its own, the rest library pages the daemon maps too), measured with one redact transform.
+redact transform, a worker holds Hyperscan and its databases: its peak ~8.4 MB higher (2.1 MB of it
+its own, the rest library pages the daemon maps too), and catch-up with two workers goes from
+0.71-0.80x of the floor to 0.84-0.87x (docs/PERFORMANCE.md §4).
 
 A worker that fails a block, or exits, is logged with its reason, and its blocks are parsed on
 the loop (the batches keep their bytes until handed on); the other workers go on, and with none

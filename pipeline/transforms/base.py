@@ -3,7 +3,10 @@
 Transforms work on a batch, not a record (see the speed amendment in the style guide): they get
 the batch's serialised lines and the records as parsed (without the enrichment fields, read-only)
 and return both, replacing only the lines they change. They never drop or reorder a record:
-the buffer frames keep each line's source offset, and exactly-once depends on that.
+the buffer frames keep each line's source offset, and exactly-once depends on that. The records
+are a sequence, parsed from the block's lines when read (:class:`~pipeline.transforms.lines.ParsedRecords`):
+a transform that needs only a few reads only those, and returns the ones it changed over the
+rest (:class:`Replaced`).
 
 A transform may run in a parse worker process (:mod:`pipeline.runtime.parse_worker`): it is pickled
 into the worker's setup (a transform holding what does not pickle gives ``__reduce__``: its name

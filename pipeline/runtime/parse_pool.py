@@ -10,9 +10,20 @@ Order: :meth:`ParsePool.run` hands the committer the processed batches in the or
 gave them (a queue of futures, awaited first in, first out), so frames stay in file order and the
 buffer's invariants (a position saved only with its frames, exactly once across kill -9) are the
 ones the in-process path keeps. Blocks a worker cannot take (records the source decoded itself,
-blocks whose source has transforms, blocks larger than a slot or smaller than 64 KiB (a steady
-writer's few lines)) are parsed on the event loop as before, in their place in that order. A block
-whose records span several time windows is split by the worker, one region per window.
+blocks larger than a slot or smaller than 64 KiB (a steady writer's few lines)) are parsed on the
+event loop as before, in their place in that order. A block whose records span several time windows
+is split by the worker, one region per window.
+
+Transforms run in the workers too: each gets the :class:`~pipeline.transforms.plan.TransformPlan`
+pickled in its setup (a redact transform as its plain spec, the HMAC key read by the daemon at load
+time), applies a block's chains as :class:`~pipeline.transforms.records.RecordProcessor` does, and
+writes each output's variant as its own regions (a variant no record changed shares the records'
+regions). The transforms' counters come back with the answer and are added to the daemon's; dead
+letters are masked here, where their counters are. A slot's result area holds one more copy per
+distinct output chain; a block whose variants still do not fit is processed on the loop. With a
+redact transform, a worker holds Hyperscan and its databases: its peak ~8.4 MB higher (2.1 MB of it
+its own, the rest library pages the daemon maps too), and catch-up with two workers goes from
+0.71-0.80x of the floor to 0.84-0.87x (docs/PERFORMANCE.md §4).
 
 A worker that fails a block, or exits, is logged with its reason, and its blocks are parsed on
 the loop (the batches keep their bytes until handed on); the other workers go on, and with none
@@ -44,6 +55,7 @@ from pipeline.runtime.committer import END, EndOfInput
 from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
 from pipeline.runtime.parse_worker import Done, Job, Setup
 from pipeline.sources.base import LineBatch
+from pipeline.transforms.plan import TransformPlan
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
 
 log = logging.getLogger("logferry.parse")
@@ -85,10 +97,11 @@ class Worker:
 class ParsePool:
     """Worker processes that parse plain blocks; see the module's docstring for what stays on the loop."""
 
-    def __init__(self, processor: RecordProcessor, workers: int) -> None:
+    def __init__(self, processor: RecordProcessor, workers: int, out_bytes: int = OUT_BYTES) -> None:
+        """``out_bytes``: a slot's result area per copy of the records (the block's own, then each variant)."""
         self.processor = processor
         self.size = workers
-        self.slot_bytes = IN_BYTES + OUT_BYTES
+        self.slot_bytes = IN_BYTES + out_bytes * (1 + variants(processor.plan))
         self.workers: list[Worker] = []
         self.blocks = 0  # parsed by a worker
         self.inline = 0  # parsed on the loop
@@ -109,8 +122,9 @@ class ParsePool:
         try:
             os.ftruncate(memory_fd, slots * self.slot_bytes)
             self._memory = mmap.mmap(memory_fd, slots * self.slot_bytes)
+            plan = self.processor.plan
             setup = Setup(self.slot_bytes, IN_BYTES, self.processor.enricher.keys, self.processor.time_key,
-                          tuple(self.processor.widths))
+                          tuple(self.processor.widths), plan if plan.routes else None)
             for n in range(self.size):
                 owned = list(range(n * SLOTS_PER_WORKER, (n + 1) * SLOTS_PER_WORKER))
                 self._spawn(memory_fd, slots * self.slot_bytes, owned, setup)
@@ -190,8 +204,10 @@ class ParsePool:
         self._memory[start : start + len(batch.data)] = batch.data
         now = self.processor.clock.time()
         added = self.processor.enricher.fields(batch.tag, now)
+        route = batch.source if batch.source in self.processor.plan.routes else None
         try:
-            worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now))
+            worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now,
+                                 route))
         except OSError as exc:
             self._worker_gone(worker, exc)
             self._free.put_nowait(slot)  # out of circulation with its worker
@@ -202,8 +218,7 @@ class ParsePool:
     def _takes(self, batch: LineBatch) -> bool:
         return (batch.records is None and batch.offsets is None
                 and MIN_WORKER_BYTES <= len(batch.data) <= IN_BYTES
-                and any(worker.alive for worker in self.workers)
-                and batch.source not in self.processor.plan.routes)
+                and any(worker.alive for worker in self.workers))
 
     def _on_answer(self, worker: Worker) -> None:
         """The worker's socket is readable: resolve every job it has answered."""
@@ -225,6 +240,8 @@ class ParsePool:
             if done.kind == "ok":
                 self.blocks += 1
                 job.future.set_result(self._processed(job, done))
+                if done.tallies:
+                    self.processor.plan.add_tallies(done.tallies)
                 job.batch.data = b""  # the records are in the groups: the block would double what waits in line
                 return
             if done.kind == "error":
@@ -238,8 +255,8 @@ class ParsePool:
             self._free.put_nowait(job.slot)
 
     def _processed(self, job: Pending, done: Done) -> ProcessedBatch:
-        """The worker's records grouped as the in-process path groups them; a region shared by widths is
-        copied out once."""
+        """The worker's records grouped as the in-process path groups them; a region shared by widths or
+        variants is copied out once, and outputs taking the same variant share its groups."""
         assert self._memory is not None
         batch = job.batch
         area = done.slot * self.slot_bytes + IN_BYTES
@@ -249,13 +266,26 @@ class ParsePool:
             offsets = array("q")
             offsets.frombytes(self._memory[at + region.payload : at + region.payload + region.count * offsets.itemsize])
             regions.append((self._memory[at : at + region.payload], offsets.tolist()))
-        groups: dict[int, dict[int, TimeGroup]] = {width: {} for width in self.processor.widths}
-        for width, window, index in done.groups:
+
+        def group(index: int) -> TimeGroup:
             payload, offsets_list = regions[index]
-            groups[width][window] = TimeGroup([payload], offsets_list, done.regions[index].crc)
+            return TimeGroup([payload], offsets_list, done.regions[index].crc)
+
+        route = self.processor.plan.routes.get(batch.source)
+        groups: dict[int, dict[int, TimeGroup]] = {width: {} for width in self.processor.plain_widths(route)}
+        for width, window, index in done.groups:
+            groups[width][window] = group(index)
+        variants: dict[tuple[tuple[int, int], ...], dict[int, TimeGroup]] = {}
+        by_output: dict[str, dict[int, TimeGroup]] = {}
+        for output, windows in done.outputs:
+            if windows not in variants:
+                variants[windows] = {window: group(index) for window, index in windows}
+            by_output[output] = variants[windows]
         dead = [*batch.dead, *(self.processor.dead_entry(batch, offset, line, reason, job.now)
                                for offset, line, reason in done.bad)]
-        return ProcessedBatch(batch, groups, dead, done.count)
+        if route is not None:
+            dead = self.processor.masked(route, dead)  # here, not in the worker: its counters are the daemon's
+        return ProcessedBatch(batch, groups, dead, done.count, by_output)
 
     def _worker_gone(self, worker: Worker, exc: BaseException) -> None:
         """Take the worker out of the pool and parse its unanswered blocks here, in their place."""
@@ -280,6 +310,11 @@ class ParsePool:
                 job.future.set_result(self.processor.process(job.batch))
             except Exception as exc:  # noqa: BLE001 - the processor task fails with it, as in-process
                 job.future.set_exception(exc)
+
+
+def variants(plan: TransformPlan) -> int:
+    """The most variants (distinct output chains) a source's blocks come out in, besides their own records."""
+    return max((len({chain for _, chain in route.outputs.values()}) for route in plan.routes.values()), default=0)
 
 
 def worker_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -10,7 +10,9 @@ Every worker costs its own interpreter, so it imports only what the hot loop nee
 :mod:`pipeline.transforms.lines`): not multiprocessing (its socket end is a :class:`Channel`), not
 ctypes (glibc's malloc settings come from the environment the pool starts it with). That is
 ~2.4 MB less resident per worker and 25 ms of imports instead of 35; ``tests/unit/test_parse_worker.py``
-checks which modules a worker loads.
+checks which modules a worker loads. A setup that brings transforms loads their modules as it is
+unpickled (a redact transform: Hyperscan and its engine, ~6.4 MB more resident, but not pydantic nor
+the config models, which would be ~13 MB more).
 
 Messages (pickled, over the socket):
   daemon → worker  ``Setup``, then ``Job`` per block, then ``None`` (or EOF) to exit;
@@ -28,20 +30,25 @@ import sys
 import zlib
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.transforms.lines import parse_lines
+from pipeline.transforms.lines import ParsedRecords, parse_lines
+
+if TYPE_CHECKING:  # a worker loads the transforms' modules only when its setup brings a plan
+    from pipeline.transforms.plan import TransformPlan
 
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """What every job of this worker shares: the memory's layout and the enrichment's constants."""
+    """What every job of this worker shares: the memory's layout, the enrichment's constants and the
+    transforms (``plan``: None when no source has any; its transforms are built when it is unpickled)."""
 
     slot_bytes: int  # each slot: the block (in_bytes) then the results (the rest)
     in_bytes: int
     keys: frozenset[str]
     time_key: str
     widths: tuple[int, ...]
+    plan: TransformPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,7 @@ class Job:
     suffix: bytes
     added: dict[str, Any]
     now: float
+    route: str | None = None  # the block's source, when the plan routes it through transforms
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +80,9 @@ class Done:
     """A job's outcome.
 
     ``kind``: "ok" (``groups`` gives each (width, window) its region: when every record of the block
-    falls in one window of every width, they all share one region); "inline" (the daemon must parse
-    the block itself: the results do not fit the area); "error" (``reason`` says why).
+    falls in one window of every width, they all share one region; ``outputs`` gives each routed output
+    its variant's (window, region) pairs, ``tallies`` the transforms' counters); "inline" (the daemon
+    must parse the block itself: the results do not fit the area); "error" (``reason`` says why).
     """
 
     kind: str
@@ -83,6 +92,8 @@ class Done:
     groups: tuple[tuple[int, int, int], ...] = ()  # (width, window, index into regions)
     bad: tuple[tuple[int, bytes, str], ...] = ()
     reason: str = ""
+    outputs: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()  # (output, ((window, region), ...))
+    tallies: dict[str, Any] | None = None
 
 
 class ResultArea:
@@ -114,26 +125,68 @@ class ResultArea:
 
 
 def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
-    """Parse ``job``'s block in place in the shared memory and write its records, per window, back there."""
+    """Parse ``job``'s block in place in the shared memory, run its source's transforms, and write its
+    records (and each variant), per window, back there."""
+    plan = setup.plan
+    route = plan.routes[job.route] if plan is not None and job.route is not None else None
+    if plan is not None:
+        plan.take_tallies()  # what a failed job counted: the daemon parses that block itself
     start = job.slot * setup.slot_bytes
     parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now,
                          begin=start, stop=start + job.length)
     area = ResultArea(memory, start + setup.in_bytes, setup.slot_bytes - setup.in_bytes)
-    groups: list[tuple[int, int, int]] = []
-    whole = -1  # the region holding every record, once written
-    times, lines, offsets = parsed.times, parsed.lines, parsed.offsets
-    for width in setup.widths if lines else ():
-        low, high = int(min(times)) // width * width, int(max(times)) // width * width
-        if low == high:  # the common case: one window; int(t) // width is monotonic in t
-            if whole < 0:
-                whole = area.add(lines, offsets)
-            groups.append((width, low, whole))
-            continue
-        for window, picked in _by_window(times, width).items():
-            groups.append((width, window, area.add([lines[i] for i in picked], [offsets[i] for i in picked])))
+    windows = Windows(area, parsed.times)
+    lines, offsets = parsed.lines, parsed.offsets
+    outputs: list[tuple[str, tuple[tuple[int, int], ...]]] = []
+    tallies = None
+    if plan is not None and route is not None:
+        variants = plan.variants(route, lines, ParsedRecords(memory, parsed, job.added, setup.keys))
+        lines = variants.lines
+        outputs = [(output, windows.write(variant, offsets, width))
+                   for output, (width, _, variant) in variants.outputs.items()]
+        tallies = plan.take_tallies()
+    widths = setup.widths if route is None or route.plain else ()
+    groups = [(width, window, index) for width in widths for window, index in windows.write(lines, offsets, width)]
     if area.full:
         return Done("inline", job.slot)
-    return Done("ok", job.slot, len(offsets), tuple(area.regions), tuple(groups), tuple(parsed.bad))
+    return Done("ok", job.slot, len(offsets), tuple(area.regions), tuple(groups), tuple(parsed.bad),
+                outputs=tuple(outputs), tallies=tallies)
+
+
+class Windows:
+    """Writes a block's records split by window into the result area, each list of lines once per width.
+
+    A variant that a chain left unchanged is the very list it was given, so it shares the regions of
+    the records it came from; when every record falls in one window of every width, all widths share
+    one region per list.
+    """
+
+    def __init__(self, area: ResultArea, times: list[float]) -> None:
+        self.area, self.times = area, times
+        self.low, self.high = (min(times), max(times)) if times else (0.0, 0.0)
+        self.written: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}  # (id(lines), width) → windows
+        self.whole: dict[int, int] = {}  # id(lines) → its one region holding every record
+        self.kept: list[list[bytes]] = []  # the lists named by id above, alive until the job ends
+
+    def write(self, lines: list[bytes], offsets: list[int], width: int) -> tuple[tuple[int, int], ...]:
+        """(window, region index) of each window of ``width`` the records fall in, in order of appearance."""
+        if not lines:
+            return ()
+        done = self.written.get((id(lines), width))
+        if done is not None:
+            return done
+        self.kept.append(lines)
+        low, high = int(self.low) // width * width, int(self.high) // width * width
+        if low == high:  # the common case: one window; int(t) // width is monotonic in t
+            whole = self.whole.get(id(lines))
+            if whole is None:
+                whole = self.whole[id(lines)] = self.area.add(lines, offsets)
+            done = ((low, whole),)
+        else:
+            done = tuple((window, self.area.add([lines[i] for i in picked], [offsets[i] for i in picked]))
+                         for window, picked in _by_window(self.times, width).items())
+        self.written[(id(lines), width)] = done
+        return done
 
 
 def _by_window(times: list[float], width: int) -> dict[int, list[int]]:

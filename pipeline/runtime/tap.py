@@ -84,10 +84,17 @@ class TapHub:
 
 
 def _view(item: ProcessedBatch, outputs: list[str], joined: dict[int, bytes]) -> bytes:
-    """The lines of ``outputs``' variants, each distinct one once (no outputs: the source's own)."""
-    source = next(iter(item.groups.values()))
+    """The lines of ``outputs``' variants, each distinct one once (no outputs: the source's own, or every
+    output's variant when each has its own chain: the processor then makes none of the source's own)."""
+    source = next(iter(item.groups.values()), None)
     views: dict[bytes, None] = {}
-    for groups in [item.by_output.get(output, source) for output in outputs] or [source]:
+    if outputs:
+        chosen = [item.by_output.get(output, source) for output in outputs]
+    else:
+        chosen = [source] if source is not None else [*item.by_output.values()]
+    for groups in chosen:
+        if groups is None:
+            continue
         data = joined.get(id(groups))
         if data is None:
             data = joined[id(groups)] = b"".join(line for group in groups.values() for line in group.lines)

@@ -36,7 +36,8 @@ from pipeline.sources.tail.discovery import matched_files
 from pipeline.sources.tail.heads import FP_BYTES, fingerprint
 from pipeline.sources.tail.reader import file_key, last_line_end
 from pipeline.transforms.base import Transform
-from pipeline.transforms.records import RecordProcessor, SourceRoute, TransformPlan
+from pipeline.transforms.plan import SourceRoute, TransformPlan
+from pipeline.transforms.records import RecordProcessor
 
 log = logging.getLogger("logferry.topology")
 
@@ -125,7 +126,7 @@ def _transform_plan(settings: Settings, routes: dict[str, list[FileBuffer]]) -> 
                    for b in routed if settings.outputs[b.output].transforms}
         chain = tuple(settings.sources[src].transforms)
         if chain or outputs:
-            plan.routes[src] = SourceRoute(chain, outputs)
+            plan.routes[src] = SourceRoute(chain, outputs, plain=len(outputs) < len(routed))
     return plan
 
 

@@ -7,9 +7,10 @@ time-key parsing: a worker starts in a fraction of the daemon's import time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from mmap import mmap
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
@@ -24,6 +25,8 @@ class ParsedLines:
     offsets: list[int]
     times: list[float]
     bad: list[tuple[int, bytes, str]]  # (offset, line, reason)
+    shift: int = 0  # a record's offset less this: where its line starts in the data parsed
+    stop: int = 0  # where the block ends in that data
 
 
 def parse_lines(data: bytes | mmap, base: int, suffix: bytes, added: dict[str, Any], keys: frozenset[str],
@@ -74,4 +77,52 @@ def parse_lines(data: bytes | mmap, base: int, suffix: bytes, added: dict[str, A
         stamp = record.get(time_key)
         times.append(stamp if type(stamp) is float and 0.0 <= stamp <= MAX_EPOCH else event_time(stamp, now))
         pos = end + 1
-    return ParsedLines(out, offsets, times, bad)
+    return ParsedLines(out, offsets, times, bad, base, size)
+
+
+class ParsedRecords(Sequence[dict[str, Any]]):
+    """A block's valid records as :func:`parse_lines` parsed them (``added`` in those it re-serialised),
+    parsed again from the block's lines when read, and kept once read.
+
+    What the transforms are given rather than every record kept: a redact transform reads only the
+    few its line filter flags, and a 1 MiB block's records held as dicts take ~4 MB (orjson's strings
+    of non-ASCII text), which a parse worker would add to its peak (docs/PERFORMANCE.md §4).
+    ``data`` must stay as it was while the records are read (the batch's block, a worker's slot).
+    """
+
+    def __init__(self, data: bytes | mmap, parsed: ParsedLines, added: dict[str, Any], keys: frozenset[str]) -> None:
+        self.data, self.offsets, self.shift, self.stop = data, parsed.offsets, parsed.shift, parsed.stop
+        self.added, self.keys = added, keys
+        self.read: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self.offsets)
+        record = self.read.get(index)
+        if record is None:
+            record = self.read[index] = self._parse(self.offsets[index] - self.shift)
+        return record
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self.offsets)))
+
+    def _parse(self, pos: int) -> dict[str, Any]:
+        data = self.data
+        end = data.find(b"\n", pos, self.stop)
+        if end < 0:
+            end = self.stop
+        record: dict[str, Any] = orjson.loads(data[pos:end])
+        if not (record and data[end - 1] == 125 and self.keys.isdisjoint(record)):  # as parse_lines decided
+            record.update(self.added)
+        return record

@@ -27,10 +27,11 @@ from pipeline.config import EnrichConfig
 from pipeline.deadletter import line_fields
 from pipeline.outputs.records import document_id
 from pipeline.sources.base import LineBatch
-from pipeline.transforms.base import Transform
+from pipeline.transforms.base import Records
 from pipeline.transforms.enrich import Enricher, iso_millis
-from pipeline.transforms.lines import parse_lines
+from pipeline.transforms.lines import ParsedLines, ParsedRecords, parse_lines
 from pipeline.transforms.parse_json import MAX_EPOCH, event_time
+from pipeline.transforms.plan import Chain, SourceRoute, TransformPlan
 
 
 @dataclass(slots=True)
@@ -62,50 +63,6 @@ class ProcessedBatch:
         return self.groups[width] if groups is None else groups
 
 
-Chain = tuple[str, ...]
-Batch = tuple[list[bytes], list[dict[str, Any]]]
-
-
-@dataclass(slots=True)
-class SourceRoute:
-    """The transforms of one source: its own chain, and each routed output's chain (non-empty) and width."""
-
-    chain: Chain = ()
-    outputs: dict[str, tuple[int, Chain]] = field(default_factory=dict)
-
-    def dead_letter_chain(self) -> Chain:
-        """What a bad line of this source goes through before it is stored: the source's chain, then every
-        transform any routed output applies (a line is stored once, so it is masked as the strictest output
-        would mask its records: a redact on one output only still keeps its matches out of the store)."""
-        names = [*self.chain, *(name for _, chain in self.outputs.values() for name in chain)]
-        return tuple(dict.fromkeys(names))
-
-
-@dataclass(slots=True)
-class TransformPlan:
-    """Every configured transform by name, and which run for which source and output."""
-
-    transforms: dict[str, Transform] = field(default_factory=dict)
-    routes: dict[str, SourceRoute] = field(default_factory=dict)
-
-    def run(self, chain: Chain, lines: list[bytes], records: list[dict[str, Any]],
-            memo: dict[Chain, Batch] | None = None) -> Batch:
-        """``chain`` applied to a batch; ``memo`` keeps every prefix so chains that share one compute it once."""
-        done: Batch = (lines, records)
-        for n in range(1, len(chain) + 1):
-            cached = memo.get(chain[:n]) if memo is not None else None
-            done = cached if cached is not None else self.transforms[chain[n - 1]].apply(*done)
-            if memo is not None:
-                memo[chain[:n]] = done
-        return done
-
-    def dead_letter(self, chain: Chain, entry: dict[str, Any]) -> dict[str, Any]:
-        """A dead-letter entry as the source's transforms let it be stored (redact masks its line)."""
-        for name in chain:
-            entry = self.transforms[name].dead_letter(entry)
-        return entry
-
-
 class RecordProcessor:
     """Parse, validate, enrich and group the lines of a batch."""
 
@@ -129,49 +86,52 @@ class RecordProcessor:
         route = self.plan.routes.get(batch.source)
         # Ids are carried only for records stored as parsed here: transforms would change them per output.
         id_keys = self.carried_ids.get(batch.source) if route is None and batch.records is None else None
-        records: list[dict[str, Any]] | None = [] if route is not None or id_keys is not None else None
+        # Kept as parsed for the ids and for the transforms of decoded records; parsed lines give the
+        # transforms their records again on demand (ParsedRecords) rather than all of them kept.
+        kept: list[dict[str, Any]] | None = [] if id_keys is not None or (
+            route is not None and batch.records is not None) else None
+        records: Records | None = kept
         ids: list[str] | None = None
         if batch.records is not None:
-            lines, offsets, times, dead = self._serialise(batch, now, added, records)
+            lines, offsets, times, dead = self._serialise(batch, now, added, kept)
         else:
-            lines, offsets, times, dead = self._parse(batch, now, added, records)
+            parsed = self._parse(batch, now, added, kept)
+            lines, offsets, times = parsed.lines, parsed.offsets, parsed.times
+            dead = [self.dead_entry(batch, offset, line, reason, now) for offset, line, reason in parsed.bad]
+            if route is not None:
+                records = ParsedRecords(batch.data, parsed, added, self.enricher.keys)
             if batch.offsets is not None:
                 offsets = _source_offsets(batch, offsets, dead)
-            if id_keys is not None and records is not None:
+            if id_keys is not None and kept is not None:
                 # The same ids the outputs compute from the stored lines (pipeline/outputs/records.py), from
                 # the records this parse holds anyway: an output taking them parses nothing again.
                 id_key, time_key, file = id_keys[0], id_keys[1], batch.key
-                ids = [document_id(r, id_key, time_key, file, o) for r, o in zip(records, offsets, strict=True)]
+                ids = [document_id(r, id_key, time_key, file, o) for r, o in zip(kept, offsets, strict=True)]
         dead = [*batch.dead, *dead]
         by_output: dict[str, dict[int, TimeGroup]] = {}
+        widths = self.widths
         if route is not None and records is not None:
-            lines, records = self.plan.run(route.chain, lines, records)
-            masking = route.dead_letter_chain()
-            dead = [self.plan.dead_letter(masking, entry) for entry in dead]
-            by_output = self._variants(route, lines, records, offsets, times)
-        groups = {width: group_by_window(lines, offsets, times, width, ids) for width in self.widths}
-        return ProcessedBatch(batch, groups, dead, len(lines), by_output)
+            variants = self.plan.variants(route, lines, records)
+            lines = variants.lines
+            dead = self.masked(route, dead)
+            by_output = _grouped(variants.outputs, offsets, times)
+            widths = self.plain_widths(route)
+        groups = {width: group_by_window(lines, offsets, times, width, ids) for width in widths}
+        return ProcessedBatch(batch, groups, dead, len(offsets), by_output)
 
-    def _variants(self, route: SourceRoute, lines: list[bytes], records: list[dict[str, Any]],
-                  offsets: list[int], times: list[float]) -> dict[str, dict[int, TimeGroup]]:
-        """Each routed output's records with its own chain: every chain and (width, chain) computed once."""
-        memo: dict[Chain, Batch] = {}
-        grouped: dict[tuple[int, Chain], dict[int, TimeGroup]] = {}
-        by_output = {}
-        for output, (width, chain) in route.outputs.items():
-            if (width, chain) not in grouped:
-                variant, _ = self.plan.run(chain, lines, records, memo)
-                grouped[(width, chain)] = group_by_window(variant, offsets, times, width)
-            by_output[output] = grouped[(width, chain)]
-        return by_output
+    def plain_widths(self, route: SourceRoute | None) -> list[int]:
+        """The widths the batch's own groups are made for: none when every output routed has its own chain."""
+        return self.widths if route is None or route.plain else []
 
-    def _parse(
-        self, batch: LineBatch, now: float, added: dict[str, Any], records: list[dict[str, Any]] | None
-    ) -> tuple[list[bytes], list[int], list[float], list[dict[str, Any]]]:
+    def masked(self, route: SourceRoute, dead: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Dead-letter entries of a routed source, masked as :meth:`SourceRoute.dead_letter_chain` says."""
+        masking = route.dead_letter_chain()
+        return [self.plan.dead_letter(masking, entry) for entry in dead]
+
+    def _parse(self, batch: LineBatch, now: float, added: dict[str, Any],
+               records: list[dict[str, Any]] | None) -> ParsedLines:
         suffix = self.enricher.suffix(added)
-        parsed = parse_lines(batch.data, batch.start, suffix, added, self.enricher.keys, self.time_key, now, records)
-        dead = [self.dead_entry(batch, offset, line, reason, now) for offset, line, reason in parsed.bad]
-        return parsed.lines, parsed.offsets, parsed.times, dead
+        return parse_lines(batch.data, batch.start, suffix, added, self.enricher.keys, self.time_key, now, records)
 
     def _serialise(
         self, batch: LineBatch, now: float, added: dict[str, Any], kept: list[dict[str, Any]] | None
@@ -233,6 +193,18 @@ def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, A
         entry["offset"] = where[entry["offset"]]
         entry["id"] = f"{batch.source}:{batch.key}:{entry['offset']}"
     return [where[o] for o in offsets]
+
+
+def _grouped(variants: dict[str, tuple[int, Chain, list[bytes]]], offsets: list[int],
+             times: list[float]) -> dict[str, dict[int, TimeGroup]]:
+    """Each output's variant by window: each (width, chain) grouped once, shared by the outputs that take it."""
+    grouped: dict[tuple[int, Chain], dict[int, TimeGroup]] = {}
+    by_output = {}
+    for output, (width, chain, lines) in variants.items():
+        if (width, chain) not in grouped:
+            grouped[(width, chain)] = group_by_window(lines, offsets, times, width)
+        by_output[output] = grouped[(width, chain)]
+    return by_output
 
 
 def group_by_window(lines: list[bytes], offsets: list[int], times: list[float], width: int,

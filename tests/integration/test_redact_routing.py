@@ -34,9 +34,9 @@ def secrets(seq: int) -> dict[str, str]:
             "payment_card": "4111 1111 1111 1111"}
 
 
-def write_records(path: Path, count: int) -> None:
+def write_records(path: Path, count: int, max_chars: int = 300) -> None:
     with path.open("ab") as out:
-        for record in generator.records(count, max_chars=300):
+        for record in generator.records(count, max_chars=max_chars):
             if record["seq"] % 5 == 0:
                 leak = secrets(record["seq"])
                 record["input"] = f"mail {leak['email']} key {leak['openai_key']} " + record["input"]
@@ -44,9 +44,10 @@ def write_records(path: Path, count: int) -> None:
             out.write(orjson.dumps(record) + b"\n")
 
 
-def config(layout: Layout, url: str, key_file: Path) -> None:
+def config(layout: Layout, url: str, key_file: Path, parse_workers: int = 0) -> None:
     doc: dict[str, Any] = {
         "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
+        "parse_workers": parse_workers,
         "sources": {"agent": {"type": "tail", "paths": [str(layout.logs / "*.log")], "tag": "ai.interactions",
                               "rescan_interval": 0.5}},
         "outputs": {

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import socket
 import subprocess
 import sys
 import threading
 import zlib
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import pytest
 
 from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
 from pipeline.runtime.parse_pool import PACKAGE_ROOT, worker_env
 from pipeline.runtime.parse_worker import Channel, Done, Region, ResultArea
+from pipeline.transforms.plan import SourceRoute, TransformPlan
+from pipeline.transforms.redact.config import RedactTransformConfig
+from pipeline.transforms.redact.transform import RedactTransform
 
 # What a worker must not load: each is megabytes and milliseconds per worker, and none is needed to parse.
 HEAVY = ("multiprocessing", "ctypes", "asyncio", "pydantic", "subprocess", "pipeline.config", "pipeline.runtime.memory",
@@ -32,6 +37,23 @@ def test_a_worker_imports_only_the_hot_loop() -> None:
     loaded = set(out[1].split())
     assert "pipeline.transforms.lines" in loaded and "orjson" in loaded
     assert not [name for name in loaded if name.startswith(HEAVY)]
+
+
+def test_a_worker_given_a_redact_plan_loads_its_engine_but_not_pydantic_nor_the_config(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"k3y\n")
+    redact = RedactTransform("pii", RedactTransformConfig(type="redact", hash_key_file=key_file))
+    plan = TransformPlan({"pii": redact}, {"agent": SourceRoute((), {"search": (3600, ("pii",))})})
+    key_file.unlink()  # the worker gets the key read at load time
+    probe = ("import pickle, sys, pipeline.runtime.parse_worker; plan = pickle.loads(sys.stdin.buffer.read()); "
+             "print(plan.transforms['pii'].redactor.key); print(*sorted(sys.modules))")
+    out = subprocess.run([sys.executable, "-P", "-c", probe], env=worker_env(os.environ), cwd="/",
+                         input=pickle.dumps(plan), capture_output=True, check=True).stdout.decode().splitlines()
+    assert out[0] == "b'k3y'"
+    loaded = set(out[1].split())
+    assert "hyperscan" in loaded and "pipeline.transforms.redact.engine" in loaded
+    assert not [name for name in loaded if name.startswith(HEAVY) and name != "subprocess"]
+    assert "k3y" not in repr(redact.spec), "the key is never shown"
 
 
 def test_the_channel_speaks_multiprocessing_connection_framing_both_ways() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,11 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock
-from pipeline.config import EnrichConfig
+from pipeline.config import EnrichConfig, settings_from_dict
 from pipeline.outputs.records import document_id
+from pipeline.runtime import topology
 from pipeline.sources.base import LineBatch
+from pipeline.transforms.base import Records, Replaced
 from pipeline.transforms.enrich import iso_millis
-from pipeline.transforms.records import ProcessedBatch, RecordProcessor, SourceRoute, TransformPlan
+from pipeline.transforms.lines import ParsedRecords, parse_lines
+from pipeline.transforms.plan import SourceRoute, TransformPlan
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor
 
 WALL = 1_795_000_000.0
 HOUR = 3600
@@ -256,7 +261,7 @@ class Upper:
     def __init__(self, name: str) -> None:
         self.name, self.calls = name, 0
 
-    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+    def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
         self.calls += 1
         return [line.upper() for line in lines], records
 
@@ -265,6 +270,12 @@ class Upper:
 
     def stats(self) -> dict[str, Any]:
         return {"type": "upper", "calls": self.calls}
+
+    def take_tally(self) -> int:
+        return 0
+
+    def add_tally(self, tally: int) -> None:
+        pass
 
 
 def planned(route: SourceRoute, widths: set[int] | None = None) -> tuple[RecordProcessor, dict[str, Upper]]:
@@ -358,3 +369,48 @@ def test_ids_are_carried_only_for_the_sources_that_need_them_and_never_past_tran
     plan = TransformPlan(routes={"agent": SourceRoute(chain=())})
     routed = RecordProcessor(enrich, {HOUR}, FakeClock(WALL), plan, {"agent": ("request_id", "timestamp")})
     assert all(g.ids is None for g in routed.process(batch(data)).groups[HOUR].values())
+
+
+@pytest.mark.parametrize("raw_output", [True, False])
+def test_the_batch_is_grouped_as_parsed_only_when_some_output_takes_it_so(tmp_path: Path, raw_output: bool) -> None:
+    file_output: dict[str, Any] = {"type": "file", "path": str(tmp_path / "out" / "%Y%m%d.jsonl")}
+    outputs = {"search": {**file_output, "transforms": ["pii"]}}
+    if raw_output:
+        outputs["archive"] = file_output
+    config = settings_from_dict({
+        "state_dir": str(tmp_path / "state"), "outputs": outputs, "transforms": {"pii": {"type": "redact"}},
+        "sources": {"agent": {"type": "tail", "paths": [str(tmp_path / "*.log")], "tag": "ai"}},
+    })
+    topo = topology.build(config, FakeClock(WALL))
+    try:
+        result = topo.processor.process(batch(b'{"input": "mail a@example.com"}\n'))
+    finally:
+        topo.release()
+    assert topo.processor.plan.routes["agent"].plain is raw_output
+    assert bool(result.groups) is raw_output, "no output takes the records as parsed: none are grouped"
+    (search,) = result.groups_for("search", HOUR).values()
+    assert b"[REDACTED:email]" in search.lines[0]
+
+
+def test_records_parsed_on_demand_are_the_records_the_parse_kept() -> None:
+    # Spliced, re-serialised (an added key; trailing spaces; an empty object), a bad line, a nested one.
+    data = (b'{"x": "hi"}\n{"hostname": "theirs", "x": 2}\n{"x": 3} \nnot json\n{}\n'
+            b'{"messages": [{"content": "\\u00e9"}]}\n')
+    added = {"hostname": "host-1", "tag": "ai.chat"}
+    kept: list[dict[str, Any]] = []
+    parsed = parse_lines(data, 1000, b',"hostname":"host-1","tag":"ai.chat"}\n', added, frozenset(added),
+                         "timestamp", WALL, kept)
+    records = ParsedRecords(data, parsed, added, frozenset(added))
+    assert len(records) == len(kept) == 5
+    assert list(records) == kept and records[-1] == kept[-1] and records[1:3] == kept[1:3]
+    assert records[0] == {"x": "hi"} and records[1]["hostname"] == "host-1", "the added fields as the parse had them"
+    assert records[0] is records[0], "parsed once when read again"
+    # In a larger buffer (a worker's slot), read in place between begin and stop.
+    slot = b"x" * 7 + data + b'{"y": 1}\n'
+    kept_inside: list[dict[str, Any]] = []
+    inside = parse_lines(slot, 1000, b"}\n", added, frozenset(added), "timestamp", WALL, kept_inside,
+                         begin=7, stop=7 + len(data))
+    assert list(ParsedRecords(slot, inside, added, frozenset(added))) == kept_inside == kept
+    replaced = Replaced(records, {1: {"x": "changed"}})
+    assert list(replaced) == [kept[0], {"x": "changed"}, *kept[2:]] and replaced[-4] == {"x": "changed"}
+    assert replaced[:2] == [kept[0], {"x": "changed"}]

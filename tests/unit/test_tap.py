@@ -11,7 +11,8 @@ from pipeline.clock import FakeClock
 from pipeline.config import EnrichConfig
 from pipeline.runtime.tap import END, TapHub, Viewer
 from pipeline.sources.base import LineBatch
-from pipeline.transforms.records import ProcessedBatch, RecordProcessor, SourceRoute, TransformPlan
+from pipeline.transforms.plan import SourceRoute, TransformPlan
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.transform import RedactTransform
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.transforms.base import Records
 from pipeline.transforms.cost.config import CostTransformConfig, Price
 
 OTHER = "other"
@@ -38,6 +39,22 @@ class CostTransform:
         self.unpriced: Counter[str] = Counter()
         self.cost_usd: dict[str, float] = {}
 
+    def take_tally(self) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+        """(records, unpriced, USD) per alias since the last take; reset."""
+        tally = (dict(self.records), dict(self.unpriced), self.cost_usd)
+        self.records, self.unpriced, self.cost_usd = Counter(), Counter(), {}
+        return tally
+
+    def add_tally(self, tally: tuple[dict[str, int], dict[str, int], dict[str, float]]) -> None:
+        """Add a worker's :meth:`take_tally`."""
+        self.records.update(tally[0])
+        self.unpriced.update(tally[1])
+        for label, usd in tally[2].items():
+            self.cost_usd[label] = self.cost_usd.get(label, 0.0) + usd
+
+    def __reduce__(self) -> tuple[type[CostTransform], tuple[str, CostTransformConfig]]:
+        return CostTransform, (self.name, self.config)  # into a parse worker: the name cache is rebuilt there
+
     def _lookup(self, model: str) -> tuple[str | None, Price | None]:
         """The alias ``model`` falls under (None: none) and the price of the first matching pattern."""
         alias = next((a for a, patterns in self.config.aliases.items()
@@ -47,7 +64,7 @@ class CostTransform:
                      None)
         return alias, price
 
-    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+    def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
         """Every record with its cost and alias added; lines are spliced, not re-serialised."""
         out_lines = list(lines)
         out_records = list(records)

@@ -14,87 +14,113 @@ from __future__ import annotations
 import base64
 import re
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pipeline.errors import ConfigError
-from pipeline.transforms.redact.config import RedactTransformConfig
+from pipeline.transforms.base import Records, Replaced
 from pipeline.transforms.redact.detectors import BUILTIN, Detector
 from pipeline.transforms.redact.engine import AnchorError, LineFilter, Prefilter, Redactor, plain_field
+
+if TYPE_CHECKING:  # not imported at run time: a parse worker builds this transform without pydantic
+    from pipeline.transforms.redact.config import RedactTransformConfig
 
 DEAD_LETTER_TEXTS = ("line", "reason", "error_reason")  # what a dead-letter entry may quote of a record
 RETRY_LINE_FILTER = 16  # batches that skip the line filter after one whose lines it mostly flagged
 
 
+@dataclass(frozen=True, slots=True)
+class RedactSpec:
+    """What a redact transform is built from: its config reduced to plain values, the HMAC key read.
+
+    A parse worker gets this (pickled) rather than the config: it then loads neither pydantic nor the
+    config models, ~13 MB less resident per worker (docs/PERFORMANCE.md §4).
+    """
+
+    modes: dict[str, str]  # every detector's mode: built-in ones, then the user patterns
+    patterns: tuple[tuple[str, str, str | None], ...]  # (name, regex, anchor) of each user pattern
+    fields: tuple[str, ...]
+    summary_key: str
+    key: bytes | None = field(repr=False)  # a secret: never in a repr, so never in a log line
+
+    @classmethod
+    def of(cls, name: str, config: RedactTransformConfig) -> RedactSpec:
+        """The spec of ``config``, its key file read: ConfigError if it cannot be."""
+        patterns = tuple((n, p.regex, p.anchor) for n, p in config.patterns.items())
+        return cls(dict(config.modes()), patterns, tuple(config.fields), config.summary_key, _key(name, config))
+
+
+def _key(name: str, config: RedactTransformConfig) -> bytes | None:
+    if config.hash_key_file is not None:
+        try:
+            return config.hash_key_file.read_bytes().rstrip(b"\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"transforms.{name}.hash_key_file: cannot read {config.hash_key_file}: {exc.strerror or exc}"
+            ) from exc
+    if config.hash_key is not None:
+        return config.hash_key.get_secret_value().encode()
+    return None
+
+
 class RedactTransform:
     """``type = "redact"``: mask, hash or drop personal data and secrets in the scanned fields."""
 
-    def __init__(self, name: str, config: RedactTransformConfig) -> None:
+    def __init__(self, name: str, config: RedactTransformConfig | RedactSpec) -> None:
+        """Built from its config (the key file read here), or from the spec a parse worker is given."""
         self.name = name
-        self.config = config
-        modes = config.modes()
+        self.spec = spec = config if isinstance(config, RedactSpec) else RedactSpec.of(name, config)
+        modes = spec.modes
         detectors = [d for d in BUILTIN if modes[d.name] != "off"]
         always: list[int] = []
-        for pattern_name, pattern in config.patterns.items():
-            if pattern.mode == "off":
+        for pattern_name, regex, anchor in spec.patterns:
+            if modes[pattern_name] == "off":
                 continue
-            anchors = (pattern.anchor.encode(),) if pattern.anchor else ()
+            anchors = (anchor.encode(),) if anchor else ()
             if not anchors:
                 always.append(len(detectors))
-            detectors.append(Detector(pattern_name, anchors, re.compile(pattern.regex)))
+            detectors.append(Detector(pattern_name, anchors, re.compile(regex)))
         self.detectors = detectors
         try:
             self.prefilter = Prefilter(detectors, always)
         except AnchorError as exc:
             raise ConfigError(f"transforms.{name}.patterns: an anchor does not compile: {exc}") from exc
         self.line_filter: LineFilter | None = None
-        built_in_only = all(pattern.mode == "off" for pattern in config.patterns.values())
-        if detectors and built_in_only and all(map(plain_field, config.fields)):
+        built_in_only = all(modes[pattern_name] == "off" for pattern_name, _, _ in spec.patterns)
+        if detectors and built_in_only and all(map(plain_field, spec.fields)):
             try:
-                self.line_filter = LineFilter(detectors, config.fields)
+                self.line_filter = LineFilter(detectors, list(spec.fields))
             except AnchorError as exc:
                 raise ConfigError(f"transforms.{name}.fields: the line filter does not compile: {exc}") from exc
         self.skip_line_filter = 0
-        self.redactor = Redactor(detectors, dict(modes), config.fields, self._key())
-        self.summary_key = config.summary_key
+        self.redactor = Redactor(detectors, dict(modes), list(spec.fields), spec.key)
+        self.summary_key = spec.summary_key
         self.counts: Counter[str] = Counter()
         self.records_redacted = 0
 
-    def _key(self) -> bytes | None:
-        config = self.config
-        if config.hash_key_file is not None:
-            try:
-                return config.hash_key_file.read_bytes().rstrip(b"\n")
-            except OSError as exc:
-                raise ConfigError(
-                    f"transforms.{self.name}.hash_key_file: cannot read {config.hash_key_file}: "
-                    f"{exc.strerror or exc}"
-                ) from exc
-        if config.hash_key is not None:
-            return config.hash_key.get_secret_value().encode()
-        return None
-
-    def apply(self, lines: list[bytes], records: list[dict[str, Any]]) -> tuple[list[bytes], list[dict[str, Any]]]:
-        """The batch with every candidate record redacted; the others' lines are kept as they are."""
+    def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
+        """The batch with every candidate record redacted; the others' lines are kept as they are (and their
+        records are not read: they may be parsed only when read)."""
         out_lines: list[bytes] | None = None
-        out_records: list[dict[str, Any]] | None = None
+        changed: dict[int, dict[str, Any]] = {}
         for i, hits in sorted(self.candidates(lines, records).items()):
             record = orjson.loads(lines[i])  # the whole line (with the enrichment): it is written back
             counts = self.redactor.redact(record, hits)
             if not counts:
                 continue
             self._summarise(record, counts)
-            if out_lines is None or out_records is None:
-                out_lines, out_records = list(lines), list(records)
+            if out_lines is None:
+                out_lines = list(lines)
             # Copied out of orjson's buffer, which holds at least 4 KiB (see pipeline.transforms.records).
             out_lines[i] = bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)))
-            out_records[i] = record
-        if out_lines is None or out_records is None:
+            changed[i] = record
+        if out_lines is None:
             return lines, records
-        return out_lines, out_records
+        return out_lines, Replaced(records, changed)
 
-    def candidates(self, lines: list[bytes], records: list[dict[str, Any]]) -> dict[int, frozenset[int]]:
+    def candidates(self, lines: list[bytes], records: Records) -> dict[int, frozenset[int]]:
         """Record index → indexes of the detectors to run on it, for the records an anchor matched in."""
         line_filter = self.line_filter
         if line_filter is None or self.skip_line_filter:
@@ -140,6 +166,22 @@ class RedactTransform:
         """Redactions per detector (every enabled one, zeros included) and records changed."""
         return {"type": "redact", "records_redacted": self.records_redacted,
                 "redactions": {d.name: self.counts[d.name] for d in self.detectors}}
+
+    def take_tally(self) -> tuple[int, dict[str, int]]:
+        """(records redacted, redactions per detector) since the last take; reset."""
+        tally = (self.records_redacted, dict(self.counts))
+        self.records_redacted, self.counts = 0, Counter()
+        return tally
+
+    def add_tally(self, tally: tuple[int, dict[str, int]]) -> None:
+        """Add a worker's :meth:`take_tally`."""
+        self.records_redacted += tally[0]
+        self.counts.update(tally[1])
+
+    def __reduce__(self) -> tuple[type[RedactTransform], tuple[str, RedactSpec]]:
+        # Into a parse worker: compiled there again (Hyperscan databases do not pickle) from the spec, the
+        # key read here at load time, so the worker neither reads the key file nor can fail on it later.
+        return RedactTransform, (self.name, self.spec)
 
 
 __all__ = ["RedactTransform"]

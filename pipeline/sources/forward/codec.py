@@ -13,7 +13,7 @@ seconds and uint32 nanoseconds). ``option`` may hold ``chunk`` (the client wants
 ``compressed``. msgpack libraries do all the decoding; this module only checks shapes.
 
 PackedForward entries, where nearly all the bytes are, go through ormsgpack when it gives
-what msgpack gives: ~30% less time on the event loop (see :func:`unpack_entries`).
+what msgpack gives: a quarter less time on the event loop (see :func:`unpack_entries`).
 """
 
 from __future__ import annotations
@@ -120,10 +120,10 @@ def _entry(entry: object) -> tuple[object, object]:
 def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
     """The [time, record] entries concatenated in a PackedForward stream (as 2-lists: the hot path).
 
-    ormsgpack decodes them when it can: a 1,000-entry chunk of ~1 KB records took 2.4 ms
-    (count and decode) instead of msgpack's 3.2 ms (benchmarks/forward_codec.py, 2-core Xeon VM).
+    ormsgpack decodes them when it can: a 1,000-entry chunk of ~1 KB records took 2.6 ms
+    (count and decode) instead of msgpack's 3.6 ms (benchmarks/forward_codec.py, 2-core Xeon VM).
     It decodes one object, so the entries are counted first (msgpack's ``skip``, which builds no
-    objects: ~0.2 ms) and decoded as one array of that many: the client's ``size`` option is not
+    objects: 0.3 ms) and decoded as one array of that many: the client's ``size`` option is not
     trusted, and a stream that does not split into whole objects never reaches ormsgpack.
     Whatever ormsgpack refuses (a key that is not a string, text that is not UTF-8, an extension
     other than EventTime) is decoded by msgpack, whose rules (and errors) stay the source's.

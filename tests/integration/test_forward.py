@@ -162,6 +162,23 @@ def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, dae
     assert sorted(r["request_id"] for r in layout.records()) == ["after", "before"]
 
 
+def test_an_idle_connection_is_closed_after_keepalive_timeout_and_others_go_on(layout, daemon_factory, connect):
+    port = free_port()
+    forward_config(layout, port, source={"keepalive_timeout": 1.0})
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        idle = connect(port)
+        idle.send(["app.idle", T0, {"request_id": "before-idle"}, {"chunk": "i1"}])
+        assert idle.receive() == {"ack": "i1"}
+        assert idle.closed_by_server()  # nothing more sent: the server ends it (the client waits up to 10 s)
+        wait_for(lambda: "idle for 1s" in daemon.log(), what="the log line")
+        fresh = connect(port)
+        fresh.send(["app.idle", T0, {"request_id": "after-idle"}, {"chunk": "i2"}])
+        assert fresh.receive() == {"ack": "i2"}
+        assert daemon.stop() == 0
+    assert sorted(r["request_id"] for r in layout.records()) == ["after-idle", "before-idle"]
+
+
 def test_python_fluent_logger_sender_and_logging_handler_fire_and_forget(layout, daemon_factory, connect):
     from fluent import handler, sender
 

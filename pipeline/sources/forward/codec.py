@@ -10,7 +10,10 @@ A message is one msgpack array (see the Fluentd Forward Protocol Specification v
 ``time`` is an integer (seconds) or the EventTime extension (type 0: big-endian uint32
 seconds and uint32 nanoseconds). ``option`` may hold ``chunk`` (the client wants an
 ``{"ack": chunk}`` once the records are stored), ``size`` (entries, informational) and
-``compressed``. msgpack does all the decoding; this module only checks shapes.
+``compressed``. msgpack libraries do all the decoding; this module only checks shapes.
+
+PackedForward entries, where nearly all the bytes are, go through ormsgpack when it gives
+what msgpack gives: a quarter less time on the event loop (see :func:`unpack_entries`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import ormsgpack
 
 
 class ProtocolError(Exception):
@@ -114,7 +118,62 @@ def _entry(entry: object) -> tuple[object, object]:
 
 
 def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
-    """The [time, record] entries concatenated in a PackedForward stream (as 2-lists: the hot path)."""
+    """The [time, record] entries concatenated in a PackedForward stream (as 2-lists: the hot path).
+
+    ormsgpack decodes them when it can: a 1,000-entry chunk of ~1 KB records took 2.6 ms
+    (count and decode) instead of msgpack's 3.6 ms (benchmarks/forward_codec.py, 2-core Xeon VM).
+    It decodes one object, so the entries are counted first (msgpack's ``skip``, which builds no
+    objects: 0.3 ms) and decoded as one array of that many: the client's ``size`` option is not
+    trusted, and a stream that does not split into whole objects never reaches ormsgpack.
+    Whatever ormsgpack refuses (a key that is not a string, text that is not UTF-8, an extension
+    other than EventTime) is decoded by msgpack, whose rules (and errors) stay the source's.
+
+    >>> unpack_entries(bytes.fromhex("92 01 81 a1 6b a1 76  92 02 81 01 c3"))
+    [[1, {'k': 'v'}], [2, {1: True}]]
+    """
+    entries = _ormsgpack_entries(raw)
+    if entries is None:
+        return _msgpack_entries(raw)
+    for item in entries:
+        if type(item) is not list or len(item) != 2:  # no call per entry: this loop runs per record
+            _entry(item)  # raises with the shape
+    return entries
+
+
+def _ormsgpack_entries(raw: bytes) -> list[Any] | None:
+    """The objects in ``raw`` decoded by ormsgpack; None for a stream it does not decode as msgpack does."""
+    count = _count(raw)
+    if count is None:
+        return None  # cut short or not msgpack: msgpack says how
+    try:
+        entries: list[Any] = ormsgpack.unpackb(_ARRAY32.pack(0xDD, count) + raw, ext_hook=ext_hook)
+    except ValueError:  # ormsgpack.MsgpackDecodeError, and an ext_hook's refusal
+        return None
+    return entries
+
+
+_ARRAY32 = struct.Struct(">BI")  # msgpack's array 32 header: 0xdd, then the count
+
+
+def _count(raw: bytes) -> int | None:
+    """How many whole msgpack objects ``raw`` holds, if it is nothing but whole objects (else None)."""
+    stream = msgpack.Unpacker(max_buffer_size=max(len(raw), 1))
+    stream.feed(raw)
+    count, end, skip, tell = 0, 0, stream.skip, stream.tell
+    try:
+        while True:
+            skip()
+            count += 1
+            end = tell()  # after a skip cut short, tell() counts the partial object's bytes too
+    except msgpack.OutOfData:
+        pass
+    except (ValueError, msgpack.FormatError, msgpack.StackError):
+        return None
+    return count if end == len(raw) and count <= 0xFFFFFFFF else None
+
+
+def _msgpack_entries(raw: bytes) -> list[tuple[object, object]]:
+    """:func:`unpack_entries` by msgpack alone, with its errors as ``ProtocolError``."""
     stream = msgpack.Unpacker(raw=False, ext_hook=ext_hook, max_buffer_size=max(len(raw), 1),
                               strict_map_key=False, unicode_errors="surrogateescape")
     stream.feed(raw)
@@ -123,8 +182,8 @@ def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
     end = 0  # tell() after the last whole entry: after a failed partial read it counts the partial bytes too
     try:
         for item in stream:
-            if type(item) is not list or len(item) != 2:  # no call per entry: this loop runs per record
-                _entry(item)  # raises with the shape
+            if type(item) is not list or len(item) != 2:
+                _entry(item)
             append(item)
             end = tell()
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:

@@ -199,7 +199,8 @@ class Connection:
         if room <= 0:
             raise msgpack.BufferFull
         try:
-            data = await asyncio.wait_for(self.reader.read(min(READ_BYTES, room)), self.config.keepalive_timeout)
+            async with asyncio.timeout(self.config.keepalive_timeout):  # wait_for would make a task per read
+                data = await self.reader.read(min(READ_BYTES, room))
         except TimeoutError:
             log.info("forward %s: closing %s, idle for %.0fs", self.source.name, self.peer,
                      self.config.keepalive_timeout)

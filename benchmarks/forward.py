@@ -5,6 +5,7 @@ chunks, next to the floor on the same records.
   .venv/bin/python benchmarks/forward.py                       # 100,000 records of ~1 KB
   .venv/bin/python benchmarks/forward.py --chunk-records 500 --in-flight 8 --connections 2
   .venv/bin/python benchmarks/forward.py --fsync false
+  .venv/bin/python benchmarks/forward.py --parse-workers 2     # chunks decoded in two worker processes
   .venv/bin/python benchmarks/forward.py --runs 1 --trace      # where the daemon's time goes, per stage
 
 A client in this process sends the workload as PackedForward chunks (EventTime entries, a
@@ -60,6 +61,7 @@ from common import (
     finish_run,
     machine,
     make_workload,
+    peak_rss_shared_once,
     print_header,
     proc_stats,
     quiet_disk,
@@ -70,11 +72,12 @@ from common import (
 from tests.support.elasticsearch import free_port
 
 
-def daemon_config(root: Path, port: int, fsync: bool) -> Path:
+def daemon_config(root: Path, port: int, fsync: bool, workers: int = 0) -> Path:
     config = root / "logferry.toml"
     config.write_text(f"""
 state_dir = "{root / 'state'}"
 fsync = {'true' if fsync else 'false'}
+parse_workers = {workers}
 [health]
 listen = ""
 [sources.fluent]
@@ -269,11 +272,11 @@ def trace_table(path: Path, start: float, end: float) -> dict[str, Any]:
 
 
 def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsync: bool,
-               in_flight: int, connections: int, trace: bool = False) -> dict[str, Any]:
+               in_flight: int, connections: int, trace: bool = False, workers: int = 0) -> dict[str, Any]:
     shutil.rmtree(root / "state", ignore_errors=True)
     shutil.rmtree(root / "out", ignore_errors=True)
     port = free_port()
-    config = daemon_config(root, port, fsync)
+    config = daemon_config(root, port, fsync, workers)
     trace_path = root / "trace.json"
     command = [sys.executable, __file__, "--trace-daemon", str(trace_path), "-c", str(config)] if trace else None
     quiet_disk()
@@ -289,8 +292,10 @@ def run_daemon(root: Path, chunks: list[tuple[str, bytes, int]], total: int, fsy
             time.sleep(0.01)
         delivered = time.perf_counter() - start
         cpu, rss = proc_stats(daemon.pid)
+        once = peak_rss_shared_once(daemon.pid)
     result: dict[str, Any] = {"seconds": acked, "delivered_s": delivered, "cpu_s": cpu - cpu_ready,
-                              "peak_rss_mb": rss / 1e6, "client_cpu_s": client_cpu}
+                              "peak_rss_mb": rss / 1e6, "peak_rss_shared_once_mb": once / 1e6,
+                              "client_cpu_s": client_cpu}
     if trace:  # written at the daemon's stop
         result["trace"] = trace_table(trace_path, start, start + acked)
     return result
@@ -307,6 +312,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=1, help="client connections sharing the chunks")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--fsync", choices=("true", "false"), default="true")
+    ap.add_argument("--parse-workers", type=int, default=0,
+                    help="the daemon's parse_workers (PackedForward chunks decoded in worker processes)")
     ap.add_argument("--trace", action="store_true", help="time each stage in the daemon (see the module doc)")
     ap.add_argument("--msgpack-floor", nargs=2, type=Path, metavar=("MESSAGES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -327,11 +334,11 @@ def main() -> None:
         floors.append(run_floor(workload, root / "floor.out"))
         packed_floors.append(run_msgpack_floor(messages, root / "floor.out"))
         daemons.append(run_daemon(root, chunks, args.records, fsync, args.in_flight, args.connections,
-                                  args.trace))
+                                  args.trace, args.parse_workers))
     report = summarize(args, size, floors, packed_floors, daemons, fsync, finish_run(info))
     print_header("forward: PackedForward chunks → acked (committed) → file output, next to the floor", report)
     print_table(report)
-    write_results(f"forward-{args.records}", report)
+    write_results(f"forward-{args.records}" + (f"-workers{args.parse_workers}" if args.parse_workers else ""), report)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -345,7 +352,7 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
     return {
         **info, "records": args.records, "bytes": size, "record_bytes": size / args.records,
         "chunk_records": args.chunk_records, "in_flight": args.in_flight, "connections": args.connections,
-        "fsync": fsync,
+        "fsync": fsync, "parse_workers": args.parse_workers,
         "floor": {"records_per_s": args.records / floor_s, "mb_per_s": size / floor_s / 1e6, "runs": floors},
         "msgpack_floor": {"records_per_s": args.records / packed_s, "mb_per_s": size / packed_s / 1e6,
                           "cpu_s": statistics.median(f["cpu_s"] for f in packed_floors), "runs": packed_floors},
@@ -354,6 +361,7 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
                      "cpu_s": statistics.median(d["cpu_s"] for d in daemons),
                      "client_cpu_s": statistics.median(d["client_cpu_s"] for d in daemons),
                      "peak_rss_mb": max(d["peak_rss_mb"] for d in daemons),
+                     "peak_rss_shared_once_mb": max(d["peak_rss_shared_once_mb"] for d in daemons),
                      "ratio_to_floor": floor_s / acked_s, "ratio_to_msgpack_floor": packed_s / acked_s,
                      "runs": daemons},
     }
@@ -362,7 +370,7 @@ def summarize(args: argparse.Namespace, size: int, floors: list[dict[str, float]
 def print_table(r: dict[str, Any]) -> None:
     print(f"{r['records']} records of {r['record_bytes']:.0f} B, {r['chunk_records']} per chunk, "
           f"{r['in_flight']} in flight on each of {r['connections']} connection(s), "
-          f"fsync = {str(r['fsync']).lower()}, {r['machine']}, {r['date']}")
+          f"fsync = {str(r['fsync']).lower()}, parse_workers = {r['parse_workers']}, {r['machine']}, {r['date']}")
     floor, packed, ours = r["floor"], r["msgpack_floor"], r["logferry"]
     print(f"{'':34} {'rec/s':>10} {'MB/s':>8} {'CPU-s':>7} {'peak RSS':>9} {'/ floor':>8} {'/ msgpack floor':>16}")
     print(f"{'floor.py (JSON lines → file)':34} {floor['records_per_s']:>10.0f} {floor['mb_per_s']:>8.1f}")
@@ -372,6 +380,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"{ours['cpu_s']:>7.2f} {ours['peak_rss_mb']:>6.0f} MB {ours['ratio_to_floor']:>7.2f}x "
           f"{ours['ratio_to_msgpack_floor']:>15.2f}x")
     print(f"{'logferry delivered to file':34} {ours['delivered_records_per_s']:>10.0f}")
+    print(f"  peak RSS sums the daemon and its parse workers; with the pages they share counted once: "
+          f"{ours['peak_rss_shared_once_mb']:.0f} MB")
     print(f"  the client (this process) used {ours['client_cpu_s']:.2f} CPU-s")
     for n, run in enumerate(ours["runs"]):
         if "trace" in run:

@@ -9,10 +9,11 @@ heap built before the work is frozen out of the collector's passes (``gc.freeze`
 decoded chunks live a while (the last ``--in-flight`` kept, as records wait for their commit).
 Each round times, per chunk, in alternation:
 
-- PackedForward entries: msgpack's Unpacker alone (the codec's fallback), the codec's
-  ``unpack_entries`` (entries counted by msgpack's ``skip``, decoded by ormsgpack), its two parts
-  apart, and ormsgpack trusting the ``size`` option (a nil after the entries to catch a ``size``
-  too large; rejected: a ``size`` too small with a nil after that many entries goes unseen);
+- PackedForward entries: msgpack alone, entry by entry (the fallback), ``unpack_records`` (entries
+  counted by msgpack's ``skip``, decoded by ormsgpack, the time key set), the count apart (the
+  source's framing check on the loop), and ormsgpack trusting the ``size`` option (a nil after the
+  entries to catch a ``size`` too large; rejected: a ``size`` too small with a nil after that many
+  entries goes unseen);
 - a Forward-mode message of the same entries, decoded whole: msgpack's streaming Unpacker (what a
   connection does) and ormsgpack (which cannot stream: the message's end found by ``skip`` first);
 - the processor (enrich, serialise, group) on the records each decoder gave.
@@ -43,6 +44,7 @@ from pipeline.clock import FakeClock
 from pipeline.config import EnrichConfig
 from pipeline.sources.base import LineBatch
 from pipeline.sources.forward import codec
+from pipeline.transforms import packed as entries
 from pipeline.transforms.records import RecordProcessor
 
 
@@ -75,8 +77,22 @@ def whole(message: bytes) -> object:
     return ormsgpack.unpackb(message[:stream.tell()], ext_hook=codec.ext_hook)
 
 
-def process(processor: RecordProcessor, entries: list[Any]) -> object:
-    records = [record for _, record in entries]
+def slow(raw: bytes) -> list[Any]:
+    """The entries decoded by msgpack alone, one by one (the fallback of pipeline/transforms/packed.py)."""
+    ends = entries.entry_ends(raw)
+    assert ends is not None
+    return entries._msgpack_entries(raw, ends, [])
+
+
+def fast(raw: bytes) -> list[Any] | None:
+    """The entries counted by msgpack's skip and decoded by ormsgpack as one array."""
+    ends = entries.entry_ends(raw)
+    assert ends is not None
+    return entries._ormsgpack_entries(raw, len(ends))
+
+
+def process(processor: RecordProcessor, decoded: list[Any]) -> object:
+    records = [record for _, record in decoded]
     return processor.process(LineBatch("fwd", "bench.forward", "c", "forward://peer", 0, len(records), b"", None,
                                        records=records))
 
@@ -96,18 +112,17 @@ def main() -> None:
     packed = [(raw, option["size"]) for _, raw, option in (msgpack.unpackb(c, raw=False) for c in chunks)]
     forward = [forward_mode(c) for c in chunks]
     for raw, size in packed:  # the same Python objects, whichever way
-        assert codec.unpack_entries(raw) == codec._msgpack_entries(raw) == trusting_size(raw, size)
+        assert fast(raw) == slow(raw) == trusting_size(raw, size)
     processor = RecordProcessor(EnrichConfig(hostname="bench", tag_key="tag"), {3600}, FakeClock(1.8e9))
     stages: dict[str, tuple[Callable[[Any], object], list[Any]]] = {
-        "entries: msgpack Unpacker (fallback)": (lambda c: codec._msgpack_entries(c[0]), packed),
-        "entries: unpack_entries (count + ormsgpack)": (lambda c: codec.unpack_entries(c[0]), packed),
-        "entries:   its count (msgpack skip)": (lambda c: codec._count(c[0]), packed),
+        "entries: msgpack per entry (fallback)": (lambda c: slow(c[0]), packed),
+        "entries: unpack_records (count + ormsgpack)": (lambda c: entries.unpack_records(c[0], "timestamp"), packed),
+        "entries:   its count (msgpack skip)": (lambda c: entries.entry_ends(c[0]), packed),
         "entries: ormsgpack trusting size (rejected)": (lambda c: trusting_size(*c), packed),
         "Forward mode: msgpack streaming Unpacker": (streamed, forward),
         "Forward mode: skip + ormsgpack": (whole, forward),
     }
-    decoders = {"process: msgpack's records": codec._msgpack_entries,
-                "process: ormsgpack's records": codec.unpack_entries}
+    decoders = {"process: msgpack's records": slow, "process: ormsgpack's records": fast}
     times: dict[str, list[float]] = {name: [] for name in [*stages, *decoders]}
     gc.collect()
     gc.freeze()

@@ -9,10 +9,14 @@ cross the socket, never pickled records: that cost is what sank an earlier try w
 Order: :meth:`ParsePool.run` hands the committer the processed batches in the order the sources
 gave them (a queue of futures, awaited first in, first out), so frames stay in file order and the
 buffer's invariants (a position saved only with its frames, exactly once across kill -9) are the
-ones the in-process path keeps. Blocks a worker cannot take (records the source decoded itself,
-blocks larger than a slot or smaller than 64 KiB (a steady writer's few lines)) are parsed on the
-event loop as before, in their place in that order. A block whose records span several time windows
-is split by the worker, one region per window.
+ones the in-process path keeps. Blocks a worker cannot take (records the source decoded itself, as
+forward's Message and Forward modes; blocks larger than a slot or smaller than 64 KiB, as a steady
+writer's few lines) are parsed on the event loop as before, in their place in that order. A block
+whose records span several time windows is split by the worker, one region per window.
+
+A forward source's PackedForward chunk is a block too: its msgpack entries (framing checked by the
+source) are decoded, enriched and serialised by a worker as the loop would (the same functions:
+:mod:`pipeline.transforms.packed`), which takes most of a chunk's time off the loop.
 
 Transforms run in the workers too: each gets the :class:`~pipeline.transforms.plan.TransformPlan`
 pickled in its setup (a redact transform as its plain spec, the HMAC key read by the daemon at load
@@ -207,7 +211,7 @@ class ParsePool:
         route = batch.source if batch.source in self.processor.plan.routes else None
         try:
             worker.conn.send(Job(slot, len(batch.data), batch.start, self.processor.enricher.suffix(added), added, now,
-                                 route))
+                                 route, batch.packed))
         except OSError as exc:
             self._worker_gone(worker, exc)
             self._free.put_nowait(slot)  # out of circulation with its worker
@@ -216,7 +220,7 @@ class ParsePool:
         return future
 
     def _takes(self, batch: LineBatch) -> bool:
-        return (batch.records is None and batch.offsets is None
+        return ((batch.packed or (batch.records is None and batch.offsets is None))
                 and MIN_WORKER_BYTES <= len(batch.data) <= IN_BYTES
                 and any(worker.alive for worker in self.workers))
 

@@ -32,9 +32,10 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.transforms.lines import ParsedRecords, parse_lines
+from pipeline.transforms.lines import ParsedLines, ParsedRecords, parse_lines, serialise_records
 
 if TYPE_CHECKING:  # a worker loads the transforms' modules only when its setup brings a plan
+    from pipeline.transforms.base import Records
     from pipeline.transforms.plan import TransformPlan
 
 
@@ -62,6 +63,7 @@ class Job:
     added: dict[str, Any]
     now: float
     route: str | None = None  # the block's source, when the plan routes it through transforms
+    packed: bool = False  # msgpack [time, record] entries (forward's PackedForward), not lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +134,21 @@ def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
     if plan is not None:
         plan.take_tallies()  # what a failed job counted: the daemon parses that block itself
     start = job.slot * setup.slot_bytes
-    parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now,
-                         begin=start, stop=start + job.length)
+    records: Records | None = None
+    if job.packed:
+        parsed, records = _unpacked(memory, setup, job, start, keep=route is not None)
+    else:
+        parsed = parse_lines(memory, job.base, job.suffix, job.added, setup.keys, setup.time_key, job.now,
+                             begin=start, stop=start + job.length)
     area = ResultArea(memory, start + setup.in_bytes, setup.slot_bytes - setup.in_bytes)
     windows = Windows(area, parsed.times)
     lines, offsets = parsed.lines, parsed.offsets
     outputs: list[tuple[str, tuple[tuple[int, int], ...]]] = []
     tallies = None
     if plan is not None and route is not None:
-        variants = plan.variants(route, lines, ParsedRecords(memory, parsed, job.added, setup.keys))
+        if records is None:
+            records = ParsedRecords(memory, parsed, job.added, setup.keys)
+        variants = plan.variants(route, lines, records)
         lines = variants.lines
         outputs = [(output, windows.write(variant, offsets, width))
                    for output, (width, _, variant) in variants.outputs.items()]
@@ -151,6 +159,20 @@ def run_job(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
         return Done("inline", job.slot)
     return Done("ok", job.slot, len(offsets), tuple(area.regions), tuple(groups), tuple(parsed.bad),
                 outputs=tuple(outputs), tallies=tallies)
+
+
+def _unpacked(memory: mmap.mmap, setup: Setup, job: Job, start: int, keep: bool
+              ) -> tuple[ParsedLines, list[dict[Any, Any]] | None]:
+    """A packed block's maps enriched and serialised (the bad entries first among the bad), and the maps
+    themselves when ``keep`` (for the transforms)."""
+    # msgpack and ormsgpack load with the first packed block: a worker that only parses lines never needs them.
+    from pipeline.transforms.packed import unpack_records
+
+    records, bad = unpack_records(memory[start : start + job.length], setup.time_key)
+    kept: list[dict[Any, Any]] | None = [] if keep else None
+    parsed = serialise_records(records, job.added, setup.time_key, job.now, kept)
+    parsed.bad[:0] = bad
+    return parsed, kept
 
 
 class Windows:

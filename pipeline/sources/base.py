@@ -46,6 +46,10 @@ class LineBatch:
     # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of
     # ``data``; their offsets are their indices in the batch. Set to None once processed.
     records: list[dict[Any, Any]] | None = None
+    # ``data`` holds msgpack [time, record] entries (forward's PackedForward, whole objects checked by the
+    # source) rather than lines: decoded where the records are processed (pipeline/transforms/packed.py).
+    packed: bool = False
+    dead_fields: dict[str, Any] | None = None  # added to each dead letter of the batch (forward: the peer)
 
 
 class CommitJournal(Protocol):

@@ -80,6 +80,46 @@ def parse_lines(data: bytes | mmap, base: int, suffix: bytes, added: dict[str, A
     return ParsedLines(out, offsets, times, bad, base, size)
 
 
+def serialise_records(records: list[dict[Any, Any]], added: dict[str, Any], time_key: str, now: float,
+                      kept: list[dict[Any, Any]] | None = None) -> ParsedLines:
+    """Records a source decoded (forward's maps): enrich (``added`` wins) and serialise each once.
+
+    Offsets are the records' indices; a record that cannot be stored as JSON is bad at its index
+    (shown by its repr). ``kept``, when given, receives each stored record for the transforms.
+    """
+    dumps, option = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    out: list[bytes] = []
+    offsets: list[int] = []
+    times: list[float] = []
+    bad: list[tuple[int, bytes, str]] = []
+    for index, record in enumerate(records):
+        record.update(added)
+        try:
+            # OPT_NON_STR_KEYS only for the rare map with other keys (msgpack allows them): on every
+            # record it made orjson ~25% slower (1 KB forward records: 0.77 -> 0.97 ms per 1,000).
+            line = dumps(record, default=_lenient, option=option)
+        except (TypeError, orjson.JSONEncodeError):
+            try:
+                line = dumps(record, default=_lenient, option=option | orjson.OPT_NON_STR_KEYS)
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                bad.append((index, repr(record).encode("utf-8", "replace"), f"record cannot be stored as JSON: {exc}"))
+                continue
+        out.append(bytes(memoryview(line)))  # copied out: orjson's result holds at least 4 KiB
+        offsets.append(index)
+        if kept is not None:
+            kept.append(record)
+        stamp = record.get(time_key)
+        times.append(stamp if type(stamp) is float and 0.0 <= stamp <= MAX_EPOCH else event_time(stamp, now))
+    return ParsedLines(out, offsets, times, bad)
+
+
+def _lenient(value: object) -> object:
+    """orjson fallback for decoded records: bytes (msgpack bin) as text, lossy where not UTF-8."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot store a {type(value).__name__}")
+
+
 class ParsedRecords(Sequence[dict[str, Any]]):
     """A block's valid records as :func:`parse_lines` parsed them (``added`` in those it re-serialised),
     parsed again from the block's lines when read, and kept once read.

@@ -125,8 +125,62 @@ def test_a_record_that_is_not_a_map_is_dead_lettered_with_the_peer_while_its_nei
     assert entry["line"] == '"just a string"' and entry["source"] == "fluent"
 
 
+@pytest.mark.parametrize("parse_workers", [0, 2])
+def test_packed_chunks_are_stored_once_across_kill_9_and_bad_entries_dead_lettered_with_the_peer(
+        layout, daemon_factory, connect, parse_workers):
+    """PackedForward chunks of ~120 KB (decoded in the parse workers when there are some, else on the loop):
+    a bad entry in a chunk is dead-lettered with its reason and the peer, its neighbours stored and the chunk
+    acked; a chunk resent after kill -9 is stored once."""
+    port = free_port()
+    forward_config(layout, port, parse_workers=parse_workers)
+    chunks, per_chunk = 8, 300
+
+    def chunk(n: int) -> list[Any]:
+        entries = [msgpack.packb([event_time(T0, i), {"request_id": f"c{n}-{i}", "prompt": "p" * 380}])
+                   for i in range(per_chunk)]
+        if n == 2:  # whole msgpack, but no [time, record] map: one dead letter each
+            entries[10] = msgpack.packb([T0, "just a string"])
+            entries[20] = msgpack.packb([T0, ARRAY_KEYED])
+            entries[30] = msgpack.packb([T0, {"request_id": "three"}, "extra"])
+        return [f"app.packed{n}", b"".join(entries), {"chunk": f"packed-{n}", "size": per_chunk}]
+
+    daemon = wait_listening(new_daemon(layout, daemon_factory).start())
+    client = connect(port)
+    for n in range(5):
+        client.send(chunk(n))
+        assert client.receive() == {"ack": f"packed-{n}"}
+    if parse_workers:
+        assert status(layout)["parse_workers"]["blocks_in_workers"] >= 5
+    client.send(chunk(5))
+    daemon.kill()  # chunk 5 committed or not: the client resends it either way, as out_forward does
+    daemon = wait_listening(new_daemon(layout, daemon_factory).start())
+    client = connect(port)
+    for n in range(5, chunks):
+        client.send(chunk(n))
+        assert client.receive() == {"ack": f"packed-{n}"}
+    bad = {(2, 10), (2, 20), (2, 30)}
+    want = {f"c{n}-{i}" for n in range(chunks) for i in range(per_chunk)} - {f"c{n}-{i}" for n, i in bad}
+    wait_for(lambda: len(layout.records()) >= len(want), what="every good record")
+    assert daemon.stop() == 0
+    stored = Counter(r["request_id"] for r in layout.records())
+    assert set(stored) == want and max(stored.values()) == 1, stored.most_common(3)
+    record = by_id(layout)["c3-7"]
+    assert record["timestamp"] == pytest.approx(T0 + 7e-9) and record["tag"] == "app.packed3"
+    letters = sorted(layout.dead_letters(), key=lambda e: e["offset"])
+    peer = client.sock.getsockname()
+    assert [(e["offset"], e["id"], e["peer"].split(":")[0]) for e in letters] == [
+        (i, f"fluent:packed-2:{i}", peer[0]) for _, i in sorted(bad)]
+    reasons = ["record is not a map", "entry cannot be decoded: ", "an entry must be [time, record], got list"]
+    assert all(e["reason"].startswith(r) for e, r in zip(letters, reasons, strict=True)), letters
+
+
+def status(layout: Layout) -> dict[str, Any]:
+    snapshot: dict[str, Any] = orjson.loads(layout.http("/status")[1])
+    return snapshot
+
+
 @pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb", "array-key",
-                                 "packed-array-key"])
+                                 "packed-not-msgpack"])
 def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, daemon_factory, connect, bad):
     port = free_port()
     forward_config(layout, port, source={"message_limit_bytes": 4096, "chunk_limit_bytes": 8192})
@@ -147,8 +201,8 @@ def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, dae
             evil.send({"hello": "world"})
         elif bad == "array-key":  # a map keyed by an array: msgpack cannot give it as a dict
             evil.send(["app.key", T0, ARRAY_KEYED])
-        elif bad == "packed-array-key":
-            evil.send(["app.key", packed([(T0, ARRAY_KEYED)]), {"chunk": "k"}])
+        elif bad == "packed-not-msgpack":  # entries that are not whole msgpack objects: nothing to dead-letter
+            evil.send(["app.key", packed([(T0, {"request_id": "cut"})]) + b"\xc1", {"chunk": "k"}])
         else:
             evil.send(["app.bomb", gzip.compress(packed([(T0, {"x": "0" * 100_000})])), {"compressed": "gzip"}])
         assert evil.closed_by_server()

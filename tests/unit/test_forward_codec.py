@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import orjson
@@ -14,18 +15,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
-from pipeline.sources.forward.codec import (
-    ProtocolError,
-    TooLarge,
-    _msgpack_entries,
-    _ormsgpack_entries,
-    decode,
-    ext_hook,
-    gunzip,
-    unpack_entries,
-)
+from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip, packed_entries
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake, client_ping
+from pipeline.transforms.packed import _msgpack_entries, _ormsgpack_entries, entry_ends, unpack_records
 
 
 def roundtrip(message: object) -> object:
@@ -39,18 +32,20 @@ def test_each_mode_decodes_to_tag_entries_and_chunk() -> None:
     assert message.entries == [(pytest.approx(1_700_000_000.123), {"k": 1})]
     forward = decode(roundtrip(["b", [[1, {"k": 1}], [2, {"k": 2}]]]), 1 << 20)
     assert forward.chunk is None and [t for t, _ in forward.entries] == [1, 2]
-    raw = msgpack.packb([1, {"k": 1}]) + msgpack.packb([2, "not a map"])
+    first, second = msgpack.packb([1, {"k": 1}]), msgpack.packb([2, "not a map"])
+    raw = first + second
     packed = decode(roundtrip(["c", raw, {"size": 2}]), 1 << 20)
-    assert [tuple(e) for e in packed.entries] == [(1, {"k": 1}), (2, "not a map")]
+    assert (packed.packed, packed.ends, packed.entries) == (raw, [len(first), len(raw)], [])  # decoded where processed
     zipped = decode(roundtrip(["d", gzip.compress(raw), {"compressed": "gzip"}]), 1 << 20)
-    assert [tuple(e) for e in zipped.entries] == [(1, {"k": 1}), (2, "not a map")]
+    assert (zipped.packed, zipped.ends) == (raw, [len(first), len(raw)])
+    assert unpack_records(raw, "time") == ([{"k": 1, "time": 1.0}], [(1, b'"not a map"', "record is not a map")])
 
 
 @pytest.mark.parametrize("bad", [
     {"not": "an array"}, ["tag-only"], [1, 2, {}], ["t", [[1]]], ["t", 1, {"k": 1}, "option"],
     ["t", b"\x92\x01"],  # PackedForward cut short
     ["t", 1, {"k": 1}, {"chunk": 5}],
-    ["t", b"\x92\x01\x81\x91\x01\x01"],  # PackedForward with a record keyed by an array (unhashable)
+    ["t", b"\x92\x01\xc1"],  # PackedForward holding a byte that is no msgpack
 ])
 def test_malformed_messages_are_protocol_errors(bad: object) -> None:
     with pytest.raises(ProtocolError):
@@ -177,18 +172,40 @@ def _packed(entries: list[tuple[object, object]], single_float: bool) -> bytes:
     return b"".join(msgpack.packb([when, record], use_single_float=single_float) for when, record in entries)
 
 
-def _stored(entries: list[tuple[object, object]]) -> tuple[list[bytes], list[dict[str, object]]]:
-    """What the processor stores from decoded entries: the lines and the dead letters' reasons and lines."""
+def _processor() -> Any:
     from pipeline.clock import FakeClock
     from pipeline.config import EnrichConfig
-    from pipeline.sources.base import LineBatch
     from pipeline.transforms.records import RecordProcessor
 
-    records = [record for _, record in entries if isinstance(record, dict)]
-    processor = RecordProcessor(EnrichConfig(hostname="h", tag_key="tag"), {3600}, FakeClock(1_795_000_000.0))
-    done = processor.process(LineBatch("fwd", "app", "c", "forward://p", 0, len(records), b"", None, records=records))
+    return RecordProcessor(EnrichConfig(hostname="h", tag_key="tag"), {3600}, FakeClock(1_795_000_000.0))
+
+
+def _stored(raw: bytes | None = None, records: list[dict[object, object]] | None = None
+            ) -> tuple[list[bytes], list[dict[str, object]]]:
+    """What the processor stores from a packed batch (``raw``) or from maps a source decoded (``records``):
+    the lines and the dead letters (but their time)."""
+    from pipeline.sources.base import LineBatch
+
+    batch = LineBatch("fwd", "app", "c", "forward://p", 0, 0, raw or b"", None, packed=raw is not None,
+                      dead_fields={"peer": "p"}, records=records)
+    done = _processor().process(batch)
     lines = [line for _, group in sorted(done.groups[3600].items()) for line in group.lines]
     return lines, [{k: v for k, v in entry.items() if k != "time"} for entry in done.dead]
+
+
+def _by_rules(raw: bytes, time_key: str) -> tuple[list[dict[object, object]], list[tuple[int, str]]]:
+    """Entries decoded by msgpack's own Unpacker, and the forward source's rules applied by hand."""
+    stream = msgpack.Unpacker(raw=False, ext_hook=ext_hook, strict_map_key=False, unicode_errors="surrogateescape")
+    stream.feed(raw)
+    maps, bad = [], []
+    for index, (when, record) in enumerate(stream):
+        if not isinstance(record, dict):
+            bad.append((index, "record is not a map"))
+            continue
+        if time_key not in record and isinstance(when, int | float) and not isinstance(when, bool):
+            record[time_key] = float(when)
+        maps.append(record)
+    return maps, bad
 
 
 @settings(max_examples=300, deadline=None)
@@ -196,9 +213,34 @@ def _stored(entries: list[tuple[object, object]]) -> tuple[list[bytes], list[dic
 def test_packed_entries_decode_to_what_msgpack_alone_gives_and_store_the_same_bytes(
         entries: list[tuple[object, object]], single_float: bool) -> None:
     raw = _packed(entries, single_float)
-    fast, reference = unpack_entries(raw), _msgpack_entries(raw)
-    assert repr(fast) == repr(reference)  # repr: True is not 1, 1.0 is not 1, a list is not a tuple, key order
-    assert _stored(fast) == _stored(reference)
+    ends = entry_ends(raw)
+    assert ends is not None and len(ends) == len(entries)
+    fast = _ormsgpack_entries(raw, len(ends))
+    if fast is not None:  # else unpack_records takes msgpack's
+        assert repr(fast) == repr(_msgpack_entries(raw, ends, []))  # repr: True is not 1, 1.0 is not 1, key order
+    records, bad = unpack_records(raw, "timestamp")
+    maps, not_maps = _by_rules(raw, "timestamp")
+    assert repr(records) == repr(maps) and [(i, reason) for i, _, reason in bad] == not_maps
+    lines, dead = _stored(raw)
+    expected_lines, expected_dead = _stored(records=maps)
+    assert lines == expected_lines
+    assert dead == [{**_letter(i, "record is not a map"), **d} for i, d in _shown(raw, not_maps)] + expected_dead
+
+
+def _letter(offset: int, reason: str) -> dict[str, object]:
+    return {"id": f"fwd:c:{offset}", "source": "fwd", "path": "forward://p", "offset": offset, "reason": reason,
+            "peer": "p"}
+
+
+def _shown(raw: bytes, bad: list[tuple[int, str]]) -> list[tuple[int, dict[str, object]]]:
+    """A non-map record's line fields, as the dead-letter store shows it (its JSON)."""
+    from pipeline.deadletter import line_fields
+
+    stream = msgpack.Unpacker(raw=False, ext_hook=ext_hook, strict_map_key=False, unicode_errors="surrogateescape")
+    stream.feed(raw)
+    entries = list(stream)
+    return [(i, line_fields(orjson.dumps(entries[i][1], default=repr, option=orjson.OPT_NON_STR_KEYS)))
+            for i, _ in bad]
 
 
 def test_typical_records_take_ormsgpack_and_the_rest_falls_back_to_msgpack() -> None:
@@ -207,7 +249,8 @@ def test_typical_records_take_ormsgpack_and_the_rest_falls_back_to_msgpack() -> 
                               "tags": ["a", None, True, 1.5], "blob": b"\xff\x00"}),
                        (1_700_000_000, {"latency_ms": 123.4, "nested": {"deeper": {"k": -1}}}), (1, "not a map")],
                       False)
-    assert _ormsgpack_entries(typical) is not None and unpack_entries(typical) == _msgpack_entries(typical)
+    ends = entry_ends(typical)
+    assert ends is not None and _ormsgpack_entries(typical, len(ends)) == _msgpack_entries(typical, ends, [])
     odd = {
         "non-str key": msgpack.packb([1, {"a": {7: "x"}}]),
         "bin key": msgpack.packb([1, {b"k": 1}]),
@@ -216,32 +259,50 @@ def test_typical_records_take_ormsgpack_and_the_rest_falls_back_to_msgpack() -> 
         "msgpack timestamp (ext -1)": msgpack.packb([msgpack.Timestamp(1_700_000_000, 5), {"a": 1}], datetime=False),
     }
     for name, raw in odd.items():
-        assert _ormsgpack_entries(raw) is None, name
-        assert repr(unpack_entries(raw)) == repr(_msgpack_entries(raw)), name
-    assert [tuple(e) for e in unpack_entries(odd["text not UTF-8"])] == [(1, {"a": "\udcff\udcfe"})]  # as before
+        assert _ormsgpack_entries(raw, 1) is None, name
+        records, bad = unpack_records(raw, "t")
+        assert not bad and repr(records) == repr(_by_rules(raw, "t")[0]), name
+    assert unpack_records(odd["text not UTF-8"], "t")[0] == [{"a": "\udcff\udcfe", "t": 1.0}]  # as before
 
 
 @pytest.mark.parametrize("raw", [
     msgpack.packb([1, {"a": 1}]) + msgpack.packb([2, {"b": 2}])[:-1],  # the last entry cut short
     msgpack.packb([1, {"a": 1}]) + b"\xc1",  # a byte that is no msgpack
-    msgpack.packb([1, {"a": 1}]) + b"\xc0",  # a whole object that is no entry (nil), last
-    b"\xc0" + msgpack.packb([1, {"a": 1}]),  # ... and first
-    msgpack.packb([1, {"a": 1}, 3]),  # an entry of three
-    msgpack.packb([msgpack.ExtType(5, b"xy"), {"a": 1}]),  # an extension that is not EventTime
-    msgpack.packb([msgpack.ExtType(0, b"short"), {"a": 1}]),  # an EventTime of the wrong length
-    b"\x92\x01\x81\x91\x01\x01",  # a record keyed by an array
     b"\x92\x01" + b"\x91" * 5000 + b"\x01",  # nested deeper than msgpack's stack
 ])
-def test_bad_packed_entries_are_refused_as_msgpack_alone_refuses_them(raw: bytes) -> None:
-    with pytest.raises(ProtocolError) as fast:
-        unpack_entries(raw)
-    with pytest.raises(ProtocolError) as reference:
-        _msgpack_entries(raw)
-    assert str(fast.value) == str(reference.value)
+def test_a_packed_stream_that_is_not_whole_msgpack_objects_closes_the_connection(raw: bytes) -> None:
+    with pytest.raises(ProtocolError, match="bad PackedForward entries"):
+        packed_entries(raw)
+    with pytest.raises(ProtocolError):
+        decode(["t", raw], 1 << 20)
+
+
+@pytest.mark.parametrize(("entry", "reason"), [
+    (msgpack.packb(None), "an entry must be [time, record], got NoneType None"),
+    (msgpack.packb([1, {"a": 1}, 3]), "an entry must be [time, record], got list [1, {'a': 1}, 3]"),
+    (msgpack.packb([msgpack.ExtType(5, b"xy"), {"a": 1}]), "entry cannot be decoded: unknown msgpack extension type 5"),
+    (msgpack.packb([msgpack.ExtType(0, b"short"), {"a": 1}]), "entry cannot be decoded: unknown msgpack extension"),
+    (b"\x92\x01\x81\x91\x01\x01", "entry cannot be decoded: "),  # a record keyed by an array: unhashable
+    (msgpack.packb([1, [1, 2]]), "record is not a map"),
+])
+def test_a_bad_entry_is_dead_lettered_with_its_index_and_its_neighbours_are_stored(entry: bytes, reason: str) -> None:
+    raw = msgpack.packb([1, {"n": 0}]) + entry + msgpack.packb([2, {"n": 2}])
+    assert packed_entries(raw)  # whole objects: the source takes the chunk
+    records, bad = unpack_records(raw, "t")
+    assert records == [{"n": 0, "t": 1.0}, {"n": 2, "t": 2.0}]
+    ((index, _, why),) = bad
+    assert index == 1 and why.startswith(reason)
+    lines, dead = _stored(raw)
+    assert [orjson.loads(line)["n"] for line in lines] == [0, 2]
+    (letter,) = dead
+    assert (letter["offset"], letter["id"], letter["peer"], letter["path"]) == (1, "fwd:c:1", "p", "forward://p")
+    assert str(letter["reason"]).startswith(reason) and ("line" in letter or "line_base64" in letter)
 
 
 @pytest.mark.parametrize("option", [{}, {"size": 2}, {"size": 1}, {"size": 3}, {"size": 0}, {"size": "two"}])
 def test_the_size_option_is_not_trusted(option: dict[str, object]) -> None:
-    raw = msgpack.packb([1, {"a": 1}]) + msgpack.packb([2, {"b": b"\x00"}])
+    first = msgpack.packb([1, {"a": 1}])
+    raw = first + msgpack.packb([2, {"b": b"\x00"}])
     message = decode(roundtrip(["t", raw, option]), 1 << 20)
-    assert [tuple(e) for e in message.entries] == [(1, {"a": 1}), (2, {"b": b"\x00"})]
+    assert message.ends == [len(first), len(raw)] and unpack_records(message.packed or b"", "t")[0] == [
+        {"a": 1, "t": 1.0}, {"b": b"\x00", "t": 2.0}]

@@ -12,19 +12,22 @@ seconds and uint32 nanoseconds). ``option`` may hold ``chunk`` (the client wants
 ``{"ack": chunk}`` once the records are stored), ``size`` (entries, informational) and
 ``compressed``. msgpack libraries do all the decoding; this module only checks shapes.
 
-PackedForward entries, where nearly all the bytes are, go through ormsgpack when it gives
-what msgpack gives: a quarter less time on the event loop (see :func:`unpack_entries`).
+PackedForward entries, where nearly all the bytes are, are only checked for framing here
+(:func:`packed_entries`) and decoded where the records are processed: in a parse worker when
+``parse_workers`` is set, else on the loop (:mod:`pipeline.transforms.packed`).
 """
 
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import ormsgpack
+
+from pipeline.transforms import packed
+from pipeline.transforms.packed import entry_ends
+from pipeline.transforms.packed import shape as _shape
 
 
 class ProtocolError(Exception):
@@ -35,22 +38,17 @@ class TooLarge(ProtocolError):
     """A message or chunk beyond the configured limit."""
 
 
-_EVENT_TIME = struct.Struct(">II")
-
-
 def ext_hook(code: int, data: bytes) -> object:
-    """msgpack extension decoder: type 0 (EventTime) becomes epoch seconds; any other type is refused.
-
-    A float rather than an :class:`EventTime`: this runs once per record, and a float is all
-    the time key needs (microseconds survive).
+    """msgpack extension decoder: type 0 (EventTime) becomes epoch seconds (see :func:`packed.ext_hook`);
+    any other type is a ``ProtocolError``.
 
     >>> ext_hook(0, bytes.fromhex("6553f10017d78400"))
     1700000000.4
     """
-    if code == 0 and len(data) == 8:
-        seconds, nanos = _EVENT_TIME.unpack(data)
-        return seconds + nanos / 1e9
-    raise ProtocolError(f"unknown msgpack extension type {code} ({len(data)} bytes)")
+    try:
+        return packed.ext_hook(code, data)
+    except packed.BadEntry as exc:
+        raise ProtocolError(str(exc)) from exc
 
 
 def pack(obj: object) -> bytes:
@@ -67,12 +65,18 @@ def unpacker(limit: int) -> msgpack.Unpacker:
 
 @dataclass(slots=True)
 class Message:
-    """One decoded message: its tag, entries (time, record: 2-tuples or, from PackedForward, 2-lists), options."""
+    """One decoded message: its tag, entries (time, record) and options.
+
+    A PackedForward message keeps its entries as the msgpack stream (``packed``, undecoded, whole
+    objects ending at ``ends``) and ``entries`` is empty.
+    """
 
     tag: str
     entries: list[tuple[object, object]]
     chunk: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    packed: bytes | None = None
+    ends: list[int] = field(default_factory=list)
 
 
 def decode(obj: object, chunk_limit: int) -> Message:
@@ -90,16 +94,21 @@ def decode(obj: object, chunk_limit: int) -> Message:
             raw = gunzip(raw, chunk_limit)
         elif len(raw) > chunk_limit:
             raise TooLarge(f"chunk of {len(raw)} bytes exceeds chunk_limit_bytes = {chunk_limit}")
-        entries = unpack_entries(raw)
+        return _message(tag, [], options, raw, packed_entries(raw))
     else:  # Message
         if len(obj) < 3:
             raise ProtocolError("Message mode needs [tag, time, record]")
         options = _options(obj, 3)
         entries = [(second, obj[2])]
+    return _message(tag, entries, options)
+
+
+def _message(tag: str, entries: list[tuple[object, object]], options: dict[str, Any], raw: bytes | None = None,
+             ends: list[int] | None = None) -> Message:
     chunk = options.get("chunk")
     if chunk is not None and not isinstance(chunk, str):
         raise ProtocolError(f"option chunk must be a string, got {_shape(chunk)}")
-    return Message(tag, entries, chunk, options)
+    return Message(tag, entries, chunk, options, raw, ends or [])
 
 
 def _options(obj: list[Any] | tuple[Any, ...], index: int) -> dict[str, Any]:
@@ -117,81 +126,34 @@ def _entry(entry: object) -> tuple[object, object]:
     return entry[0], entry[1]
 
 
-def unpack_entries(raw: bytes) -> list[tuple[object, object]]:
-    """The [time, record] entries concatenated in a PackedForward stream (as 2-lists: the hot path).
+def packed_entries(raw: bytes) -> list[int]:
+    """Where each entry of a PackedForward stream ends; ``ProtocolError`` unless it is whole msgpack objects.
 
-    ormsgpack decodes them when it can: a 1,000-entry chunk of ~1 KB records took 2.6 ms
-    (count and decode) instead of msgpack's 3.6 ms (benchmarks/forward_codec.py, 2-core Xeon VM).
-    It decodes one object, so the entries are counted first (msgpack's ``skip``, which builds no
-    objects: 0.3 ms) and decoded as one array of that many: the client's ``size`` option is not
-    trusted, and a stream that does not split into whole objects never reaches ormsgpack.
-    Whatever ormsgpack refuses (a key that is not a string, text that is not UTF-8, an extension
-    other than EventTime) is decoded by msgpack, whose rules (and errors) stay the source's.
+    Only the framing is checked here, on the event loop, without building the records: they are
+    decoded where they are processed (:mod:`pipeline.transforms.packed`), and an entry that is whole
+    msgpack but no ``[time, record]`` map is dead-lettered there, its neighbours stored.
 
-    >>> unpack_entries(bytes.fromhex("92 01 81 a1 6b a1 76  92 02 81 01 c3"))
-    [[1, {'k': 'v'}], [2, {1: True}]]
+    >>> packed_entries(bytes.fromhex("92 01 81 a1 6b a1 76  92 02 81 01 c3"))
+    [7, 12]
     """
-    entries = _ormsgpack_entries(raw)
-    if entries is None:
-        return _msgpack_entries(raw)
-    for item in entries:
-        if type(item) is not list or len(item) != 2:  # no call per entry: this loop runs per record
-            _entry(item)  # raises with the shape
-    return entries
+    ends = entry_ends(raw)
+    if ends is None:
+        last = _whole_prefix(raw)
+        raise ProtocolError(f"bad PackedForward entries: cut short or not msgpack after {last} of {len(raw)} bytes")
+    return ends
 
 
-def _ormsgpack_entries(raw: bytes) -> list[Any] | None:
-    """The objects in ``raw`` decoded by ormsgpack; None for a stream it does not decode as msgpack does."""
-    count = _count(raw)
-    if count is None:
-        return None  # cut short or not msgpack: msgpack says how
-    try:
-        entries: list[Any] = ormsgpack.unpackb(_ARRAY32.pack(0xDD, count) + raw, ext_hook=ext_hook)
-    except ValueError:  # ormsgpack.MsgpackDecodeError, and an ext_hook's refusal
-        return None
-    return entries
-
-
-_ARRAY32 = struct.Struct(">BI")  # msgpack's array 32 header: 0xdd, then the count
-
-
-def _count(raw: bytes) -> int | None:
-    """How many whole msgpack objects ``raw`` holds, if it is nothing but whole objects (else None)."""
+def _whole_prefix(raw: bytes) -> int:
+    """How many bytes at the start of ``raw`` are whole msgpack objects."""
     stream = msgpack.Unpacker(max_buffer_size=max(len(raw), 1))
     stream.feed(raw)
-    count, end, skip, tell = 0, 0, stream.skip, stream.tell
+    end = 0
     try:
         while True:
-            skip()
-            count += 1
-            end = tell()  # after a skip cut short, tell() counts the partial object's bytes too
-    except msgpack.OutOfData:
-        pass
-    except (ValueError, msgpack.FormatError, msgpack.StackError):
-        return None
-    return count if end == len(raw) and count <= 0xFFFFFFFF else None
-
-
-def _msgpack_entries(raw: bytes) -> list[tuple[object, object]]:
-    """:func:`unpack_entries` by msgpack alone, with its errors as ``ProtocolError``."""
-    stream = msgpack.Unpacker(raw=False, ext_hook=ext_hook, max_buffer_size=max(len(raw), 1),
-                              strict_map_key=False, unicode_errors="surrogateescape")
-    stream.feed(raw)
-    entries: list[Any] = []
-    append, tell = entries.append, stream.tell
-    end = 0  # tell() after the last whole entry: after a failed partial read it counts the partial bytes too
-    try:
-        for item in stream:
-            if type(item) is not list or len(item) != 2:
-                _entry(item)
-            append(item)
-            end = tell()
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        # TypeError: a map keyed by an array or a map (unhashable), which no record can be
-        raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
-    if end != len(raw):
-        raise ProtocolError(f"PackedForward entries cut short ({len(raw) - end} bytes left over)")
-    return entries
+            stream.skip()
+            end = stream.tell()
+    except (msgpack.OutOfData, ValueError, msgpack.FormatError, msgpack.StackError):
+        return end
 
 
 def gunzip(raw: bytes, limit: int) -> bytes:
@@ -219,8 +181,3 @@ def event_epoch(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return None
-
-
-def _shape(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"

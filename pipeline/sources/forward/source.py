@@ -276,6 +276,14 @@ class Connection:
         self.messages += 1
         key = message.chunk if message.chunk is not None else f"{self.ident}-{self.messages}"
         path = f"forward://{self.peer}"
+        chunk = message.chunk
+        journal = None if chunk is None else (self.source.journal, chunk)
+        if message.packed is not None:
+            # Undecoded: the processor (or a parse worker) decodes it, and dead-letters a bad entry with the peer.
+            count = len(message.ends)
+            return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, count, message.packed,
+                             None, on_commit=lambda: self._committed(chunk, count), journal=journal, packed=True,
+                             dead_fields={"peer": self.peer})
         now = self.source.clock.time()
         time_key = self.source.time_key
         records: list[dict[Any, Any]] = []
@@ -291,12 +299,11 @@ class Connection:
                 elif (epoch := event_epoch(when)) is not None:
                     record[time_key] = epoch
             append(record)
-        chunk = message.chunk
         count = len(records)
         # The records go as dicts: the processor enriches and serialises them once (offsets: their indices).
         return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, len(message.entries), b"",
-                         None, dead=dead, on_commit=lambda: self._committed(chunk, count),
-                         journal=None if chunk is None else (self.source.journal, chunk), records=records)
+                         None, dead=dead, on_commit=lambda: self._committed(chunk, count), journal=journal,
+                         records=records)
 
     def _dead(self, key: str, index: int, record: object, reason: str, now: float) -> dict[str, Any]:
         try:

@@ -52,7 +52,7 @@ class ForwardStats:
     connections: int = 0  # open now
     connections_accepted: int = 0
     connections_refused: int = 0  # over max_connections
-    records: int = 0  # committed
+    records: int = 0  # committed (a PackedForward chunk counts its entries, a dead-lettered one too)
     bytes: int = 0  # received
     acks: int = 0
     resent_chunks: int = 0  # acknowledged again without storing

@@ -17,8 +17,10 @@ there are taken after each block (:meth:`Transform.take_tally`) and added to the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, overload
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from pipeline.transforms.lines import LazyRecords
 
 Records = Sequence[dict[str, Any]]  # a list, or the block's records parsed on demand (ParsedRecords)
 
@@ -49,7 +51,7 @@ class Transform(Protocol):
         ...
 
 
-class Replaced(Sequence[dict[str, Any]]):
+class Replaced(LazyRecords):
     """``records`` with a few replaced (index → record): what a transform that changed a few returns,
     without reading every other record (they may be parsed only when read)."""
 
@@ -59,19 +61,7 @@ class Replaced(Sequence[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.records)
 
-    @overload
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self.records)
+    def get(self, index: int) -> dict[str, Any]:
+        """The replacement at ``index`` if there is one, else the record there."""
         changed = self.changes.get(index)
         return self.records[index] if changed is None else changed
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self[i] for i in range(len(self.records)))

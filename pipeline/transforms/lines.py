@@ -120,7 +120,37 @@ def _lenient(value: object) -> object:
     raise TypeError(f"cannot store a {type(value).__name__}")
 
 
-class ParsedRecords(Sequence[dict[str, Any]]):
+class LazyRecords(Sequence[dict[str, Any]]):
+    """Records got one at a time by :meth:`get` (an index in range), indexed and sliced as a list is:
+    what the transforms are given in place of a list of every record (see :class:`ParsedRecords`)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def get(self, index: int) -> dict[str, Any]:
+        """The record at ``index`` (0 <= index < len)."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self.get(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.get(index)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self.get(i) for i in range(len(self)))
+
+
+class ParsedRecords(LazyRecords):
     """A block's valid records as :func:`parse_lines` parsed them (``added`` in those it re-serialised),
     parsed again from the block's lines when read, and kept once read.
 
@@ -138,24 +168,12 @@ class ParsedRecords(Sequence[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.offsets)
 
-    @overload
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self.offsets)
+    def get(self, index: int) -> dict[str, Any]:
+        """The record at ``index``, parsed from its line the first time it is read."""
         record = self.read.get(index)
         if record is None:
             record = self.read[index] = self._parse(self.offsets[index] - self.shift)
         return record
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self[i] for i in range(len(self.offsets)))
 
     def _parse(self, pos: int) -> dict[str, Any]:
         data = self.data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import pytest
 
 from pipeline.clock import FakeClock
 from pipeline.config import EnrichConfig
-from pipeline.runtime.committer import END, EndOfInput
 from pipeline.runtime.parse_pool import IN_BYTES, MIN_WORKER_BYTES, ParsePool
 from pipeline.runtime.tap import TapHub
 from pipeline.sources.base import LineBatch
@@ -22,6 +20,7 @@ from pipeline.transforms.plan import SourceRoute, TransformPlan
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.transform import RedactTransform
+from tests.unit.test_parse_pool import run_pool
 
 WALL = 1_795_000_000.0
 HOUR = 3600
@@ -78,20 +77,11 @@ def flatten(item: ProcessedBatch) -> tuple[dict[int, Flat], dict[str, Flat], lis
 
 
 async def through_pool(pool: ParsePool, batches: list[LineBatch]) -> list[ProcessedBatch]:
-    inbox: asyncio.Queue[LineBatch | EndOfInput] = asyncio.Queue()
-    outbox: asyncio.Queue[ProcessedBatch | EndOfInput] = asyncio.Queue()
-    for queued in batches:
-        inbox.put_nowait(queued)
-    inbox.put_nowait(END)
     pool.start()
     try:
-        await asyncio.wait_for(pool.run(inbox, outbox, lambda _: None), 60)
+        return await run_pool(pool, batches)
     finally:
         pool.close()
-    out = []
-    while not isinstance(done := outbox.get_nowait(), EndOfInput):
-        out.append(done)
-    return out
 
 
 def stats(proc: RecordProcessor) -> dict[str, Any]:

@@ -229,6 +229,8 @@ def test_an_idle_connection_is_closed_after_keepalive_timeout_and_others_go_on(l
         fresh = connect(port)
         fresh.send(["app.idle", T0, {"request_id": "after-idle"}, {"chunk": "i2"}])
         assert fresh.receive() == {"ack": "i2"}
+        # Acked is committed to the buffer; the file output delivers it at its next flush (a stop does not).
+        wait_for(lambda: len(layout.records()) >= 2, what="both records in the file output")
         assert daemon.stop() == 0
     assert sorted(r["request_id"] for r in layout.records()) == ["after-idle", "before-idle"]
 
@@ -283,6 +285,7 @@ def test_wrong_shared_key_is_refused_with_a_clear_log_line_and_the_right_one_acc
         assert right.receive() == {"ack": "a1"}
         metrics = layout.http("/metrics")[1].decode()
         assert 'logferry_source_network_refused_handshakes_total{source="fluent"} 1.0' in metrics
+        wait_for(lambda: len(layout.records()) >= 1, what="the authenticated record in the file output")
         assert daemon.stop() == 0
     assert [r["request_id"] for r in layout.records()] == ["authed"]
 

@@ -13,11 +13,14 @@ import zlib
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
 from pipeline.runtime.parse_pool import PACKAGE_ROOT, worker_env
 from pipeline.runtime.parse_worker import Channel, Done, Region, ResultArea
+from pipeline.transforms.cost.config import CostTransformConfig, Price
+from pipeline.transforms.cost.transform import CostTransform
 from pipeline.transforms.plan import SourceRoute, TransformPlan
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.transform import RedactTransform
@@ -54,6 +57,24 @@ def test_a_worker_given_a_redact_plan_loads_its_engine_but_not_pydantic_nor_the_
     assert "hyperscan" in loaded and "pipeline.transforms.redact.engine" in loaded
     assert not [name for name in loaded if name.startswith(HEAVY) and name != "subprocess"]
     assert "k3y" not in repr(redact.spec), "the key is never shown"
+
+
+def test_a_worker_given_a_cost_plan_prices_records_without_pydantic_nor_the_config() -> None:
+    price = Price(input=2.5, output=10.0)
+    cost = CostTransform("cost", CostTransformConfig(type="cost", aliases={"gpt": ["gpt-4o*"]}, prices={"gpt": price}))
+    plan = TransformPlan({"cost": cost}, {"agent": SourceRoute((), {"search": (3600, ("cost",))})})
+    record = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 1000, "completion_tokens": 100}}
+    probe = ("import pickle, sys, orjson, pipeline.runtime.parse_worker; plan = pickle.loads(sys.stdin.buffer.read()); "
+             f"record = {record!r}; cost = plan.transforms['cost']; "
+             "print(cost.apply([orjson.dumps(record) + b'\\n'], [record])[0][0].decode().strip()); "
+             "print(*sorted(sys.modules))")
+    out = subprocess.run([sys.executable, "-P", "-c", probe], env=worker_env(os.environ), cwd="/",
+                         input=pickle.dumps(plan), capture_output=True, check=True).stdout.decode().splitlines()
+    assert orjson.loads(out[0]) == {**record, "model_name": "gpt", "cost_usd": 0.0035}
+    assert orjson.loads(cost.apply([orjson.dumps(record) + b"\n"], [record])[0][0]) == orjson.loads(out[0])
+    loaded = set(out[1].split())
+    assert "pipeline.transforms.cost.transform" in loaded
+    assert not [name for name in loaded if name.startswith(HEAVY)]
 
 
 def test_the_channel_speaks_multiprocessing_connection_framing_both_ways() -> None:

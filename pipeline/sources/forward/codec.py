@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 
 from pipeline.transforms import packed
-from pipeline.transforms.packed import entry_ends
+from pipeline.transforms.packed import entry_ends, whole_objects
 from pipeline.transforms.packed import shape as _shape
 
 
@@ -138,22 +138,10 @@ def packed_entries(raw: bytes) -> list[int]:
     """
     ends = entry_ends(raw)
     if ends is None:
-        last = _whole_prefix(raw)
+        read, _ = whole_objects(raw)  # the ends of the objects before the fault
+        last = read[-1] if read else 0
         raise ProtocolError(f"bad PackedForward entries: cut short or not msgpack after {last} of {len(raw)} bytes")
     return ends
-
-
-def _whole_prefix(raw: bytes) -> int:
-    """How many bytes at the start of ``raw`` are whole msgpack objects."""
-    stream = msgpack.Unpacker(max_buffer_size=max(len(raw), 1))
-    stream.feed(raw)
-    end = 0
-    try:
-        while True:
-            stream.skip()
-            end = stream.tell()
-    except (msgpack.OutOfData, ValueError, msgpack.FormatError, msgpack.StackError):
-        return end
 
 
 def gunzip(raw: bytes, limit: int) -> bytes:
@@ -174,10 +162,3 @@ def gunzip(raw: bytes, limit: int) -> bytes:
         out.append(data)
         raw = member.unused_data
     return b"".join(out)
-
-
-def event_epoch(value: object) -> float | None:
-    """Epoch seconds of an entry's time (EventTime, decoded to a float, or an integer); None otherwise."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None

@@ -28,16 +28,16 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import msgpack
-import orjson
 
 from pipeline.deadletter import line_fields
 from pipeline.errors import ConfigError
 from pipeline.sources.base import Emit, LineBatch, SourceContext
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
-from pipeline.sources.forward.codec import Message, ProtocolError, decode, event_epoch, pack, unpacker
+from pipeline.sources.forward.codec import Message, ProtocolError, decode, pack, unpacker
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake
 from pipeline.transforms.enrich import iso_millis
+from pipeline.transforms.packed import stamped
 
 log = logging.getLogger("logferry.forward")
 READ_BYTES = 256 * 1024
@@ -285,31 +285,16 @@ class Connection:
                              None, on_commit=lambda: self._committed(chunk, count), journal=journal, packed=True,
                              dead_fields={"peer": self.peer})
         now = self.source.clock.time()
-        time_key = self.source.time_key
-        records: list[dict[Any, Any]] = []
-        dead: list[dict[str, Any]] = []
-        append = records.append
-        for index, (when, record) in enumerate(message.entries):  # per record: no calls in the common case
-            if type(record) is not dict:
-                dead.append(self._dead(key, index, record, "record is not a map", now))
-                continue
-            if time_key not in record:  # the decoded dict is ours: no copy
-                if type(when) is float:  # EventTime, decoded by the codec
-                    record[time_key] = when
-                elif (epoch := event_epoch(when)) is not None:
-                    record[time_key] = epoch
-            append(record)
+        bad: list[tuple[int, bytes, str]] = []
+        records = stamped(message.entries, self.source.time_key, bad)  # the rules of packed entries, too
+        dead = [self._dead(key, index, shown, reason, now) for index, shown, reason in bad]
         count = len(records)
         # The records go as dicts: the processor enriches and serialises them once (offsets: their indices).
         return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, len(message.entries), b"",
                          None, dead=dead, on_commit=lambda: self._committed(chunk, count), journal=journal,
                          records=records)
 
-    def _dead(self, key: str, index: int, record: object, reason: str, now: float) -> dict[str, Any]:
-        try:
-            shown = orjson.dumps(record, default=repr, option=orjson.OPT_NON_STR_KEYS)
-        except (TypeError, orjson.JSONEncodeError):
-            shown = repr(record).encode("utf-8", "replace")
+    def _dead(self, key: str, index: int, shown: bytes, reason: str, now: float) -> dict[str, Any]:
         return {"id": f"{self.source.name}:{key}:{index}", "time": iso_millis(now), "source": self.source.name,
                 "path": f"forward://{self.peer}", "peer": self.peer, "offset": index, "reason": reason,
                 **line_fields(shown)}

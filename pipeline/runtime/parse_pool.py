@@ -16,7 +16,10 @@ whose records span several time windows is split by the worker, one region per w
 
 A forward source's PackedForward chunk is a block too: its msgpack entries (framing checked by the
 source) are decoded, enriched and serialised by a worker as the loop would (the same functions:
-:mod:`pipeline.transforms.packed`), which takes most of a chunk's time off the loop.
+:mod:`pipeline.transforms.packed`), which takes most of a chunk's time off the loop. So is a
+kafka source's batch (one partition's messages, one per line): the worker gives each record's byte
+position, as for a file, and the loop puts the message's offset in its place. (Blocks parsed by a
+worker carry no ids for a kafka output, which then parses their records again: as for a file.)
 
 Transforms run in the workers too: each gets the :class:`~pipeline.transforms.plan.TransformPlan`
 pickled in its setup (a redact transform as its plain spec, the HMAC key read by the daemon at load
@@ -60,7 +63,7 @@ from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
 from pipeline.runtime.parse_worker import Done, Job, Setup
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.plan import TransformPlan
-from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
+from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup, line_offsets
 
 log = logging.getLogger("logferry.parse")
 # One block parsed while the next one waits in the worker's memory. One slot per worker measured ~10 %
@@ -220,7 +223,7 @@ class ParsePool:
         return future
 
     def _takes(self, batch: LineBatch) -> bool:
-        return ((batch.packed or (batch.records is None and batch.offsets is None))
+        return ((batch.packed or batch.records is None)
                 and MIN_WORKER_BYTES <= len(batch.data) <= IN_BYTES
                 and any(worker.alive for worker in self.workers))
 
@@ -264,12 +267,16 @@ class ParsePool:
         assert self._memory is not None
         batch = job.batch
         area = done.slot * self.slot_bytes + IN_BYTES
+        # A batch with its own offsets (a Kafka partition's messages): the worker gives byte positions.
+        where = line_offsets(batch) if batch.offsets is not None else None
         regions: list[tuple[bytes, list[int]]] = []
         for region in done.regions:
             at = area + region.start
             offsets = array("q")
             offsets.frombytes(self._memory[at + region.payload : at + region.payload + region.count * offsets.itemsize])
-            regions.append((self._memory[at : at + region.payload], offsets.tolist()))
+            positions = offsets.tolist()
+            regions.append((self._memory[at : at + region.payload],
+                            positions if where is None else [where[p] for p in positions]))
 
         def group(index: int) -> TimeGroup:
             payload, offsets_list = regions[index]
@@ -285,8 +292,8 @@ class ParsePool:
             if windows not in variants:
                 variants[windows] = {window: group(index) for window, index in windows}
             by_output[output] = variants[windows]
-        dead = [*batch.dead, *(self.processor.dead_entry(batch, offset, line, reason, job.now)
-                               for offset, line, reason in done.bad)]
+        dead = [*batch.dead, *(self.processor.dead_entry(batch, offset if where is None else where[offset], line,
+                                                         reason, job.now) for offset, line, reason in done.bad)]
         if route is not None:
             dead = self.processor.masked(route, dead)  # here, not in the worker: its counters are the daemon's
         return ProcessedBatch(batch, groups, dead, done.count, by_output)

@@ -158,13 +158,20 @@ class RecordProcessor:
         }
 
 
-def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, Any]]) -> list[int]:
-    """The batch's own per-line offsets in place of byte positions, in ``offsets`` and in ``dead``."""
+def line_offsets(batch: LineBatch) -> dict[int, int]:
+    """Where each line of a batch with its own ``offsets`` starts (``batch.start`` + its byte position, as the
+    parse gives it) → that line's offset in its source (e.g. a Kafka message's offset)."""
     assert batch.offsets is not None
     where, pos, find = {}, 0, batch.data.find
     for offset in batch.offsets:
         where[batch.start + pos] = offset
         pos = find(b"\n", pos) + 1
+    return where
+
+
+def _source_offsets(batch: LineBatch, offsets: list[int], dead: list[dict[str, Any]]) -> list[int]:
+    """The batch's own per-line offsets in place of byte positions, in ``offsets`` and in ``dead``."""
+    where = line_offsets(batch)
     for entry in dead:
         entry["offset"] = where[entry["offset"]]
         entry["id"] = f"{batch.source}:{batch.key}:{entry['offset']}"

@@ -26,14 +26,17 @@ pytestmark = pytest.mark.integration
 
 
 def write_source_config(layout: Layout, kafka: KafkaBroker | KafkaCluster, topic: str, group: str,
-                        output: dict[str, Any] | None = None, **source: Any) -> None:
-    """A kafka → file pipeline over ``layout`` (or kafka → ``output``)."""
+                        output: dict[str, Any] | None = None, *, parse_workers: int = 0, file_too: bool = False,
+                        **source: Any) -> None:
+    """A kafka → file pipeline over ``layout`` (or kafka → ``output``, and the file output too if ``file_too``)."""
+    buffer = {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 1.0}
+    file = {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"), "buffer": buffer}
     doc = {
         "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
+        "parse_workers": parse_workers,
         "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [topic], "group_id": group,
                             "tag": "ai.interactions", **source}},
-        "outputs": {"out": {**(output or {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl")}),
-                            "buffer": {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 1.0}}},
+        "outputs": {"out": {**(output or file), "buffer": buffer}, **({"file": file} if file_too else {})},
     }
     layout.config.write_text(render_toml(doc))
 
@@ -121,6 +124,37 @@ def test_bad_messages_are_dead_lettered_with_topic_partition_offset_and_committe
     [row] = status["partitions"]
     assert (row["topic"], row["partition"], row["committed"], row["lag"]) == (topic, 0, len(values), 0)
     assert f'logferry_kafka_consumer_lag{{partition="0",source="bus",topic="{topic}"}} 0.0' in metrics.decode()
+
+
+def test_parse_workers_take_the_messages_and_keep_their_offsets_for_ids_and_dead_letters(layout, daemon_factory,
+                                                                                         kafka, es_url):
+    topic, group = f"workers-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic)
+    index = f"kafkaworkers-{uuid.uuid4().hex[:6]}"
+    good = [line.rstrip(b"\n") for line in generator.lines(3000, max_chars=600)]  # blocks worth a worker's time
+    values = [*good[:1500], b"not json {", *good[1500:2200], b"[1, 2]", *good[2200:]]
+    delivered: dict[bytes, tuple[int, int]] = {}
+    produce(kafka, topic, values, delivered=delivered)
+    output = {"type": "elasticsearch", "hosts": [es_url], "index": index, "id_key": "", "install_template": False,
+              "request_timeout": 10.0, **access_for(es_url).output_options()}
+    write_source_config(layout, kafka, topic, group, output, parse_workers=2, file_too=True)
+    with dropping_indices(es_url) as use:
+        es = use(index)
+        with new_daemon(layout, daemon_factory) as daemon:
+            wait_for(partial(arrived_at_least, layout, len(good)), timeout=60, what="every good message in the file")
+            wait_for(lambda: es.count(f"{index}*") >= len(good), what="every good message in Elasticsearch")
+            wait_for(lambda: len(layout.dead_letters()) == 2, what="the two bad messages dead-lettered")
+            workers = orjson.loads(layout.http("/status")[1])["parse_workers"]
+            assert daemon.stop() == 0
+        ids = es.ids(index)
+    assert workers["blocks_in_workers"] >= 2, workers
+    Ledger.compare([generator.request_id(1, n) for n in range(len(good))], layout.records()).assert_exact()
+    expected_ids = {hashed_id(f"{topic}:0", delivered[v][1], orjson.loads(v)["timestamp"]) for v in good}
+    assert len(ids) == len(good) and set(ids) == expected_ids, "ids from (topic, partition, offset), as on the loop"
+    dead = {e["offset"]: e for e in layout.dead_letters()}
+    assert sorted(dead) == [1500, 2201], "a bad message's dead letter names its own offset"
+    assert dead[1500]["id"] == f"bus:{topic}:0:1500" and "invalid JSON" in dead[1500]["reason"]
+    assert dead[2201]["reason"] == "not a JSON object"
 
 
 def test_two_processes_in_one_group_one_killed_then_restarted_index_every_record_once(

@@ -208,6 +208,39 @@ async def test_a_block_spanning_windows_is_split_by_the_worker() -> None:
         assert all(g.crc == zlib.crc32(b"".join(g.lines)) for g in windows.values())
 
 
+def message_batch(lines: list[bytes], offsets: list[int]) -> LineBatch:
+    """A kafka source's batch: one partition's messages, one per line, with the messages' own offsets."""
+    data = b"\n".join([*lines, b""])
+    return LineBatch("bus", "ai.chat", "agents-1", "kafka://agents/1", offsets[0], offsets[-1] + 1, data, None,
+                     offsets=offsets)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_with_its_own_offsets_gets_them_from_the_worker_as_from_the_loop() -> None:
+    # Kafka offsets with gaps (a transaction's commit markers take offsets too), a bad message and two windows.
+    lines = [orjson.dumps({"n": n, "timestamp": WALL + 1800 * (n % 3)}) for n in range(3000)]
+    lines[1234] = b"not json"
+    offsets = [50_000 + 3 * n + (n // 1000) for n in range(3000)]
+
+    def batch() -> LineBatch:
+        return message_batch(lines, offsets)
+
+    expected = flatten(make_processor().process(batch()))
+    pool = ParsePool(make_processor(), 1)
+    pool.start()
+    try:
+        (got,) = await run_pool(pool, [batch()])
+    finally:
+        pool.close()
+    assert pool.blocks == 1, "the worker parsed it"
+    assert flatten(got) == expected
+    by_offset = {offset: orjson.loads(line)["n"] for windows in got.groups[HOUR].values()
+                 for line, offset in zip(b"".join(windows.lines).splitlines(), windows.offsets, strict=True)}
+    assert by_offset == {offsets[n]: n for n in range(3000) if n != 1234}, "each record keeps its message's offset"
+    (dead,) = got.dead
+    assert dead["offset"] == offsets[1234] and dead["id"] == f"bus:agents-1:{offsets[1234]}"
+
+
 @pytest.mark.asyncio
 async def test_the_workers_ignore_stop_signals_and_leave_when_told() -> None:
     pool = ParsePool(make_processor(), 1)

@@ -126,6 +126,31 @@ async def test_workers_run_the_transforms_and_give_the_loops_bytes_offsets_windo
 
 
 @pytest.mark.asyncio
+async def test_a_kafka_batch_keeps_its_message_offsets_in_every_variant_and_masked_dead_letter(tmp_path: Path) -> None:
+    key_file = tmp_path / "hmac.key"
+    key_file.write_bytes(b"s3cret-key\n")
+    route = SourceRoute((), {"search": (HOUR, ("cost", "pii")), "costed": (60, ("cost",))})
+    lines = block(2000).splitlines()  # records with secrets, bad lines, two windows: one message each
+    offsets = [7_000 + 2 * n + (n // 500) for n in range(len(lines))]  # with gaps, as transaction markers leave
+
+    def batch() -> LineBatch:
+        data = b"\n".join([*lines, b""])
+        return LineBatch("agent", "ai.chat", "agents:1", "kafka://agents/1", offsets[0], offsets[-1] + 1, data,
+                         None, offsets=offsets)
+
+    expected = flatten(processor(key_file, route).process(batch()))
+    got = await through_pool(pool := ParsePool(processor(key_file, route), 1), [batch()])
+
+    assert pool.blocks == 1, "the worker took it"
+    assert flatten(got[0]) == expected
+    groups, outputs, dead, _ = expected
+    taken = {o for windows in [*groups.values(), *outputs.values()] for _, offs in windows.values() for o in offs}
+    assert taken <= set(offsets) and len(outputs["search"]) == 2, "message offsets, in each variant's windows"
+    assert dead and {e["offset"] for e in dead} <= set(offsets), "a bad message's dead letter names its offset"
+    assert all(EMAIL not in str(entry) for entry in dead), "and is masked, as on the loop"
+
+
+@pytest.mark.asyncio
 async def test_when_every_output_has_its_own_chain_no_plain_groups_are_made(tmp_path: Path) -> None:
     key_file = tmp_path / "hmac.key"
     key_file.write_bytes(b"k")

@@ -113,8 +113,9 @@ def bench(root: Path, workload: Path, args: argparse.Namespace) -> list[dict[str
             kafka.create_topic(topic, partitions=3)
             output = {"type": "kafka", "brokers": [kafka.bootstrap], "topic": topic, "compression": args.compression,
                       "state_topic": "bench-state"}
+            buffer = {"chunk_limit_bytes": args.chunk_mib << 20} if args.chunk_mib else {}
             run = run_pipeline(root, workload, "fleet", output, lambda: group_cpu_seconds(pgid),
-                               workers=args.workers)
+                               workers=args.workers, buffer=buffer)
             run["committed"] = committed_records(kafka, topic, args.records)
             assert run["committed"] == args.records, f"{run['committed']} records in Kafka, expected {args.records}"
             kafka.create_topic(f"{topic}-plain", partitions=3)
@@ -132,6 +133,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compression", default="zstd", choices=["zstd", "lz4", "gzip", "none"])
     ap.add_argument("--workers", type=int, default=1, help="buffer.workers of the output")
+    ap.add_argument("--chunk-mib", type=int, default=0,
+                    help="buffer.chunk_limit_bytes of the output in MiB (0: its default): one chunk, one transaction")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     info = machine()

@@ -3,6 +3,7 @@
 
   .venv/bin/python benchmarks/kafka_source.py                 # 100,000 typical records, 3 runs
   .venv/bin/python benchmarks/kafka_source.py --records 20000 --runs 1
+  .venv/bin/python benchmarks/kafka_source.py --parse-workers 0,2     # each run: on the loop, then 2 workers
 
 A throw-away single-node Kafka 4.4.0 (tests/support/kafka.py: the cached Maven jars, KRaft,
 384 MB heap) on this machine. The workload is generated, then produced once (before any
@@ -18,7 +19,10 @@ Each run also times a plain client: this process's confluent-kafka consumer (a f
 read_committed, batches of 1,000) appending every message and a newline to a file, without
 fsync. That is what consuming alone costs here; the floor never talks to Kafka, and on a
 2-core machine the broker takes its share of the cores.
-Writes benchmarks/results/kafka-source-<records>-<max_chars>.json.
+With ``--parse-workers 0,2`` each run times one daemon per setting, in that order, next to the same
+floor and plain client (CPU and peak RSS then sum the daemon and its parse workers, and the peak
+with the pages they share counted once is given too).
+Writes benchmarks/results/kafka-source-<records>-<max_chars>[-workersN].json (N > 0).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from common import (
     machine,
     make_workload,
     peak_rss,
+    peak_rss_shared_once,
     print_client_runs,
     print_floor_runs,
     print_header,
@@ -102,7 +107,7 @@ def saved_ends(state: Path) -> int:
     return sum(int(f["offset"]) for f in files if str(f["path"]).startswith("kafka://"))
 
 
-def run_once(root: Path, kafka: KafkaBroker, run: int, records: int, pgid: int) -> dict[str, Any]:
+def run_once(root: Path, kafka: KafkaBroker, run: int, records: int, pgid: int, workers: int) -> dict[str, Any]:
     """A fresh daemon and consumer group over the whole topic, until every record is in the output file."""
     state, out = root / "state", root / "out"
     shutil.rmtree(state, ignore_errors=True)
@@ -111,10 +116,11 @@ def run_once(root: Path, kafka: KafkaBroker, run: int, records: int, pgid: int) 
     config = root / "logferry.toml"
     config.write_text(render_toml({
         "state_dir": state, "health": {"listen": "127.0.0.1:0"}, "enrich": {"tag_key": "tag"},
+        "parse_workers": workers,
         "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [TOPIC],
                             "group_id": f"bench-{run}-{time.time_ns()}", "tag": "ai.interactions"}},
         "outputs": {"debug": {"type": "file", "path": str(out / "%Y%m%d-%H.jsonl"),
-                              "buffer": {"flush_interval": 1.0, "total_limit_bytes": 1 << 30}}},
+                              "buffer": {"flush_interval": 0.2, "total_limit_bytes": 1 << 30}}},
     }))
     with DaemonProcess(config, root / f"daemon-{run}.log") as daemon:
         cpu0, server0 = cpu_seconds(daemon.pid), group_cpu_seconds(pgid)
@@ -126,11 +132,11 @@ def run_once(root: Path, kafka: KafkaBroker, run: int, records: int, pgid: int) 
             time.sleep(0.02)
         seconds = time.perf_counter() - daemon.ready
         cpu1, server1 = cpu_seconds(daemon.pid), group_cpu_seconds(pgid)
-        rss = peak_rss(daemon.pid)
+        rss, once = peak_rss(daemon.pid), peak_rss_shared_once(daemon.pid)
     written = count_lines(out)
     assert written == records, f"{written} records in the output, expected {records}"
     return {"seconds": seconds, "cpu_s": cpu1 - cpu0, "server_cpu_s": server1 - server0,
-            "peak_rss_mb": rss / 1e6, "rss_at_start_mb": rss_ready / 1e6}
+            "peak_rss_mb": rss / 1e6, "peak_rss_shared_once_mb": once / 1e6, "rss_at_start_mb": rss_ready / 1e6}
 
 
 def plain_client(kafka: KafkaBroker, out: Path, records: int, pgid: int) -> dict[str, float]:
@@ -159,7 +165,9 @@ def main() -> None:
     ap.add_argument("--max-chars", type=int, default=65536)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--parse-workers", default="0", help="comma-separated parse_workers settings to run, e.g. 0,2")
     args = ap.parse_args()
+    settings = [int(n) for n in args.parse_workers.split(",")]
     info = machine()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="logferry-kafka-source-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -167,7 +175,7 @@ def main() -> None:
     workload.unlink(missing_ok=True)
     make_workload(workload, args.records, args.max_chars)
     size = workload.stat().st_size
-    runs: list[dict[str, Any]] = []
+    runs: dict[int, list[dict[str, Any]]] = {workers: [] for workers in settings}
     with KafkaBroker() as kafka:
         pgid = kafka.pid
         assert pgid is not None
@@ -176,21 +184,29 @@ def main() -> None:
         for n in range(args.runs):
             floor = run_floor(workload, root / "floor.out")
             (root / "floor.out").unlink()
-            run = run_once(root, kafka, n, args.records, pgid)
+            daemons = {workers: run_once(root, kafka, n, args.records, pgid, workers) for workers in settings}
             client = plain_client(kafka, root / "plain.out", args.records, pgid)
             (root / "plain.out").unlink()
-            runs.append({"floor": floor, "logferry": run, "client": client,
-                         "ratio_to_floor": floor["seconds"] / run["seconds"]})
+            for workers, run in daemons.items():
+                runs[workers].append({"floor": floor, "logferry": run, "client": client, "parse_workers": workers,
+                                      "ratio_to_floor": floor["seconds"] / run["seconds"]})
     if args.workdir is None:  # a given one is kept, daemon logs included
         shutil.rmtree(root, ignore_errors=True)
-    report = {**info, "records": args.records, "max_chars": args.max_chars, "bytes": size, "runs": runs,
-              **floor_medians(runs, args.records)}
     print_header("kafka source: topic backlog → kafka source → file output, next to the floor", info)
     print(f"  workload: {args.records:,} records, {size / 1e6:.0f} MB, in {PARTITIONS} partitions (zstd); "
           f"local Kafka 4.4.0, one broker")
-    print_floor_runs(runs, args.records, report, server="Kafka")
-    report.update(print_client_runs(runs, args.records, "logferry (kafka → buffer → file)"))
-    write_results(f"kafka-source-{args.records}-{args.max_chars}", report)
+    for workers, series in runs.items():
+        report = {**info, "records": args.records, "max_chars": args.max_chars, "bytes": size,
+                  "parse_workers": workers, "runs": series, **floor_medians(series, args.records)}
+        print(f"\n  parse_workers = {workers}")
+        print_floor_runs(series, args.records, report, server="Kafka")
+        if workers:
+            once = sorted(run["logferry"]["peak_rss_shared_once_mb"] for run in series)
+            print(f"  peak RSS sums the daemon and its parse workers; with the pages they share counted once: "
+                  f"{once[len(once) // 2]:.0f} MB (median)")
+        report.update(print_client_runs(series, args.records, "logferry (kafka → buffer → file)"))
+        write_results(f"kafka-source-{args.records}-{args.max_chars}" + (f"-workers{workers}" if workers else ""),
+                      report)
 
 
 if __name__ == "__main__":

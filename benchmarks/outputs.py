@@ -87,10 +87,14 @@ def write_config(root: Path, workload: Path, name: str, output: dict[str, Any], 
 
 
 def run_pipeline(root: Path, workload: Path, name: str, output: dict[str, Any], server_cpu: Callable[[], float],
-                 env: dict[str, str] | None = None, workers: int = 1) -> dict[str, Any]:
-    """A fresh daemon over the backlog until every chunk is delivered: seconds, CPU of both sides, peak RSS."""
+                 env: dict[str, str] | None = None, workers: int = 1,
+                 buffer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fresh daemon over the backlog until every chunk is delivered: seconds, CPU of both sides, peak RSS.
+
+    ``buffer``: more of the output's buffer settings."""
     shutil.rmtree(root / "state", ignore_errors=True)
-    config = write_config(root, workload, name, output, {"total_limit_bytes": 1 << 30, "workers": workers})
+    config = write_config(root, workload, name, output,
+                          {"total_limit_bytes": 1 << 30, "workers": workers, **(buffer or {})})
     sizes = {str(workload): workload.stat().st_size}
     with DaemonProcess(config, root / f"daemon-{name}.log", env=env) as daemon:
         cpu0, server0 = cpu_seconds(daemon.pid), server_cpu()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,9 @@ from common import (
     write_results,
 )
 from confluent_kafka import Producer
+from kafka_clients import produce
 from outputs import run_pipeline
 
-from pipeline.outputs.kafka.encoder import RECORD_OVERHEAD
-from pipeline.outputs.kafka.output import MAX_BATCH_BYTES
 from tests.support.kafka import KafkaBroker, TopicReader
 
 #: Records per transaction of the plain client: a chunk of the workload's size holds about this many.
@@ -68,24 +66,7 @@ def committed_records(kafka: KafkaBroker, topic: str, expected: int) -> int:
 def plain_client(kafka: KafkaBroker, topic: str, workload: Path, compression: str, pgid: int) -> dict[str, float]:
     """The workload's lines produced by a bare transactional producer; wall time and CPU of this process."""
     lines = workload.read_bytes().splitlines()
-    producer = Producer({"bootstrap.servers": kafka.bootstrap, "transactional.id": f"plain-{topic}",
-                         "enable.idempotence": True, "acks": "all", "compression.type": compression, "linger.ms": 5,
-                         "batch.size": MAX_BATCH_BYTES - RECORD_OVERHEAD, "queue.buffering.max.kbytes": 256 * 1024})
-    producer.init_transactions(30)
-    server0, cpu0, start = group_cpu_seconds(pgid), time.process_time(), time.perf_counter()
-    for first in range(0, len(lines), CLIENT_TRANSACTION):
-        producer.begin_transaction()
-        for n, line in enumerate(lines[first:first + CLIENT_TRANSACTION], first):
-            headers: list[tuple[str, str | bytes | None]] = [("logferry-id", str(n).encode())]
-            while True:
-                try:
-                    producer.produce(topic, line, headers=headers)
-                    break
-                except BufferError:  # the local queue is full
-                    producer.poll(0.05)
-        producer.commit_transaction(30)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "cpu_s": time.process_time() - cpu0, "server_cpu_s": group_cpu_seconds(pgid) - server0}
+    return produce(kafka, topic, lines, {"compression.type": compression}, CLIENT_TRANSACTION, pgid)
 
 
 def warm_up(kafka: KafkaBroker) -> None:

@@ -13,6 +13,7 @@ from pipeline.deadletter import DeadLetterStore
 from pipeline.sources.base import SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
+from pipeline.sources.tail.generations import head_fingerprints
 from pipeline.sources.tail.heads import FP_BYTES, fingerprint
 from pipeline.sources.tail.reader import file_key
 from pipeline.sources.tail.source import TailSource
@@ -263,3 +264,46 @@ def test_at_start_a_copy_of_a_file_that_was_not_truncated_is_not_read(tmp_path: 
         assert sorted(opened(source)) == ["agent.log"]
     finally:
         close(source)
+
+
+def test_a_copy_renamed_while_it_is_looked_at_is_not_read_as_another_file_and_keeps_its_offset(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    """logrotate may shift agent.log.1 to agent.log.2 (and put a new file at .1) between the listing and the
+    open: the path then names another file, which must not be followed under the listed one's key (it was,
+    from its head: every line twice), and the copy's offset must be there for the next look."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = b"".join(b'{"n":%d,"pad":"%s"}\n' % (n, b"x" * 80) for n in range(40))
+    (logs / "agent.log").write_bytes(old)
+    clock = FakeClock(time.time())
+    source = tail_source(tmp_path, clock)
+    try:
+        source._discover()
+        (followed,) = source.files.values()
+        followed.offset = len(old)  # read to its end
+        # copytruncate: the copy, then the truncate and new lines.
+        (logs / "agent.log.1").write_bytes(old)
+        copy_key = file_key(os.stat(logs / "agent.log.1"))
+        (logs / "agent.log").write_bytes(b'{"n":100}\n')
+
+        def shifted_meanwhile(path: str, lengths: set[int]) -> dict[int, str]:
+            if path.endswith("agent.log.1") and not (logs / "agent.log.2").exists():
+                os.rename(logs / "agent.log.1", logs / "agent.log.2")
+                (logs / "agent.log.1").write_bytes(b'{"n":200,"other":"file"}\n' * 30)
+            return head_fingerprints(path, lengths)
+
+        monkeypatch.setattr("pipeline.sources.tail.source.head_fingerprints", shifted_meanwhile)
+        clock.advance(1)
+        source._discover()
+        for tf in source.files.values():
+            assert file_key(os.fstat(tf.fd)) == tf.key, f"{tf.path} followed under another file's key"
+        assert copy_key not in source.files
+
+        clock.advance(1)
+        source._discover()  # the next look: the copy at its new name, read past what the original gave
+        copy = source.files[copy_key]
+        assert Path(copy.path).name == "agent.log.2" and copy.offset == len(old)
+    finally:
+        for tf in source.files.values():
+            tf.close()

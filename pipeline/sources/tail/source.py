@@ -65,7 +65,7 @@ from pipeline.sources.tail.generations import (
 from pipeline.sources.tail.guard import CopyGuard
 from pipeline.sources.tail.heads import FP_BYTES, fingerprint
 from pipeline.sources.tail.pacing import HeldLines, ReadPacer
-from pipeline.sources.tail.reader import CachedReader, NotCached, ReadResult, TailedFile, read_step
+from pipeline.sources.tail.reader import CachedReader, NotCached, ReadResult, TailedFile, file_key, read_step
 from pipeline.sources.tail.watcher import Changes, DirectoryWatcher
 
 log = logging.getLogger("logferry.tail")
@@ -438,8 +438,10 @@ class TailSource:
             copied = next((k for k in self._copied if found_heads.get(k[1]) == k[0]), None)
             if copied is not None:
                 # copytruncate's copy: it holds what the original had before the truncate; read
-                # only past the point we had read the original to.
-                self._open(key, found.path, rotated=True, offset=self._copied.pop(copied))
+                # only past the point we had read the original to. Kept until the copy is open: if
+                # logrotate renamed it meanwhile, the next look finds it and needs that offset still.
+                if self._open(key, found.path, rotated=True, offset=self._copied[copied]):
+                    del self._copied[copied]
             elif found.ctime >= since - 1.0 and not any(
                 found_heads.get(n) == fp and found.size <= size for fp, n, size in tracked
             ):
@@ -526,19 +528,27 @@ class TailSource:
         tf.fp, tf.fp_len = fingerprint(tf.fd, FP_BYTES)
         return size
 
-    def _open(self, key: str, path: str, rotated: bool = False, offset: int | None = None) -> None:
+    def _open(self, key: str, path: str, rotated: bool = False, offset: int | None = None) -> bool:
+        """Follow the file ``key`` at ``path``; False if it cannot be now (the next look decides again)."""
         if len(self.files) >= self.config.max_open_files and not self._park_idlest():
             if path not in self._waiting:
                 self._waiting.add(path)
                 log.warning("max_open_files reached source=%s: %s waits for a free descriptor", self.name, path)
-            return
+            return False
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except PermissionError:
             self._report_unreadable(path)
-            return
+            return False
         except OSError:
-            return  # gone between listing and open; the next rescan decides
+            return False  # gone between listing and open; the next rescan decides
+        if file_key(os.fstat(fd)) != key:
+            # Renamed between the listing and the open (logrotate shifting .1 to .2 while a copy
+            # takes .1): the path names another file now, which must not be read as this one (it
+            # was, from its head: every line of a copy twice). The next look, soon, finds both.
+            os.close(fd)
+            self._rescan_requested = True
+            return False
         self._unreadable.discard(path)
         self._waiting.discard(path)
         tf = TailedFile(self.name, key, path, fd, 0, rotated=rotated)
@@ -549,6 +559,7 @@ class TailSource:
         self._dirty.add(key)
         what = "finishing rotated file" if rotated else "following file"
         log.info("%s source=%s path=%s offset=%d", what, self.name, path, tf.offset)
+        return True
 
     def _start_offset(self, tf: TailedFile) -> int:
         """Where to start reading a newly opened file: its parked or saved position, else its head.

@@ -208,10 +208,10 @@ async def test_a_block_spanning_windows_is_split_by_the_worker() -> None:
         assert all(g.crc == zlib.crc32(b"".join(g.lines)) for g in windows.values())
 
 
-def message_batch(lines: list[bytes], offsets: list[int]) -> LineBatch:
+def message_batch(lines: list[bytes], offsets: list[int], source: str = "bus") -> LineBatch:
     """A kafka source's batch: one partition's messages, one per line, with the messages' own offsets."""
     data = b"\n".join([*lines, b""])
-    return LineBatch("bus", "ai.chat", "agents-1", "kafka://agents/1", offsets[0], offsets[-1] + 1, data, None,
+    return LineBatch(source, "ai.chat", "agents-1", "kafka://agents/1", offsets[0], offsets[-1] + 1, data, None,
                      offsets=offsets)
 
 

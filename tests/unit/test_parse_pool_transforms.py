@@ -20,7 +20,7 @@ from pipeline.transforms.plan import SourceRoute, TransformPlan
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor, TimeGroup
 from pipeline.transforms.redact.config import RedactTransformConfig
 from pipeline.transforms.redact.transform import RedactTransform
-from tests.unit.test_parse_pool import run_pool
+from tests.unit.test_parse_pool import message_batch, run_pool
 
 WALL = 1_795_000_000.0
 HOUR = 3600
@@ -133,13 +133,8 @@ async def test_a_kafka_batch_keeps_its_message_offsets_in_every_variant_and_mask
     lines = block(2000).splitlines()  # records with secrets, bad lines, two windows: one message each
     offsets = [7_000 + 2 * n + (n // 500) for n in range(len(lines))]  # with gaps, as transaction markers leave
 
-    def batch() -> LineBatch:
-        data = b"\n".join([*lines, b""])
-        return LineBatch("agent", "ai.chat", "agents:1", "kafka://agents/1", offsets[0], offsets[-1] + 1, data,
-                         None, offsets=offsets)
-
-    expected = flatten(processor(key_file, route).process(batch()))
-    got = await through_pool(pool := ParsePool(processor(key_file, route), 1), [batch()])
+    expected = flatten(processor(key_file, route).process(message_batch(lines, offsets, "agent")))
+    got = await through_pool(pool := ParsePool(processor(key_file, route), 1), [message_batch(lines, offsets, "agent")])
 
     assert pool.blocks == 1, "the worker took it"
     assert flatten(got[0]) == expected

@@ -59,7 +59,7 @@ from typing import Any
 from pipeline.errors import LogferryError
 from pipeline.processes import reap
 from pipeline.runtime.committer import END, EndOfInput
-from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
+from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD, TRIM_THRESHOLD
 from pipeline.runtime.parse_worker import Done, Job, Setup
 from pipeline.sources.base import LineBatch
 from pipeline.transforms.plan import TransformPlan
@@ -336,6 +336,7 @@ def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
     env = {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, environ.get("PYTHONPATH")]))}
     env.setdefault("MALLOC_ARENA_MAX", str(ARENAS))
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))  # each block's results reuse the heap
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(TRIM_THRESHOLD))  # ... without faulting it in again
     return env
 
 

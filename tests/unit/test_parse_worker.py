@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD
+from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD, TRIM_THRESHOLD
 from pipeline.runtime.parse_pool import PACKAGE_ROOT, worker_env
 from pipeline.runtime.parse_worker import Channel, Done, Region, ResultArea
 from pipeline.transforms.cost.config import CostTransformConfig, Price
@@ -123,7 +123,19 @@ def test_the_result_area_writes_records_then_offsets_with_their_crc() -> None:
 def test_the_worker_environment_carries_the_malloc_settings_unless_set() -> None:
     env = worker_env({"PATH": "/bin", "PYTHONPATH": "/elsewhere"})
     assert env["PYTHONPATH"] == os.pathsep.join([PACKAGE_ROOT, "/elsewhere"])
-    assert (env["MALLOC_ARENA_MAX"], env["MALLOC_MMAP_THRESHOLD_"]) == (str(ARENAS), str(MMAP_THRESHOLD))
+    assert (env["MALLOC_ARENA_MAX"], env["MALLOC_MMAP_THRESHOLD_"], env["MALLOC_TRIM_THRESHOLD_"]) == (
+        str(ARENAS), str(MMAP_THRESHOLD), str(TRIM_THRESHOLD))
     assert env["PATH"] == "/bin"
     assert worker_env({"MALLOC_ARENA_MAX": "1"})["MALLOC_ARENA_MAX"] == "1"  # the operator's word wins
     assert worker_env({})["PYTHONPATH"] == PACKAGE_ROOT
+
+
+def test_the_daemon_applies_the_malloc_settings_the_environment_leaves_unset() -> None:
+    probe = "from pipeline.runtime.memory import tune_malloc; print(','.join(tune_malloc()))"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    applied = subprocess.run([sys.executable, "-c", probe], env=clean, cwd=PACKAGE_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert applied == "MALLOC_ARENA_MAX,MALLOC_MMAP_THRESHOLD_,MALLOC_TRIM_THRESHOLD_"
+    operator = subprocess.run([sys.executable, "-c", probe], env={**clean, "MALLOC_TRIM_THRESHOLD_": "131072"},
+                              cwd=PACKAGE_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert operator == "MALLOC_ARENA_MAX,MALLOC_MMAP_THRESHOLD_"  # the operator's setting is left as it is

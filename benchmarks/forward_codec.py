@@ -79,15 +79,15 @@ def whole(message: bytes) -> object:
 
 def slow(raw: bytes) -> list[Any]:
     """The entries decoded by msgpack alone, one by one (the fallback of pipeline/transforms/packed.py)."""
-    ends = entries.entry_ends(raw)
-    assert ends is not None
+    ends, whole = entries.whole_objects(raw)
+    assert whole
     return entries._msgpack_entries(raw, ends, [])
 
 
 def fast(raw: bytes) -> list[Any] | None:
     """The entries counted by msgpack's skip and decoded by ormsgpack as one array."""
-    ends = entries.entry_ends(raw)
-    assert ends is not None
+    ends, whole = entries.whole_objects(raw)
+    assert whole
     return entries._ormsgpack_entries(raw, len(ends))
 
 
@@ -117,7 +117,7 @@ def main() -> None:
     stages: dict[str, tuple[Callable[[Any], object], list[Any]]] = {
         "entries: msgpack per entry (fallback)": (lambda c: slow(c[0]), packed),
         "entries: unpack_records (count + ormsgpack)": (lambda c: entries.unpack_records(c[0], "timestamp"), packed),
-        "entries:   its count (msgpack skip)": (lambda c: entries.entry_ends(c[0]), packed),
+        "entries:   its count (msgpack skip)": (lambda c: entries.whole_objects(c[0]), packed),
         "entries: ormsgpack trusting size (rejected)": (lambda c: trusting_size(*c), packed),
         "Forward mode: msgpack streaming Unpacker": (streamed, forward),
         "Forward mode: skip + ormsgpack": (whole, forward),

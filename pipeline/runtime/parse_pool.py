@@ -296,6 +296,8 @@ class ParsePool:
                                                          reason, job.now) for offset, line, reason in done.bad)]
         if route is not None:
             dead = self.processor.masked(route, dead)  # here, not in the worker: its counters are the daemon's
+        if batch.packed:  # the entries the worker found, stored and dead-lettered, as the processor counts them
+            batch.end = batch.start + done.count + len(done.bad)
         return ProcessedBatch(batch, groups, dead, done.count, by_output)
 
     def _worker_gone(self, worker: Worker, exc: BaseException) -> None:

@@ -46,8 +46,9 @@ class LineBatch:
     # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of
     # ``data``; their offsets are their indices in the batch. Set to None once processed.
     records: list[dict[Any, Any]] | None = None
-    # ``data`` holds msgpack [time, record] entries (forward's PackedForward, whole objects checked by the
-    # source) rather than lines: decoded where the records are processed (pipeline/transforms/packed.py).
+    # ``data`` holds msgpack [time, record] entries (forward's PackedForward, as the client sent them) rather
+    # than lines: framed and decoded where the records are processed (pipeline/transforms/packed.py), which
+    # then sets ``end`` to the entries found (stored and dead-lettered).
     packed: bool = False
     dead_fields: dict[str, Any] | None = None  # added to each dead letter of the batch (forward: the peer)
 

@@ -1,12 +1,12 @@
 """Packed entries to records: a msgpack stream of ``[time, record]`` entries (Forward's PackedForward).
 
-A forward source checks a stream's framing on the event loop (:func:`entry_count`: whole msgpack
-objects and nothing else, without building them) and hands the stream on undecoded; it is decoded
-where the records are processed, in a parse worker or on the loop, by :func:`unpack_records`. Both
-give the same records, offsets and bad entries, so a chunk resent after a crash gets the same ids
-whichever way it went. An entry that does not decode or is not ``[time, record]`` with a map is one
-bad entry (dead-lettered with its reason) and its neighbours are stored: the client gets its ack
-and does not resend a chunk that can never be stored.
+A forward source hands the stream on undecoded, not even framed: it is framed and decoded where the
+records are processed, in a parse worker or on the loop, by :func:`unpack_records`. Both give the same
+records, offsets and bad entries, so a chunk resent after a crash gets the same ids whichever way it
+went. An entry that does not decode or is not ``[time, record]`` with a map is one bad entry
+(dead-lettered with its reason) and its neighbours are stored; bytes after the last whole entry (an
+entry cut short, a byte that is not msgpack) are one more bad entry. Either way the client gets its
+ack and does not resend a chunk that can never be stored.
 
 Imports only msgpack and ormsgpack (and orjson to show a bad record): a parse worker loads this
 module with its first packed block.
@@ -72,26 +72,21 @@ def whole_objects(raw: bytes) -> tuple[list[int], bool]:
     return ends, (ends[-1] if ends else 0) == len(raw)
 
 
-def entry_ends(raw: bytes) -> list[int] | None:
-    """Where each whole msgpack object in ``raw`` ends, if ``raw`` is nothing but whole objects, at most
-    as many as an array can count (else None)."""
-    ends, whole = whole_objects(raw)
-    return ends if whole and len(ends) <= 0xFFFFFFFF else None
-
-
 def unpack_records(raw: bytes, time_key: str) -> tuple[list[dict[Any, Any]], list[tuple[int, bytes, str]]]:
     """The maps of ``raw``'s entries, each given its entry's time under ``time_key`` unless it has one,
-    and the bad entries as (entry index, what to show, reason). ``raw`` must be whole objects (the
-    forward source checks it with :func:`entry_ends`).
+    and the bad entries as (entry index, what to show, reason). Bytes after the last whole msgpack
+    object (cut short, or not msgpack) are one bad entry, indexed after the whole ones.
 
-    The entries are counted here again, not taken from the source's count: ormsgpack decodes an array
-    of that count and ignores any bytes after it, so a count that was wrong would drop records unseen.
+    The entries are counted here, not taken from the client's ``size``: ormsgpack decodes an array of
+    that count and ignores any bytes after it, so a count that was wrong would drop records unseen.
     """
-    ends = entry_ends(raw)
-    if ends is None:
-        raise ValueError("not a stream of whole msgpack objects")
-    entries = _ormsgpack_entries(raw, len(ends))
+    ends, whole = whole_objects(raw)
     bad: list[tuple[int, bytes, str]] = []
+    if not whole:
+        last = ends[-1] if ends else 0
+        bad.append((len(ends), raw[last:], f"bad PackedForward entries: cut short or not msgpack after {last} "
+                                           f"of {len(raw)} bytes"))
+    entries = _ormsgpack_entries(raw, len(ends))
     if entries is None:
         entries = _msgpack_entries(raw, ends, bad)
     records = stamped(entries, time_key, bad)

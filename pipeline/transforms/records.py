@@ -144,6 +144,7 @@ class RecordProcessor:
         if batch.packed:
             records, bad = unpack_records(batch.data, self.time_key)
             dead = [self.dead_entry(batch, index, shown, reason, now) for index, shown, reason in bad]
+            batch.end = batch.start + len(records) + len(bad)  # the entries found: the source counts them
         else:
             records, batch.records = batch.records or [], None
         done = serialise_records(records, added, self.time_key, now, kept)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import logging
 import socket
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 T0 = 1_795_000_000  # an event time well in the past of the test run, so a time key can't be the ingest time
 ARRAY_KEYED: dict[Any, Any] = {(1, 2): "x"}  # packs as a map keyed by an array, which no receiver can decode
+TAIL = b"\xc1" + msgpack.packb([T0, {"request_id": "after-the-fault"}])  # 0xc1 is never valid msgpack
 
 
 @pytest.fixture
@@ -142,6 +144,8 @@ def test_packed_chunks_are_stored_once_across_kill_9_and_bad_entries_dead_letter
             entries[10] = msgpack.packb([T0, "just a string"])
             entries[20] = msgpack.packb([T0, ARRAY_KEYED])
             entries[30] = msgpack.packb([T0, {"request_id": "three"}, "extra"])
+        if n == 6:  # bytes after the last whole entry: stored up to them, the rest one dead letter
+            entries.append(TAIL)
         return [f"app.packed{n}", b"".join(entries), {"chunk": f"packed-{n}", "size": per_chunk}]
 
     daemon = wait_listening(new_daemon(layout, daemon_factory).start())
@@ -166,12 +170,15 @@ def test_packed_chunks_are_stored_once_across_kill_9_and_bad_entries_dead_letter
     assert set(stored) == want and max(stored.values()) == 1, stored.most_common(3)
     record = by_id(layout)["c3-7"]
     assert record["timestamp"] == pytest.approx(T0 + 7e-9) and record["tag"] == "app.packed3"
-    letters = sorted(layout.dead_letters(), key=lambda e: e["offset"])
+    letters = sorted(layout.dead_letters(), key=lambda e: (e["id"], e["offset"]))
     peer = client.sock.getsockname()
     assert [(e["offset"], e["id"], e["peer"].split(":")[0]) for e in letters] == [
-        (i, f"fluent:packed-2:{i}", peer[0]) for _, i in sorted(bad)]
-    reasons = ["record is not a map", "entry cannot be decoded: ", "an entry must be [time, record], got list"]
+        *((i, f"fluent:packed-2:{i}", peer[0]) for _, i in sorted(bad)), (per_chunk, "fluent:packed-6:300", peer[0])]
+    size = len(chunk(6)[1])
+    reasons = ["record is not a map", "entry cannot be decoded: ", "an entry must be [time, record], got list",
+               f"bad PackedForward entries: cut short or not msgpack after {size - len(TAIL)} of {size} bytes"]
     assert all(e["reason"].startswith(r) for e, r in zip(letters, reasons, strict=True)), letters
+    assert base64.b64decode(letters[-1]["line_base64"]) == TAIL
 
 
 def status(layout: Layout) -> dict[str, Any]:
@@ -179,8 +186,7 @@ def status(layout: Layout) -> dict[str, Any]:
     return snapshot
 
 
-@pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb", "array-key",
-                                 "packed-not-msgpack"])
+@pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb", "array-key"])
 def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, daemon_factory, connect, bad):
     port = free_port()
     forward_config(layout, port, source={"message_limit_bytes": 4096, "chunk_limit_bytes": 8192})
@@ -201,8 +207,6 @@ def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, dae
             evil.send({"hello": "world"})
         elif bad == "array-key":  # a map keyed by an array: msgpack cannot give it as a dict
             evil.send(["app.key", T0, ARRAY_KEYED])
-        elif bad == "packed-not-msgpack":  # entries that are not whole msgpack objects: nothing to dead-letter
-            evil.send(["app.key", packed([(T0, {"request_id": "cut"})]) + b"\xc1", {"chunk": "k"}])
         else:
             evil.send(["app.bomb", gzip.compress(packed([(T0, {"x": "0" * 100_000})])), {"compressed": "gzip"}])
         assert evil.closed_by_server()

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
-from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip, packed_entries
+from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake, client_ping
-from pipeline.transforms.packed import _msgpack_entries, _ormsgpack_entries, entry_ends, unpack_records
+from pipeline.transforms.packed import _msgpack_entries, _ormsgpack_entries, unpack_records, whole_objects
 
 
 def roundtrip(message: object) -> object:
@@ -35,17 +35,15 @@ def test_each_mode_decodes_to_tag_entries_and_chunk() -> None:
     first, second = msgpack.packb([1, {"k": 1}]), msgpack.packb([2, "not a map"])
     raw = first + second
     packed = decode(roundtrip(["c", raw, {"size": 2}]), 1 << 20)
-    assert (packed.packed, packed.ends, packed.entries) == (raw, [len(first), len(raw)], [])  # decoded where processed
+    assert (packed.packed, packed.entries) == (raw, [])  # framed and decoded where processed
     zipped = decode(roundtrip(["d", gzip.compress(raw), {"compressed": "gzip"}]), 1 << 20)
-    assert (zipped.packed, zipped.ends) == (raw, [len(first), len(raw)])
+    assert zipped.packed == raw
     assert unpack_records(raw, "time") == ([{"k": 1, "time": 1.0}], [(1, b'"not a map"', "record is not a map")])
 
 
 @pytest.mark.parametrize("bad", [
     {"not": "an array"}, ["tag-only"], [1, 2, {}], ["t", [[1]]], ["t", 1, {"k": 1}, "option"],
-    ["t", b"\x92\x01"],  # PackedForward cut short
     ["t", 1, {"k": 1}, {"chunk": 5}],
-    ["t", b"\x92\x01\xc1"],  # PackedForward holding a byte that is no msgpack
 ])
 def test_malformed_messages_are_protocol_errors(bad: object) -> None:
     with pytest.raises(ProtocolError):
@@ -213,8 +211,8 @@ def _by_rules(raw: bytes, time_key: str) -> tuple[list[dict[object, object]], li
 def test_packed_entries_decode_to_what_msgpack_alone_gives_and_store_the_same_bytes(
         entries: list[tuple[object, object]], single_float: bool) -> None:
     raw = _packed(entries, single_float)
-    ends = entry_ends(raw)
-    assert ends is not None and len(ends) == len(entries)
+    ends, whole = whole_objects(raw)
+    assert whole and len(ends) == len(entries)
     fast = _ormsgpack_entries(raw, len(ends))
     if fast is not None:  # else unpack_records takes msgpack's
         assert repr(fast) == repr(_msgpack_entries(raw, ends, []))  # repr: True is not 1, 1.0 is not 1, key order
@@ -249,8 +247,8 @@ def test_typical_records_take_ormsgpack_and_the_rest_falls_back_to_msgpack() -> 
                               "tags": ["a", None, True, 1.5], "blob": b"\xff\x00"}),
                        (1_700_000_000, {"latency_ms": 123.4, "nested": {"deeper": {"k": -1}}}), (1, "not a map")],
                       False)
-    ends = entry_ends(typical)
-    assert ends is not None and _ormsgpack_entries(typical, len(ends)) == _msgpack_entries(typical, ends, [])
+    ends, whole = whole_objects(typical)
+    assert whole and _ormsgpack_entries(typical, len(ends)) == _msgpack_entries(typical, ends, [])
     odd = {
         "non-str key": msgpack.packb([1, {"a": {7: "x"}}]),
         "bin key": msgpack.packb([1, {b"k": 1}]),
@@ -270,11 +268,27 @@ def test_typical_records_take_ormsgpack_and_the_rest_falls_back_to_msgpack() -> 
     msgpack.packb([1, {"a": 1}]) + b"\xc1",  # a byte that is no msgpack
     b"\x92\x01" + b"\x91" * 5000 + b"\x01",  # nested deeper than msgpack's stack
 ])
-def test_a_packed_stream_that_is_not_whole_msgpack_objects_closes_the_connection(raw: bytes) -> None:
-    with pytest.raises(ProtocolError, match="bad PackedForward entries"):
-        packed_entries(raw)
-    with pytest.raises(ProtocolError):
-        decode(["t", raw], 1 << 20)
+def test_a_packed_stream_that_is_not_whole_msgpack_objects_is_stored_up_to_the_fault_and_the_rest_dead_lettered(
+        raw: bytes) -> None:
+    """The source does not frame a chunk on the loop: the whole entries before the fault are stored, the
+    bytes from there are one dead letter (the entry after the last whole one), and the chunk is acked."""
+    from pipeline.sources.base import LineBatch
+
+    message = decode(["t", raw, {"chunk": "k"}], 1 << 20)
+    assert message.packed == raw and message.chunk == "k"
+    first = len(msgpack.packb([1, {"a": 1}]))
+    whole = 1 if raw.startswith(msgpack.packb([1, {"a": 1}])) else 0
+    records, bad = unpack_records(raw, "t")
+    assert records == [{"a": 1, "t": 1.0}][:whole]
+    ((index, shown, reason),) = bad
+    last = first if whole else 0
+    assert (index, shown) == (whole, raw[last:])
+    assert reason == f"bad PackedForward entries: cut short or not msgpack after {last} of {len(raw)} bytes"
+    batch = LineBatch("fwd", "app", "c", "forward://p", 0, 0, raw, None, packed=True, dead_fields={"peer": "p"})
+    done = _processor().process(batch)
+    assert batch.end == whole + 1 and done.records == whole  # the source counts the entries found
+    (letter,) = done.dead
+    assert (letter["offset"], letter["id"], letter["reason"]) == (whole, f"fwd:c:{whole}", reason)
 
 
 @pytest.mark.parametrize(("entry", "reason"), [
@@ -287,7 +301,8 @@ def test_a_packed_stream_that_is_not_whole_msgpack_objects_closes_the_connection
 ])
 def test_a_bad_entry_is_dead_lettered_with_its_index_and_its_neighbours_are_stored(entry: bytes, reason: str) -> None:
     raw = msgpack.packb([1, {"n": 0}]) + entry + msgpack.packb([2, {"n": 2}])
-    assert packed_entries(raw)  # whole objects: the source takes the chunk
+    assert whole_objects(raw) == ([len(raw) - len(msgpack.packb([2, {"n": 2}])) - len(entry), len(raw) - len(
+        msgpack.packb([2, {"n": 2}])), len(raw)], True)  # whole objects: no framing fault
     records, bad = unpack_records(raw, "t")
     assert records == [{"n": 0, "t": 1.0}, {"n": 2, "t": 2.0}]
     ((index, _, why),) = bad
@@ -304,5 +319,5 @@ def test_the_size_option_is_not_trusted(option: dict[str, object]) -> None:
     first = msgpack.packb([1, {"a": 1}])
     raw = first + msgpack.packb([2, {"b": b"\x00"}])
     message = decode(roundtrip(["t", raw, option]), 1 << 20)
-    assert message.ends == [len(first), len(raw)] and unpack_records(message.packed or b"", "t")[0] == [
+    assert message.packed == raw and unpack_records(message.packed or b"", "t")[0] == [
         {"a": 1, "t": 1.0}, {"b": b"\x00", "t": 2.0}]

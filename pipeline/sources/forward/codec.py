@@ -12,9 +12,9 @@ seconds and uint32 nanoseconds). ``option`` may hold ``chunk`` (the client wants
 ``{"ack": chunk}`` once the records are stored), ``size`` (entries, informational) and
 ``compressed``. msgpack libraries do all the decoding; this module only checks shapes.
 
-PackedForward entries, where nearly all the bytes are, are only checked for framing here
-(:func:`packed_entries`) and decoded where the records are processed: in a parse worker when
-``parse_workers`` is set, else on the loop (:mod:`pipeline.transforms.packed`).
+PackedForward entries, where nearly all the bytes are, are not looked at here: they are framed and
+decoded where the records are processed, in a parse worker when ``parse_workers`` is set, else on the
+loop (:mod:`pipeline.transforms.packed`), and what is not whole entries is dead-lettered there.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 import msgpack
 
 from pipeline.transforms import packed
-from pipeline.transforms.packed import entry_ends, whole_objects
 from pipeline.transforms.packed import shape as _shape
 
 
@@ -67,8 +66,8 @@ def unpacker(limit: int) -> msgpack.Unpacker:
 class Message:
     """One decoded message: its tag, entries (time, record) and options.
 
-    A PackedForward message keeps its entries as the msgpack stream (``packed``, undecoded, whole
-    objects ending at ``ends``) and ``entries`` is empty.
+    A PackedForward message keeps its entries as the msgpack stream (``packed``, undecoded) and
+    ``entries`` is empty.
     """
 
     tag: str
@@ -76,7 +75,6 @@ class Message:
     chunk: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     packed: bytes | None = None
-    ends: list[int] = field(default_factory=list)
 
 
 def decode(obj: object, chunk_limit: int) -> Message:
@@ -94,7 +92,7 @@ def decode(obj: object, chunk_limit: int) -> Message:
             raw = gunzip(raw, chunk_limit)
         elif len(raw) > chunk_limit:
             raise TooLarge(f"chunk of {len(raw)} bytes exceeds chunk_limit_bytes = {chunk_limit}")
-        return _message(tag, [], options, raw, packed_entries(raw))
+        return _message(tag, [], options, raw)
     else:  # Message
         if len(obj) < 3:
             raise ProtocolError("Message mode needs [tag, time, record]")
@@ -103,12 +101,12 @@ def decode(obj: object, chunk_limit: int) -> Message:
     return _message(tag, entries, options)
 
 
-def _message(tag: str, entries: list[tuple[object, object]], options: dict[str, Any], raw: bytes | None = None,
-             ends: list[int] | None = None) -> Message:
+def _message(tag: str, entries: list[tuple[object, object]], options: dict[str, Any],
+             raw: bytes | None = None) -> Message:
     chunk = options.get("chunk")
     if chunk is not None and not isinstance(chunk, str):
         raise ProtocolError(f"option chunk must be a string, got {_shape(chunk)}")
-    return Message(tag, entries, chunk, options, raw, ends or [])
+    return Message(tag, entries, chunk, options, raw)
 
 
 def _options(obj: list[Any] | tuple[Any, ...], index: int) -> dict[str, Any]:
@@ -124,24 +122,6 @@ def _entry(entry: object) -> tuple[object, object]:
     if not isinstance(entry, list | tuple) or len(entry) != 2:
         raise ProtocolError(f"an entry must be [time, record], got {_shape(entry)}")
     return entry[0], entry[1]
-
-
-def packed_entries(raw: bytes) -> list[int]:
-    """Where each entry of a PackedForward stream ends; ``ProtocolError`` unless it is whole msgpack objects.
-
-    Only the framing is checked here, on the event loop, without building the records: they are
-    decoded where they are processed (:mod:`pipeline.transforms.packed`), and an entry that is whole
-    msgpack but no ``[time, record]`` map is dead-lettered there, its neighbours stored.
-
-    >>> packed_entries(bytes.fromhex("92 01 81 a1 6b a1 76  92 02 81 01 c3"))
-    [7, 12]
-    """
-    ends = entry_ends(raw)
-    if ends is None:
-        read, _ = whole_objects(raw)  # the ends of the objects before the fault
-        last = read[-1] if read else 0
-        raise ProtocolError(f"bad PackedForward entries: cut short or not msgpack after {last} of {len(raw)} bytes")
-    return ends
 
 
 def gunzip(raw: bytes, limit: int) -> bytes:

@@ -279,11 +279,12 @@ class Connection:
         chunk = message.chunk
         journal = None if chunk is None else (self.source.journal, chunk)
         if message.packed is not None:
-            # Undecoded: the processor (or a parse worker) decodes it, and dead-letters a bad entry with the peer.
-            count = len(message.ends)
-            return LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, count, message.packed,
-                             None, on_commit=lambda: self._committed(chunk, count), journal=journal, packed=True,
-                             dead_fields={"peer": self.peer})
+            # Undecoded: the processor (or a parse worker) frames and decodes it, dead-letters a bad entry with
+            # the peer, and sets ``end`` to the entries it found (stored and dead-lettered) before the commit.
+            batch = LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, 0, message.packed,
+                              None, journal=journal, packed=True, dead_fields={"peer": self.peer})
+            batch.on_commit = lambda: self._committed(chunk, batch.end)
+            return batch
         now = self.source.clock.time()
         bad: list[tuple[int, bytes, str]] = []
         records = stamped(message.entries, self.source.time_key, bad)  # the rules of packed entries, too

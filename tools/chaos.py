@@ -107,10 +107,20 @@ def fresh(root: Path, name: str) -> Layout:
 
 def kill9(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delivered]:
     """kill -9 at a random moment (reading, committing, flushing, delivering), restart; repeat."""
-    layout = fresh(root, "kill9")
-    layout.write_config(buffer={"chunk_limit_bytes": 256 * 1024, "flush_interval": 0.05})
+    return _kill9(fresh(root, "kill9"), rng, n, 0, 0)
+
+
+def kill9_parse_workers(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delivered]:
+    """kill9 with ``parse_workers = 2`` over a backlog: blocks are in the workers' hands at the kill too."""
+    return _kill9(fresh(root, "kill9-parse-workers"), rng, n, 2, 2000 * n)
+
+
+def _kill9(layout: Layout, rng: random.Random, n: int, workers: int, backlog: int) -> tuple[Originals, Delivered]:
+    layout.write_config(buffer={"chunk_limit_bytes": 256 * 1024, "flush_interval": 0.05}, parse_workers=workers)
     total = 4000 * n
-    writer = AgentWriter(layout.logs / "agent.log", total, per_batch=50, pause=0.002)
+    if backlog:
+        generator.write(str(layout.logs / "agent.log"), backlog, max_chars=400)  # as the writer and originals_for
+    writer = AgentWriter(layout.logs / "agent.log", total - backlog, start=backlog, per_batch=50, pause=0.002)
     writer.start()
     for _ in range(n):
         daemon = Daemon(layout.config, layout.root / "daemon.log").start()
@@ -118,7 +128,8 @@ def kill9(root: Path, rng: random.Random, n: int) -> tuple[Originals, Delivered]
         daemon.kill()
     writer.join()
     finish(layout, total)
-    return originals_for(total), {"file": layout.records()}
+    originals = originals_for(backlog) if backlog else {}
+    return {**originals, **originals_for(total - backlog, start=backlog)}, {"file": layout.records()}
 
 
 def finish(layout: Layout, total: int, timeout: float = 120) -> None:
@@ -516,6 +527,8 @@ def kill9_all_outputs(root: Path, rng: random.Random, n: int) -> tuple[Originals
 SCENARIOS: dict[str, tuple[Scenario, int, int, str, str]] = {
     # name: (scenario, iterations, records per iteration, guarantee, note)
     "kill9": (kill9, 50, 4000, "no loss, no duplicates", "kill -9 at a random instant, then restart"),
+    "kill9-parse-workers": (kill9_parse_workers, 50, 4000, "no loss, no duplicates",
+                            "kill9 with parse_workers = 2, half the records a backlog at the start"),
     "kill9-all-outputs": (kill9_all_outputs, 50, 2000, "no loss, no duplicates",
                           "kill -9 at a random instant, then restart; one source to file + Elasticsearch + S3, "
                           "32 KiB chunks flushed every 0.05 s, records arriving throughout"),

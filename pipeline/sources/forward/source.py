@@ -283,7 +283,12 @@ class Connection:
             # the peer, and sets ``end`` to the entries it found (stored and dead-lettered) before the commit.
             batch = LineBatch(self.source.name, self.config.tag or message.tag, key, path, 0, 0, message.packed,
                               None, journal=journal, packed=True, dead_fields={"peer": self.peer})
-            batch.on_commit = lambda: self._committed(chunk, batch.end)
+
+            def committed() -> None:
+                batch.on_commit = None  # the batch and its callback hold each other: freed now, not by the GC
+                self._committed(chunk, batch.end)
+
+            batch.on_commit = committed
             return batch
         now = self.source.clock.time()
         bad: list[tuple[int, bytes, str]] = []

@@ -34,6 +34,7 @@ class BadEntry(ValueError):
 
 _EVENT_TIME = struct.Struct(">II")
 _ARRAY32 = struct.Struct(">BI")  # msgpack's array 32 header: 0xdd, then the count
+MAX_ENTRIES = 0xFFFFFFFF  # the most an array 32 counts
 
 
 def ext_hook(code: int, data: bytes) -> object:
@@ -81,11 +82,14 @@ def unpack_records(raw: bytes, time_key: str) -> tuple[list[dict[Any, Any]], lis
     that count and ignores any bytes after it, so a count that was wrong would drop records unseen.
     """
     ends, whole = whole_objects(raw)
+    fault = "cut short or not msgpack"
+    if len(ends) > MAX_ENTRIES:  # more than the array ormsgpack decodes can count (a chunk over 4 GiB)
+        del ends[MAX_ENTRIES:]
+        whole, fault = False, f"more than {MAX_ENTRIES} entries"
     bad: list[tuple[int, bytes, str]] = []
     if not whole:
         last = ends[-1] if ends else 0
-        bad.append((len(ends), raw[last:], f"bad PackedForward entries: cut short or not msgpack after {last} "
-                                           f"of {len(raw)} bytes"))
+        bad.append((len(ends), raw[last:], f"bad PackedForward entries: {fault} after {last} of {len(raw)} bytes"))
     entries = _ormsgpack_entries(raw, len(ends))
     if entries is None:
         entries = _msgpack_entries(raw, ends, bad)

@@ -276,12 +276,12 @@ def test_a_packed_stream_that_is_not_whole_msgpack_objects_is_stored_up_to_the_f
 
     message = decode(["t", raw, {"chunk": "k"}], 1 << 20)
     assert message.packed == raw and message.chunk == "k"
-    first = len(msgpack.packb([1, {"a": 1}]))
-    whole = 1 if raw.startswith(msgpack.packb([1, {"a": 1}])) else 0
+    head = msgpack.packb([1, {"a": 1}])
+    whole = 1 if raw.startswith(head) else 0
+    last = len(head) if whole else 0
     records, bad = unpack_records(raw, "t")
     assert records == [{"a": 1, "t": 1.0}][:whole]
     ((index, shown, reason),) = bad
-    last = first if whole else 0
     assert (index, shown) == (whole, raw[last:])
     assert reason == f"bad PackedForward entries: cut short or not msgpack after {last} of {len(raw)} bytes"
     batch = LineBatch("fwd", "app", "c", "forward://p", 0, 0, raw, None, packed=True, dead_fields={"peer": "p"})
@@ -289,6 +289,20 @@ def test_a_packed_stream_that_is_not_whole_msgpack_objects_is_stored_up_to_the_f
     assert batch.end == whole + 1 and done.records == whole  # the source counts the entries found
     (letter,) = done.dead
     assert (letter["offset"], letter["id"], letter["reason"]) == (whole, f"fwd:c:{whole}", reason)
+
+
+def test_entries_beyond_what_an_array_counts_are_one_dead_letter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_ENTRIES (4,294,967,295, a chunk over 4 GiB) the rest is dead-lettered, not decoded: here the
+    bound is lowered to 2 to show it."""
+    from pipeline.transforms import packed
+
+    monkeypatch.setattr(packed, "MAX_ENTRIES", 2)
+    entries = [msgpack.packb([n, {"n": n}]) for n in range(3)]
+    raw = b"".join(entries)
+    last = len(entries[0]) + len(entries[1])
+    records, bad = unpack_records(raw, "t")
+    assert records == [{"n": 0, "t": 0.0}, {"n": 1, "t": 1.0}]
+    assert bad == [(2, entries[2], f"bad PackedForward entries: more than 2 entries after {last} of {len(raw)} bytes")]
 
 
 @pytest.mark.parametrize(("entry", "reason"), [
@@ -300,9 +314,9 @@ def test_a_packed_stream_that_is_not_whole_msgpack_objects_is_stored_up_to_the_f
     (msgpack.packb([1, [1, 2]]), "record is not a map"),
 ])
 def test_a_bad_entry_is_dead_lettered_with_its_index_and_its_neighbours_are_stored(entry: bytes, reason: str) -> None:
-    raw = msgpack.packb([1, {"n": 0}]) + entry + msgpack.packb([2, {"n": 2}])
-    assert whole_objects(raw) == ([len(raw) - len(msgpack.packb([2, {"n": 2}])) - len(entry), len(raw) - len(
-        msgpack.packb([2, {"n": 2}])), len(raw)], True)  # whole objects: no framing fault
+    first = msgpack.packb([1, {"n": 0}])
+    raw = first + entry + msgpack.packb([2, {"n": 2}])
+    assert whole_objects(raw) == ([len(first), len(first) + len(entry), len(raw)], True)  # no framing fault
     records, bad = unpack_records(raw, "t")
     assert records == [{"n": 0, "t": 1.0}, {"n": 2, "t": 2.0}]
     ((index, _, why),) = bad

@@ -128,8 +128,7 @@ def _kill9(layout: Layout, rng: random.Random, n: int, workers: int, backlog: in
         daemon.kill()
     writer.join()
     finish(layout, total)
-    originals = originals_for(backlog) if backlog else {}
-    return {**originals, **originals_for(total - backlog, start=backlog)}, {"file": layout.records()}
+    return {**originals_for(backlog), **originals_for(total - backlog, start=backlog)}, {"file": layout.records()}
 
 
 def finish(layout: Layout, total: int, timeout: float = 120) -> None:

@@ -30,7 +30,7 @@ from pipeline.sources.tail.checkpoint import PositionStore
 from pipeline.sources.tail.config import TailSourceConfig
 from pipeline.sources.tail.discovery import list_directories
 from pipeline.sources.tail.guard import HELPER_NICE, PACKAGE_ROOT, SLOTS, CopyGuard
-from pipeline.sources.tail.guard_helper import MAX_TARGETS, REOPENS, SLOT, Helper
+from pipeline.sources.tail.guard_helper import MAX_TARGETS, REOPENS, SLOT, Followed, Helper
 from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
 from pipeline.sources.tail.reader import TailedFile, file_key
 from pipeline.sources.tail.source import TailSource
@@ -618,3 +618,37 @@ def test_a_take_for_another_contents_fingerprint_gets_nothing(followed, guard: C
     os.truncate(path, 0)
     tf.fp = head_digest(b"x" * tf.fp_len)  # the source read other bytes than the helper
     assert guard.take(tf, tf.offset) == b""
+
+
+def test_a_fingerprint_grown_before_the_helper_read_the_growth_keeps_the_file_guarded(tmp_path: Path) -> None:
+    # The order CI once met: the helper's loop had read the file just before the write, and the
+    # source read the write, fingerprinted further and said so before the helper's next read. The
+    # helper compared the longer fingerprint with the shorter head it held and let the file go.
+    path = tmp_path / "agent.log"
+    path.write_bytes(b'{"n": 0}\n')
+    fd = os.open(path, os.O_RDONLY)
+    tf = TailedFile("agent", file_key(os.fstat(fd)), str(path), fd, 9)
+    tf.fp, tf.fp_len = fingerprint(fd, FP_BYTES)
+    ours, theirs = socket.socketpair()
+    offsets = mmap.mmap(-1, SLOT.size)
+    state = Helper(theirs.detach(), offsets, 1 << 20)
+    writer = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        SLOT.pack_into(offsets, 0, tf.offset)
+        state.follow({str(path): Followed(tf.key, tf.fp, tf.fp_len, 0)}, set())
+        state.guard(str(path))  # the copier's open
+        assert tf.key in state.targets
+        os.write(writer, HEAD)
+        tf.offset += len(HEAD)  # the source read it, fingerprinted 1,024 bytes, stored its offset...
+        tf.refresh_fingerprint()
+        SLOT.pack_into(offsets, 0, tf.offset)
+        state.follow({str(path): Followed(tf.key, tf.fp, tf.fp_len, 0)}, set())  # ...and said so
+        assert tf.key in state.targets
+        os.write(writer, b'{"n": 2}\n')
+        assert state.take(tf.key, tf.fp, tf.fp_len, tf.offset) == b'{"n": 2}\n'
+    finally:
+        os.close(writer)
+        tf.close()
+        ours.close()
+        state.serve()  # returns at the socket's end, every descriptor of the helper's closed
+        offsets.close()

@@ -214,6 +214,9 @@ class Helper:
         self.wanted = directories
         for key, target in list(self.targets.items()):
             now = files.get(target.path)
+            if now is not None and not target.done and now.fp_len > len(target.head):
+                # The source read (and fingerprinted) the file's growth before this loop did.
+                self.reread_head(target)
             if now is not None and (now.key, now.slot) == (key, target.followed.slot) and target.starts_as(
                 now.fp, now.fp_len
             ):
@@ -232,6 +235,15 @@ class Helper:
             return b""
         data = target.data[offset - target.base:]
         return bytes(data[: data.rfind(b"\n") + 1])
+
+    def reread_head(self, target: Target) -> None:
+        """Take ``target``'s first bytes anew if they still begin as the ones held (the same content, grown)."""
+        try:
+            head = os.pread(target.fd, FP_BYTES, 0)
+        except OSError:
+            return  # the comparison with the source's fingerprint lets the file go
+        if head.startswith(target.head):
+            target.head = head
 
     def bookkeeping(self, events: list[inotify_simple.Event]) -> None:
         """Guard the files opened, let go of those whose time is up, unmute directories."""

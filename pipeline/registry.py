@@ -40,6 +40,13 @@ SOURCE_CLASSES = {
     "kafka": "pipeline.sources.kafka.source:KafkaSource",
 }
 
+#: Where a source type keeps commit points of its own (see :class:`pipeline.sources.base.CommitJournal`):
+#: ``"module:function"``, ``function(state_dir) -> int`` the highest commit sequence number found. Read
+#: at every start, whether or not a source of the type is configured now.
+SOURCE_COMMIT_POINTS = {
+    "forward": "pipeline.sources.forward.chunks:committed_seq",
+}
+
 SOURCE_PROBES = {
     "kafka": "pipeline.sources.kafka.probe:probe",
 }

@@ -25,7 +25,9 @@ Invariants
    re-read.
 3. On start, :meth:`FileBuffer.resume` cuts torn tails (a frame cut short by a crash),
    rolls back frames whose sequence number is above the last committed one (written,
-   but their positions were never saved: the tail will read those lines again), and
+   but their positions were never saved: the tail will read those lines again; the last
+   committed one is the saved positions', or a forward source's journal line that was the
+   commit point of a commit moving no position, whichever is higher), and
    quarantines a chunk whose middle is damaged after salvaging the frames before the
    damage. Together with (1) and (2) this makes a ``kill -9`` at any instant lose
    nothing and duplicate nothing in the buffer.

@@ -4,6 +4,9 @@ Each commit takes the processed batches that are ready, stages their frames in e
 routed output's buffer, and then, in one worker thread step, writes and fsyncs the
 frames, writes the dead-letter entries and the sources' journals (a forward source's
 chunk ids), and saves the positions (see the invariants in :mod:`pipeline.buffer`).
+The positions' save is the commit point, except in a commit that moves no position and
+writes a single journal: that journal's write is its commit point, and the positions
+(unchanged) are not saved (see :class:`~pipeline.sources.base.CommitJournal`).
 Only after that does it enqueue chunks that are due, so a queued chunk never holds a
 frame whose position could still be re-read.
 
@@ -148,8 +151,12 @@ class Committer:
             if batch.forget or batch.position is not None:
                 updates[(batch.source, batch.key)] = None if batch.forget else batch.position
         dead = self.dead_letters.take_pending()
-        encoded = self.positions.encode(seq, updates)
-        await self._apply(plan, dead, encoded, _journals(batches, seq))
+        journals = _journals(batches)
+        # A single journal's write can be the commit point: then the positions, unchanged, are not rewritten.
+        point = not updates and len(journals) == 1
+        encoded = None if point else self.positions.encode(seq, updates)
+        writes: JournalWrites = [partial(journal.write, seq, entries, point) for journal, entries in journals]
+        await self._apply(plan, dead, encoded, writes)
         self.positions.applied(seq, updates)
         for item in batches:
             if item.batch.on_commit is not None:
@@ -205,7 +212,8 @@ class Committer:
         finally:
             self.paused.clear()
 
-    async def _apply(self, plan: CommitPlan, dead: list[bytes], encoded: bytes, journals: JournalWrites) -> None:
+    async def _apply(self, plan: CommitPlan, dead: list[bytes], encoded: bytes | None, journals: JournalWrites
+                     ) -> None:
         delay = 0.5
         while True:
             try:
@@ -220,19 +228,21 @@ class Committer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, COMMIT_RETRY_MAX)
 
-    def _write(self, plan: CommitPlan, dead: list[bytes], encoded: bytes, journals: JournalWrites) -> None:
+    def _write(self, plan: CommitPlan, dead: list[bytes], encoded: bytes | None, journals: JournalWrites
+               ) -> None:
         plan.apply()
         self.dead_letters.write(dead)
         for write in journals:
             write()
-        self.positions.save(encoded)  # the commit point: journals entries above the saved seq are void
+        if encoded is not None:
+            self.positions.save(encoded)  # the commit point: journals entries above the saved seq are void
 
 
-def _journals(batches: list[ProcessedBatch], seq: int) -> JournalWrites:
-    """One write per source journal for this commit's batches (see :class:`CommitJournal`)."""
+def _journals(batches: list[ProcessedBatch]) -> list[tuple[CommitJournal, list[object]]]:
+    """Each source journal this commit's batches write to, with their entries (see :class:`CommitJournal`)."""
     grouped: dict[int, tuple[CommitJournal, list[object]]] = {}
     for item in batches:
         if item.batch.journal is not None:
             journal, entry = item.batch.journal
             grouped.setdefault(id(journal), (journal, []))[1].append(entry)
-    return [partial(journal.write, seq, entries) for journal, entries in grouped.values()]
+    return list(grouped.values())

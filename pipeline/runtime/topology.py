@@ -27,7 +27,7 @@ from pipeline.errors import ConfigError, StateError
 from pipeline.outputs.base import Output, OutputContext
 from pipeline.outputs.flusher import Flusher
 from pipeline.outputs.kafka.config import KafkaOutputConfig
-from pipeline.registry import OUTPUT_CLASSES, SOURCE_CLASSES, TRANSFORM_CLASSES
+from pipeline.registry import OUTPUT_CLASSES, SOURCE_CLASSES, SOURCE_COMMIT_POINTS, TRANSFORM_CLASSES
 from pipeline.runtime.routing import TagRoutes, tag_matches
 from pipeline.sources.base import Source, SourceContext
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
@@ -71,6 +71,8 @@ def build(settings: Settings, clock: Clock) -> Topology:
     lock_fd = _lock_state_dir(state)
     positions = PositionStore(state / "positions.json")
     positions.load()
+    if not positions.corrupt:
+        positions.commit_seq = max(positions.commit_seq, _journal_commit_points(state))
     dead_letters = DeadLetterStore(state / "dead-letter")
     dead_letters.prepare()
     committed = None if positions.corrupt else positions.commit_seq
@@ -264,6 +266,15 @@ def _runtime_class(section: str, name: str, type_name: str, target: str) -> type
         ) from exc
     cls: type = getattr(module, class_name)
     return cls
+
+
+def _journal_commit_points(state: Path) -> int:
+    """The highest commit sequence number whose commit point a source's journal holds (0 if none)."""
+    highest = 0
+    for target in SOURCE_COMMIT_POINTS.values():
+        module_name, _, function_name = target.partition(":")
+        highest = max(highest, getattr(importlib.import_module(module_name), function_name)(state))
+    return highest
 
 
 def _build_source(name: str, cfg: SourceConfig, context: SourceContext) -> Source:

@@ -57,16 +57,21 @@ class CommitJournal(Protocol):
     """A source's own state that must become durable in the same commit as its records.
 
     A batch carrying ``journal = (journal, item)`` has ``item`` handed to
-    ``journal.write(seq, items)`` inside its commit's worker-thread step, after the frames
-    are fsynced and before the positions (with the commit sequence number ``seq``) are
+    ``journal.write(seq, items, point)`` inside its commit's worker-thread step, after the
+    frames are fsynced and before the positions (with the commit sequence number ``seq``) are
     saved. The journal must write and sync before it returns; at the next start it treats
-    entries whose ``seq`` is above the saved commit sequence number as never written (their
-    frames are rolled back too), which makes the pair atomic. A forward source records its
-    committed chunk ids this way (a Kafka source needs none: one position per partition).
+    entries whose ``seq`` is above the commit point as never written (their frames are rolled
+    back too), which makes the pair atomic. A forward source records its committed chunk ids
+    this way (a Kafka source needs none: one position per partition).
+
+    A commit that moves no position and writes one journal only saves no positions: it
+    passes ``point = True``, and that write is the commit point. It must then be all or
+    nothing after a crash, and the source type's entry in
+    :data:`pipeline.registry.SOURCE_COMMIT_POINTS` must find its ``seq`` at the next start.
     """
 
-    def write(self, seq: int, items: list[object]) -> None:
-        """Append ``items`` for commit ``seq`` and sync them (worker thread)."""
+    def write(self, seq: int, items: list[object], point: bool) -> None:
+        """Append ``items`` for commit ``seq`` and sync them (worker thread); ``point``: see the class doc."""
         ...
 
 

@@ -7,6 +7,7 @@ import gzip
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -107,6 +108,30 @@ def test_a_resent_chunk_is_acked_again_but_stored_once_even_across_kill_9(layout
         assert 'logferry_source_network_resent_chunks_total{source="fluent"} 1.0' in metrics
         assert daemon.stop() == 0
     assert Counter(r["request_id"] for r in layout.records()) == Counter({f"r{i}": 1 for i in range(5)} | {"after": 1})
+
+
+def test_chunks_acked_before_a_kill_9_are_delivered_after_it_even_with_their_source_gone_from_the_config(
+        layout, daemon_factory, connect):
+    # A commit of one forward source's chunks moves no position: its journal line is its commit point,
+    # and the positions are not rewritten. The next start must find that line, whatever the config says now.
+    port = free_port()
+    held = {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"),
+            "buffer": {"flush_interval": 3600.0, "timekey": 86400, "timekey_wait": 86400.0}}
+    forward_config(layout, port, outputs={"debug": held})
+    daemon = wait_listening(new_daemon(layout, daemon_factory).start())
+    client = connect(port)
+    now = int(time.time())  # the chunks' time window: today's, not due for a day
+    for n in range(3):
+        client.send(["app.point", [[now, {"request_id": f"c{n}-r{i}"}] for i in range(4)], {"chunk": f"point-{n}"}])
+        assert client.receive() == {"ack": f"point-{n}"}
+    daemon.kill()  # the chunks are staged in the buffer, not delivered (flush_interval: an hour)
+    assert layout.records() == [] and not (layout.state / "positions.json").exists()
+    layout.write_config()  # a tail → file pipeline: the forward source is no longer configured
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: len(layout.records()) >= 12, what="the 12 acked records")
+        assert daemon.stop() == 0
+    assert Counter(r["request_id"] for r in layout.records()) == Counter(
+        {f"c{n}-r{i}": 1 for n in range(3) for i in range(4)})
 
 
 def test_a_record_that_is_not_a_map_is_dead_lettered_with_the_peer_while_its_neighbours_are_stored(

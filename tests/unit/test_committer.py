@@ -209,10 +209,10 @@ class ListJournal:
 
     def __init__(self, positions: PositionStore) -> None:
         self.positions = positions
-        self.writes: list[tuple[int, list[object], int]] = []
+        self.writes: list[tuple[int, list[object], int, bool]] = []
 
-    def write(self, seq: int, items: list[object]) -> None:
-        self.writes.append((seq, items, self.positions.commit_seq))
+    def write(self, seq: int, items: list[object], point: bool) -> None:
+        self.writes.append((seq, items, self.positions.commit_seq, point))
 
 
 def network_batch(env: Env, key: str, *lines: bytes, calls: list[str], journal: ListJournal | None = None
@@ -225,11 +225,12 @@ def network_batch(env: Env, key: str, *lines: bytes, calls: list[str], journal: 
 
 
 @pytest.mark.asyncio
-async def test_on_commit_is_called_once_the_commit_is_durable_and_no_position_is_saved(tmp_path: Path) -> None:
+async def test_a_commit_moving_no_position_with_one_journal_takes_its_write_as_the_commit_point(
+        tmp_path: Path) -> None:
     env = Env(tmp_path)
     calls: list[str] = []
     journal = ListJournal(env.positions)
-    seen_at_call: list[int] = []
+    writes_at_call: list[int] = []
 
     items = [network_batch(env, "c1", b'{"n":1}', calls=calls, journal=journal),
              network_batch(env, "c2", b'{"n":2}', b'{"n":3}', calls=calls, journal=journal),
@@ -238,7 +239,7 @@ async def test_on_commit_is_called_once_the_commit_is_durable_and_no_position_is
     assert first is not None
 
     def durable_check() -> None:
-        seen_at_call.append(saved_positions(tmp_path)["commit_seq"])
+        writes_at_call.append(len(journal.writes))
         first()
 
     items[0].batch.on_commit = durable_check
@@ -246,10 +247,27 @@ async def test_on_commit_is_called_once_the_commit_is_durable_and_no_position_is
     await env.committer.commit(items)
 
     assert calls == ["c1", "c2", "m3"]
+    assert writes_at_call == [1], "the journal (the commit point) is written when on_commit runs"
+    assert journal.writes == [(1, ["c1", "c2"], 0, True)], "one journal write per commit, as its commit point"
+    assert not (tmp_path / "positions.json").exists(), "the positions, unchanged, are not rewritten"
+    assert env.positions.commit_seq == 1 and record_values(env.buffers[0]) == [1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_a_commit_writing_two_journals_saves_the_positions_as_its_commit_point(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    calls: list[str] = []
+    first, second = ListJournal(env.positions), ListJournal(env.positions)
+    seen_at_call: list[int] = []
+    items = [network_batch(env, "a1", b'{"n":1}', calls=calls, journal=first),
+             network_batch(env, "b1", b'{"n":2}', calls=calls, journal=second)]
+    items[0].batch.on_commit = lambda: seen_at_call.append(saved_positions(tmp_path)["commit_seq"])
+
+    await env.committer.commit(items)
+
+    assert first.writes == [(1, ["a1"], 0, False)] and second.writes == [(1, ["b1"], 0, False)]
     assert seen_at_call == [1], "positions (the commit point) are on disk when on_commit runs"
-    assert journal.writes == [(1, ["c1", "c2"], 0)], "one journal write per commit, before the positions"
-    assert saved_positions(tmp_path)["files"] == []
-    assert record_values(env.buffers[0]) == [1, 2, 3, 4]
+    assert saved_positions(tmp_path)["files"] == [] and calls == ["b1"]
 
 
 @pytest.mark.asyncio

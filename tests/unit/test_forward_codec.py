@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow
+from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow, committed_seq
 from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake, client_ping
@@ -100,6 +100,28 @@ def test_journal_keeps_completed_commits_and_cuts_lines_of_an_unfinished_one(tmp
     again.journal.write(2, ["d"])
     assert list(ChunkWindow(ChunkJournal(tmp_path, 600.0, lambda: now[0]), 2, 600.0, 100).committed) == [
         "a", "b", "d"]
+
+
+def test_a_commit_point_line_holds_all_its_chunks_and_every_journal_is_searched_for_it(tmp_path: Path) -> None:
+    now = [1000.0]
+    kept = ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: now[0])
+    kept.load(0)
+    kept.write(1, ["a", "b"], point=True)  # a commit of this source only: its line is the commit point
+    kept.write(2, ["c"])  # a commit that saved the positions (commit_seq 2 there)
+    removed = ChunkJournal(tmp_path / "forward" / "removed-from-the-config", 600.0, lambda: now[0])
+    removed.load(0)
+    removed.write(3, ["d"], point=True)
+    with (tmp_path / "forward" / "removed-from-the-config" / "chunks-1000.jsonl").open("ab") as torn:
+        torn.write(b'[4, 1000.0, ["e", "f"')  # commit 4's point, cut short by a crash: void
+
+    assert committed_seq(tmp_path) == 3
+    assert committed_seq(tmp_path / "elsewhere") == 0
+    again = ChunkWindow(ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: now[0]), 3, 600.0, 100)
+    assert list(again.committed) == ["a", "b", "c"]
+    void = ChunkWindow(ChunkJournal(tmp_path / "forward" / "removed-from-the-config", 600.0, lambda: now[0]), 3,
+                       600.0, 100)
+    assert list(void.committed) == ["d"]
+    assert (tmp_path / "forward" / "removed-from-the-config" / "chunks-1000.jsonl").read_bytes().count(b"\n") == 1
 
 
 def test_journal_rolls_over_and_deletes_segments_past_the_window(tmp_path: Path) -> None:

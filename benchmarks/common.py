@@ -251,17 +251,37 @@ def own_cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / TICKS
 
 
+def _statuses(pid: int) -> list[tuple[int, str]]:
+    """(pid, /proc/PID/status) of the process and its live descendants; a descendant that exited since it
+    was listed (a short-lived child of the daemon's) is left out, the process itself must be there."""
+    found = []
+    for member in family(pid):
+        try:
+            found.append((member, Path(f"/proc/{member}/status").read_text()))
+        except FileNotFoundError:
+            if member == pid:
+                raise
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (all its threads) and its live descendants."""
-    return sum(own_cpu_seconds(member) for member in family(pid))
+    total = 0.0
+    for member in family(pid):
+        try:
+            total += own_cpu_seconds(member)
+        except FileNotFoundError:
+            if member == pid:
+                raise  # a descendant that exited since it was listed: its seconds are gone with it
+    return total
 
 
 def peak_rss(pid: int) -> int:
     """Peak resident set (VmHWM), bytes, summed over the process and its live descendants
     (an upper bound of their peak together: each one's peak may come at another moment)."""
     total = 0
-    for member in family(pid):
-        hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{member}/status").read_text())
+    for _member, text in _statuses(pid):
+        hwm = re.search(r"VmHWM:\s+(\d+) kB", text)
         total += int(hwm.group(1)) * 1024 if hwm else 0
     return total
 
@@ -275,8 +295,7 @@ def peak_rss_shared_once(pid: int) -> int:
     memory it shares with the daemon, twice: the daemon maps the same files and writes and reads every
     page of that memory. This is the memory the machine gives them (close to the sum of their PSS)."""
     total = 0
-    for member in family(pid):
-        text = Path(f"/proc/{member}/status").read_text()
+    for member, text in _statuses(pid):
         fields = {key: int(kb) * 1024 for key, kb in re.findall(r"^(VmHWM|RssFile|RssShmem):\s+(\d+) kB", text, re.M)}
         total += fields.get("VmHWM", 0)
         if member != pid:
@@ -287,8 +306,8 @@ def peak_rss_shared_once(pid: int) -> int:
 def resident(pid: int) -> int:
     """Current resident set (VmRSS), bytes, of the process and its live descendants."""
     total = 0
-    for member in family(pid):
-        rss = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{member}/status").read_text())
+    for _member, text in _statuses(pid):
+        rss = re.search(r"VmRSS:\s+(\d+) kB", text)
         total += int(rss.group(1)) * 1024 if rss else 0
     return total
 

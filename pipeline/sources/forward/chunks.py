@@ -12,8 +12,8 @@ frames and before the positions, whose saved commit sequence number is the commi
 A commit that moves no file position and writes this journal only (chunks of one forward
 source, the usual case) saves no positions: its one line, holding all its chunk ids, is its
 commit point (:func:`committed_seq` finds it at the next start), which spares each such
-commit the positions' atomic rewrite, a file and a directory fsync (benchmarks/forward.py,
-one connection: ~10 % more records a second). At start, lines with a higher ``seq`` than the
+commit the positions' atomic rewrite, a file and a directory fsync (``benchmarks/forward.py``,
+one connection: 0.57-0.64x the floor against 0.49-0.59x, docs/PERFORMANCE.md). At start, lines with a higher ``seq`` than the
 commit point belong to a commit that never completed (its frames are rolled back too) and
 are cut out before anything runs, so after a kill -9 either the records and the id are both
 there, or neither is: the client's resend is then acknowledged without storing, or stored

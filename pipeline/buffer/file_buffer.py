@@ -290,8 +290,9 @@ class FileBuffer:
     def resume(self, committed_seq: int | None) -> ResumeReport:
         """Rebuild state from disk: cut torn tails, roll back uncommitted frames, quarantine damage.
 
-        ``committed_seq`` is the last commit whose positions were saved; ``None`` when the
-        position store was lost, in which case nothing is rolled back.
+        ``committed_seq`` is the last completed commit (whose positions were saved, or whose
+        commit point a source's journal holds); ``None`` when the position store was lost, in
+        which case nothing is rolled back.
         """
         make_dirs(self.directory)
         report = ResumeReport()

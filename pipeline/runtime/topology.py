@@ -71,14 +71,16 @@ def build(settings: Settings, clock: Clock) -> Topology:
     lock_fd = _lock_state_dir(state)
     positions = PositionStore(state / "positions.json")
     positions.load()
+    journal_points = _journal_commit_points(state)  # commits that moved no position saved no positions
     if not positions.corrupt:
-        positions.commit_seq = max(positions.commit_seq, _journal_commit_points(state))
+        positions.commit_seq = max(positions.commit_seq, journal_points)
     dead_letters = DeadLetterStore(state / "dead-letter")
     dead_letters.prepare()
     committed = None if positions.corrupt else positions.commit_seq
     buffers, reports = _resume_buffers(settings, clock, committed)
     if positions.corrupt:
         _rebuild_positions(positions, reports)
+        positions.commit_seq = max(positions.commit_seq, journal_points)  # their chunk ids stay committed
     outputs, flushers = {}, {}
     hostname = effective_hostname(settings.enrich)
     routes = _routes(settings, buffers)

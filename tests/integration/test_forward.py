@@ -134,6 +134,32 @@ def test_chunks_acked_before_a_kill_9_are_delivered_after_it_even_with_their_sou
         {f"c{n}-r{i}": 1 for n in range(3) for i in range(4)})
 
 
+def test_a_damaged_position_store_keeps_the_chunk_ids_committed_so_a_resend_is_not_stored_again(
+        layout, daemon_factory, connect):
+    port = free_port()
+    forward_config(layout, port)
+    chunk = ["app.damaged", [[T0, {"request_id": f"d{i}"}] for i in range(3)], {"chunk": "before-the-damage"}]
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        client = connect(port)
+        client.send(chunk)
+        assert client.receive() == {"ack": "before-the-damage"}
+        wait_for(lambda: len(layout.records()) == 3, what="the 3 records delivered")
+        assert daemon.stop() == 0
+    (layout.state / "positions.json").write_bytes(b'{"version": 1, "commit_')  # set aside at the next start
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        again = connect(port)
+        again.send(chunk)  # its ack was lost, say: the client sends it again
+        assert again.receive() == {"ack": "before-the-damage"}
+        again.send(["app.damaged", T0, {"request_id": "after"}, {"chunk": "after-the-damage"}])
+        assert again.receive() == {"ack": "after-the-damage"}
+        wait_for(lambda: len(layout.records()) >= 4, what="the record sent after the damage")
+        assert daemon.stop() == 0
+    assert list(layout.state.glob("positions.json.corrupt-*"))
+    assert Counter(r["request_id"] for r in layout.records()) == Counter({"d0": 1, "d1": 1, "d2": 1, "after": 1})
+
+
 def test_a_record_that_is_not_a_map_is_dead_lettered_with_the_peer_while_its_neighbours_are_stored(
         layout, daemon_factory, connect):
     port = free_port()

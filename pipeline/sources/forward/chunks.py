@@ -13,13 +13,13 @@ A commit that moves no file position and writes this journal only (chunks of one
 source, the usual case) saves no positions: its one line, holding all its chunk ids, is its
 commit point (:func:`committed_seq` finds it at the next start), which spares each such
 commit the positions' atomic rewrite, a file and a directory fsync (``benchmarks/forward.py``,
-one connection: 0.57-0.64x the floor against 0.49-0.59x, docs/PERFORMANCE.md). At start, lines with a higher ``seq`` than the
-commit point belong to a commit that never completed (its frames are rolled back too) and
-are cut out before anything runs, so after a kill -9 either the records and the id are both
-there, or neither is: the client's resend is then acknowledged without storing, or stored
-once. Each commit costs one append of its new ids, whatever the window holds (the position
-store is rewritten whole at each commit, so ids kept there would cost every commit ~3.4 ms
-per 1,000 ids on this machine).
+one connection: 0.57-0.64x the floor against 0.49-0.59x, docs/PERFORMANCE.md). At start,
+lines with a higher ``seq`` than the commit point belong to a commit that never completed
+(its frames are rolled back too) and are cut out before anything runs, so after a kill -9
+either the records and the id are both there, or neither is: the client's resend is then
+acknowledged without storing, or stored once. Each commit costs one append of its new ids,
+whatever the window holds (the position store is rewritten whole at each commit, so ids kept
+there would cost every commit ~3.4 ms per 1,000 ids on this machine).
 
 The window is bounded by age (``chunk_window`` seconds; out_forward resends within
 ``ack_response_timeout``, 190 s by default, fluent-logger-golang on reconnect) and by

@@ -40,11 +40,13 @@ SOURCE_CLASSES = {
     "kafka": "pipeline.sources.kafka.source:KafkaSource",
 }
 
-#: Where a source type keeps commit points of its own (see :class:`pipeline.sources.base.CommitJournal`):
-#: ``"module:function"``, ``function(state_dir) -> int`` the highest commit sequence number found. Read
-#: at every start, whether or not a source of the type is configured now.
+#: The module of a source type that keeps commit points of its own in its journals (see
+#: :class:`pipeline.sources.base.CommitJournal`). At every start, whether or not a source of the type
+#: is configured now, ``committed_seq(state_dir) -> int`` gives the highest commit sequence number its
+#: journals hold the commit point of, and once the start's is known, ``cut_void(state_dir, seq)`` cuts
+#: the entries of commits above it out of them.
 SOURCE_COMMIT_POINTS = {
-    "forward": "pipeline.sources.forward.chunks:committed_seq",
+    "forward": "pipeline.sources.forward.chunks",
 }
 
 SOURCE_PROBES = {

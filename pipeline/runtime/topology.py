@@ -81,6 +81,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     if positions.corrupt:
         _rebuild_positions(positions, reports)
         positions.commit_seq = max(positions.commit_seq, journal_points)  # their chunk ids stay committed
+    _cut_void_journal_entries(state, positions.commit_seq)
     outputs, flushers = {}, {}
     hostname = effective_hostname(settings.enrich)
     routes = _routes(settings, buffers)
@@ -272,11 +273,15 @@ def _runtime_class(section: str, name: str, type_name: str, target: str) -> type
 
 def _journal_commit_points(state: Path) -> int:
     """The highest commit sequence number whose commit point a source's journal holds (0 if none)."""
-    highest = 0
-    for target in SOURCE_COMMIT_POINTS.values():
-        module_name, _, function_name = target.partition(":")
-        highest = max(highest, getattr(importlib.import_module(module_name), function_name)(state))
-    return highest
+    return max((importlib.import_module(module).committed_seq(state) for module in SOURCE_COMMIT_POINTS.values()),
+               default=0)
+
+
+def _cut_void_journal_entries(state: Path, committed: int) -> None:
+    """Cut the entries of commits that did not complete out of every source journal, configured or not: a
+    source added again later would take them for committed (the commit sequence numbers are used again)."""
+    for module in SOURCE_COMMIT_POINTS.values():
+        importlib.import_module(module).cut_void(state, committed)
 
 
 def _build_source(name: str, cfg: SourceConfig, context: SourceContext) -> Source:

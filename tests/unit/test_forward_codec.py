@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow, committed_seq
+from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow, committed_seq, cut_void
 from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake, client_ping
@@ -122,6 +122,22 @@ def test_a_commit_point_line_holds_all_its_chunks_and_every_journal_is_searched_
                        600.0, 100)
     assert list(void.committed) == ["d"]
     assert (tmp_path / "forward" / "removed-from-the-config" / "chunks-1000.jsonl").read_bytes().count(b"\n") == 1
+
+
+def test_the_void_lines_of_a_source_no_longer_configured_are_cut_at_start_too(tmp_path: Path) -> None:
+    now = [1000.0]
+    gone = tmp_path / "forward" / "removed-after-the-crash"
+    journal = ChunkJournal(gone, 600.0, lambda: now[0])
+    journal.load(0)
+    journal.write(4, ["kept"])
+    journal.write(5, ["void"])  # commit 5's positions never reached the disk: its frames are rolled back
+
+    cut_void(tmp_path, 4)  # at start, whatever the config holds
+
+    # Commit numbers are used again after the crash: were its line still there, a source of that name
+    # added again later would take "void" for committed, and ack its resend without storing it.
+    again = ChunkWindow(ChunkJournal(gone, 600.0, lambda: now[0]), 9, 600.0, 100)
+    assert list(again.committed) == ["kept"]
 
 
 def test_journal_rolls_over_and_deletes_segments_past_the_window(tmp_path: Path) -> None:

@@ -145,6 +145,14 @@ def committed_seq(state_dir: Path) -> int:
     return highest
 
 
+def cut_void(state_dir: Path, committed: int) -> None:
+    """Cut the lines of commits above ``committed`` out of every forward journal under ``state_dir``, whether or
+    not its source is configured now (at start, before any source runs: see :mod:`pipeline.registry`)."""
+    for directory in sorted((state_dir / "forward").glob("*")):
+        if directory.is_dir():
+            ChunkJournal(directory, 0.0).load(committed)
+
+
 class ChunkWindow:
     """Committed and in-flight chunk ids of one source."""
 

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -251,29 +251,31 @@ def own_cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / TICKS
 
 
-def _statuses(pid: int) -> list[tuple[int, str]]:
-    """(pid, /proc/PID/status) of the process and its live descendants; a descendant that exited since it
-    was listed (a short-lived child of the daemon's) is left out, the process itself must be there."""
+T = TypeVar("T")
+
+
+def _of_family(pid: int, read: Callable[[int], T]) -> list[T]:
+    """``read(member)`` of the process and each of its live descendants; a descendant that exited since it
+    was listed (a short-lived child of the daemon's) is left out, its figures gone with it; the process
+    itself must be there."""
     found = []
     for member in family(pid):
         try:
-            found.append((member, Path(f"/proc/{member}/status").read_text()))
+            found.append(read(member))
         except FileNotFoundError:
             if member == pid:
                 raise
     return found
 
 
+def _statuses(pid: int) -> list[tuple[int, str]]:
+    """(pid, /proc/PID/status) of the process and its live descendants (see :func:`_of_family`)."""
+    return _of_family(pid, lambda member: (member, Path(f"/proc/{member}/status").read_text()))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (all its threads) and its live descendants."""
-    total = 0.0
-    for member in family(pid):
-        try:
-            total += own_cpu_seconds(member)
-        except FileNotFoundError:
-            if member == pid:
-                raise  # a descendant that exited since it was listed: its seconds are gone with it
-    return total
+    return sum(_of_family(pid, own_cpu_seconds))
 
 
 def peak_rss(pid: int) -> int:

@@ -216,7 +216,10 @@ class Helper:
             now = files.get(target.path)
             if now is not None and not target.done and now.fp_len > len(target.head):
                 # The source read (and fingerprinted) the file's growth before this loop did.
-                self.reread_head(target)
+                try:
+                    self.grow_head(target)
+                except OSError:
+                    pass  # the comparison with the source's fingerprint below lets the file go
             if now is not None and (now.key, now.slot) == (key, target.followed.slot) and target.starts_as(
                 now.fp, now.fp_len
             ):
@@ -236,14 +239,14 @@ class Helper:
         data = target.data[offset - target.base:]
         return bytes(data[: data.rfind(b"\n") + 1])
 
-    def reread_head(self, target: Target) -> None:
-        """Take ``target``'s first bytes anew if they still begin as the ones held (the same content, grown)."""
-        try:
-            head = os.pread(target.fd, FP_BYTES, 0)
-        except OSError:
-            return  # the comparison with the source's fingerprint lets the file go
-        if head.startswith(target.head):
-            target.head = head
+    def grow_head(self, target: Target) -> bool:
+        """Read ``target``'s first bytes again and take them if they begin as the ones held (the same
+        content, grown); False if they do not (truncated and rewritten)."""
+        head = os.pread(target.fd, FP_BYTES, 0)
+        if not head.startswith(target.head):
+            return False
+        target.head = head
+        return True
 
     def bookkeeping(self, events: list[inotify_simple.Event]) -> None:
         """Guard the files opened, let go of those whose time is up, unmute directories."""
@@ -338,11 +341,9 @@ class Helper:
                 if os.fstat(target.fd).st_size < target.end:
                     self.finish(target)  # truncated: what is held is all there was
                 return
-            head = os.pread(target.fd, FP_BYTES, 0)
-            if not head.startswith(target.head):
+            if not self.grow_head(target):
                 self.finish(target)  # truncated and rewritten since: the piece may be new content
                 return
-            target.head = head
         except OSError:
             self.finish(target)
             return

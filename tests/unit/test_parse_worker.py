@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import pickle
@@ -16,9 +17,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from pipeline.runtime import parse_worker
 from pipeline.runtime.memory import ARENAS, MMAP_THRESHOLD, TRIM_THRESHOLD
 from pipeline.runtime.parse_pool import PACKAGE_ROOT, worker_env
-from pipeline.runtime.parse_worker import Channel, Done, Region, ResultArea
+from pipeline.runtime.parse_worker import Channel, Done, Job, Region, ResultArea, Setup
 from pipeline.transforms.cost.config import CostTransformConfig, Price
 from pipeline.transforms.cost.transform import CostTransform
 from pipeline.transforms.plan import SourceRoute, TransformPlan
@@ -100,6 +102,33 @@ def test_the_channel_speaks_multiprocessing_connection_framing_both_ways() -> No
     with pytest.raises(ConnectionError):
         worker.send(big)
     os.close(worker.fd)
+
+
+def test_a_worker_collects_garbage_between_jobs_never_during_one_even_after_a_failed_job(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    during: list[bool] = []
+
+    def job_that_fails(memory: mmap.mmap, setup: Setup, job: Job) -> Done:
+        during.append(gc.isenabled())
+        raise ValueError("a bug in the job")
+
+    monkeypatch.setattr(parse_worker, "run_job", job_that_fails)
+    ours, theirs = socket.socketpair()
+    daemon = Connection(ours.detach())
+    for message in (Setup(4096, 2048, frozenset(), "time", ()), Job(0, 10, 0, b"", {}, 0.0),
+                    Job(1, 10, 0, b"", {}, 0.0), None):
+        daemon.send(message)
+    try:
+        with mmap.mmap(-1, 4096) as memory:
+            parse_worker.serve(Channel(theirs.detach()), memory)
+        answers = [daemon.recv(), daemon.recv()]
+    finally:
+        daemon.close()
+        gc.unfreeze()  # serve froze this test process's heap, as it does a worker's
+    assert during == [False, False]
+    assert gc.isenabled()
+    assert [(done.kind, done.slot, done.reason) for done in answers] == [("error", 0, "ValueError: a bug in the job"),
+                                                                        ("error", 1, "ValueError: a bug in the job")]
 
 
 def test_the_result_area_writes_records_then_offsets_with_their_crc() -> None:

@@ -259,8 +259,9 @@ def serve(conn: Channel, memory: mmap.mmap) -> None:
     """Answer jobs until the daemon says stop or goes away."""
     setup: Setup = conn.recv()
     # A job's maps and lines hold no cycles, and reference counting frees them at its end; the collector's
-    # passes during a job only walked them (and, from time to time, the whole heap): ~4 % of a packed
-    # block's CPU (benchmarks/forward.py). It runs between jobs, so garbage a job did leave is still found.
+    # passes during a job only walked them (and, from time to time, the whole heap): a PackedForward job
+    # took 4.1-4.5 ms of CPU per 1,000 records without them, 4.8-5.4 ms with (docs/PERFORMANCE.md §4).
+    # It runs between jobs, so garbage a job did leave is still found.
     gc.freeze()
     while True:
         try:

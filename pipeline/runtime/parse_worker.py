@@ -33,7 +33,7 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.transforms.lines import ParsedLines, ParsedRecords, parse_lines, serialise_records
+from pipeline.transforms.lines import ParsedLines, ParsedRecords, parse_lines
 
 if TYPE_CHECKING:  # a worker loads the transforms' modules only when its setup brings a plan
     from pipeline.transforms.base import Records
@@ -167,13 +167,10 @@ def _unpacked(memory: mmap.mmap, setup: Setup, job: Job, start: int, keep: bool
     """A packed block's maps enriched and serialised (the bad entries first among the bad), and the maps
     themselves when ``keep`` (for the transforms)."""
     # msgpack and ormsgpack load with the first packed block: a worker that only parses lines never needs them.
-    from pipeline.transforms.packed import unpack_records
+    from pipeline.transforms.packed import serialise_packed
 
-    records, bad = unpack_records(memory[start : start + job.length], setup.time_key)
     kept: list[dict[Any, Any]] | None = [] if keep else None
-    parsed = serialise_records(records, job.added, setup.time_key, job.now, kept)
-    parsed.bad[:0] = bad
-    return parsed, kept
+    return serialise_packed(memory[start : start + job.length], job.added, setup.time_key, job.now, kept), kept
 
 
 class Windows:

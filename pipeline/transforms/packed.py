@@ -1,31 +1,37 @@
 """Packed entries to records: a msgpack stream of ``[time, record]`` entries (Forward's PackedForward).
 
 A forward source hands the stream on undecoded, not even framed: it is framed and decoded where the
-records are processed, in a parse worker or on the loop, by :func:`unpack_records`. Both give the same
-records, offsets and bad entries, so a chunk resent after a crash gets the same ids whichever way it
-went. An entry that does not decode or is not ``[time, record]`` with a map is one bad entry
-(dead-lettered with its reason) and its neighbours are stored; bytes after the last whole entry (an
-entry cut short, a byte that is not msgpack) are one more bad entry. Either way the client gets its
+records are processed, in a parse worker or on the loop, by :func:`serialise_packed`, a slice of entries
+at a time (:data:`SLICE_BYTES`). Both give the same records, offsets and bad entries, so a chunk resent
+after a crash gets the same ids whichever way it went. An entry that does not decode or is not
+``[time, record]`` with a map is one bad entry (dead-lettered with its reason) and its neighbours are
+stored; bytes after the last whole entry (an entry cut short, a byte that is not msgpack) are one more
+bad entry. Either way the client gets its
 ack and does not resend a chunk that can never be stored.
 
-Imports only msgpack and ormsgpack (and orjson to show a bad record): a parse worker loads this
-module with its first packed block.
+Imports only msgpack and ormsgpack (and orjson to show a bad record, and :mod:`pipeline.transforms.lines`,
+which every worker has): a parse worker loads this module with its first packed block.
 
 ormsgpack decodes the stream when it can: a 1,000-entry chunk of ~1 KB records took 2.6 ms (count and
 decode) instead of msgpack's 3.6 ms (benchmarks/forward_codec.py, 2-core Xeon VM). It decodes one
-object, so the stream is decoded as one array of the counted entries (the client's ``size`` option is
+object, so each slice is decoded as one array of its counted entries (the client's ``size`` option is
 not trusted). Whatever ormsgpack refuses (a key that is not a string, text that is not UTF-8, an
-extension other than EventTime) is decoded entry by entry by msgpack, whose rules stay the source's.
+extension other than EventTime) is decoded entry by entry by msgpack, whose rules stay the source's
+(that slice only: both give the same values where ormsgpack decodes, ``tests/unit/test_forward_codec.py``).
 """
 
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 import orjson
 import ormsgpack
+
+from pipeline.transforms.lines import ParsedLines, serialise_records
 
 
 class BadEntry(ValueError):
@@ -73,10 +79,55 @@ def whole_objects(raw: bytes) -> tuple[list[int], bool]:
     return ends, (ends[-1] if ends else 0) == len(raw)
 
 
+#: A PackedForward chunk is decoded and serialised this many bytes of entries at a time (a slice
+#: ends after the entry that reaches it): each slice's maps are serialised and freed before the next
+#: slice is decoded, so a 1 MiB chunk's maps (~2.5x its size once decoded) never all live at once.
+#: In the parse workers, beside the loop and the kernel's copies on two cores, that measured 6 %
+#: less CPU and 4-6 MB less peak RSS than decoding the whole chunk first (docs/PERFORMANCE.md §4).
+SLICE_BYTES = 64 << 10
+
+
+def serialise_packed(raw: bytes, added: dict[str, Any], time_key: str, now: float,
+                     kept: list[dict[Any, Any]] | None = None, slice_bytes: int = SLICE_BYTES) -> ParsedLines:
+    """``raw``'s entries enriched and serialised, a slice at a time (:data:`SLICE_BYTES`), as one block.
+
+    Offsets are the records' indices among the maps. The bad entries come first, by entry index
+    (:func:`unpacked_slices`), then the maps that cannot be stored as JSON, by map index; so the
+    block's entries number ``len(offsets) + len(bad)``. ``kept`` receives each stored record.
+    """
+    lines: list[bytes] = []
+    offsets: list[int] = []
+    times: list[float] = []
+    entries_bad: list[tuple[int, bytes, str]] = []
+    maps_bad: list[tuple[int, bytes, str]] = []
+    maps = 0
+    for records, bad in unpacked_slices(raw, time_key, slice_bytes):
+        part = serialise_records(records, added, time_key, now, kept)
+        lines += part.lines
+        times += part.times
+        offsets += [maps + offset for offset in part.offsets] if maps else part.offsets
+        maps_bad += [(maps + index, shown, reason) for index, shown, reason in part.bad]
+        entries_bad += bad
+        maps += len(records)
+    return ParsedLines(lines, offsets, times, entries_bad + maps_bad)
+
+
 def unpack_records(raw: bytes, time_key: str) -> tuple[list[dict[Any, Any]], list[tuple[int, bytes, str]]]:
+    """Every map of ``raw``'s entries and every bad entry (:func:`unpacked_slices`), in one slice."""
+    records: list[dict[Any, Any]] = []
+    bad: list[tuple[int, bytes, str]] = []
+    for part, part_bad in unpacked_slices(raw, time_key, max(len(raw), 1)):
+        records += part
+        bad += part_bad
+    return records, bad
+
+
+def unpacked_slices(raw: bytes, time_key: str, slice_bytes: int
+                    ) -> Iterator[tuple[list[dict[Any, Any]], list[tuple[int, bytes, str]]]]:
     """The maps of ``raw``'s entries, each given its entry's time under ``time_key`` unless it has one,
-    and the bad entries as (entry index, what to show, reason). Bytes after the last whole msgpack
-    object (cut short, or not msgpack) are one bad entry, indexed after the whole ones.
+    and the bad entries as (entry index, what to show, reason), ``slice_bytes`` of entries at a time.
+    Bytes after the last whole msgpack object (cut short, or not msgpack) are one bad entry, indexed
+    after the whole ones, in the last slice.
 
     The entries are counted here, not taken from the client's ``size``: ormsgpack decodes an array of
     that count and ignores any bytes after it, so a count that was wrong would drop records unseen.
@@ -86,17 +137,21 @@ def unpack_records(raw: bytes, time_key: str) -> tuple[list[dict[Any, Any]], lis
     if len(ends) > MAX_ENTRIES:  # more than the array ormsgpack decodes can count (a chunk over 4 GiB)
         del ends[MAX_ENTRIES:]
         whole, fault = False, f"more than {MAX_ENTRIES} entries"
-    bad: list[tuple[int, bytes, str]] = []
+    first, start = 0, 0
+    while first < len(ends):
+        stop = min(bisect_left(ends, start + slice_bytes, lo=first) + 1, len(ends))
+        piece = raw[start : ends[stop - 1]]
+        bad: list[tuple[int, bytes, str]] = []
+        entries = _ormsgpack_entries(piece, stop - first)
+        if entries is None:
+            entries = _msgpack_entries(piece, [end - start for end in ends[first:stop]], bad)
+        records = stamped(entries, time_key, bad)
+        if bad:
+            bad = sorted((first + index, shown, reason) for index, shown, reason in bad)
+        yield records, bad
+        first, start = stop, ends[stop - 1]
     if not whole:
-        last = ends[-1] if ends else 0
-        bad.append((len(ends), raw[last:], f"bad PackedForward entries: {fault} after {last} of {len(raw)} bytes"))
-    entries = _ormsgpack_entries(raw, len(ends))
-    if entries is None:
-        entries = _msgpack_entries(raw, ends, bad)
-    records = stamped(entries, time_key, bad)
-    if bad:
-        bad.sort(key=lambda entry: entry[0])
-    return records, bad
+        yield [], [(len(ends), raw[start:], f"bad PackedForward entries: {fault} after {start} of {len(raw)} bytes")]
 
 
 def stamped(entries: list[Any], time_key: str, bad: list[tuple[int, bytes, str]]) -> list[dict[Any, Any]]:

@@ -28,7 +28,7 @@ from pipeline.sources.base import LineBatch
 from pipeline.transforms.base import Records
 from pipeline.transforms.enrich import Enricher, iso_millis
 from pipeline.transforms.lines import ParsedLines, ParsedRecords, parse_lines, serialise_records
-from pipeline.transforms.packed import unpack_records
+from pipeline.transforms.packed import serialise_packed
 from pipeline.transforms.plan import Chain, SourceRoute, TransformPlan
 
 
@@ -140,15 +140,13 @@ class RecordProcessor:
 
         ``kept`` (when transforms need them) receives the records serialised, as ``_parse`` gives its own.
         """
-        dead: list[dict[str, Any]] = []
         if batch.packed:
-            records, bad = unpack_records(batch.data, self.time_key)
-            dead = [self.dead_entry(batch, index, shown, reason, now) for index, shown, reason in bad]
-            batch.end = batch.start + len(records) + len(bad)  # the entries found: the source counts them
+            done = serialise_packed(batch.data, added, self.time_key, now, kept)
+            batch.end = batch.start + len(done.offsets) + len(done.bad)  # the entries found: the source counts them
         else:
             records, batch.records = batch.records or [], None
-        done = serialise_records(records, added, self.time_key, now, kept)
-        dead += [self.dead_entry(batch, index, shown, reason, now) for index, shown, reason in done.bad]
+            done = serialise_records(records, added, self.time_key, now, kept)
+        dead = [self.dead_entry(batch, index, shown, reason, now) for index, shown, reason in done.bad]
         return done.lines, done.offsets, done.times, dead
 
     def dead_entry(self, batch: LineBatch, offset: int, line: bytes, reason: str, now: float) -> dict[str, Any]:

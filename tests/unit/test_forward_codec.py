@@ -18,7 +18,14 @@ from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow, committed
 from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake, client_ping
-from pipeline.transforms.packed import _msgpack_entries, _ormsgpack_entries, unpack_records, whole_objects
+from pipeline.transforms.packed import (
+    _msgpack_entries,
+    _ormsgpack_entries,
+    serialise_packed,
+    unpack_records,
+    unpacked_slices,
+    whole_objects,
+)
 
 
 def roundtrip(message: object) -> object:
@@ -373,3 +380,43 @@ def test_the_size_option_is_not_trusted(option: dict[str, object]) -> None:
     message = decode(roundtrip(["t", raw, option]), 1 << 20)
     assert message.packed == raw and unpack_records(message.packed or b"", "t")[0] == [
         {"a": 1, "t": 1.0}, {"b": b"\x00", "t": 2.0}]
+
+
+def test_a_chunk_is_stored_the_same_whatever_the_slices_it_is_decoded_in() -> None:
+    """Entries that are not maps, maps that cannot be stored (a bin key: ormsgpack refuses its slice, msgpack
+    decodes it), entries msgpack refuses and bytes after the last entry, spread over the chunk: every slice
+    size gives the lines, offsets (indices among the maps) and bad entries of the chunk decoded whole."""
+    def event_time(n: int) -> msgpack.ExtType:
+        return msgpack.ExtType(0, struct.pack(">II", 1_700_000_000 + n, 0))
+
+    entries, maps, stored, entry_bad, map_bad = [], 0, [], [], []
+    for n in range(40):
+        if n % 9 == 4:
+            entries.append(msgpack.packb([n, "not a map"]))
+            entry_bad.append((n, "record is not a map"))
+        elif n % 13 == 7:
+            entries.append(msgpack.packb([msgpack.ExtType(5, b"x"), {"n": n}]))
+            entry_bad.append((n, "entry cannot be decoded: unknown msgpack extension type 5 (1 bytes)"))
+        elif n % 9 == 6:
+            entries.append(msgpack.packb([event_time(n), {b"k": n}], use_bin_type=True))
+            map_bad.append(maps)
+            maps += 1
+        else:
+            entries.append(msgpack.packb([event_time(n), {"n": n, "text": "é" * (n * 7)}]))
+            stored.append((maps, n))
+            maps += 1
+    raw = b"".join(entries) + b"\xc1"  # a byte that is no msgpack: one more bad entry, the 41st
+    whole = serialise_packed(raw, {"h": 1}, "t", 0.0, slice_bytes=len(raw))
+    assert whole.offsets == [index for index, _ in stored]
+    assert [orjson.loads(line)["n"] for line in whole.lines] == [n for _, n in stored]
+    assert whole.times == [1_700_000_000.0 + n for _, n in stored]
+    assert [(index, reason) for index, _, reason in whole.bad[:len(entry_bad)]] == entry_bad
+    assert whole.bad[len(entry_bad)][0] == 40 and whole.bad[len(entry_bad)][1] == b"\xc1"
+    assert [index for index, _, _ in whole.bad[len(entry_bad) + 1:]] == map_bad
+    assert all(reason.startswith("record cannot be stored as JSON") for _, _, reason in whole.bad[len(entry_bad) + 1:])
+    assert len(whole.offsets) + len(whole.bad) == 41  # every entry counted once
+    assert len(list(unpacked_slices(raw, "t", 50))) > 10  # the sizes below do cut the chunk
+    for size in (1, 50, 333, 4096):
+        assert serialise_packed(raw, {"h": 1}, "t", 0.0, slice_bytes=size) == whole
+    records, bad = unpack_records(raw, "t")
+    assert len(records) == maps and [index for index, _, _ in bad] == [n for n, _ in entry_bad] + [40]

@@ -71,7 +71,8 @@ def render_running(snap: dict[str, Any]) -> str:
             member = src["instance_id"]
             lines.append(f"  group member: {f'static, instance id {member}' if member else 'dynamic'}")
         lines += [f"  {p['path']}: lag {p['lag'] if p['lag'] is not None else '?'} messages (committed to "
-                  f"offset {p['committed']})" for p in src.get("partitions", [])]
+                  f"offset {p['committed']}; {p['batches_in_flight']} batches on their way to the buffers)"
+                  for p in src.get("partitions", [])]
     for name, out in snap["outputs"].items():
         state = "FAILING" if out.get("problem") or out["failing"] else "ok"
         lines.append(f"output {name}: {state}; buffer {size(out['buffer_bytes'])} of "

@@ -369,3 +369,62 @@ def test_an_unreachable_broker_and_a_missing_topic_are_named_in_status(layout, d
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: missing in layout.http("/status")[1].decode(), what="the missing topic in status")
         assert daemon.stop() == 0
+
+
+def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice(layout, daemon_factory, kafka):
+    """A rebalance while the buffer is full (the file output cannot write): the revoke waits for the batches
+    in flight, in vain, and lets go; the partition comes straight back (the other member takes another
+    topic). Those batches are still committed once the output writes again, so the partition resumes after
+    them: every message in the file output once, none read twice."""
+    topic, other, group = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("give-back", "elsewhere", "indexers"))
+    kafka.create_topic(topic)
+    kafka.create_topic(other)
+    values = [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 10_000}) for n in range(40)]
+    produce(kafka, topic, values)
+    delivered = layout.root / "delivered"
+    delivered.write_text("a file where the output wants its directory: nothing is delivered")
+    buffer = {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 0.5, "retry_limit": 10_000,
+              "total_limit_bytes": 64 * 1024}  # one batch of 10 messages (100 KB) fills it
+    layout.config.write_text(render_toml({
+        "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
+        "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [topic], "group_id": group,
+                            "tag": "ai.interactions", "instance_id": "", "max_batch_messages": 10}},
+        "outputs": {"out": {"type": "file", "path": str(delivered / "%Y%m%d-%H.jsonl"), "buffer": buffer}},
+    }))
+
+    def partition() -> dict[str, Any]:
+        rows = orjson.loads(layout.http("/status")[1])["sources"]["bus"]["partitions"]
+        return rows[0] if rows else {}
+
+    stop_other = threading.Event()
+
+    def other_member() -> None:  # joins the group for another topic: an eager rebalance revokes everything
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "session.timeout.ms": 6000})
+        consumer.subscribe([other])
+        try:
+            while not stop_other.is_set():
+                consumer.poll(0.1)
+        finally:
+            consumer.close()
+
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: partition().get("committed") == 10 and partition().get("batches_in_flight") == 3,
+                 what="the first batch in the buffer, the other three waiting for room")
+        joiner = threading.Thread(target=other_member)
+        joiner.start()
+        try:
+            wait_for(lambda: daemon.log().count("source bus: assigned") >= 2 and partition(), timeout=60,
+                     what="the partition revoked (after the revoke's wait) and given back")
+            delivered.unlink()
+            delivered.mkdir()
+            wait_for(lambda: group_offsets(kafka, topic, group, 1) == [len(values)], timeout=60,
+                     what="every offset committed to the group")
+            wait_for(lambda: partition().get("batches_in_flight") == 0, what="nothing left in flight")
+            assert daemon.stop() == 0
+        finally:
+            stop_other.set()
+            joiner.join()
+    found = [orjson.loads(line)["request_id"] for path in sorted(delivered.glob("*.jsonl"))
+             for line in path.read_bytes().splitlines()]
+    assert sorted(found, key=lambda r: int(r[1:])) == [f"m{n}" for n in range(40)], "each message once"
+    assert "after its batches in flight" in daemon.log()

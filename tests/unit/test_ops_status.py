@@ -101,7 +101,7 @@ def test_a_paused_file_is_not_shown_as_stalled():
 
 
 def test_a_kafka_source_shows_its_group_membership():
-    partition = {"path": "kafka://t/0", "lag": 3, "committed": 7}
+    partition = {"path": "kafka://t/0", "lag": 3, "committed": 7, "batches_in_flight": 2}
     sources = {
         "bus": {"tag": "ai", "records": 7, "dead_lines": 0, "files": [], "partitions": [partition],
                 "instance_id": "logferry-idx-1-bus-0a1b2c3d"},
@@ -110,4 +110,5 @@ def test_a_kafka_source_shows_its_group_membership():
     text = status.render_running({"healthy": True, "problems": [], "paused": False, "sources": sources, "outputs": {}})
     assert "  group member: static, instance id logferry-idx-1-bus-0a1b2c3d" in text.splitlines()
     assert "  group member: dynamic" in text.splitlines()
-    assert "  kafka://t/0: lag 3 messages (committed to offset 7)" in text.splitlines()
+    assert "  kafka://t/0: lag 3 messages (committed to offset 7; 2 batches on their way to the buffers)" in (
+        text.splitlines())

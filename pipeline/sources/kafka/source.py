@@ -15,9 +15,11 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
 * When partitions are revoked (a rebalance, or our stop), the consume thread waits, for a
   bounded time, until every batch of those partitions already handed to the pipeline is
   committed, and commits their offsets synchronously before letting them go: a clean
-  hand-over takes nothing twice. After a kill -9 the next owner starts at the group's
-  offset and may take again what the dead process had buffered but not yet committed to
-  the group. The records' ids come from (topic, partition, offset), so Elasticsearch absorbs
+  hand-over takes nothing twice. A partition given back to us while batches of it are still
+  on their way to the buffers (the revoke's wait ran out, or the session was lost) resumes
+  after those batches, which are still committed. After a kill -9 the next owner starts at
+  the group's offset and may take again what the dead process had buffered but not yet
+  committed to the group. The records' ids come from (topic, partition, offset), so Elasticsearch absorbs
   that; a file or S3 output would hold those records twice (in chunks of two hosts).
 * Static group membership (KIP-345, ``group.instance.id``, see :func:`instance_id`) closes
   that window for the usual crash: a member killed and restarted (systemd
@@ -172,8 +174,9 @@ class KafkaSource:
         self.partitions: dict[Partition, PartitionState] = {}  # assigned now
         self.messages = 0
         self._stop = threading.Event()
-        self._lock = threading.Condition()  # guards the three below, shared with the consume thread
+        self._lock = threading.Condition()  # guards the four below, shared with the consume thread
         self._in_flight: Counter[Partition] = Counter()  # batches emitted, not yet committed
+        self._emitted: dict[Partition, int] = {}  # the next offset after the last batch emitted
         self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
         self._consume_error: str | None = None  # the last error the consumer reported, logged once
         self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
@@ -189,14 +192,16 @@ class KafkaSource:
                 "instance_id": self.instance_id, "problem": self.problem()}
 
     def lag(self) -> list[dict[str, Any]]:
-        """Each assigned partition's consumer lag: messages on the broker not yet in the buffers."""
-        rows = []
+        """Each assigned partition's consumer lag (messages on the broker not yet in the buffers) and its
+        batches in flight (read, on their way to the buffers: a full buffer holds them)."""
         with self._lock:
-            assigned = sorted(self.partitions.items())
-        for (topic, part), state in assigned:
+            assigned = [(p, state, self._in_flight[p]) for p, state in sorted(self.partitions.items())]
+        rows = []
+        for (topic, part), state, in_flight in assigned:
             lag = max(state.high - state.committed, 0) if state.high >= 0 else None
             rows.append({"topic": topic, "partition": part, "path": partition_path(topic, part),
-                         "committed": state.committed, "high_watermark": state.high, "lag": lag})
+                         "committed": state.committed, "high_watermark": state.high, "lag": lag,
+                         "batches_in_flight": in_flight})
         return rows
 
     def problem(self) -> str | None:
@@ -343,16 +348,19 @@ class KafkaSource:
                  error or failed[0].error)
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
-        """Start each partition at the further of the group's offset and our saved position."""
+        """Start each partition at the further of the group's offset and our saved position, or after the
+        batches of it still on their way to the buffers (a partition given back to us)."""
+        known = True
         try:
             committed = consumer.committed(assigned, timeout=30)
         except KafkaException as exc:
             # Without the group's offsets our saved ones still hold: at worst a partition another member
             # moved further is read again from ours (ids absorb it in Elasticsearch); nothing is skipped.
             log.warning("source %s: cannot read the group's offsets (%s): starting from the saved ones", self.name, exc)
-            committed = assigned
+            committed, known = assigned, False
         ours: list[str] = []  # partitions where our saved position is ahead of the group's: say so in the log
         for tp in committed:
+            partition = (tp.topic, tp.partition)
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
             ahead = saved is not None and (tp.offset < 0 or saved.offset > tp.offset)
             if saved is not None and ahead:
@@ -360,13 +368,21 @@ class KafkaSource:
                 tp.offset = saved.offset
             start = tp.offset if tp.offset >= 0 else 0
             with self._lock:
-                self.partitions[(tp.topic, tp.partition)] = PartitionState(start)
-                if ahead:
+                self.partitions[partition] = PartitionState(start)
+                if ahead and known:
                     # Durable in our buffers but never committed to the group (we were killed before
                     # that step): tell the group at the next step, or it stays behind until new messages.
-                    self._durable[(tp.topic, tp.partition)] = start
+                    # Not when the group's offset is unknown: ours may be behind another member's.
+                    self._durable[partition] = start
+                if self._in_flight[partition] and self._emitted.get(partition, -1) > start:
+                    # Revoked or lost while batches of it waited for the buffers (a revoke waits a bounded
+                    # time), and given back: they are still committed, so reading them again would store
+                    # them twice. A crash before their commit starts from the saved position again.
+                    ours.append(f"{tp.topic}/{tp.partition} after its batches in flight {start}->"
+                                f"{self._emitted[partition]}")
+                    tp.offset = self._emitted[partition]
         consumer.assign(committed)
-        ahead_note = f" (our saved positions ahead of the group's: {', '.join(ours)})" if ours else ""
+        ahead_note = f" (starting past the group's offset: {', '.join(ours)})" if ours else ""
         log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
@@ -455,6 +471,7 @@ class KafkaSource:
         batch.on_commit = self._committed_callback((topic, part), end)
         with self._lock:
             self._in_flight[(topic, part)] += 1
+            self._emitted[(topic, part)] = end
         return batch
 
     def _committed_callback(self, partition: Partition, end: int) -> Any:

@@ -1,0 +1,79 @@
+"""Where the kafka source starts a partition it is given (``KafkaSource._on_assign``), with a stand-in consumer:
+the group's offset, our saved position, and the batches of it still on their way to the buffers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from pipeline.clock import FakeClock
+from pipeline.deadletter import DeadLetterStore
+from pipeline.sources.base import SourceContext
+from pipeline.sources.kafka.config import KafkaSourceConfig
+from pipeline.sources.kafka.source import KafkaSource, partition_key, partition_path
+from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
+
+PARTITION = ("t", 0)
+
+
+class StandInConsumer:
+    """``committed`` gives the group's offset (or fails, as when the coordinator cannot be reached); ``assign``
+    keeps where each partition starts."""
+
+    def __init__(self, group_offset: int | None) -> None:
+        self.group_offset = group_offset
+        self.started: dict[tuple[str, int], int] = {}
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if self.group_offset is None:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return [TopicPartition(tp.topic, tp.partition, self.group_offset) for tp in partitions]
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.started = {(tp.topic, tp.partition): tp.offset for tp in partitions}
+
+
+def source_with_saved_position(tmp_path: Path, saved: int) -> KafkaSource:
+    positions = PositionStore(tmp_path / "positions.json")
+    key = partition_key(*PARTITION)
+    positions.save_now({("bus", key): FilePosition("bus", key, partition_path(*PARTITION), saved, "", 0)})
+    context = SourceContext(positions, DeadLetterStore(tmp_path / "dead"), FakeClock(0.0), tmp_path)
+    config = KafkaSourceConfig(type="kafka", brokers=["127.0.0.1:9"], topics=["t"], group_id="g", tag="ai")
+    return KafkaSource("bus", config, context)
+
+
+def assign(source: KafkaSource, consumer: StandInConsumer) -> None:
+    source._on_assign(cast(Consumer, consumer), [TopicPartition(*PARTITION)])  # librdkafka's callback
+
+
+def test_our_saved_position_ahead_of_the_group_is_where_we_start_and_what_we_tell_the_group(tmp_path: Path) -> None:
+    source, consumer = source_with_saved_position(tmp_path, 7), StandInConsumer(group_offset=5)
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 7}
+    assert source._durable == {PARTITION: 7}
+    assert source.partitions[PARTITION].committed == 7
+
+
+def test_when_the_group_offset_cannot_be_read_we_start_from_ours_but_tell_the_group_nothing(tmp_path: Path) -> None:
+    # Ours may be behind what another member committed meanwhile: committing it would move the group back.
+    source, consumer = source_with_saved_position(tmp_path, 7), StandInConsumer(group_offset=None)
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 7}
+    assert source._durable == {}
+
+
+def test_a_partition_given_back_with_batches_in_flight_resumes_after_them(tmp_path: Path) -> None:
+    source, consumer = source_with_saved_position(tmp_path, 7), StandInConsumer(group_offset=5)
+    source._in_flight[PARTITION] = 2  # emitted up to 12, not yet in the buffers
+    source._emitted[PARTITION] = 12
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 12}
+    assert source._durable == {PARTITION: 7}, "only what the buffers hold goes to the group"
+    assert source.partitions[PARTITION].committed == 7
+    source._in_flight[PARTITION] = 0  # all committed: the saved position covers them
+    key = partition_key(*PARTITION)
+    source.positions.save_now({("bus", key): FilePosition("bus", key, partition_path(*PARTITION), 12, "", 0)})
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 12}

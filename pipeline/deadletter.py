@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.durability import make_dirs, open_file, sync
+from pipeline.durability import make_dirs, open_file, sync, write_all
 
 
 def line_fields(line: bytes, limit: int = 1 << 20) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class DeadLetterStore:
         name = time.strftime("records-%Y%m%d.jsonl", time.gmtime())
         fd = open_file(self.directory / name, os.O_WRONLY | os.O_APPEND)
         try:
-            os.write(fd, b"".join(entries))
+            write_all(fd, entries)
             sync(fd)
         finally:
             os.close(fd)

@@ -237,7 +237,8 @@ def status(layout: Layout) -> dict[str, Any]:
     return snapshot
 
 
-@pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb", "array-key"])
+@pytest.mark.parametrize("bad", ["garbage", "truncated", "oversized", "not-a-message", "gzip-bomb", "array-key",
+                                 "chunk-id-not-utf8"])
 def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, daemon_factory, connect, bad):
     port = free_port()
     forward_config(layout, port, source={"message_limit_bytes": 4096, "chunk_limit_bytes": 8192})
@@ -258,6 +259,9 @@ def test_bad_input_closes_only_its_connection_and_the_daemon_goes_on(layout, dae
             evil.send({"hello": "world"})
         elif bad == "array-key":  # a map keyed by an array: msgpack cannot give it as a dict
             evil.send(["app.key", T0, ARRAY_KEYED])
+        elif bad == "chunk-id-not-utf8":  # a str whose bytes are no UTF-8: it once failed every commit
+            message = msgpack.packb(["app.id", T0, {"request_id": "bad-id"}, {"chunk": "PLACEHOLDER"}])
+            evil.send_bytes(message.replace(b"\xabPLACEHOLDER", b"\xa2\xff\xfe"))
         else:
             evil.send(["app.bomb", gzip.compress(packed([(T0, {"x": "0" * 100_000})])), {"compressed": "gzip"}])
         assert evil.closed_by_server()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from pipeline.sources.forward.chunks import ChunkJournal, ChunkWindow, committed_seq, cut_void
-from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip
+from pipeline.sources.forward.codec import ProtocolError, TooLarge, decode, ext_hook, gunzip, unpacker
 from pipeline.sources.forward.config import ForwardSourceConfig
 from pipeline.sources.forward.handshake import Handshake, client_ping
 from pipeline.transforms.packed import (
@@ -420,3 +422,57 @@ def test_a_chunk_is_stored_the_same_whatever_the_slices_it_is_decoded_in() -> No
         assert serialise_packed(raw, {"h": 1}, "t", 0.0, slice_bytes=size) == whole
     records, bad = unpack_records(raw, "t")
     assert len(records) == maps and [index for index, _, _ in bad] == [n for n, _ in entry_bad] + [40]
+
+
+def test_a_commit_point_whose_fsync_failed_is_cut_back_so_a_restart_does_not_take_its_chunks_for_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import durability
+    from pipeline.sources.forward import chunks
+
+    journal = ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: 1000.0)
+    assert journal.load(0) == []
+    journal.write(1, ["a"], point=True)
+    real_sync, failures = durability.sync, [OSError(errno.EIO, "Input/output error")]
+
+    def sync_failing_once(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_sync(fd)
+
+    monkeypatch.setattr(chunks, "sync", sync_failing_once)
+    with pytest.raises(OSError):
+        journal.write(2, ["b"], point=True)  # the commit is undone (its frames cut back) and retried
+    assert committed_seq(tmp_path) == 1, "a kill -9 now must not find commit 2's point"
+    journal.write(2, ["b"], point=True)  # the retry
+    assert committed_seq(tmp_path) == 2
+    assert [chunk for _, chunk in journal.load(2)] == ["a", "b"]
+
+
+def test_short_writes_still_append_whole_journal_lines_and_dead_letters(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A disk nearly full (or RLIMIT_FSIZE) lets the kernel write part of what it was given, without an error.
+    from pipeline.deadletter import DeadLetterStore
+
+    real_write, real_writev = os.write, os.writev
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data)[:7]))
+    monkeypatch.setattr(os, "writev", lambda fd, buffers: real_writev(fd, [bytes(buffers[0])[:7]]))
+    journal = ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: 1000.0)
+    assert journal.load(0) == []
+    journal.write(1, ["chunk-one", "chunk-two"], point=True)
+    journal.write(2, ["chunk-three"], point=True)
+    store = DeadLetterStore(tmp_path / "dead")
+    store.prepare()
+    store.write([b'{"id": "one"}\n', b'{"id": "two"}\n'])
+    monkeypatch.undo()
+    assert committed_seq(tmp_path) == 2
+    assert [chunk for _, chunk in journal.load(2)] == ["chunk-one", "chunk-two", "chunk-three"]
+    [letters] = (tmp_path / "dead").glob("records-*.jsonl")
+    assert [orjson.loads(line)["id"] for line in letters.read_bytes().splitlines()] == ["one", "two"]
+
+
+def test_a_chunk_id_that_is_not_utf8_is_a_protocol_error() -> None:
+    raw = msgpack.packb(["t", 1, {"k": 1}, {"chunk": "PLACEHOLDER"}]).replace(b"\xabPLACEHOLDER", b"\xa2\xff\xfe")
+    stream = unpacker(1 << 20)
+    stream.feed(raw)
+    with pytest.raises(ProtocolError, match="option chunk is not valid UTF-8"):
+        decode(next(stream), 1 << 20)

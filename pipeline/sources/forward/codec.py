@@ -106,7 +106,19 @@ def _message(tag: str, entries: list[tuple[object, object]], options: dict[str, 
     chunk = options.get("chunk")
     if chunk is not None and not isinstance(chunk, str):
         raise ProtocolError(f"option chunk must be a string, got {_shape(chunk)}")
+    if chunk is not None and not _utf8(chunk):
+        # Decoded with surrogates in place of its bad bytes: such an id could not be journalled nor
+        # framed (JSON), and a client resending it would fail every commit it is in.
+        raise ProtocolError(f"option chunk is not valid UTF-8: {chunk.encode('utf-8', 'surrogateescape')!r}")
     return Message(tag, entries, chunk, options, raw)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _options(obj: list[Any] | tuple[Any, ...], index: int) -> dict[str, Any]:

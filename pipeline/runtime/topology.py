@@ -81,6 +81,9 @@ def build(settings: Settings, clock: Clock) -> Topology:
     if positions.corrupt:
         _rebuild_positions(positions, reports)
         positions.commit_seq = max(positions.commit_seq, journal_points)  # their chunk ids stay committed
+        # Saved at once: commits that move no position (a forward source's) save none, so the rebuilt
+        # positions would else live in memory only, and the next start take itself for a first one.
+        positions.save_now({})
     _cut_void_journal_entries(state, positions.commit_seq)
     outputs, flushers = {}, {}
     hostname = effective_hostname(settings.enrich)

@@ -7,7 +7,8 @@ reads no more from its socket, so clients feel TCP back-pressure; nothing is dro
 
 A message with a ``chunk`` option is acknowledged from the batch's ``on_commit``, which
 the committer calls once the records are fsynced in every routed buffer and the chunk
-id is saved with the positions (see :mod:`pipeline.sources.forward.chunks`).
+id is fsynced in the source's chunk journal, in the same commit (its commit point, or the
+positions' save after it: see :mod:`pipeline.sources.forward.chunks`).
 
 Bad input closes only its own connection (garbage, a truncated or oversized message, a
 failed handshake), with a log line naming the peer and the reason; a record that is not

@@ -113,6 +113,31 @@ def test_a_record_over_max_message_bytes_is_dead_lettered_and_its_chunk_delivere
     assert not layout.buffered_chunks("events"), "the chunk was delivered, not held back"
 
 
+def test_a_record_over_a_megabyte_goes_through_when_the_topic_takes_it(layout, daemon_factory, kafka):
+    """librdkafka refuses records over its message.max.bytes (1,000,000 by default) before sending: the
+    producer takes the topic's max.message.bytes, so only records over that are dead-lettered."""
+    roomy = f"roomy-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(roomy, config={"max.message.bytes": "3000000"})
+    write_kafka_config(layout, kafka, roomy)
+    lines = list(generator.lines(4, max_chars=400))
+    large = orjson.dumps({"request_id": "large", "input": "y" * 2_000_000}) + b"\n"
+    too_large = orjson.dumps({"request_id": "too-large", "input": "z" * 3_100_000}) + b"\n"
+    (layout.logs / "agent.log").write_bytes(b"".join([lines[0], lines[1], large, lines[2], too_large, lines[3]]))
+    reader = TopicReader(kafka.bootstrap, roomy)
+    try:
+        with new_daemon(layout, daemon_factory) as daemon:
+            wait_for(partial(committed_at_least, reader, 5), what="the four small records and the large one")
+            wait_for(layout.dead_letters, what="the dead letter of the record over the topic's limit")
+            assert daemon.stop() == 0
+        arrived = reader.records()
+    finally:
+        reader.close()
+    Ledger.compare([*(generator.request_id(1, n) for n in range(4)), "large"], arrived).assert_exact()
+    assert next(r for r in arrived if r["request_id"] == "large")["input"] == "y" * 2_000_000
+    [entry] = layout.dead_letters()
+    assert entry["record_id"] == "too-large" and "max.message.bytes" in entry["reason"]
+
+
 def test_a_missing_topic_is_named_in_status_and_delivery_resumes_once_it_exists(layout, daemon_factory, kafka):
     later = f"later-{uuid.uuid4().hex[:8]}"
     write_kafka_config(layout, kafka, later)

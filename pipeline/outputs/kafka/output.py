@@ -56,6 +56,7 @@ from pipeline.transforms.enrich import iso_millis
 log = logging.getLogger("logferry.output.kafka")
 DEFAULT_MAX_MESSAGE_BYTES = 1048588  # the broker's default for topics without their own
 MAX_BATCH_BYTES = 1_000_000
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 
 
 @dataclass
@@ -286,8 +287,7 @@ class KafkaOutput:
         self._errors.last = None  # connected: an earlier error no longer explains anything
         for slot, producer in producers.items():
             key = slot_key(self.transactional_id, slot)
-            self._sessions[slot] = Session(key, producer, markers.get(key, set()), partition,
-                                           min(limit, MAX_BATCH_BYTES) - RECORD_OVERHEAD)
+            self._sessions[slot] = Session(key, producer, markers.get(key, set()), partition, limit - RECORD_OVERHEAD)
 
     def _retire(self, markers: dict[str, set[str]]) -> None:
         """Fence the producers of an earlier, larger ``workers`` (aborting what they left open); keep their chunks."""
@@ -314,6 +314,9 @@ class KafkaOutput:
             "linger.ms": 5,
             # A batch (before compression) never over what the topic takes.
             "batch.size": max(1024, min(MAX_BATCH_BYTES, max_message_bytes) - RECORD_OVERHEAD),
+            # A record up to what the topic takes, alone in its batch where it is larger than batch.size
+            # (librdkafka refuses a record over message.max.bytes, 1,000,000 by default, before sending).
+            "message.max.bytes": max(LIBRDKAFKA_MESSAGE_MAX_BYTES, max_message_bytes),
             "transaction.timeout.ms": timeout_ms,
             "message.timeout.ms": timeout_ms,
             "queue.buffering.max.kbytes": 256 * 1024,

@@ -428,3 +428,54 @@ def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice
              for line in path.read_bytes().splitlines()]
     assert sorted(found, key=lambda r: int(r[1:])) == [f"m{n}" for n in range(40)], "each message once"
     assert "after its batches in flight" in daemon.log()
+
+
+def test_a_member_held_by_a_full_buffer_still_takes_part_in_a_rebalance_and_stores_each_message_once(
+        layout, daemon_factory, kafka):
+    """The file output cannot write, so the buffer fills and the source's hand-off blocks for good. The
+    source keeps polling its group (partitions paused): another member joining gets its assignment in
+    seconds, not after librdkafka's max.poll.interval.ms (5 minutes), and once the output writes again
+    every message is in the file output once."""
+    topic, other, group = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("held", "elsewhere", "indexers"))
+    kafka.create_topic(topic)
+    kafka.create_topic(other)
+    values = [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 10_000}) for n in range(300)]
+    produce(kafka, topic, values)
+    delivered = layout.root / "delivered"
+    delivered.write_text("a file where the output wants its directory: nothing is delivered")
+    buffer = {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 0.5, "retry_limit": 10_000,
+              "total_limit_bytes": 64 * 1024}
+    layout.config.write_text(render_toml({
+        "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
+        "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [topic], "group_id": group,
+                            "tag": "ai.interactions", "instance_id": "", "max_batch_messages": 10}},
+        "outputs": {"out": {"type": "file", "path": str(delivered / "%Y%m%d-%H.jsonl"), "buffer": buffer}},
+    }))
+
+    def in_flight() -> int:
+        rows = orjson.loads(layout.http("/status")[1])["sources"]["bus"]["partitions"]
+        return int(rows[0]["batches_in_flight"]) if rows else -1
+
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: in_flight() >= 15, what="the pipeline's queues full of batches waiting for room")
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "session.timeout.ms": 6000})
+        try:
+            consumer.subscribe([other])
+            joined = time.monotonic()
+            while not consumer.assignment():
+                consumer.poll(0.2)
+                assert time.monotonic() - joined < 60, "the rebalance waited for the held member"
+            assert [(tp.topic, tp.partition) for tp in consumer.assignment()] == [(other, 0)]
+            wait_for(lambda: daemon.log().count("source bus: assigned") >= 2 and in_flight() >= 0,
+                     what="the held member given its partition back")
+            delivered.unlink()
+            delivered.mkdir()
+            wait_for(lambda: group_offsets(kafka, topic, group, 1) == [len(values)], timeout=120,
+                     what="every offset committed to the group")
+            wait_for(lambda: in_flight() == 0, what="nothing left in flight")
+            assert daemon.stop() == 0
+        finally:
+            consumer.close()
+    found = [orjson.loads(line)["request_id"] for path in sorted(delivered.glob("*.jsonl"))
+             for line in path.read_bytes().splitlines()]
+    assert sorted(found, key=lambda r: int(r[1:])) == [f"m{n}" for n in range(300)], "each message once"

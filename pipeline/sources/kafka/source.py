@@ -17,7 +17,9 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
   committed, and commits their offsets synchronously before letting them go: a clean
   hand-over takes nothing twice. A partition given back to us while batches of it are still
   on their way to the buffers (the revoke's wait ran out, or the session was lost) resumes
-  after those batches, which are still committed. After a kill -9 the next owner starts at
+  after those batches, which are still committed. While a batch waits downstream (a full
+  buffer), the partitions are paused and the group still polled (``_hand_on``): a rebalance
+  is not held up for librdkafka's ``max.poll.interval.ms``, nor do we drop out of the group. After a kill -9 the next owner starts at
   the group's offset and may take again what the dead process had buffered but not yet
   committed to the group. The records' ids come from (topic, partition, offset), so Elasticsearch absorbs
   that; a file or S3 output would hold those records twice (in chunks of two hosts).
@@ -77,6 +79,9 @@ from pipeline.sources.tail.checkpoint import FilePosition
 log = logging.getLogger("logferry.source.kafka")
 POLL_SECONDS = 0.2
 REVOKE_WAIT_SECONDS = 10.0  # how long a revoke waits for batches in flight to be committed
+# A batch waiting downstream longer than this pauses fetching and keeps the group polled (``_hand_on``);
+# shorter waits are the pipeline's ordinary back-pressure, where a pause would only drop what was fetched.
+PAUSE_AFTER_SECONDS = 1.0
 STOP_WAIT_SECONDS = 5.0
 # librdkafka's fetch and queue bounds. Each fetched byte is held twice or more at a step's peak (the
 # queue, the messages taken, the batches built from them): 8 MiB of each held 200 MB resident in
@@ -238,13 +243,50 @@ class KafkaSource:
                     messages = await loop.run_in_executor(thread, self._step, consumer)
                     batches = self._batches(messages)
                     del messages  # not held while the batches wait for room downstream
-                    for batch in batches:
-                        await emit(batch)
+                    for partition, fetched_in, batch in batches:
+                        if self._in_flight_now(partition, fetched_in, batch.end):
+                            await self._hand_on(emit, batch, consumer, thread)
             finally:
                 await self._wait_for_commits(STOP_WAIT_SECONDS)
                 await loop.run_in_executor(thread, self._close, consumer)
         finally:
             thread.shutdown(wait=False)
+
+    def _in_flight_now(self, partition: Partition, fetched_in: PartitionState, end: int) -> bool:
+        """Count a batch in flight, unless its partition was revoked (or revoked and given back, which
+        started it anew) since its messages were fetched: the partition's owner reads them again."""
+        with self._lock:
+            if self.partitions.get(partition) is not fetched_in:
+                return False
+            self._in_flight[partition] += 1
+            self._emitted[partition] = end
+            return True
+
+    async def _hand_on(self, emit: Emit, batch: LineBatch, consumer: Consumer, thread: ThreadPoolExecutor) -> None:
+        """``emit(batch)``; while it waits (a full buffer: an output down), keep talking to the group.
+
+        Without a poll for ``max.poll.interval.ms`` (5 minutes) librdkafka leaves the group, and a
+        rebalance meanwhile would wait that long for us. So the assigned partitions are paused (nothing
+        more is fetched) and the consumer is polled every ``POLL_SECONDS``: heartbeats, rebalances (a
+        revoke waits ``REVOKE_WAIT_SECONDS`` for the batches in flight, then lets go) and the offsets of
+        what got committed meanwhile. Fetching resumes where the messages handed to us ended.
+        """
+        loop = asyncio.get_running_loop()
+        handed = asyncio.ensure_future(emit(batch))
+        try:
+            await asyncio.wait({handed}, timeout=PAUSE_AFTER_SECONDS)
+            if not handed.done():
+                try:
+                    while not handed.done():
+                        await loop.run_in_executor(thread, self._keep_alive, consumer)
+                        await asyncio.wait({handed}, timeout=POLL_SECONDS)
+                finally:
+                    await loop.run_in_executor(thread, self._resume, consumer)
+            handed.result()
+        finally:
+            if not handed.done():  # cancelled (a stop): the batch was not handed on
+                handed.cancel()
+                await asyncio.gather(handed, return_exceptions=True)
 
     # -- the consume thread --------------------------------------------------------------
 
@@ -311,6 +353,18 @@ class KafkaSource:
             if high >= 0:
                 state.high = high
         return messages
+
+    def _keep_alive(self, consumer: Consumer) -> None:
+        """Downstream is full: poll the group with every assigned partition paused (see ``_hand_on``)."""
+        self._commit_durable(consumer, asynchronous=True)
+        consumer.pause(consumer.assignment())  # again: a rebalance may have assigned partitions since
+        for msg in consumer.consume(100, 0):  # rebalance callbacks run in here; messages are not expected
+            if msg.error() is None:  # fetched before a pause took effect: read again after the resume
+                tp = TopicPartition(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0))
+                consumer.seek(tp)
+
+    def _resume(self, consumer: Consumer) -> None:
+        consumer.resume(consumer.assignment())
 
     def _commit_durable(self, consumer: Consumer, asynchronous: bool, only: set[Partition] | None = None) -> None:
         with self._lock:
@@ -417,7 +471,8 @@ class KafkaSource:
 
     # -- batches (event loop) ----------------------------------------------------------
 
-    def _batches(self, messages: list[Message]) -> list[LineBatch]:
+    def _batches(self, messages: list[Message]) -> list[tuple[Partition, PartitionState, LineBatch]]:
+        """The messages of each assigned partition as batches, with the partition's assignment they came in."""
         by_partition: dict[Partition, list[Message]] = defaultdict(list)
         for msg in messages:
             error = msg.error()
@@ -431,8 +486,9 @@ class KafkaSource:
             by_partition[(str(msg.topic()), int(msg.partition() or 0))].append(msg)
         batches = []
         for (topic, part), msgs in by_partition.items():
-            if (topic, part) in self.partitions:  # else revoked while these were fetched: the new owner reads them
-                batches += [self._batch(topic, part, piece) for piece in self._pieces(msgs)]
+            state = self.partitions.get((topic, part))
+            if state is not None:  # else revoked while these were fetched: the new owner reads them
+                batches += [((topic, part), state, self._batch(topic, part, piece)) for piece in self._pieces(msgs)]
         self.messages += sum(len(m) for m in by_partition.values())
         return batches
 
@@ -469,9 +525,6 @@ class KafkaSource:
         batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,
                           b"\n".join(lines), position, dead=dead, offsets=offsets)
         batch.on_commit = self._committed_callback((topic, part), end)
-        with self._lock:
-            self._in_flight[(topic, part)] += 1
-            self._emitted[(topic, part)] = end
         return batch
 
     def _committed_callback(self, partition: Partition, end: int) -> Any:

@@ -17,6 +17,7 @@ buffer directory under ``dead/`` instead (see :mod:`pipeline.buffer`).
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any
 import orjson
 
 from pipeline.durability import make_dirs, open_file, sync, write_all
+
+log = logging.getLogger("logferry.deadletter")
 
 
 def line_fields(line: bytes, limit: int = 1 << 20) -> dict[str, Any]:
@@ -68,18 +71,25 @@ class DeadLetterStore:
         pending, self._pending = self._pending, []
         return pending
 
-    def write(self, entries: list[bytes]) -> None:
-        """Append and fsync entries (worker thread, inside a commit)."""
+    def write(self, entries: list[bytes]) -> tuple[Path, int] | None:
+        """Append and fsync entries (worker thread, inside a commit); the file appended to and its size
+        before, for :meth:`cut_back` should the commit fail."""
         if not entries:
-            return
-        name = time.strftime("records-%Y%m%d.jsonl", time.gmtime())
-        fd = open_file(self.directory / name, os.O_WRONLY | os.O_APPEND)
+            return None
+        path = self.directory / time.strftime("records-%Y%m%d.jsonl", time.gmtime())
+        fd = open_file(path, os.O_WRONLY | os.O_APPEND)
         try:
+            written = (path, os.fstat(fd).st_size)
             write_all(fd, entries)
             sync(fd)
         finally:
             os.close(fd)
+        return written
 
-    def restore(self, entries: list[bytes]) -> None:
-        """Put back the entries of a commit that failed, to be written by the next one."""
-        self._pending[:0] = entries
+    def cut_back(self, written: tuple[Path, int]) -> None:
+        """Take back what a ``write`` appended: its commit failed, and the retry writes the entries again."""
+        path, size = written
+        try:
+            os.truncate(path, size)
+        except OSError as exc:  # the entries are kept: the retry only writes them a second time
+            log.warning("cannot cut back %s after a failed commit (%s): its dead letters may appear twice", path, exc)

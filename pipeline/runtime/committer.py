@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from pipeline.buffer import frame
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
@@ -83,6 +84,7 @@ class Committer:
         self._flush_requested = False
         self._wake = asyncio.Event()
         self.paused = asyncio.Event()  # set while a full buffer holds the sources back
+        self._dead_written: tuple[Path, int] | None = None  # this commit attempt's dead letters, to cut back
         for buffer in self.buffers:
             buffer.on_flusher_idle = self._wake.set  # chunks held back for busy flushers go out now
 
@@ -224,14 +226,20 @@ class Committer:
                 self.stats.failed_commits += 1
                 self.stats.failing = f"{exc.strerror or exc} ({exc.filename or 'state directory'})"
                 log.error("commit failed (%s): nothing was lost, retrying in %.1fs", exc, delay)
-                await asyncio.to_thread(plan.undo)
+                await asyncio.to_thread(self._undo, plan)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, COMMIT_RETRY_MAX)
 
+    def _undo(self, plan: CommitPlan) -> None:
+        plan.undo()
+        if self._dead_written is not None:  # the retry writes the same entries again
+            self.dead_letters.cut_back(self._dead_written)
+
     def _write(self, plan: CommitPlan, dead: list[bytes], encoded: bytes | None, journals: JournalWrites
                ) -> None:
+        self._dead_written = None
         plan.apply()
-        self.dead_letters.write(dead)
+        self._dead_written = self.dead_letters.write(dead)
         for write in journals:
             write()
         if encoded is not None:

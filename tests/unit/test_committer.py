@@ -173,6 +173,26 @@ async def test_failed_apply_is_undone_and_retried_without_loss_or_duplicates(
 
 
 @pytest.mark.asyncio
+async def test_a_commit_failing_after_its_dead_letters_were_written_writes_them_once_when_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(tmp_path)
+    original, calls = PositionStore.save, {"n": 0}
+
+    def flaky_save(store: PositionStore, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:  # frames and dead letters are written and fsynced: the commit point fails
+            raise OSError(errno.EIO, "Input/output error")
+        original(store, data)
+
+    monkeypatch.setattr(PositionStore, "save", flaky_save)
+    await asyncio.wait_for(env.committer.commit([env.batch(b'{"n":1}', b"{bad")]), 5)
+    assert env.committer.stats.failed_commits == 1 and calls["n"] == 2
+    assert [e["line"] for e in dead_entries(tmp_path)] == ["{bad"], "the dead entry is written once"
+    assert record_values(env.buffers[0]) == [1]
+
+
+@pytest.mark.asyncio
 async def test_run_commits_and_flushes_on_request(tmp_path: Path) -> None:
     env = Env(tmp_path, outputs=("search",))
     await env.inbox.put(env.batch(b'{"n":1}'))

@@ -19,10 +19,11 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
   on their way to the buffers (the revoke's wait ran out, or the session was lost) resumes
   after those batches, which are still committed. While a batch waits downstream (a full
   buffer), the partitions are paused and the group still polled (``_hand_on``): a rebalance
-  is not held up for librdkafka's ``max.poll.interval.ms``, nor do we drop out of the group. After a kill -9 the next owner starts at
-  the group's offset and may take again what the dead process had buffered but not yet
-  committed to the group. The records' ids come from (topic, partition, offset), so Elasticsearch absorbs
-  that; a file or S3 output would hold those records twice (in chunks of two hosts).
+  is not held up for librdkafka's ``max.poll.interval.ms``, nor do we drop out of the group.
+  After a kill -9 the next owner starts at the group's offset and may take again what the
+  dead process had buffered but not yet committed to the group. The records' ids come from
+  (topic, partition, offset), so Elasticsearch absorbs that; a file or S3 output would hold
+  those records twice (in chunks of two hosts).
 * Static group membership (KIP-345, ``group.instance.id``, see :func:`instance_id`) closes
   that window for the usual crash: a member killed and restarted (systemd
   ``Restart=on-failure``) within ``session_timeout`` gets its own partitions back without a

@@ -360,9 +360,13 @@ class KafkaSource:
         self._commit_durable(consumer, asynchronous=True)
         consumer.pause(consumer.assignment())  # again: a rebalance may have assigned partitions since
         for msg in consumer.consume(100, 0):  # rebalance callbacks run in here; messages are not expected
-            if msg.error() is None:  # fetched before a pause took effect: read again after the resume
+            error = msg.error()
+            if error is None:  # fetched before a pause took effect: read again after the resume
                 tp = TopicPartition(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0))
-                consumer.seek(tp)
+                with contextlib.suppress(KafkaException):  # revoked meanwhile: its next owner reads it
+                    consumer.seek(tp)
+            elif error.code() == KafkaError._FATAL or error.fatal():
+                self._fatal(error)
 
     def _resume(self, consumer: Consumer) -> None:
         consumer.resume(consumer.assignment())

@@ -89,6 +89,20 @@ def test_sigkill_three_times_then_every_record_is_in_kafka_exactly_once(
     assert all(r["_key"] == r["model"] for r in records), "key_field keys each message"
 
 
+def records_and_a_dead_letter(layout: Layout, daemon_factory: Any, kafka: KafkaBroker, topic: str,
+                              count: int) -> list[dict[str, Any]]:
+    """Run the daemon until ``topic`` holds ``count`` committed records and a dead letter is written; the records."""
+    reader = TopicReader(kafka.bootstrap, topic)
+    try:
+        with new_daemon(layout, daemon_factory) as daemon:
+            wait_for(partial(committed_at_least, reader, count), what=f"the {count} records that fit")
+            wait_for(layout.dead_letters, what="the dead letter")
+            assert daemon.stop() == 0
+        return reader.records()
+    finally:
+        reader.close()
+
+
 def test_a_record_over_max_message_bytes_is_dead_lettered_and_its_chunk_delivered(layout, daemon_factory, kafka):
     small = f"small-{uuid.uuid4().hex[:8]}"
     kafka.create_topic(small, config={"max.message.bytes": "20000"})
@@ -96,15 +110,7 @@ def test_a_record_over_max_message_bytes_is_dead_lettered_and_its_chunk_delivere
     lines = list(generator.lines(20, max_chars=400))
     big = orjson.dumps({"request_id": "too-big", "input": "x" * 50_000}) + b"\n"
     (layout.logs / "agent.log").write_bytes(b"".join(lines[:10]) + big + b"".join(lines[10:]))
-    small_reader = TopicReader(kafka.bootstrap, small)
-    try:
-        with new_daemon(layout, daemon_factory) as daemon:
-            wait_for(partial(committed_at_least, small_reader, 20), what="the 20 records that fit")
-            wait_for(layout.dead_letters, what="the dead letter")
-            assert daemon.stop() == 0
-        arrived = small_reader.records()
-    finally:
-        small_reader.close()
+    arrived = records_and_a_dead_letter(layout, daemon_factory, kafka, small, 20)
     Ledger.compare([generator.request_id(1, n) for n in range(20)], arrived).assert_exact()
     [entry] = layout.dead_letters()
     assert entry["record_id"] == "too-big" and "max.message.bytes" in entry["reason"]
@@ -123,15 +129,7 @@ def test_a_record_over_a_megabyte_goes_through_when_the_topic_takes_it(layout, d
     large = orjson.dumps({"request_id": "large", "input": "y" * 2_000_000}) + b"\n"
     too_large = orjson.dumps({"request_id": "too-large", "input": "z" * 3_100_000}) + b"\n"
     (layout.logs / "agent.log").write_bytes(b"".join([lines[0], lines[1], large, lines[2], too_large, lines[3]]))
-    reader = TopicReader(kafka.bootstrap, roomy)
-    try:
-        with new_daemon(layout, daemon_factory) as daemon:
-            wait_for(partial(committed_at_least, reader, 5), what="the four small records and the large one")
-            wait_for(layout.dead_letters, what="the dead letter of the record over the topic's limit")
-            assert daemon.stop() == 0
-        arrived = reader.records()
-    finally:
-        reader.close()
+    arrived = records_and_a_dead_letter(layout, daemon_factory, kafka, roomy, 5)
     Ledger.compare([*(generator.request_id(1, n) for n in range(4)), "large"], arrived).assert_exact()
     assert next(r for r in arrived if r["request_id"] == "large")["input"] == "y" * 2_000_000
     [entry] = layout.dead_letters()

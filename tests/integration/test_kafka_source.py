@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -371,26 +372,41 @@ def test_an_unreachable_broker_and_a_missing_topic_are_named_in_status(layout, d
         assert daemon.stop() == 0
 
 
-def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice(layout, daemon_factory, kafka):
-    """A rebalance while the buffer is full (the file output cannot write): the revoke waits for the batches
-    in flight, in vain, and lets go; the partition comes straight back (the other member takes another
-    topic). Those batches are still committed once the output writes again, so the partition resumes after
-    them: every message in the file output once, none read twice."""
-    topic, other, group = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("give-back", "elsewhere", "indexers"))
+def held_by_a_full_buffer(layout: Layout, kafka: KafkaBroker, name: str, count: int
+                          ) -> tuple[str, str, str, Path]:
+    """``count`` messages of 10 KB in a new topic, and a kafka → file pipeline whose output cannot write (its
+    directory is a file, until the test makes it one) and whose buffer one batch of 10 messages fills: the
+    topic, another topic, the group and the output's directory."""
+    topic, other, group = (f"{n}-{uuid.uuid4().hex[:8]}" for n in (name, "elsewhere", "indexers"))
     kafka.create_topic(topic)
     kafka.create_topic(other)
-    values = [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 10_000}) for n in range(40)]
-    produce(kafka, topic, values)
+    produce(kafka, topic, [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 10_000}) for n in range(count)])
     delivered = layout.root / "delivered"
     delivered.write_text("a file where the output wants its directory: nothing is delivered")
     buffer = {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 0.5, "retry_limit": 10_000,
-              "total_limit_bytes": 64 * 1024}  # one batch of 10 messages (100 KB) fills it
+              "total_limit_bytes": 64 * 1024}
     layout.config.write_text(render_toml({
         "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
         "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [topic], "group_id": group,
                             "tag": "ai.interactions", "instance_id": "", "max_batch_messages": 10}},
         "outputs": {"out": {"type": "file", "path": str(delivered / "%Y%m%d-%H.jsonl"), "buffer": buffer}},
     }))
+    return topic, other, group, delivered
+
+
+def delivered_ids(delivered: Path) -> list[str]:
+    """The request ids in the file output's directory, in message order."""
+    found = [orjson.loads(line)["request_id"] for path in sorted(delivered.glob("*.jsonl"))
+             for line in path.read_bytes().splitlines()]
+    return sorted(found, key=lambda r: int(r[1:]))
+
+
+def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice(layout, daemon_factory, kafka):
+    """A rebalance while the buffer is full (the file output cannot write): the revoke waits for the batches
+    in flight, in vain, and lets go; the partition comes straight back (the other member takes another
+    topic). Those batches are still committed once the output writes again, so the partition resumes after
+    them: every message in the file output once, none read twice."""
+    topic, other, group, delivered = held_by_a_full_buffer(layout, kafka, "give-back", 40)
 
     def partition() -> dict[str, Any]:
         rows = orjson.loads(layout.http("/status")[1])["sources"]["bus"]["partitions"]
@@ -417,16 +433,14 @@ def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice
                      what="the partition revoked (after the revoke's wait) and given back")
             delivered.unlink()
             delivered.mkdir()
-            wait_for(lambda: group_offsets(kafka, topic, group, 1) == [len(values)], timeout=60,
+            wait_for(lambda: group_offsets(kafka, topic, group, 1) == [40], timeout=60,
                      what="every offset committed to the group")
             wait_for(lambda: partition().get("batches_in_flight") == 0, what="nothing left in flight")
             assert daemon.stop() == 0
         finally:
             stop_other.set()
             joiner.join()
-    found = [orjson.loads(line)["request_id"] for path in sorted(delivered.glob("*.jsonl"))
-             for line in path.read_bytes().splitlines()]
-    assert sorted(found, key=lambda r: int(r[1:])) == [f"m{n}" for n in range(40)], "each message once"
+    assert delivered_ids(delivered) == [f"m{n}" for n in range(40)], "each message once"
     assert "after its batches in flight" in daemon.log()
 
 
@@ -436,21 +450,7 @@ def test_a_member_held_by_a_full_buffer_still_takes_part_in_a_rebalance_and_stor
     source keeps polling its group (partitions paused): another member joining gets its assignment in
     seconds, not after librdkafka's max.poll.interval.ms (5 minutes), and once the output writes again
     every message is in the file output once."""
-    topic, other, group = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("held", "elsewhere", "indexers"))
-    kafka.create_topic(topic)
-    kafka.create_topic(other)
-    values = [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 10_000}) for n in range(300)]
-    produce(kafka, topic, values)
-    delivered = layout.root / "delivered"
-    delivered.write_text("a file where the output wants its directory: nothing is delivered")
-    buffer = {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 0.5, "retry_limit": 10_000,
-              "total_limit_bytes": 64 * 1024}
-    layout.config.write_text(render_toml({
-        "state_dir": layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
-        "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [topic], "group_id": group,
-                            "tag": "ai.interactions", "instance_id": "", "max_batch_messages": 10}},
-        "outputs": {"out": {"type": "file", "path": str(delivered / "%Y%m%d-%H.jsonl"), "buffer": buffer}},
-    }))
+    topic, other, group, delivered = held_by_a_full_buffer(layout, kafka, "held", 300)
 
     def in_flight() -> int:
         rows = orjson.loads(layout.http("/status")[1])["sources"]["bus"]["partitions"]
@@ -470,12 +470,10 @@ def test_a_member_held_by_a_full_buffer_still_takes_part_in_a_rebalance_and_stor
                      what="the held member given its partition back")
             delivered.unlink()
             delivered.mkdir()
-            wait_for(lambda: group_offsets(kafka, topic, group, 1) == [len(values)], timeout=120,
+            wait_for(lambda: group_offsets(kafka, topic, group, 1) == [300], timeout=120,
                      what="every offset committed to the group")
             wait_for(lambda: in_flight() == 0, what="nothing left in flight")
             assert daemon.stop() == 0
         finally:
             consumer.close()
-    found = [orjson.loads(line)["request_id"] for path in sorted(delivered.glob("*.jsonl"))
-             for line in path.read_bytes().splitlines()]
-    assert sorted(found, key=lambda r: int(r[1:])) == [f"m{n}" for n in range(300)], "each message once"
+    assert delivered_ids(delivered) == [f"m{n}" for n in range(300)], "each message once"

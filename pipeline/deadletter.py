@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import orjson
 from pipeline.durability import make_dirs, open_file, sync, write_all
 
 log = logging.getLogger("logferry.deadletter")
+Written = tuple[Path, int, int]  # a write's file, and where its entries start and end
 
 
 def line_fields(line: bytes, limit: int = 1 << 20) -> dict[str, Any]:
@@ -51,6 +53,7 @@ class DeadLetterStore:
         self.oversized_dir = directory / "oversized"
         self.count = 0
         self._pending: list[bytes] = []
+        self._lock = threading.Lock()
 
     def prepare(self) -> None:
         """Create the directories."""
@@ -71,25 +74,32 @@ class DeadLetterStore:
         pending, self._pending = self._pending, []
         return pending
 
-    def write(self, entries: list[bytes]) -> tuple[Path, int] | None:
-        """Append and fsync entries (worker thread, inside a commit); the file appended to and its size
-        before, for :meth:`cut_back` should the commit fail."""
+    def write(self, entries: list[bytes]) -> Written | None:
+        """Append and fsync entries (a worker thread: the committer's, or an output's); where they went, for
+        :meth:`cut_back` should their commit fail."""
         if not entries:
             return None
         path = self.directory / time.strftime("records-%Y%m%d.jsonl", time.gmtime())
-        fd = open_file(path, os.O_WRONLY | os.O_APPEND)
-        try:
-            written = (path, os.fstat(fd).st_size)
-            write_all(fd, entries)
-            sync(fd)
-        finally:
-            os.close(fd)
-        return written
+        with self._lock:  # writers of several threads: each one's entries whole, and where it knows
+            fd = open_file(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                start = os.fstat(fd).st_size
+                write_all(fd, entries)
+                sync(fd)
+            finally:
+                os.close(fd)
+        return path, start, start + sum(map(len, entries))
 
-    def cut_back(self, written: tuple[Path, int]) -> None:
-        """Take back what a ``write`` appended: its commit failed, and the retry writes the entries again."""
-        path, size = written
-        try:
-            os.truncate(path, size)
-        except OSError as exc:  # the entries are kept: the retry only writes them a second time
-            log.warning("cannot cut back %s after a failed commit (%s): its dead letters may appear twice", path, exc)
+    def cut_back(self, written: Written) -> None:
+        """Take back what a ``write`` appended (its commit failed: the retry writes the entries again), unless
+        another writer appended since: its entries are not ours to cut, and ours then appear twice."""
+        path, start, end = written
+        with self._lock:
+            try:
+                if os.stat(path).st_size != end:
+                    log.info("dead letters of a failed commit kept in %s (others were written since): they "
+                             "appear twice", path)
+                    return
+                os.truncate(path, start)
+            except OSError as exc:
+                log.warning("cannot cut back %s after a failed commit (%s): its dead letters appear twice", path, exc)

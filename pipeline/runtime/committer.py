@@ -23,12 +23,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 from pipeline.buffer import frame
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
 from pipeline.clock import Clock
-from pipeline.deadletter import DeadLetterStore
+from pipeline.deadletter import DeadLetterStore, Written
 from pipeline.runtime.routing import TagRoutes
 from pipeline.sources.base import CommitJournal, LineBatch
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
@@ -84,7 +83,7 @@ class Committer:
         self._flush_requested = False
         self._wake = asyncio.Event()
         self.paused = asyncio.Event()  # set while a full buffer holds the sources back
-        self._dead_written: tuple[Path, int] | None = None  # this commit attempt's dead letters, to cut back
+        self._dead_written: Written | None = None  # this commit attempt's dead letters, to cut back
         for buffer in self.buffers:
             buffer.on_flusher_idle = self._wake.set  # chunks held back for busy flushers go out now
 

@@ -307,3 +307,17 @@ async def test_batches_of_a_source_routed_by_record_tag_go_to_the_outputs_matchi
     await env.committer.commit([app, other])
 
     assert record_values(search) == [1] and record_values(archive) == [1, 2]
+
+
+def test_a_cut_back_never_takes_the_entries_another_writer_appended_since(tmp_path: Path) -> None:
+    # The committer and the outputs (rejected or oversized records) append to one file from their threads.
+    store = DeadLetterStore(tmp_path / "dead-letter")
+    store.prepare()
+    ours = store.write([b'{"id": "ours"}\n'])
+    store.write([b'{"id": "theirs"}\n'])  # an output's, between our commit's write and its failure
+    assert ours is not None
+    store.cut_back(ours)  # not cut: ours appear twice after the retry, theirs are never lost
+    last = store.write([b'{"id": "retried"}\n'])
+    assert last is not None
+    store.cut_back(last)  # nothing written since: cut
+    assert [e["id"] for e in dead_entries(tmp_path)] == ["ours", "theirs"]

@@ -6,8 +6,7 @@ at a time (:data:`SLICE_BYTES`). Both give the same records, offsets and bad ent
 after a crash gets the same ids whichever way it went. An entry that does not decode or is not
 ``[time, record]`` with a map is one bad entry (dead-lettered with its reason) and its neighbours are
 stored; bytes after the last whole entry (an entry cut short, a byte that is not msgpack) are one more
-bad entry. Either way the client gets its
-ack and does not resend a chunk that can never be stored.
+bad entry. Either way the client gets its ack and does not resend a chunk that can never be stored.
 
 Imports only msgpack and ormsgpack (and orjson to show a bad record, and :mod:`pipeline.transforms.lines`,
 which every worker has): a parse worker loads this module with its first packed block.
@@ -82,8 +81,8 @@ def whole_objects(raw: bytes) -> tuple[list[int], bool]:
 #: A PackedForward chunk is decoded and serialised this many bytes of entries at a time (a slice
 #: ends after the entry that reaches it): each slice's maps are serialised and freed before the next
 #: slice is decoded, so a 1 MiB chunk's maps (~2.5x its size once decoded) never all live at once.
-#: In the parse workers, beside the loop and the kernel's copies on two cores, that measured 6 %
-#: less CPU and 4-6 MB less peak RSS than decoding the whole chunk first (docs/PERFORMANCE.md §4).
+#: In the parse workers, beside the loop and the kernel's copies on two cores, that measured ~8 %
+#: less CPU and ~5 MB less peak RSS than decoding the whole chunk first (docs/PERFORMANCE.md §4).
 SLICE_BYTES = 64 << 10
 
 

@@ -27,7 +27,7 @@ from functools import partial
 from pipeline.buffer import frame
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
 from pipeline.clock import Clock
-from pipeline.deadletter import DeadLetterStore, Written
+from pipeline.deadletter import DeadLetterStore
 from pipeline.runtime.routing import TagRoutes
 from pipeline.sources.base import CommitJournal, LineBatch
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
@@ -83,7 +83,6 @@ class Committer:
         self._flush_requested = False
         self._wake = asyncio.Event()
         self.paused = asyncio.Event()  # set while a full buffer holds the sources back
-        self._dead_written: Written | None = None  # this commit attempt's dead letters, to cut back
         for buffer in self.buffers:
             buffer.on_flusher_idle = self._wake.set  # chunks held back for busy flushers go out now
 
@@ -225,24 +224,23 @@ class Committer:
                 self.stats.failed_commits += 1
                 self.stats.failing = f"{exc.strerror or exc} ({exc.filename or 'state directory'})"
                 log.error("commit failed (%s): nothing was lost, retrying in %.1fs", exc, delay)
-                await asyncio.to_thread(self._undo, plan)
+                await asyncio.to_thread(plan.undo)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, COMMIT_RETRY_MAX)
 
-    def _undo(self, plan: CommitPlan) -> None:
-        plan.undo()
-        if self._dead_written is not None:  # the retry writes the same entries again
-            self.dead_letters.cut_back(self._dead_written)
-
     def _write(self, plan: CommitPlan, dead: list[bytes], encoded: bytes | None, journals: JournalWrites
                ) -> None:
-        self._dead_written = None
         plan.apply()
-        self._dead_written = self.dead_letters.write(dead)
-        for write in journals:
-            write()
-        if encoded is not None:
-            self.positions.save(encoded)  # the commit point: journals entries above the saved seq are void
+        written = self.dead_letters.write(dead)
+        try:
+            for write in journals:
+                write()
+            if encoded is not None:
+                self.positions.save(encoded)  # the commit point: journals entries above the saved seq are void
+        except OSError:
+            if written is not None:  # the retry writes the same entries again
+                self.dead_letters.cut_back(written)
+            raise
 
 
 def _journals(batches: list[ProcessedBatch]) -> list[tuple[CommitJournal, list[object]]]:

@@ -136,8 +136,14 @@ class Committer:
             buffer.enqueue_due(force=force)
 
     async def commit(self, batches: list[ProcessedBatch]) -> None:
-        """Make ``batches`` durable in every routed buffer, then save their positions."""
+        """Make ``batches`` durable in every routed buffer, then save their positions.
+
+        A batch whose source no longer wants it stored (``LineBatch.claim``) is dropped here.
+        """
         await self._make_room(batches)
+        batches = [item for item in batches if item.batch.claim is None or item.batch.claim()]
+        if not batches:
+            return
         seq = self.positions.commit_seq + 1
         plan = CommitPlan()
         updates: dict[tuple[str, str], FilePosition | None] = {}

@@ -25,6 +25,12 @@ class LineBatch:
     which is where a network source acknowledges what it received. ``journal`` names
     state saved with the commit itself (see :class:`CommitJournal`).
 
+    ``claim``, when set, is called on the event loop by the committer just before it stores
+    the batch (after any wait for room in the buffers). False drops the batch: nothing of it
+    is stored or dead-lettered, no position moves, and ``on_commit`` is never called (a
+    Kafka partition revoked since its messages were read: its next owner reads them again).
+    True promises the source that the commit under way stores it.
+
     ``offsets``, when set, gives each line's offset in its source (one per line, e.g. a
     Kafka message offset): records' ids and dead letters then use it instead of
     ``start`` + the line's byte position in ``data``.
@@ -41,6 +47,7 @@ class LineBatch:
     forget: bool = False
     dead: list[dict[str, Any]] = field(default_factory=list)
     on_commit: Callable[[], None] | None = None
+    claim: Callable[[], bool] | None = None
     offsets: list[int] | None = None
     journal: tuple[CommitJournal, object] | None = None
     # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of

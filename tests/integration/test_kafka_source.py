@@ -127,6 +127,59 @@ def test_bad_messages_are_dead_lettered_with_topic_partition_offset_and_committe
     assert f'logferry_kafka_consumer_lag{{partition="0",source="bus",topic="{topic}"}} 0.0' in metrics.decode()
 
 
+def produce_in_transactions(kafka: KafkaBroker, topic: str, values: list[bytes], partitions: int, size: int) -> None:
+    """Produce ``values`` round-robin over ``partitions`` in transactions of ``size`` messages, as logferry's kafka
+    output does: each transaction leaves a commit marker in every partition it wrote."""
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "transactional.id": f"tx-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(30)
+    for first in range(0, len(values), size):
+        producer.begin_transaction()
+        for n in range(first, min(first + size, len(values))):
+            producer.produce(topic, values[n], partition=n % partitions)
+        producer.commit_transaction(30)
+
+
+def high_watermarks(kafka: KafkaBroker, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "watermarks"})
+    try:
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        consumer.close()
+
+
+def test_a_topic_written_in_transactions_shows_no_lag_once_read_to_its_end(layout, daemon_factory, kafka):
+    """Each transaction's commit marker takes an offset no consumer gets: the lag in status and metrics, and the
+    group's offset (what monitoring tools measure), step over the last one once every message before it is
+    stored. A restart from there skips nothing that comes after."""
+    topic, group = f"tx-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic, partitions=2)
+    values = [line.rstrip(b"\n") for line in generator.lines(90, max_chars=300)]
+    produce_in_transactions(kafka, topic, values[:60], partitions=2, size=20)
+    write_source_config(layout, kafka, topic, group)
+
+    def lags() -> tuple[int, list[int]]:
+        status = layouts_status(layout)
+        return status["lag"], [row["lag"] for row in status["partitions"]]
+
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(partial(arrived_at_least, layout, 60), what="the first 60 records")
+        high = high_watermarks(kafka, topic, 2)
+        assert high == [33, 33], "30 messages and 3 commit markers in each partition"
+        wait_for(lambda: group_offsets(kafka, topic, group, 2) == high, what="the group past the last markers")
+        assert lags() == (0, [0, 0])
+        _, metrics = layout.http("/metrics")
+        assert daemon.stop() == 0
+    for part in (0, 1):
+        assert f'logferry_kafka_consumer_lag{{partition="{part}",source="bus",topic="{topic}"}} 0.0' in metrics.decode()
+    produce_in_transactions(kafka, topic, values[60:], partitions=2, size=30)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(partial(arrived_at_least, layout, 90), what="the 30 records produced while it was stopped")
+        wait_for(lambda: group_offsets(kafka, topic, group, 2) == [49, 49], what="the group past the new markers")
+        assert lags() == (0, [0, 0])
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(90)], layout.records()).assert_exact()
+
+
 def test_parse_workers_take_the_messages_and_keep_their_offsets_for_ids_and_dead_letters(layout, daemon_factory,
                                                                                          kafka, es_url):
     topic, group = f"workers-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
@@ -372,15 +425,16 @@ def test_an_unreachable_broker_and_a_missing_topic_are_named_in_status(layout, d
         assert daemon.stop() == 0
 
 
-def held_by_a_full_buffer(layout: Layout, kafka: KafkaBroker, name: str, count: int
+def held_by_a_full_buffer(layout: Layout, kafka: KafkaBroker, name: str, count: int, partitions: int = 1
                           ) -> tuple[str, str, str, Path]:
-    """``count`` messages of 10 KB in a new topic, and a kafka → file pipeline whose output cannot write (its
-    directory is a file, until the test makes it one) and whose buffer one batch of 10 messages fills: the
-    topic, another topic, the group and the output's directory."""
+    """``count`` messages of 10 KB in a new topic (round-robin over ``partitions``), and a kafka → file pipeline
+    whose output cannot write (its directory is a file, until the test makes it one) and whose buffer one batch
+    of 10 messages fills: the topic, another topic, the group and the output's directory."""
     topic, other, group = (f"{n}-{uuid.uuid4().hex[:8]}" for n in (name, "elsewhere", "indexers"))
-    kafka.create_topic(topic)
+    kafka.create_topic(topic, partitions=partitions)
     kafka.create_topic(other)
-    produce(kafka, topic, [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 10_000}) for n in range(count)])
+    produce(kafka, topic, [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 10_000}) for n in range(count)],
+            partitions=partitions)
     delivered = layout.root / "delivered"
     delivered.write_text("a file where the output wants its directory: nothing is delivered")
     buffer = {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 0.5, "retry_limit": 10_000,
@@ -404,8 +458,8 @@ def delivered_ids(delivered: Path) -> list[str]:
 def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice(layout, daemon_factory, kafka):
     """A rebalance while the buffer is full (the file output cannot write): the revoke waits for the batches
     in flight, in vain, and lets go; the partition comes straight back (the other member takes another
-    topic). Those batches are still committed once the output writes again, so the partition resumes after
-    them: every message in the file output once, none read twice."""
+    topic). Those batches are dropped once the output writes again (their assignment ended) and read again
+    in the new one: every message in the file output once, none stored twice."""
     topic, other, group, delivered = held_by_a_full_buffer(layout, kafka, "give-back", 40)
 
     def partition() -> dict[str, Any]:
@@ -441,7 +495,44 @@ def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice
             stop_other.set()
             joiner.join()
     assert delivered_ids(delivered) == [f"m{n}" for n in range(40)], "each message once"
-    assert "after its batches in flight" in daemon.log()
+    assert "3 batches of the revoked partitions were not yet stored: they are dropped" in daemon.log()
+
+
+def test_a_partition_taken_by_another_member_after_a_revoke_ran_out_of_time_is_stored_once_by_the_two(
+        tmp_path, daemon_factory, kafka):
+    """The first process holds both partitions with batches of each waiting for room (its file output cannot
+    write) when a second process joins the group: the first one's revoke waits for those batches in vain and
+    lets one partition go to the second, which reads it from the group's offset. Once the first one's output
+    writes again, it drops its batches of that partition instead of storing them: together the two file
+    outputs hold every message once."""
+    first_layout, second_layout = Layout(tmp_path / "a"), Layout(tmp_path / "b")
+    topic, _, group, delivered = held_by_a_full_buffer(first_layout, kafka, "moved", 60, partitions=2)
+    write_source_config(second_layout, kafka, topic, group, instance_id="", max_batch_messages=10)
+
+    def in_flight() -> dict[int, int]:
+        rows = orjson.loads(first_layout.http("/status")[1])["sources"]["bus"]["partitions"]
+        return {row["partition"]: row["batches_in_flight"] for row in rows}
+
+    with new_daemon(first_layout, daemon_factory) as first:
+        wait_for(lambda: len(in_flight()) == 2 and all(in_flight().values()),
+                 what="batches of both partitions waiting for room in the first process")
+        with new_daemon(second_layout, daemon_factory) as second:
+            wait_for(lambda: assigned(second_layout) == 1 and len(in_flight()) == 1, timeout=60,
+                     what="one partition moved to the second process after the first one's revoke ran out")
+            moved = held_partitions(second_layout)
+            (index,) = moved
+            wait_for(lambda: group_offsets(kafka, topic, group, 2)[index] == 30, timeout=60,
+                     what="the moved partition read to its end by the second process")
+            delivered.unlink()
+            delivered.mkdir()
+            wait_for(lambda: group_offsets(kafka, topic, group, 2) == [30, 30], timeout=60,
+                     what="every offset committed to the group")
+            wait_for(lambda: sum(in_flight().values()) == 0, what="nothing left in flight")
+            assert first.stop() == 0 and second.stop() == 0
+    second_ids = [record["request_id"] for record in second_layout.records()]
+    assert sorted([*delivered_ids(delivered), *second_ids], key=lambda r: int(r[1:])) == [f"m{n}" for n in range(60)]
+    assert {int(r[1:]) % 2 for r in second_ids} == moved, "the second process stored the moved partition only"
+    assert "not yet stored: they are dropped and read again by the partitions' next owner" in first.log()
 
 
 def test_a_member_held_by_a_full_buffer_still_takes_part_in_a_rebalance_and_stores_each_message_once(

@@ -291,6 +291,31 @@ async def test_a_commit_writing_two_journals_saves_the_positions_as_its_commit_p
 
 
 @pytest.mark.asyncio
+async def test_a_batch_its_source_no_longer_claims_is_dropped_whole_and_the_others_are_stored(tmp_path: Path) -> None:
+    # A Kafka partition revoked while its batch waited for room: nothing of it may be stored, dead-lettered or
+    # acknowledged, since the partition's next owner reads it again.
+    env = Env(tmp_path)
+    calls: list[str] = []
+    claimed: list[str] = []
+    kept = network_batch(env, "kept", b'{"n":1}', b"{broken", calls=calls)
+    dropped = network_batch(env, "dropped", b'{"n":2}', b"{also broken", calls=calls)
+    kept.batch.claim = lambda: claimed.append("kept") is None
+    dropped.batch.claim = lambda: claimed.append("dropped") is not None
+    moved = env.batch(b'{"n":3}')
+
+    await env.committer.commit([kept, dropped, moved])
+
+    assert claimed == ["kept", "dropped"] and calls == ["kept"]
+    assert record_values(env.buffers[0]) == [1, 3]
+    assert [e["line"] for e in dead_entries(tmp_path)] == ["{broken"]
+    assert env.committer.stats.records == 2
+    only_dropped = network_batch(env, "alone", b'{"n":4}', calls=calls)
+    only_dropped.batch.claim = lambda: False
+    await env.committer.commit([only_dropped])
+    assert env.positions.commit_seq == 1 and calls == ["kept"], "a commit of dropped batches only writes nothing"
+
+
+@pytest.mark.asyncio
 async def test_batches_of_a_source_routed_by_record_tag_go_to_the_outputs_matching_their_tag(tmp_path: Path) -> None:
     from pipeline.runtime.routing import TagRoutes
 

@@ -1,5 +1,8 @@
 """Where the kafka source starts a partition it is given (``KafkaSource._on_assign``), with a stand-in consumer:
-the group's offset, our saved position, and the batches of it still on their way to the buffers."""
+the group's offset, our saved position, and the batches of it a commit is storing.
+
+How the batches of an ended assignment are dropped (``claim``) is tested against the real broker in
+tests/integration/test_kafka_source.py."""
 
 from __future__ import annotations
 
@@ -64,16 +67,27 @@ def test_when_the_group_offset_cannot_be_read_we_start_from_ours_but_tell_the_gr
     assert source._durable == {}
 
 
-def test_a_partition_given_back_with_batches_in_flight_resumes_after_them(tmp_path: Path) -> None:
+def test_a_partition_given_back_while_a_commit_of_it_is_under_way_resumes_after_what_that_commit_stores(
+        tmp_path: Path) -> None:
     source, consumer = source_with_saved_position(tmp_path, 7), StandInConsumer(group_offset=5)
-    source._in_flight[PARTITION] = 2  # emitted up to 12, not yet in the buffers
-    source._emitted[PARTITION] = 12
+    source._in_flight[PARTITION] = 3  # emitted up to 15, not yet in the buffers: up to 12 in a commit under way
+    source._committing[PARTITION] = 2
+    source._committing_end[PARTITION] = 12
     assign(source, consumer)
-    assert consumer.started == {PARTITION: 12}
+    assert consumer.started == {PARTITION: 12}, "the batch not claimed by a commit is dropped and read again"
     assert source._durable == {PARTITION: 7}, "only what the buffers hold goes to the group"
     assert source.partitions[PARTITION].committed == 7
-    source._in_flight[PARTITION] = 0  # all committed: the saved position covers them
+    source._in_flight[PARTITION] = source._committing[PARTITION] = 0  # stored: the saved position covers them
     key = partition_key(*PARTITION)
     source.positions.save_now({("bus", key): FilePosition("bus", key, partition_path(*PARTITION), 12, "", 0)})
     assign(source, consumer)
     assert consumer.started == {PARTITION: 12}
+
+
+def test_a_partition_given_back_with_batches_in_flight_but_none_being_committed_starts_at_the_saved_position(
+        tmp_path: Path) -> None:
+    source, consumer = source_with_saved_position(tmp_path, 7), StandInConsumer(group_offset=5)
+    source._in_flight[PARTITION] = 2  # still waiting for room: the committer drops them (their assignment ended)
+    source._committing_end[PARTITION] = 4  # an old commit's end, before the saved position
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 7}

@@ -15,15 +15,22 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
 * When partitions are revoked (a rebalance, or our stop), the consume thread waits, for a
   bounded time, until every batch of those partitions already handed to the pipeline is
   committed, and commits their offsets synchronously before letting them go: a clean
-  hand-over takes nothing twice. A partition given back to us while batches of it are still
-  on their way to the buffers (the revoke's wait ran out, or the session was lost) resumes
-  after those batches, which are still committed. While a batch waits downstream (a full
-  buffer), the partitions are paused and the group still polled (``_hand_on``): a rebalance
-  is not held up for librdkafka's ``max.poll.interval.ms``, nor do we drop out of the group.
+  hand-over takes nothing twice. A batch still on its way when the wait runs out (a full
+  buffer holds it) is left to the partition's next owner: the committer asks the source
+  (``LineBatch.claim``) just before it stores a batch, and one whose assignment has ended
+  is dropped there, unstored, to be read again by whoever holds the partition now, us
+  included if it is given back. Only batches already inside a commit when the partition
+  goes are waited for to the end (a commit takes milliseconds; a failing disk longer, and
+  after another bounded wait such a batch may be stored by us and read again by the next
+  owner: the log says so). Lost partitions (our session expired) are dropped the same way.
+  While a batch waits downstream (a full buffer), the partitions are paused and the group
+  still polled (``_hand_on``): a rebalance is not held up for librdkafka's
+  ``max.poll.interval.ms``, nor do we drop out of the group.
   After a kill -9 the next owner starts at the group's offset and may take again what the
-  dead process had buffered but not yet committed to the group. The records' ids come from
-  (topic, partition, offset), so Elasticsearch absorbs that; a file or S3 output would hold
-  those records twice (in chunks of two hosts).
+  dead process had buffered but not yet committed to the group (the offsets go to the
+  group within a step of the commit). The records' ids come from (topic, partition,
+  offset), so Elasticsearch absorbs that; a file or S3 output would hold those records
+  twice (in chunks of two hosts).
 * Static group membership (KIP-345, ``group.instance.id``, see :func:`instance_id`) closes
   that window for the usual crash: a member killed and restarted (systemd
   ``Restart=on-failure``) within ``session_timeout`` gets its own partitions back without a
@@ -80,6 +87,8 @@ from pipeline.sources.tail.checkpoint import FilePosition
 log = logging.getLogger("logferry.source.kafka")
 POLL_SECONDS = 0.2
 REVOKE_WAIT_SECONDS = 10.0  # how long a revoke waits for batches in flight to be committed
+# ... and then for the batches already inside a commit (milliseconds, unless the disk fails) to finish.
+COMMITTING_WAIT_SECONDS = 10.0
 # A batch waiting downstream longer than this pauses fetching and keeps the group polled (``_hand_on``);
 # shorter waits are the pipeline's ordinary back-pressure, where a pause would only drop what was fetched.
 PAUSE_AFTER_SECONDS = 1.0
@@ -159,10 +168,32 @@ def one_line(value: bytes) -> bytes | None:
 
 @dataclass
 class PartitionState:
-    """What status shows of one assigned partition."""
+    """What status shows of one assigned partition, and where it stands past transaction markers."""
 
     committed: int  # next offset durable in the buffers (or where consumption starts)
     high: int = -1  # the broker's high watermark as last fetched; -1 until known
+    read_to: int = -1  # the next offset after the last message the consumer returned (start: where it started)
+    # The consumer's position when it is past ``read_to``: only records a read_committed consumer never returns
+    # (a transaction's commit marker, aborted records) lie between. -1 when it is not.
+    past_markers: int = -1
+
+    def __post_init__(self) -> None:
+        if self.read_to < 0:
+            self.read_to = self.committed
+
+    def caught_up_to(self) -> int:
+        """``committed``, or the position past the markers once every message before them is committed.
+
+        Without this a partition written by a transactional producer (logferry's kafka output) would show
+        a lag of 1 for ever, its last commit marker, and so would the group's offset to monitoring tools.
+
+        >>> state = PartitionState(committed=10, read_to=10, past_markers=11)
+        >>> state.caught_up_to(), PartitionState(committed=8, read_to=10, past_markers=11).caught_up_to()
+        (11, 8)
+        """
+        if self.committed == self.read_to and self.past_markers > self.committed:
+            return self.past_markers
+        return self.committed
 
 
 class KafkaSource:
@@ -180,9 +211,10 @@ class KafkaSource:
         self.partitions: dict[Partition, PartitionState] = {}  # assigned now
         self.messages = 0
         self._stop = threading.Event()
-        self._lock = threading.Condition()  # guards the four below, shared with the consume thread
-        self._in_flight: Counter[Partition] = Counter()  # batches emitted, not yet committed
-        self._emitted: dict[Partition, int] = {}  # the next offset after the last batch emitted
+        self._lock = threading.Condition()  # guards the five below and ``partitions``, shared with the consume thread
+        self._in_flight: Counter[Partition] = Counter()  # batches emitted, not yet committed (or dropped)
+        self._committing: Counter[Partition] = Counter()  # of those, the ones claimed by a commit under way
+        self._committing_end: dict[Partition, int] = {}  # the next offset after the last batch claimed
         self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
         self._consume_error: str | None = None  # the last error the consumer reported, logged once
         self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
@@ -204,7 +236,7 @@ class KafkaSource:
             assigned = [(p, state, self._in_flight[p]) for p, state in sorted(self.partitions.items())]
         rows = []
         for (topic, part), state, in_flight in assigned:
-            lag = max(state.high - state.committed, 0) if state.high >= 0 else None
+            lag = max(state.high - state.caught_up_to(), 0) if state.high >= 0 else None
             rows.append({"topic": topic, "partition": part, "path": partition_path(topic, part),
                          "committed": state.committed, "high_watermark": state.high, "lag": lag,
                          "batches_in_flight": in_flight})
@@ -241,8 +273,9 @@ class KafkaSource:
                         # wait here, unhealthy, for the operator's restart (see the module docstring).
                         await asyncio.sleep(POLL_SECONDS)
                         continue
-                    messages = await loop.run_in_executor(thread, self._step, consumer)
+                    messages, positions = await loop.run_in_executor(thread, self._step, consumer)
                     batches = self._batches(messages)
+                    self._note_positions(positions)
                     del messages  # not held while the batches wait for room downstream
                     for partition, fetched_in, batch in batches:
                         if self._in_flight_now(partition, fetched_in, batch.end):
@@ -260,7 +293,6 @@ class KafkaSource:
             if self.partitions.get(partition) is not fetched_in:
                 return False
             self._in_flight[partition] += 1
-            self._emitted[partition] = end
             return True
 
     async def _hand_on(self, emit: Emit, batch: LineBatch, consumer: Consumer, thread: ThreadPoolExecutor) -> None:
@@ -338,8 +370,9 @@ class KafkaSource:
         with self._lock:
             self._forget(set(self.partitions))  # status shows none held, and the problem
 
-    def _step(self, consumer: Consumer) -> list[Message]:
-        """Commit what became durable, then take the next messages (and refresh the watermarks)."""
+    def _step(self, consumer: Consumer) -> tuple[list[Message], dict[Partition, int]]:
+        """Commit what became durable, then take the next messages, with the consumer's position in each assigned
+        partition after them (and refresh the watermarks)."""
         self._commit_durable(consumer, asynchronous=True)
         # consume(n, timeout) waits out its timeout unless n messages come, and librdkafka's bounded queue
         # may hold fewer: take what is there at once, and wait only for a first message when nothing is.
@@ -349,11 +382,13 @@ class KafkaSource:
             messages = consumer.consume(1, POLL_SECONDS)
             if messages:
                 messages += consumer.consume(limit - 1, 0) if limit > 1 else []
+        assigned = [TopicPartition(topic, part) for topic, part in list(self.partitions)]
+        positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)} if assigned else {}
         for (topic, part), state in list(self.partitions.items()):
             _, high = consumer.get_watermark_offsets(TopicPartition(topic, part), cached=True)
             if high >= 0:
                 state.high = high
-        return messages
+        return messages, positions
 
     def _keep_alive(self, consumer: Consumer) -> None:
         """Downstream is full: poll the group with every assigned partition paused (see ``_hand_on``)."""
@@ -372,11 +407,14 @@ class KafkaSource:
         consumer.resume(consumer.assignment())
 
     def _commit_durable(self, consumer: Consumer, asynchronous: bool, only: set[Partition] | None = None) -> None:
+        """Tell the group the offsets that became durable: of every assigned partition, or of ``only`` (being
+        revoked: still ours until the revoke returns)."""
         with self._lock:
-            ready = {p: o for p, o in self._durable.items() if only is None or p in only}
+            ours = set(self.partitions) if only is None else only
+            ready = {p: o for p, o in self._durable.items() if p in ours}
             for p in ready:
                 del self._durable[p]
-        offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items() if (t, p) in self.partitions]
+        offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items()]
         if not offsets:
             return
         try:
@@ -433,26 +471,42 @@ class KafkaSource:
                     # that step): tell the group at the next step, or it stays behind until new messages.
                     # Not when the group's offset is unknown: ours may be behind another member's.
                     self._durable[partition] = start
-                if self._in_flight[partition] and self._emitted.get(partition, -1) > start:
-                    # Revoked or lost while batches of it waited for the buffers (a revoke waits a bounded
-                    # time), and given back: they are still committed, so reading them again would store
-                    # them twice. A crash before their commit starts from the saved position again.
-                    ours.append(f"{tp.topic}/{tp.partition} after its batches in flight {start}->"
-                                f"{self._emitted[partition]}")
-                    tp.offset = self._emitted[partition]
+                if self._committing[partition] and self._committing_end[partition] > start:
+                    # Revoked or lost while a commit holding batches of it was under way and outlasted the
+                    # revoke's wait, and given back: those batches are still stored, so reading them again
+                    # would store them twice. (Batches not yet claimed by a commit are dropped: read again.)
+                    ours.append(f"{tp.topic}/{tp.partition} after its batches being committed {start}->"
+                                f"{self._committing_end[partition]}")
+                    tp.offset = self._committing_end[partition]
         consumer.assign(committed)
         ahead_note = f" (starting past the group's offset: {', '.join(ours)})" if ours else ""
         log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
-        """Let the pipeline commit what it holds of these partitions, commit it to the group, then let go."""
+        """Let the pipeline commit what it holds of these partitions, commit it to the group, then let go.
+
+        What has not reached a commit when the wait runs out is dropped by ``_claim`` (the next owner reads
+        it); what a commit has claimed is waited for, so its offset reaches the group before we let go.
+        """
         gone = {(tp.topic, tp.partition) for tp in revoked}
         wait = 0.0 if self._stop.is_set() else REVOKE_WAIT_SECONDS  # at a stop, run() has waited already
         with self._lock:
             self._lock.wait_for(lambda: not any(self._in_flight[p] for p in gone), wait)
+            left = sum(self._in_flight[p] - self._committing[p] for p in gone)
+            for p in gone:
+                self.partitions.pop(p, None)  # from here on a commit drops their batches (``_claim``)
+            self._lock.wait_for(lambda: not any(self._committing[p] for p in gone), COMMITTING_WAIT_SECONDS)
+            stuck = sum(self._committing[p] for p in gone)
         self._commit_durable(consumer, asynchronous=False, only=gone)
         self._forget(gone)
         log.info("source %s: revoked %s", self.name, _names(revoked))
+        if left:
+            log.info("source %s: %d batches of the revoked partitions were not yet stored: they are dropped and "
+                     "read again by the partitions' next owner", self.name, left)
+        if stuck:
+            log.warning("source %s: %d batches of the revoked partitions were still being committed after %.0f s "
+                        "(a failing disk?): once stored, the partitions' next owner may read them again",
+                        self.name, stuck, COMMITTING_WAIT_SECONDS)
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
         """Partitions taken away without a hand-over (our session expired): nothing may be committed for them."""
@@ -493,9 +547,28 @@ class KafkaSource:
         for (topic, part), msgs in by_partition.items():
             state = self.partitions.get((topic, part))
             if state is not None:  # else revoked while these were fetched: the new owner reads them
-                batches += [((topic, part), state, self._batch(topic, part, piece)) for piece in self._pieces(msgs)]
+                state.read_to = int(msgs[-1].offset() or 0) + 1
+                batches += [((topic, part), state, self._batch(topic, part, state, piece))
+                            for piece in self._pieces(msgs)]
         self.messages += sum(len(m) for m in by_partition.values())
         return batches
+
+    def _note_positions(self, positions: dict[Partition, int]) -> None:
+        """Where each partition's consumer stands past transaction markers (see ``PartitionState.caught_up_to``).
+
+        Newly past the markers with every message before them committed, the group is told that position: its
+        offset then shows no lag to monitoring tools either. Nothing but markers lies between, so a start from
+        it skips no message.
+        """
+        with self._lock:
+            for partition, position in positions.items():
+                state = self.partitions.get(partition)
+                if state is None or position < 0:
+                    continue
+                before = state.caught_up_to()
+                state.past_markers = position if position > state.read_to else -1
+                if state.caught_up_to() > before:
+                    self._durable[partition] = max(state.caught_up_to(), self._durable.get(partition, 0))
 
     def _pieces(self, msgs: list[Message]) -> list[list[Message]]:
         """``msgs`` cut into runs of at most ``max_batch_bytes`` (a larger message alone)."""
@@ -510,7 +583,7 @@ class KafkaSource:
             size += length
         return pieces
 
-    def _batch(self, topic: str, part: int, msgs: list[Message]) -> LineBatch:
+    def _batch(self, topic: str, part: int, fetched_in: PartitionState, msgs: list[Message]) -> LineBatch:
         key, path = partition_key(topic, part), partition_path(topic, part)
         lines: list[bytes] = []
         offsets: list[int] = []
@@ -530,16 +603,34 @@ class KafkaSource:
         batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,
                           b"\n".join(lines), position, dead=dead, offsets=offsets)
         batch.on_commit = self._committed_callback((topic, part), end)
+        batch.claim = self._claim_callback((topic, part), fetched_in, end)
         return batch
+
+    def _claim_callback(self, partition: Partition, fetched_in: PartitionState, end: int) -> Any:
+        def claim() -> bool:
+            """Whether a commit may store this batch: not once the assignment it was read in has ended."""
+            with self._lock:
+                if self.partitions.get(partition) is fetched_in:
+                    self._committing[partition] += 1
+                    self._committing_end[partition] = max(end, self._committing_end.get(partition, 0))
+                    return True
+                self._in_flight[partition] -= 1  # dropped: its partition's owner reads it again
+                self._lock.notify_all()
+            self._settled.set()
+            return False
+        return claim
 
     def _committed_callback(self, partition: Partition, end: int) -> Any:
         def committed() -> None:
             with self._lock:
                 self._in_flight[partition] -= 1
-                self._durable[partition] = max(end, self._durable.get(partition, 0))
+                self._committing[partition] -= 1
                 state = self.partitions.get(partition)
+                durable = end
                 if state is not None:
                     state.committed = max(state.committed, end)
+                    durable = max(end, state.caught_up_to())  # the last batch before a commit marker: past it
+                self._durable[partition] = max(durable, self._durable.get(partition, 0))
                 self._lock.notify_all()
             self._settled.set()
         return committed

@@ -6,14 +6,17 @@ tests/integration/test_kafka_source.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.clock import FakeClock
 from pipeline.deadletter import DeadLetterStore
 from pipeline.sources.base import SourceContext
+from pipeline.sources.kafka import source as source_module
 from pipeline.sources.kafka.config import KafkaSourceConfig
 from pipeline.sources.kafka.source import KafkaSource, partition_key, partition_path
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
@@ -28,6 +31,7 @@ class StandInConsumer:
     def __init__(self, group_offset: int | None) -> None:
         self.group_offset = group_offset
         self.started: dict[tuple[str, int], int] = {}
+        self.commits: list[list[tuple[str, int, int]]] = []  # the offsets sent to the group, per commit
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         if self.group_offset is None:
@@ -36,6 +40,9 @@ class StandInConsumer:
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.started = {(tp.topic, tp.partition): tp.offset for tp in partitions}
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
 
 
 def source_with_saved_position(tmp_path: Path, saved: int) -> KafkaSource:
@@ -49,6 +56,20 @@ def source_with_saved_position(tmp_path: Path, saved: int) -> KafkaSource:
 
 def assign(source: KafkaSource, consumer: StandInConsumer) -> None:
     source._on_assign(cast(Consumer, consumer), [TopicPartition(*PARTITION)])  # librdkafka's callback
+
+
+def revoke_with_a_commit_stuck(source: KafkaSource, consumer: StandInConsumer, end: int,
+                               monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """A batch up to ``end`` claimed by a commit that outlasts the revoke's waits (a failing disk): the revoke
+    lets the partition go; the batch's ``on_commit``, to call once that commit is through, is returned."""
+    monkeypatch.setattr(source_module, "REVOKE_WAIT_SECONDS", 0.01)
+    monkeypatch.setattr(source_module, "COMMITTING_WAIT_SECONDS", 0.01)
+    state = source.partitions[PARTITION]
+    source._in_flight[PARTITION] += 1
+    assert source._claim_callback(PARTITION, state, end)()
+    source._on_revoke(cast(Consumer, consumer), [TopicPartition(*PARTITION)])
+    assert PARTITION not in source.partitions
+    return cast(Callable[[], None], source._committed_callback(PARTITION, end))
 
 
 def test_our_saved_position_ahead_of_the_group_is_where_we_start_and_what_we_tell_the_group(tmp_path: Path) -> None:
@@ -91,3 +112,37 @@ def test_a_partition_given_back_with_batches_in_flight_but_none_being_committed_
     source._committing_end[PARTITION] = 4  # an old commit's end, before the saved position
     assign(source, consumer)
     assert consumer.started == {PARTITION: 7}
+
+
+def test_a_stuck_commit_ending_after_the_group_moved_on_never_moves_the_group_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, consumer = source_with_saved_position(tmp_path, 0), StandInConsumer(group_offset=0)
+    assign(source, consumer)
+    stored = revoke_with_a_commit_stuck(source, consumer, 10, monkeypatch)
+    stored()  # the commit goes through once the partition is another member's
+    source._commit_durable(cast(Consumer, consumer), asynchronous=True)
+    assert consumer.commits == [], "not ours any more: nothing goes to the group"
+    key = partition_key(*PARTITION)
+    source.positions.save_now({("bus", key): FilePosition("bus", key, partition_path(*PARTITION), 10, "", 0)})
+    consumer.group_offset = 500  # the other member read on to 500, then the partition came back to us
+    assign(source, consumer)
+    source._commit_durable(cast(Consumer, consumer), asynchronous=True)
+    assert consumer.started == {PARTITION: 500} and consumer.commits == []
+
+
+def test_a_partition_given_back_after_a_stuck_commit_never_steps_over_a_marker_before_that_commit_is_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stuck batch ends at 5, where a transaction's commit marker is: started at 5, the consumer returns no
+    # message and stands at 6. Telling the group 6 before 0..4 are stored would lose them if the commit never
+    # went through (a restart starts at the further of the group's offset and ours).
+    source, consumer = source_with_saved_position(tmp_path, 0), StandInConsumer(group_offset=0)
+    assign(source, consumer)
+    stored = revoke_with_a_commit_stuck(source, consumer, 5, monkeypatch)
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 5}
+    source._note_positions({PARTITION: 6})
+    source._commit_durable(cast(Consumer, consumer), asynchronous=True)
+    assert consumer.commits == [] and source.lag()[0]["committed"] == 0
+    stored()
+    source._commit_durable(cast(Consumer, consumer), asynchronous=True)
+    assert consumer.commits == [[("t", 0, 6)]], "stored: the group is told, past the marker"

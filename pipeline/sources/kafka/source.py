@@ -93,6 +93,7 @@ COMMITTING_WAIT_SECONDS = 10.0
 # shorter waits are the pipeline's ordinary back-pressure, where a pause would only drop what was fetched.
 PAUSE_AFTER_SECONDS = 1.0
 STOP_WAIT_SECONDS = 5.0
+STOP_COMMITTING_WAIT_SECONDS = 2.0  # at a stop the committer may be gone (stopped by the shutdown deadline)
 # librdkafka's fetch and queue bounds. Each fetched byte is held twice or more at a step's peak (the
 # queue, the messages taken, the batches built from them): 8 MiB of each held 200 MB resident in
 # benchmarks/kafka_source.py, 2 MiB holds 110-125 MB at the same rate.
@@ -176,10 +177,13 @@ class PartitionState:
     # The consumer's position when it is past ``read_to``: only records a read_committed consumer never returns
     # (a transaction's commit marker, aborted records) lie between. -1 when it is not.
     past_markers: int = -1
+    started: int = -1  # where this assignment started (the group's offset, or our saved position)
 
     def __post_init__(self) -> None:
         if self.read_to < 0:
             self.read_to = self.committed
+        if self.started < 0:
+            self.started = self.committed
 
     def caught_up_to(self) -> int:
         """``committed``, or the position past the markers once every message before them is committed.
@@ -211,10 +215,11 @@ class KafkaSource:
         self.partitions: dict[Partition, PartitionState] = {}  # assigned now
         self.messages = 0
         self._stop = threading.Event()
-        self._lock = threading.Condition()  # guards the five below and ``partitions``, shared with the consume thread
+        self._lock = threading.Condition()  # guards the six below and ``partitions``, shared with the consume thread
         self._in_flight: Counter[Partition] = Counter()  # batches emitted, not yet committed (or dropped)
         self._committing: Counter[Partition] = Counter()  # of those, the ones claimed by a commit under way
         self._committing_end: dict[Partition, int] = {}  # the next offset after the last batch claimed
+        self._revoking: dict[Partition, PartitionState] = {}  # no longer claimable, their commits still awaited
         self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
         self._consume_error: str | None = None  # the last error the consumer reported, logged once
         self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
@@ -394,14 +399,16 @@ class KafkaSource:
         """Downstream is full: poll the group with every assigned partition paused (see ``_hand_on``)."""
         self._commit_durable(consumer, asynchronous=True)
         consumer.pause(consumer.assignment())  # again: a rebalance may have assigned partitions since
+        fetched: dict[Partition, int] = {}  # the first offset of each partition fetched before the pause took effect
         for msg in consumer.consume(100, 0):  # rebalance callbacks run in here; messages are not expected
             error = msg.error()
-            if error is None:  # fetched before a pause took effect: read again after the resume
-                tp = TopicPartition(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0))
-                with contextlib.suppress(KafkaException):  # revoked meanwhile: its next owner reads it
-                    consumer.seek(tp)
+            if error is None:
+                fetched.setdefault((str(msg.topic()), int(msg.partition() or 0)), int(msg.offset() or 0))
             elif error.code() == KafkaError._FATAL or error.fatal():
                 self._fatal(error)
+        for (topic, part), offset in fetched.items():  # read again from there after the resume
+            with contextlib.suppress(KafkaException):  # revoked meanwhile: its next owner reads it
+                consumer.seek(TopicPartition(topic, part, offset))
 
     def _resume(self, consumer: Consumer) -> None:
         consumer.resume(consumer.assignment())
@@ -412,8 +419,9 @@ class KafkaSource:
         with self._lock:
             ours = set(self.partitions) if only is None else only
             ready = {p: o for p, o in self._durable.items() if p in ours}
-            for p in ready:
-                del self._durable[p]
+            for p in list(self._durable):
+                if p in ready or (p not in self.partitions and p not in self._revoking):
+                    del self._durable[p]  # sent now, or of a partition no longer ours: never sent
         offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items()]
         if not offsets:
             return
@@ -439,7 +447,7 @@ class KafkaSource:
         with self._lock:
             for tp in failed:
                 key = (tp.topic, tp.partition)
-                if tp.offset >= 0 and tp.offset > self._durable.get(key, -1):
+                if self._holds(key, tp.offset) and tp.offset > self._durable.get(key, -1):
                     self._durable[key] = tp.offset
         log.info("source %s: the group refused an offset commit (%s): it is tried again", self.name,
                  error or failed[0].error)
@@ -465,7 +473,8 @@ class KafkaSource:
                 tp.offset = saved.offset
             start = tp.offset if tp.offset >= 0 else 0
             with self._lock:
-                self.partitions[partition] = PartitionState(start)
+                self._durable.pop(partition, None)  # left by an earlier assignment: the group may be past it now
+                self.partitions[partition] = state = PartitionState(start)
                 if ahead and known:
                     # Durable in our buffers but never committed to the group (we were killed before
                     # that step): tell the group at the next step, or it stays behind until new messages.
@@ -477,7 +486,7 @@ class KafkaSource:
                     # would store them twice. (Batches not yet claimed by a commit are dropped: read again.)
                     ours.append(f"{tp.topic}/{tp.partition} after its batches being committed {start}->"
                                 f"{self._committing_end[partition]}")
-                    tp.offset = self._committing_end[partition]
+                    tp.offset = state.read_to = self._committing_end[partition]
         consumer.assign(committed)
         ahead_note = f" (starting past the group's offset: {', '.join(ours)})" if ours else ""
         log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
@@ -493,9 +502,11 @@ class KafkaSource:
         with self._lock:
             self._lock.wait_for(lambda: not any(self._in_flight[p] for p in gone), wait)
             left = sum(self._in_flight[p] - self._committing[p] for p in gone)
-            for p in gone:
-                self.partitions.pop(p, None)  # from here on a commit drops their batches (``_claim``)
-            self._lock.wait_for(lambda: not any(self._committing[p] for p in gone), COMMITTING_WAIT_SECONDS)
+            for p in gone:  # from here on a commit drops their batches (``_claim``)
+                if (state := self.partitions.pop(p, None)) is not None:
+                    self._revoking[p] = state
+            committing = STOP_COMMITTING_WAIT_SECONDS if self._stop.is_set() else COMMITTING_WAIT_SECONDS
+            self._lock.wait_for(lambda: not any(self._committing[p] for p in gone), committing)
             stuck = sum(self._committing[p] for p in gone)
         self._commit_durable(consumer, asynchronous=False, only=gone)
         self._forget(gone)
@@ -506,7 +517,7 @@ class KafkaSource:
         if stuck:
             log.warning("source %s: %d batches of the revoked partitions were still being committed after %.0f s "
                         "(a failing disk?): once stored, the partitions' next owner may read them again",
-                        self.name, stuck, COMMITTING_WAIT_SECONDS)
+                        self.name, stuck, committing)
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
         """Partitions taken away without a hand-over (our session expired): nothing may be committed for them."""
@@ -518,6 +529,13 @@ class KafkaSource:
             for p in gone:
                 self._durable.pop(p, None)
                 self.partitions.pop(p, None)
+                self._revoking.pop(p, None)
+
+    def _holds(self, partition: Partition, offset: int) -> bool:
+        """Whether ``offset`` may go to the group for ``partition``: held (or being revoked), and not behind
+        where this assignment started (another member may have moved the group past an older batch of ours)."""
+        state = self.partitions.get(partition) or self._revoking.get(partition)
+        return state is not None and offset >= state.started
 
     def _close(self, consumer: Consumer) -> None:
         self._commit_durable(consumer, asynchronous=False)
@@ -625,12 +643,11 @@ class KafkaSource:
             with self._lock:
                 self._in_flight[partition] -= 1
                 self._committing[partition] -= 1
-                state = self.partitions.get(partition)
-                durable = end
-                if state is not None:
+                state = self.partitions.get(partition) or self._revoking.get(partition)
+                if state is not None and self._holds(partition, end):
                     state.committed = max(state.committed, end)
                     durable = max(end, state.caught_up_to())  # the last batch before a commit marker: past it
-                self._durable[partition] = max(durable, self._durable.get(partition, 0))
+                    self._durable[partition] = max(durable, self._durable.get(partition, 0))
                 self._lock.notify_all()
             self._settled.set()
         return committed

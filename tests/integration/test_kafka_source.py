@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline import generator
 from pipeline.outputs.records import hashed_id
@@ -178,6 +179,30 @@ def test_a_topic_written_in_transactions_shows_no_lag_once_read_to_its_end(layou
         assert lags() == (0, [0, 0])
         assert daemon.stop() == 0
     Ledger.compare([generator.request_id(1, n) for n in range(90)], layout.records()).assert_exact()
+
+
+def test_a_topic_deleted_and_created_again_is_read_from_its_start_not_from_the_old_topics_offsets(
+        layout, daemon_factory, kafka):
+    """Our saved positions belong to the topic they were read in (its id): the new topic under the same name, which
+    already holds more messages than the old offsets, is read whole."""
+    topic, group = f"again-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    values = [line.rstrip(b"\n") for line in generator.lines(110, max_chars=300)]
+    kafka.create_topic(topic, partitions=2)
+    produce(kafka, topic, values[:40], partitions=2)
+    write_source_config(layout, kafka, topic, group)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: group_offsets(kafka, topic, group, 2) == [20, 20], what="the old topic read to its end")
+        assert daemon.stop() == 0
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.delete_topics([topic])[topic].result(30)
+    wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="the topic gone")
+    kafka.create_topic(topic, partitions=2)
+    produce(kafka, topic, values[40:], partitions=2)  # 35 a partition: past the old offsets (20)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_for(lambda: group_offsets(kafka, topic, group, 2) == [35, 35], what="the new topic read to its end")
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(110)], layout.records()).assert_exact()
+    assert f"topic {topic} was deleted and created again" in daemon.log()
 
 
 def test_parse_workers_take_the_messages_and_keep_their_offsets_for_ids_and_dead_letters(layout, daemon_factory,

@@ -8,6 +8,10 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
   offset may lag behind it, and on assignment the consumer seeks to whichever of the two
   is further (another member may have moved the group past our saved position while it
   held the partition).
+* A saved position carries its topic's id (Kafka's UUID, as its fingerprint): a topic deleted and
+  created again under the same name starts from the group's offset (which Kafka dropped with
+  the old topic), not from an offset of the old one, which would skip the new one's first
+  messages.
 * Once a commit holding a batch is durable, ``on_commit`` records its offset; the consume
   thread commits it to the group at its next step (asynchronously), which is what other
   members start from and what the lag is measured against. Nothing is committed to the
@@ -76,7 +80,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline.deadletter import line_fields
 from pipeline.outputs.kafka.client import ClientErrors, client_settings
@@ -178,6 +183,9 @@ class PartitionState:
     # (a transaction's commit marker, aborted records) lie between. -1 when it is not.
     past_markers: int = -1
     started: int = -1  # where this assignment started (the group's offset, or our saved position)
+    # The topic's id (Kafka's UUID), saved with each position as its fingerprint: a topic deleted and created again
+    # under its name has another, and our old positions mean nothing in it. "" when it could not be read.
+    topic_id: str = ""
 
     def __post_init__(self) -> None:
         if self.read_to < 0:
@@ -220,6 +228,7 @@ class KafkaSource:
         self._committing: Counter[Partition] = Counter()  # of those, the ones claimed by a commit under way
         self._committing_end: dict[Partition, int] = {}  # the next offset after the last batch claimed
         self._revoking: dict[Partition, PartitionState] = {}  # no longer claimable, their commits still awaited
+        self._admin: AdminClient | None = None  # made with the consumer
         self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
         self._consume_error: str | None = None  # the last error the consumer reported, logged once
         self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
@@ -347,6 +356,7 @@ class KafkaSource:
             "on_commit": self._on_group_commit,
         })
         consumer = Consumer(settings)
+        self._admin = AdminClient(client_settings(cfg, f"logferry-{self.name}-ids"))  # for the topics' ids
         consumer.subscribe(list(cfg.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         membership = f"as static member {self.instance_id}" if self.instance_id else "as a dynamic member"
@@ -464,9 +474,17 @@ class KafkaSource:
             log.warning("source %s: cannot read the group's offsets (%s): starting from the saved ones", self.name, exc)
             committed, known = assigned, False
         ours: list[str] = []  # partitions where our saved position is ahead of the group's: say so in the log
+        ids = self._topic_ids({tp.topic for tp in assigned})
         for tp in committed:
             partition = (tp.topic, tp.partition)
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
+            topic_id = ids.get(tp.topic) or (saved.fingerprint if saved is not None else "")
+            if saved is not None and saved.fingerprint and topic_id != saved.fingerprint:
+                # Starting the new topic at the old one's offset would skip its first messages.
+                log.warning("source %s: topic %s was deleted and created again (its id was %s, it is %s): partition "
+                            "%d starts from the group's offset, not from our saved %d", self.name, tp.topic,
+                            saved.fingerprint, topic_id, tp.partition, saved.offset)
+                saved = None
             ahead = saved is not None and (tp.offset < 0 or saved.offset > tp.offset)
             if saved is not None and ahead:
                 ours.append(f"{tp.topic}/{tp.partition} {tp.offset}->{saved.offset}")
@@ -474,7 +492,7 @@ class KafkaSource:
             start = tp.offset if tp.offset >= 0 else 0
             with self._lock:
                 self._durable.pop(partition, None)  # left by an earlier assignment: the group may be past it now
-                self.partitions[partition] = state = PartitionState(start)
+                self.partitions[partition] = state = PartitionState(start, topic_id=topic_id)
                 if ahead and known:
                     # Durable in our buffers but never committed to the group (we were killed before
                     # that step): tell the group at the next step, or it stays behind until new messages.
@@ -490,6 +508,20 @@ class KafkaSource:
         consumer.assign(committed)
         ahead_note = f" (starting past the group's offset: {', '.join(ours)})" if ours else ""
         log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
+
+    def _topic_ids(self, topics: set[str]) -> dict[str, str]:
+        """Each topic's id, as far as the brokers tell it within a few seconds (a topic left out is not checked)."""
+        if self._admin is None or not topics:
+            return {}
+        ids = {}
+        described = self._admin.describe_topics(TopicCollection(sorted(topics)), request_timeout=10)
+        for topic, future in described.items():
+            try:
+                ids[topic] = str(future.result().topic_id)
+            except KafkaException as exc:
+                log.warning("source %s: cannot read the id of topic %s (%s): its saved positions are taken as they "
+                            "are", self.name, topic, exc)
+        return ids
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         """Let the pipeline commit what it holds of these partitions, commit it to the group, then let go.
@@ -615,7 +647,7 @@ class KafkaSource:
             lines.append(line)
             offsets.append(offset)
         end = int(msgs[-1].offset() or 0) + 1
-        position = FilePosition(self.name, key, path, end, "", 0)
+        position = FilePosition(self.name, key, path, end, fetched_in.topic_id, 0)
         if lines:
             lines.append(b"")  # the last line's newline, without copying the joined block again
         batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,

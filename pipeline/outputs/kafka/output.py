@@ -17,7 +17,10 @@ retried on the same slot, which starts over with a new producer (``init_transact
 marker read): that settles whether the failed transaction was committed.
 
 A record over the topic's ``max.message.bytes`` goes to the dead-letter store instead of
-failing its chunk's transaction forever.
+failing its chunk's transaction forever. Its entry is written before the transaction commits
+(never a record skipped without one), once: a retried transaction of the chunk writes only
+entries it has not written yet. A kill -9 between the entry and the commit writes it again
+at the restart's retry.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class KafkaOutput:
         self._in_use = [threading.Lock() for _ in range(slots)]  # held by the worker thread using the slot
         self._retired: set[str] = set()  # chunks of producers of an earlier, larger ``workers``
         self._unsettled: dict[str, int] = {}  # chunk id → the slot whose failed transaction it was in
+        # chunk id → the ids of its dead letters written by a transaction that then failed: its retries write
+        # only the others (a broker down for an hour would otherwise write them at every retry)
+        self._dead_lettered: dict[str, set[str]] = {}
         self._opening = threading.Lock()  # worker threads open producers one at a time
         self._errors = ClientErrors()
 
@@ -165,6 +171,7 @@ class KafkaOutput:
     def _deliver_on(self, chunk: Chunk, slot: int) -> int:
         session = self._ensure_session(slot)
         if self._already_delivered(chunk.chunk_id):
+            self._dead_lettered.pop(chunk.chunk_id, None)
             log.info("output %s: chunk %s already in Kafka (committed before a restart or a failure): skipped",
                      self.name, chunk.name)
             self.skipped_chunks += 1
@@ -185,20 +192,24 @@ class KafkaOutput:
         producer, timeout = session.producer, self.config.request_timeout
         started = time.monotonic()
         producer.begin_transaction()
-        dead: list[bytes] = []
+        dead: dict[str, bytes] = {}  # dead-letter id → entry
         for message in self.encoder.messages(chunk):
             if message.size(self.config.id_header) > session.max_record_bytes:
-                dead.append(self._dead_entry(message, session.max_record_bytes))
+                dead[dead_letter_id(message)] = self._dead_entry(message, session.max_record_bytes)
             else:
                 self._produce(producer, message)
         if dead:  # before the commit: never a record skipped without its entry
-            self._write_dead(dead)
+            written = self._dead_lettered.setdefault(chunk.chunk_id, set())
+            if fresh := [entry for key, entry in dead.items() if key not in written]:
+                self._write_dead(fresh)
+            written.update(dead)
         delivered = self._still_buffered(session.delivered) | {chunk.chunk_id}
         producer.produce(self.config.state_topic, marker_value(delivered, self.context.clock.time()),
                          key=session.key.encode(), partition=session.state_partition)
         produced = time.monotonic()
         producer.commit_transaction(timeout)
         session.delivered = delivered
+        self._dead_lettered.pop(chunk.chunk_id, None)
         log.debug("output %s: chunk %s: %d records produced in %.3fs, committed in %.3fs", self.name, chunk.name,
                   chunk.records, produced - started, time.monotonic() - produced)
         return len(dead)
@@ -226,7 +237,7 @@ class KafkaOutput:
 
     def _dead_entry(self, message: Message, limit: int) -> bytes:
         entry = {
-            "id": f"{message.source}:{message.file}:{message.offset}", "time": iso_millis(self.context.clock.time()),
+            "id": dead_letter_id(message), "time": iso_millis(self.context.clock.time()),
             "source": message.source, "path": message.path, "offset": message.offset,
             "reason": f"record of about {message.size(self.config.id_header)} bytes is over what topic "
                       f"{self.config.topic} takes ({limit} bytes, from its max.message.bytes)",
@@ -362,3 +373,8 @@ class KafkaOutput:
         if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
             return f"{during}: cannot reach the brokers {brokers}: {(last or error).str()}"
         return f"{during}: {error.name()}: {error.str()}"
+
+
+def dead_letter_id(message: Message) -> str:
+    """The dead-letter id of a record the topic cannot take: its source, file and offset, as other dead letters."""
+    return f"{message.source}:{message.file}:{message.offset}"

@@ -51,7 +51,7 @@ class DeadLetterStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.oversized_dir = directory / "oversized"
-        self.count = 0
+        self.count = 0  # entries since start: the committer's as it queues them, outputs' as they write them
         self._pending: list[bytes] = []
         self._lock = threading.Lock()
 
@@ -84,8 +84,12 @@ class DeadLetterStore:
             fd = open_file(path, os.O_WRONLY | os.O_APPEND)
             try:
                 start = os.fstat(fd).st_size
-                write_all(fd, entries)
-                sync(fd)
+                try:
+                    write_all(fd, entries)
+                    sync(fd)
+                except OSError:
+                    os.ftruncate(fd, start)  # no torn or partial entries left for the retry to write again
+                    raise
             finally:
                 os.close(fd)
         return path, start, start + sum(map(len, entries))

@@ -64,7 +64,7 @@ class Observer:
         if self.committer.stats.failing:
             problems.append(f"cannot write to the state directory, sources paused: {self.committer.stats.failing}")
         return {"healthy": not problems, "problems": problems, "paused": paused, "sources": sources, "outputs": outputs,
-                "dead_letter_records": self.topology.dead_letters.count + self.committer.stats.dead_lines,
+                "dead_letter_records": self.topology.dead_letters.count,
                 "tap_viewers": self.tap_viewers(), "parse_workers": self.processing(),
                 "transforms": {name: t.stats() for name, t in self.topology.processor.plan.transforms.items()}}
 

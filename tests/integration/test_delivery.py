@@ -27,7 +27,9 @@ def test_every_record_arrives_once_enriched_and_bad_lines_are_dead_lettered(layo
     originals = {r["request_id"]: r for r in generator.records(3000, max_chars=3000)}
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: len(layout.records()) >= 3000 and len(layout.dead_letters()) >= 30, what="3000 records")
+        status = orjson.loads(layout.http("/status")[1])
         assert daemon.stop() == 0
+    assert status["dead_letter_records"] == 30 and status["sources"]["agent"]["dead_lines"] == 30, "each counted once"
     records = layout.records()
     Ledger.compare(originals, records).assert_exact()
     for record in records:

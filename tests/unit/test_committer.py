@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -346,3 +347,27 @@ def test_a_cut_back_never_takes_the_entries_another_writer_appended_since(tmp_pa
     assert last is not None
     store.cut_back(last)  # nothing written since: cut
     assert [e["id"] for e in dead_entries(tmp_path)] == ["ours", "theirs"]
+
+
+def test_a_dead_letter_write_failing_partway_leaves_no_partial_entry_behind(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk fills in the middle of the entries: the retry writes them all again, so none may stay half written.
+    store = DeadLetterStore(tmp_path / "dead")
+    store.prepare()
+    store.write([b'{"id":"before"}\n'])
+    real_writev = os.writev
+    calls: list[int] = []
+
+    def filling_up(fd: int, buffers: list[memoryview]) -> int:
+        if calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls.append(fd)
+        return real_writev(fd, [bytes(buffers[0])[:9]])
+
+    monkeypatch.setattr(os, "writev", filling_up)
+    with pytest.raises(OSError):
+        store.write([b'{"id":"one"}\n', b'{"id":"two"}\n'])
+    monkeypatch.undo()
+    store.write([b'{"id":"one"}\n', b'{"id":"two"}\n'])  # the retry
+    [letters] = (tmp_path / "dead").glob("records-*.jsonl")
+    assert [orjson.loads(line)["id"] for line in letters.read_bytes().splitlines()] == ["before", "one", "two"]

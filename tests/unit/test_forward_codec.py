@@ -448,6 +448,33 @@ def test_a_commit_point_whose_fsync_failed_is_cut_back_so_a_restart_does_not_tak
     assert [chunk for _, chunk in journal.load(2)] == ["a", "b"]
 
 
+def test_commits_failing_longer_than_the_window_never_delete_the_segment_of_the_newest_commit_point(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.sources.forward import chunks
+
+    now = [1000.0]
+    journal = ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: now[0])
+    journal.load(0)
+    journal.write(1, ["a"], point=True)
+    journal.write(2, ["b"], point=True)
+
+    def disk_full(fd: int, pieces: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunks, "write_all", disk_full)
+    for minutes in (11, 22, 33):  # each failed attempt rolls over to a new, empty segment
+        now[0] = 1000.0 + minutes * 60
+        with pytest.raises(OSError):
+            journal.write(3, ["c"], point=True)
+    monkeypatch.undo()
+    assert committed_seq(tmp_path) == 2, "a restart now still finds commit 2's point"
+    journal.write(3, ["c"], point=True)  # the disk has room again
+    now[0] += 11 * 60
+    journal.write(4, ["d"], point=True)  # rolls over: the old segments may go now
+    assert committed_seq(tmp_path) == 4
+    assert len(list((tmp_path / "forward" / "fluent").glob("chunks-*.jsonl"))) <= 3
+
+
 def test_short_writes_still_append_whole_journal_lines_and_dead_letters(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # A disk nearly full (or RLIMIT_FSIZE) lets the kernel write part of what it was given, without an error.

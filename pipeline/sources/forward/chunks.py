@@ -25,7 +25,9 @@ The window is bounded by age (``chunk_window`` seconds; out_forward resends with
 ``ack_response_timeout``, 190 s by default, fluent-logger-golang on reconnect) and by
 count in memory (``chunk_window_max``). The journal rolls over to a new segment once
 its current one is ``chunk_window`` old; a segment is deleted when its successor is that
-old too, so every id in the window is on disk. A resend that arrives while the first copy
+old too, so every id in the window is on disk. The segment holding the journal's newest
+commit point is kept whatever its age: while commits fail (a full disk) segments roll over
+empty, and deleting it would roll its commit back at the next start. A resend that arrives while the first copy
 is still on its way to the buffers waits for that copy's commit and is acknowledged with it.
 """
 
@@ -54,6 +56,7 @@ class ChunkJournal:
         self.now = now
         self._current: Path | None = None
         self._current_start = 0.0
+        self._point_segment: Path | None = None  # where the newest commit point line is: never deleted
 
     def load(self, committed_seq: int) -> list[tuple[float, str]]:
         """Every (time, chunk id) of completed commits, oldest segment first; void lines are cut out."""
@@ -75,7 +78,9 @@ class ChunkJournal:
             if parsed is None or parsed[0] > committed_seq:  # cut short by a crash mid-append, or void
                 void += 1
                 continue
-            seq, when, chunks, _point = parsed
+            seq, when, chunks, point = parsed
+            if point:
+                self._point_segment = path  # segments are loaded oldest first
             kept.append(line + b"\n")
             found += [(when, chunk) for chunk in chunks]
         if void:
@@ -108,6 +113,8 @@ class ChunkJournal:
                 raise
         finally:
             os.close(fd)
+        if point:
+            self._point_segment = self._current
 
     def _cut_back(self, fd: int, size: int) -> None:
         try:
@@ -123,6 +130,8 @@ class ChunkJournal:
         segments = self._segments()
         self._current, self._current_start = self.directory / f"chunks-{int(now)}.jsonl", float(int(now))
         for older, newer in zip(segments, [*segments[1:], self._current], strict=False):
+            if older == self._point_segment:
+                break  # it and every newer segment stay (see the module doc)
             if now - _start_of(newer) >= self.window:
                 older.unlink(missing_ok=True)
         self._current.touch()

@@ -184,7 +184,8 @@ def test_a_topic_written_in_transactions_shows_no_lag_once_read_to_its_end(layou
 def test_a_topic_deleted_and_created_again_is_read_from_its_start_not_from_the_old_topics_offsets(
         layout, daemon_factory, kafka):
     """Our saved positions belong to the topic they were read in (its id): the new topic under the same name, which
-    already holds more messages than the old offsets, is read whole."""
+    already holds more messages than the old offsets, is read whole, even by a source that starts partitions new
+    to its group at their end (``start_from = "latest"``)."""
     topic, group = f"again-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
     values = [line.rstrip(b"\n") for line in generator.lines(110, max_chars=300)]
     kafka.create_topic(topic, partitions=2)
@@ -193,6 +194,7 @@ def test_a_topic_deleted_and_created_again_is_read_from_its_start_not_from_the_o
     with new_daemon(layout, daemon_factory) as daemon:
         wait_for(lambda: group_offsets(kafka, topic, group, 2) == [20, 20], what="the old topic read to its end")
         assert daemon.stop() == 0
+    write_source_config(layout, kafka, topic, group, start_from="latest")
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     admin.delete_topics([topic])[topic].result(30)
     wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="the topic gone")

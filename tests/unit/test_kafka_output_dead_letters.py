@@ -67,3 +67,20 @@ def test_a_retried_transaction_writes_the_dead_letters_of_its_chunk_once(tmp_pat
     assert dead_letter_ids(tmp_path / "dead-letter") == ["large"], "one entry, whatever the attempts"
     assert producer.committed == [[SMALL, SMALL, producer.committed[0][-1]]], "the records, then the marker"
     assert output._dead_lettered == {}, "nothing kept once the chunk is delivered"
+
+
+def test_two_oversized_records_at_the_same_offset_of_one_chunk_each_get_their_entry(tmp_path: Path) -> None:
+    # A file truncated in place (copytruncate) keeps its key and starts its offsets again: one chunk may hold two
+    # records of one (source, file, offset).
+    store = DeadLetterStore(tmp_path / "dead-letter")
+    store.prepare()
+    output = KafkaOutput(config(), OutputContext("events", tmp_path / "state", store, FakeClock(0.0), "host"))
+    (tmp_path / "state").mkdir()
+    producer = StandInProducer(failures=1)
+    session = Session("logferry-host-events", cast(Producer, producer), set(), 0, max_record_bytes=1000)
+    again = LARGE.replace(b'"large"', b'"large-again"')
+    chunk = make_chunk(tmp_path / "chunk", ([LARGE], [0]), ([again], [0]))
+    with pytest.raises(KafkaException):
+        output._transaction(session, chunk)
+    assert output._transaction(session, chunk) == 2
+    assert dead_letter_ids(tmp_path / "dead-letter") == ["large", "large-again"]

@@ -91,9 +91,9 @@ class KafkaOutput:
         self._in_use = [threading.Lock() for _ in range(slots)]  # held by the worker thread using the slot
         self._retired: set[str] = set()  # chunks of producers of an earlier, larger ``workers``
         self._unsettled: dict[str, int] = {}  # chunk id → the slot whose failed transaction it was in
-        # chunk id → the ids of its dead letters written by a transaction that then failed: its retries write
-        # only the others (a broker down for an hour would otherwise write them at every retry)
-        self._dead_lettered: dict[str, set[str]] = {}
+        # chunk id → its records (by index in the chunk) dead-lettered by a transaction that then failed: its
+        # retries write only the others (a broker down for an hour would otherwise write them at every retry)
+        self._dead_lettered: dict[str, set[int]] = {}
         self._opening = threading.Lock()  # worker threads open producers one at a time
         self._errors = ClientErrors()
 
@@ -192,10 +192,10 @@ class KafkaOutput:
         producer, timeout = session.producer, self.config.request_timeout
         started = time.monotonic()
         producer.begin_transaction()
-        dead: dict[str, bytes] = {}  # dead-letter id → entry
-        for message in self.encoder.messages(chunk):
+        dead: dict[int, bytes] = {}  # the record's index in the chunk (its offset may repeat: a file truncated) → entry
+        for index, message in enumerate(self.encoder.messages(chunk)):
             if message.size(self.config.id_header) > session.max_record_bytes:
-                dead[dead_letter_id(message)] = self._dead_entry(message, session.max_record_bytes)
+                dead[index] = self._dead_entry(message, session.max_record_bytes)
             else:
                 self._produce(producer, message)
         if dead:  # before the commit: never a record skipped without its entry
@@ -237,7 +237,7 @@ class KafkaOutput:
 
     def _dead_entry(self, message: Message, limit: int) -> bytes:
         entry = {
-            "id": dead_letter_id(message), "time": iso_millis(self.context.clock.time()),
+            "id": f"{message.source}:{message.file}:{message.offset}", "time": iso_millis(self.context.clock.time()),
             "source": message.source, "path": message.path, "offset": message.offset,
             "reason": f"record of about {message.size(self.config.id_header)} bytes is over what topic "
                       f"{self.config.topic} takes ({limit} bytes, from its max.message.bytes)",
@@ -374,7 +374,3 @@ class KafkaOutput:
             return f"{during}: cannot reach the brokers {brokers}: {(last or error).str()}"
         return f"{during}: {error.name()}: {error.str()}"
 
-
-def dead_letter_id(message: Message) -> str:
-    """The dead-letter id of a record the topic cannot take: its source, file and offset, as other dead letters."""
-    return f"{message.source}:{message.file}:{message.offset}"

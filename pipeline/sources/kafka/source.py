@@ -74,13 +74,21 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from pipeline.deadletter import line_fields
@@ -466,6 +474,7 @@ class KafkaSource:
         """Start each partition at the further of the group's offset and our saved position, or after the
         batches of it still on their way to the buffers (a partition given back to us)."""
         known = True
+        described = self._describe({tp.topic for tp in assigned})  # asked now, awaited with the group's offsets
         try:
             committed = consumer.committed(assigned, timeout=30)
         except KafkaException as exc:
@@ -474,7 +483,7 @@ class KafkaSource:
             log.warning("source %s: cannot read the group's offsets (%s): starting from the saved ones", self.name, exc)
             committed, known = assigned, False
         ours: list[str] = []  # partitions where our saved position is ahead of the group's: say so in the log
-        ids = self._topic_ids({tp.topic for tp in assigned})
+        ids = self._topic_ids(described)
         for tp in committed:
             partition = (tp.topic, tp.partition)
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
@@ -485,6 +494,8 @@ class KafkaSource:
                             "%d starts from the group's offset, not from our saved %d", self.name, tp.topic,
                             saved.fingerprint, topic_id, tp.partition, saved.offset)
                 saved = None
+                if tp.offset < 0:  # Kafka dropped the group's offsets with the old topic: from its start
+                    tp.offset = OFFSET_BEGINNING
             ahead = saved is not None and (tp.offset < 0 or saved.offset > tp.offset)
             if saved is not None and ahead:
                 ours.append(f"{tp.topic}/{tp.partition} {tp.offset}->{saved.offset}")
@@ -509,12 +520,15 @@ class KafkaSource:
         ahead_note = f" (starting past the group's offset: {', '.join(ours)})" if ours else ""
         log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
 
-    def _topic_ids(self, topics: set[str]) -> dict[str, str]:
-        """Each topic's id, as far as the brokers tell it within a few seconds (a topic left out is not checked)."""
+    def _describe(self, topics: set[str]) -> dict[str, Future[Any]]:
+        """Ask the brokers for ``topics``' descriptions (their ids), answered within 10 s (see ``_topic_ids``)."""
         if self._admin is None or not topics:
             return {}
+        return dict(self._admin.describe_topics(TopicCollection(sorted(topics)), request_timeout=10))
+
+    def _topic_ids(self, described: dict[str, Future[Any]]) -> dict[str, str]:
+        """Each described topic's id, as far as the brokers told it (a topic left out is not checked)."""
         ids = {}
-        described = self._admin.describe_topics(TopicCollection(sorted(topics)), request_timeout=10)
         for topic, future in described.items():
             try:
                 ids[topic] = str(future.result().topic_id)
@@ -570,6 +584,7 @@ class KafkaSource:
         return state is not None and offset >= state.started
 
     def _close(self, consumer: Consumer) -> None:
+        self._admin = None  # no close() of its own: dropped, or every reload would keep one (threads, connections)
         self._commit_durable(consumer, asynchronous=False)
         # A dynamic member leaves the group at once: the others take over without waiting for a timeout.
         # A static one does not (KIP-345): its partitions wait for our restart, or session_timeout.

@@ -176,6 +176,21 @@ def test_window_bounds_its_size_and_acks_a_resend_that_waited_for_the_first_copy
     assert acked == ["resend"] and window.expire(12.0) == 1 and not window.is_committed("x")
 
 
+def test_a_wall_clock_step_neither_forgets_the_window_nor_keeps_it_for_ever(tmp_path: Path) -> None:
+    # The journal keeps wall-clock times; the window ages on the monotonic clock the source passes.
+    wall, mono = [1000.0], [50.0]
+    journal = ChunkJournal(tmp_path, 600.0, lambda: wall[0])
+    journal.load(0)
+    journal.write(1, ["loaded"])
+    window = ChunkWindow(ChunkJournal(tmp_path, 600.0, lambda: wall[0]), 1, 600.0, 100, mono[0] - wall[0])
+    window.done("new", mono[0])
+    wall[0] += 3600.0  # NTP, or a VM resumed: an hour forward, while one second passes
+    mono[0] += 1.0
+    assert window.expire(mono[0]) == 0 and list(window.committed) == ["loaded", "new"]
+    mono[0] += 600.0  # the window's length, truly elapsed
+    assert window.expire(mono[0]) == 2
+
+
 def forward_config(**options: object) -> ForwardSourceConfig:
     return ForwardSourceConfig.model_validate({"type": "forward", **options})
 

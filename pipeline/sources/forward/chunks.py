@@ -180,15 +180,22 @@ def cut_void(state_dir: Path, committed: int) -> None:
 
 
 class ChunkWindow:
-    """Committed and in-flight chunk ids of one source."""
+    """Committed and in-flight chunk ids of one source.
 
-    def __init__(self, journal: ChunkJournal, committed_seq: int, seconds: float, limit: int) -> None:
+    Its times are those its caller passes to ``done`` and ``expire``: the source passes the monotonic
+    clock, so that a step of the wall clock (NTP, a VM resumed) neither forgets ids a resend may still
+    carry nor keeps them for ever. The journal's times are the wall clock's (they outlive the process):
+    ``wall_to_caller`` (the caller's clock minus the wall clock, at start) moves them onto the caller's.
+    """
+
+    def __init__(self, journal: ChunkJournal, committed_seq: int, seconds: float, limit: int,
+                 wall_to_caller: float = 0.0) -> None:
         self.journal = journal
         self.seconds = seconds
         self.limit = limit
         self.committed: OrderedDict[str, float] = OrderedDict()  # oldest first: the order entries expire in
         for when, chunk in journal.load(committed_seq):
-            self.committed[chunk] = when
+            self.committed[chunk] = when + wall_to_caller
             self.committed.move_to_end(chunk)
         self.in_flight: dict[str, list[Callable[[], None]]] = {}
 

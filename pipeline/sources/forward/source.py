@@ -72,7 +72,7 @@ class ForwardSource:
         self.time_key = context.time_key
         self.journal = ChunkJournal(context.state_dir / "forward" / name, config.chunk_window, context.clock.time)
         self.window = ChunkWindow(self.journal, context.positions.commit_seq, config.chunk_window,
-                                  config.chunk_window_max)
+                                  config.chunk_window_max, context.clock.monotonic() - context.clock.time())
         self.stats = ForwardStats()
         # Bound here, while the topology is built: a port in use or a bad certificate stops the start
         # with an error naming the key, and clients can connect once "logferry running" is logged.
@@ -103,7 +103,7 @@ class ForwardSource:
 
     async def run(self, emit: Emit) -> None:
         """Serve until stopped."""
-        self.window.expire(self.clock.time())
+        self.window.expire(self.clock.monotonic())
         server = await asyncio.start_server(lambda r, w: self._serve(r, w, emit), sock=self._tcp, ssl=self._ssl,
                                             limit=READ_BYTES)
         udp = None
@@ -311,7 +311,7 @@ class Connection:
         source.stats.records += records
         if chunk is None:
             return
-        now = source.clock.time()
+        now = source.clock.monotonic()  # the window's ages: see ChunkWindow
         waiting = source.window.done(chunk, now)
         self._ack(chunk)
         for ack in waiting:

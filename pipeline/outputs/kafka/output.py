@@ -373,4 +373,3 @@ class KafkaOutput:
         if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
             return f"{during}: cannot reach the brokers {brokers}: {(last or error).str()}"
         return f"{during}: {error.name()}: {error.str()}"
-

@@ -27,8 +27,9 @@ count in memory (``chunk_window_max``). The journal rolls over to a new segment 
 its current one is ``chunk_window`` old; a segment is deleted when its successor is that
 old too, so every id in the window is on disk. The segment holding the journal's newest
 commit point is kept whatever its age: while commits fail (a full disk) segments roll over
-empty, and deleting it would roll its commit back at the next start. A resend that arrives while the first copy
-is still on its way to the buffers waits for that copy's commit and is acknowledged with it.
+empty, and deleting it would roll its commit back at the next start. A resend that arrives
+while the first copy is still on its way to the buffers waits for that copy's commit and is
+acknowledged with it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -300,8 +301,15 @@ async def test_a_batch_its_source_no_longer_claims_is_dropped_whole_and_the_othe
     claimed: list[str] = []
     kept = network_batch(env, "kept", b'{"n":1}', b"{broken", calls=calls)
     dropped = network_batch(env, "dropped", b'{"n":2}', b"{also broken", calls=calls)
-    kept.batch.claim = lambda: claimed.append("kept") is None
-    dropped.batch.claim = lambda: claimed.append("dropped") is not None
+
+    def claim(name: str, wanted: bool) -> Callable[[], bool]:
+        def answer() -> bool:
+            claimed.append(name)
+            return wanted
+        return answer
+
+    kept.batch.claim = claim("kept", True)
+    dropped.batch.claim = claim("dropped", False)
     moved = env.batch(b'{"n":3}')
 
     await env.committer.commit([kept, dropped, moved])

@@ -8,10 +8,10 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
   offset may lag behind it, and on assignment the consumer seeks to whichever of the two
   is further (another member may have moved the group past our saved position while it
   held the partition).
-* A saved position carries its topic's id (Kafka's UUID, as its fingerprint): a topic deleted and
-  created again under the same name starts from the group's offset (which Kafka dropped with
-  the old topic), not from an offset of the old one, which would skip the new one's first
-  messages.
+* A saved position carries its topic's id (Kafka's UUID, as its fingerprint), and so does each
+  offset committed to the group (its metadata): a topic deleted and created again under the
+  same name starts from its beginning (Kafka drops the group's offsets with the old topic), not
+  from an offset of the old one, which would skip the new one's first messages.
 * Once a commit holding a batch is durable, ``on_commit`` records its offset; the consume
   thread commits it to the group at its next step (asynchronously), which is what other
   members start from and what the lag is measured against. Nothing is committed to the
@@ -440,7 +440,10 @@ class KafkaSource:
             for p in list(self._durable):
                 if p in ready or (p not in self.partitions and p not in self._revoking):
                     del self._durable[p]  # sent now, or of a partition no longer ours: never sent
-        offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items()]
+            # Each offset names its topic's id (the commit's metadata): a topic deleted and created again under
+            # its name while we held it may get an offset of the old one, which ``_on_assign`` then ignores.
+            ids = {p: state.topic_id for p in ready if (state := self.partitions.get(p) or self._revoking.get(p))}
+        offsets = [TopicPartition(t, p, o, metadata=ids.get((t, p)) or None) for (t, p), o in ready.items()]
         if not offsets:
             return
         try:
@@ -488,6 +491,10 @@ class KafkaSource:
             partition = (tp.topic, tp.partition)
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
             topic_id = ids.get(tp.topic) or (saved.fingerprint if saved is not None else "")
+            if tp.offset >= 0 and tp.metadata and topic_id and tp.metadata != topic_id:
+                log.warning("source %s: the group's offset %d of %s/%d is of an earlier topic of that name (id %s, "
+                            "now %s): not used", self.name, tp.offset, tp.topic, tp.partition, tp.metadata, topic_id)
+                tp.offset = OFFSET_BEGINNING
             if saved is not None and saved.fingerprint and topic_id != saved.fingerprint:
                 # Starting the new topic at the old one's offset would skip its first messages.
                 log.warning("source %s: topic %s was deleted and created again (its id was %s, it is %s): partition "

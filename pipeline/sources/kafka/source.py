@@ -443,7 +443,7 @@ class KafkaSource:
             # Each offset names its topic's id (the commit's metadata): a topic deleted and created again under
             # its name while we held it may get an offset of the old one, which ``_on_assign`` then ignores.
             ids = {p: state.topic_id for p in ready if (state := self.partitions.get(p) or self._revoking.get(p))}
-        offsets = [TopicPartition(t, p, o, metadata=ids.get((t, p)) or None) for (t, p), o in ready.items()]
+        offsets = [TopicPartition(t, p, o, metadata=ids.get((t, p), "")) for (t, p), o in ready.items()]
         if not offsets:
             return
         try:

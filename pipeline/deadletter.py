@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.durability import make_dirs, open_file, sync, write_all
+from pipeline.durability import append_whole, make_dirs, open_file
 
 log = logging.getLogger("logferry.deadletter")
 Written = tuple[Path, int, int]  # a write's file, and where its entries start and end
@@ -84,12 +84,9 @@ class DeadLetterStore:
             fd = open_file(path, os.O_WRONLY | os.O_APPEND)
             try:
                 start = os.fstat(fd).st_size
-                try:
-                    write_all(fd, entries)
-                    sync(fd)
-                except OSError:
-                    os.ftruncate(fd, start)  # no torn or partial entries left for the retry to write again
-                    raise
+                # No torn or partial entries left for the retry to write again.
+                append_whole(fd, entries, lambda exc: log.warning(
+                    "cannot cut %s back after a failed write (%s): part of an entry stays", path, exc))
             finally:
                 os.close(fd)
         return path, start, start + sum(map(len, entries))

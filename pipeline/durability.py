@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _IOV_MAX = 1024  # Linux's limit on buffers per writev()
@@ -74,6 +74,23 @@ def write_all(fd: int, pieces: Sequence[bytes]) -> None:
             first += 1
         if written:
             pending[first] = pending[first][written:]
+
+
+def append_whole(fd: int, pieces: Sequence[bytes], cut_back_failed: Callable[[OSError], None]) -> None:
+    """Append ``pieces`` to ``fd`` (opened for appending) and sync, all or nothing: on a failure the file is cut
+    back to its size before, so a retry appends them again whole, and the error is raised. Should the cut-back
+    fail too, ``cut_back_failed`` gets its error (the caller says what the leftover bytes mean)."""
+    size = os.fstat(fd).st_size
+    try:
+        write_all(fd, pieces)
+        sync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, size)
+            sync(fd)
+        except OSError as exc:
+            cut_back_failed(exc)
+        raise
 
 
 _COPY_STEP = 1 << 30

@@ -442,7 +442,6 @@ def test_a_chunk_is_stored_the_same_whatever_the_slices_it_is_decoded_in() -> No
 def test_a_commit_point_whose_fsync_failed_is_cut_back_so_a_restart_does_not_take_its_chunks_for_committed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline import durability
-    from pipeline.sources.forward import chunks
 
     journal = ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: 1000.0)
     assert journal.load(0) == []
@@ -454,7 +453,7 @@ def test_a_commit_point_whose_fsync_failed_is_cut_back_so_a_restart_does_not_tak
             raise failures.pop()
         real_sync(fd)
 
-    monkeypatch.setattr(chunks, "sync", sync_failing_once)
+    monkeypatch.setattr(durability, "sync", sync_failing_once)
     with pytest.raises(OSError):
         journal.write(2, ["b"], point=True)  # the commit is undone (its frames cut back) and retried
     assert committed_seq(tmp_path) == 1, "a kill -9 now must not find commit 2's point"
@@ -465,7 +464,7 @@ def test_a_commit_point_whose_fsync_failed_is_cut_back_so_a_restart_does_not_tak
 
 def test_commits_failing_longer_than_the_window_never_delete_the_segment_of_the_newest_commit_point(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.sources.forward import chunks
+    from pipeline import durability
 
     now = [1000.0]
     journal = ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: now[0])
@@ -476,7 +475,7 @@ def test_commits_failing_longer_than_the_window_never_delete_the_segment_of_the_
     def disk_full(fd: int, pieces: list[bytes]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(chunks, "write_all", disk_full)
+    monkeypatch.setattr(durability, "write_all", disk_full)
     for minutes in (11, 22, 33):  # each failed attempt rolls over to a new, empty segment
         now[0] = 1000.0 + minutes * 60
         with pytest.raises(OSError):

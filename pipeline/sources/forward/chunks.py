@@ -43,7 +43,7 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.durability import sync, sync_dir, write_all, write_atomic
+from pipeline.durability import append_whole, sync_dir, write_atomic
 
 log = logging.getLogger("logferry.forward")
 
@@ -102,29 +102,19 @@ class ChunkJournal:
             data = b"".join(orjson.dumps([seq, now, chunk], option=orjson.OPT_APPEND_NEWLINE) for chunk in items)
         fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
-            size = os.fstat(fd).st_size
-            try:
-                write_all(fd, [data])
-                sync(fd)
-            except OSError:
-                # The commit is undone and retried: its lines must go too. A commit point line left
-                # here (its fsync failed, yet it may be on disk) would make a restart take its chunks
-                # for committed while their frames are rolled back.
-                self._cut_back(fd, size)
-                raise
+            # A failed write is cut back: the commit is undone and retried, and a commit point line left
+            # here (its fsync failed, yet it may be on disk) would make a restart take its chunks for
+            # committed while their frames are rolled back.
+            append_whole(fd, [data], self._cut_back_failed)
         finally:
             os.close(fd)
         if point:
             self._point_segment = self._current
 
-    def _cut_back(self, fd: int, size: int) -> None:
-        try:
-            os.ftruncate(fd, size)
-            sync(fd)
-        except OSError as exc:
-            log.error("cannot cut the chunk journal %s back after a failed commit (%s): restarting before "
-                      "a commit succeeds may acknowledge a resend of its chunks without storing them",
-                      self._current, exc)
+    def _cut_back_failed(self, exc: OSError) -> None:
+        log.error("cannot cut the chunk journal %s back after a failed commit (%s): restarting before "
+                  "a commit succeeds may acknowledge a resend of its chunks without storing them",
+                  self._current, exc)
 
     def _roll(self, now: float) -> None:
         """Start a new segment; delete those whose successor is a whole window old."""

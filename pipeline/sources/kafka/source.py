@@ -300,7 +300,7 @@ class KafkaSource:
                     self._note_positions(positions)
                     del messages  # not held while the batches wait for room downstream
                     for partition, fetched_in, batch in batches:
-                        if self._in_flight_now(partition, fetched_in, batch.end):
+                        if self._in_flight_now(partition, fetched_in):
                             await self._hand_on(emit, batch, consumer, thread)
             finally:
                 await self._wait_for_commits(STOP_WAIT_SECONDS)
@@ -308,7 +308,7 @@ class KafkaSource:
         finally:
             thread.shutdown(wait=False)
 
-    def _in_flight_now(self, partition: Partition, fetched_in: PartitionState, end: int) -> bool:
+    def _in_flight_now(self, partition: Partition, fetched_in: PartitionState) -> bool:
         """Count a batch in flight, unless its partition was revoked (or revoked and given back, which
         started it anew) since its messages were fetched: the partition's owner reads them again."""
         with self._lock:
@@ -438,11 +438,11 @@ class KafkaSource:
             ours = set(self.partitions) if only is None else only
             ready = {p: o for p, o in self._durable.items() if p in ours}
             for p in list(self._durable):
-                if p in ready or (p not in self.partitions and p not in self._revoking):
+                if p in ready or self._held(p) is None:
                     del self._durable[p]  # sent now, or of a partition no longer ours: never sent
             # Each offset names its topic's id (the commit's metadata): a topic deleted and created again under
             # its name while we held it may get an offset of the old one, which ``_on_assign`` then ignores.
-            ids = {p: state.topic_id for p in ready if (state := self.partitions.get(p) or self._revoking.get(p))}
+            ids = {p: state.topic_id for p in ready if (state := self._held(p))}
         offsets = [TopicPartition(t, p, o, metadata=ids.get((t, p), "")) for (t, p), o in ready.items()]
         if not offsets:
             return
@@ -468,7 +468,7 @@ class KafkaSource:
         with self._lock:
             for tp in failed:
                 key = (tp.topic, tp.partition)
-                if self._holds(key, tp.offset) and tp.offset > self._durable.get(key, -1):
+                if self._holding(key, tp.offset) is not None and tp.offset > self._durable.get(key, -1):
                     self._durable[key] = tp.offset
         log.info("source %s: the group refused an offset commit (%s): it is tried again", self.name,
                  error or failed[0].error)
@@ -584,11 +584,15 @@ class KafkaSource:
                 self.partitions.pop(p, None)
                 self._revoking.pop(p, None)
 
-    def _holds(self, partition: Partition, offset: int) -> bool:
-        """Whether ``offset`` may go to the group for ``partition``: held (or being revoked), and not behind
+    def _held(self, partition: Partition) -> PartitionState | None:
+        """The state of ``partition`` while it is ours: assigned, or being revoked (its commits still awaited)."""
+        return self.partitions.get(partition) or self._revoking.get(partition)
+
+    def _holding(self, partition: Partition, offset: int) -> PartitionState | None:
+        """The state of ``partition`` if ``offset`` may go to the group: held (or being revoked), and not behind
         where this assignment started (another member may have moved the group past an older batch of ours)."""
-        state = self.partitions.get(partition) or self._revoking.get(partition)
-        return state is not None and offset >= state.started
+        state = self._held(partition)
+        return state if state is not None and offset >= state.started else None
 
     def _close(self, consumer: Consumer) -> None:
         self._admin = None  # no close() of its own: dropped, or every reload would keep one (threads, connections)
@@ -697,8 +701,7 @@ class KafkaSource:
             with self._lock:
                 self._in_flight[partition] -= 1
                 self._committing[partition] -= 1
-                state = self.partitions.get(partition) or self._revoking.get(partition)
-                if state is not None and self._holds(partition, end):
+                if (state := self._holding(partition, end)) is not None:
                     state.committed = max(state.committed, end)
                     durable = max(end, state.caught_up_to())  # the last batch before a commit marker: past it
                     self._durable[partition] = max(durable, self._durable.get(partition, 0))

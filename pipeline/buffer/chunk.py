@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from pipeline.buffer import frame
+from pipeline.buffer.drops import RecordDrops, apply
 from pipeline.buffer.frame import Frame
 from pipeline.durability import open_file, sync, write_all
 
@@ -42,6 +43,7 @@ class Chunk:
     size: int = 0  # bytes on disk once pending writes land
     records: int = 0
     created_mono: float = 0.0
+    drops: RecordDrops | None = field(default=None, repr=False)  # records a source decided not to deliver
     _fd: int | None = field(default=None, repr=False)
 
     @property
@@ -105,11 +107,21 @@ class Chunk:
     # -- reading (outputs) -------------------------------------------------------------
 
     def frames(self) -> Iterator[Frame]:
-        """Yield the data frames, one at a time (never the whole chunk in memory)."""
+        """Yield the data frames, one at a time (never the whole chunk in memory), without the records
+        a :class:`~pipeline.buffer.drops.DropRule` leaves out."""
+        rules = self.drops.for_chunk(self.chunk_id) if self.drops is not None else None
         with self.path.open("rb") as handle:
             while (item := frame.decode_from(handle)) is not None:
-                if item.kind == frame.KIND_DATA:
-                    yield item
+                if item.kind != frame.KIND_DATA:
+                    continue
+                if rules is not None and (item := apply(rules, item)) is None:
+                    continue
+                yield item
+
+    def leaves_out_records(self) -> bool:
+        """Whether a :class:`~pipeline.buffer.drops.DropRule` covers this chunk (its payloads are then not
+        its frames' bytes as stored: an output copying those must read ``frames`` instead)."""
+        return self.drops is not None and self.drops.for_chunk(self.chunk_id) is not None
 
     def payloads(self) -> Iterator[bytes]:
         """Yield the records of each frame as one JSON Lines blob."""

@@ -20,6 +20,7 @@ import orjson
 
 from pipeline.buffer import frame
 from pipeline.buffer.chunk import Chunk, ChunkState, header_frame, new_chunk_id
+from pipeline.buffer.drops import RecordDrops
 from pipeline.clock import Clock
 from pipeline.config import BufferConfig
 from pipeline.durability import copy_file, make_dirs, sync_dir, write_atomic
@@ -103,6 +104,7 @@ class FileBuffer:
         self._space_event = asyncio.Event()
         self._space_event.set()
         self.on_flusher_idle: Callable[[], None] = _nothing  # the committer enqueues held chunks then
+        self.drops: RecordDrops | None = None  # records not to deliver (see pipeline.buffer.drops), set before resume
 
     @property
     def dead_dir(self) -> Path:
@@ -133,7 +135,7 @@ class FileBuffer:
         self._grow(chunk, sum(map(len, pieces)), count)
 
     def _new_chunk(self, timekey: int) -> Chunk:
-        chunk = Chunk(self.directory, timekey, new_chunk_id(), ChunkState.STAGED)
+        chunk = Chunk(self.directory, timekey, new_chunk_id(), ChunkState.STAGED, drops=self.drops)
         chunk.created_mono = self.clock.monotonic()
         self.staged[timekey] = chunk
         return chunk
@@ -287,6 +289,14 @@ class FileBuffer:
 
     # -- start-up ----------------------------------------------------------------------
 
+    def chunk_ids(self) -> set[str]:
+        """The ids of every chunk file of this output: in the buffer, set aside, or quarantined."""
+        found: set[str] = set()
+        for directory in (self.directory, self.dead_dir, self.quarantine_dir):
+            if directory.is_dir():
+                found.update(parsed[1] for p in directory.iterdir() if (parsed := Chunk.parse_name(p)) is not None)
+        return found
+
     def resume(self, committed_seq: int | None) -> ResumeReport:
         """Rebuild state from disk: cut torn tails, roll back uncommitted frames, quarantine damage.
 
@@ -301,7 +311,8 @@ class FileBuffer:
         # Creation order (the commit that wrote each header), so delivery resumes in the order it had.
         chunks.sort(key=lambda item: (_creation_seq(item[0]), item[0].stat().st_mtime_ns, item[0].name))
         for _path, (timekey, chunk_id, state) in chunks:
-            chunk = Chunk(self.directory, timekey, chunk_id, state, created_mono=self.clock.monotonic())
+            chunk = Chunk(self.directory, timekey, chunk_id, state, created_mono=self.clock.monotonic(),
+                          drops=self.drops)
             self._resume_chunk(chunk, committed_seq, report)
         if report.chunks:
             log.info(

@@ -30,7 +30,7 @@ from pipeline.runtime.systemd import Notifier
 from pipeline.runtime.tap import TapHub
 from pipeline.runtime.tap_socket import serve_tap, socket_path, start_tap_socket
 from pipeline.runtime.topology import Topology, build
-from pipeline.sources.base import LineBatch
+from pipeline.sources.base import LineBatch, PreparingSource
 from pipeline.transforms.records import ProcessedBatch, RecordProcessor
 
 log = logging.getLogger("logferry")
@@ -117,8 +117,10 @@ class Daemon:
         stop: asyncio.Event,
         quit_now: asyncio.Event,
     ) -> None:
-        # Outputs check their destinations concurrently: an unreachable one must not delay the others.
-        await asyncio.gather(*(flusher.start() for flusher in topo.flushers.values()))
+        # Outputs check their destinations concurrently: an unreachable one must not delay the others. Sources
+        # settle what they must before any chunk is delivered (a Kafka source: records another member delivers).
+        await asyncio.gather(*(flusher.start() for flusher in topo.flushers.values()),
+                             *(source.prepare() for source in topo.sources if isinstance(source, PreparingSource)))
         async with asyncio.TaskGroup() as tasks:
             flushers = [tasks.create_task(f.run(), name=f"flusher:{n}") for n, f in topo.flushers.items()]
             committing = tasks.create_task(committer.run(), name="committer")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import durability
+from pipeline.buffer.drops import RecordDrops
 from pipeline.buffer.file_buffer import FileBuffer, ResumeReport
 from pipeline.clock import Clock
 from pipeline.config import OutputConfig, Settings, SourceConfig, effective_hostname
@@ -77,7 +78,10 @@ def build(settings: Settings, clock: Clock) -> Topology:
     dead_letters = DeadLetterStore(state / "dead-letter")
     dead_letters.prepare()
     committed = None if positions.corrupt else positions.commit_seq
-    buffers, reports = _resume_buffers(settings, clock, committed)
+    drops = RecordDrops(state)
+    buffers, reports = _resume_buffers(settings, clock, committed, drops)
+    buffered = frozenset().union(*(buffer.chunk_ids() for buffer in buffers.values()))
+    drops.load(buffered)
     if positions.corrupt:
         _rebuild_positions(positions, reports)
         positions.commit_seq = max(positions.commit_seq, journal_points)  # their chunk ids stay committed
@@ -103,7 +107,7 @@ def build(settings: Settings, clock: Clock) -> Topology:
     # Where a first start matters (read_from_head = false) its offsets are saved now: to the
     # sources every start is a restart, and a file without a saved position appeared after
     # that first look, so it is read from its head.
-    source_context = SourceContext(positions, dead_letters, clock, state, settings.enrich.time_key)
+    source_context = SourceContext(positions, dead_letters, clock, state, settings.enrich.time_key, drops, buffered)
     sources = [_build_source(name, cfg, source_context) for name, cfg in settings.sources.items()]
     widths = {b.config.timekey for b in buffers.values()}
     id_outputs, id_sources = _carried_ids(settings, routes)
@@ -196,11 +200,12 @@ def _lock_state_dir(state: Path) -> int:
 
 
 def _resume_buffers(
-    settings: Settings, clock: Clock, committed: int | None
+    settings: Settings, clock: Clock, committed: int | None, drops: RecordDrops
 ) -> tuple[dict[str, FileBuffer], dict[str, ResumeReport]]:
     buffers, reports = {}, {}
     for name, cfg in settings.outputs.items():
         buffer = FileBuffer(name, settings.state_dir / "buffer" / name, cfg.buffer, clock)
+        buffer.drops = drops
         reports[name] = buffer.resume(committed)
         buffers[name] = buffer
     return buffers, reports

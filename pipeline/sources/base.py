@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from pipeline.buffer.drops import RecordDrops
 from pipeline.clock import Clock
 from pipeline.deadletter import DeadLetterStore
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
@@ -94,6 +95,10 @@ class SourceContext:
     clock: Clock
     state_dir: Path  # the daemon's state directory, for a source's own state files
     time_key: str = "timestamp"  # [enrich] time_key: where a source that knows each record's event time puts it
+    # Records a source decides at start not to deliver (see :class:`PreparingSource`), and the ids of the
+    # chunks every buffer held at start (set aside ones included), which such a decision covers.
+    drops: RecordDrops | None = None
+    buffered_chunks: frozenset[str] = frozenset()
 
 
 class Source(Protocol):
@@ -107,6 +112,19 @@ class Source(Protocol):
 
     def stop(self) -> None:
         """Ask ``run`` to finish soon."""
+        ...
+
+
+@runtime_checkable
+class PreparingSource(Protocol):
+    """A source with something to settle at start before any output delivers a chunk (the daemon awaits it).
+
+    A Kafka source decides there which of its buffered records another member now delivers
+    (:mod:`pipeline.sources.kafka.ownership`) and adds :class:`~pipeline.buffer.drops.DropRule` s for them.
+    """
+
+    async def prepare(self) -> None:
+        """Settle it; a failure is logged, never raised (the daemon starts anyway)."""
         ...
 
 

@@ -634,3 +634,67 @@ def test_a_member_held_by_a_full_buffer_still_takes_part_in_a_rebalance_and_stor
         finally:
             consumer.close()
     assert delivered_ids(delivered) == [f"m{n}" for n in range(300)], "each message once"
+
+
+def commit_as_if_the_last_commit_was_lost(kafka: KafkaBroker, topic: str, group: str, offset: int) -> bool:
+    """Move the group's offset of partition 0 back to ``offset``, keeping the metadata (the owners' chain) the
+    member's commits carried: the state a kill -9 leaves when the member stored records up to the group's
+    present offset but told the group only of ``offset``. False while the killed member's session lasts (the
+    group refuses a commit from outside it)."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        (now,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        consumer.commit(offsets=[TopicPartition(topic, 0, offset, metadata=now.metadata)], asynchronous=False)
+        return True
+    except KafkaException as exc:
+        if exc.args[0].code() not in (*PASSING_COORDINATOR_ERRORS, KafkaError.UNKNOWN_MEMBER_ID,
+                                      KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS):
+            raise
+        return False
+    finally:
+        consumer.close()
+
+
+def test_records_a_member_stored_then_read_again_by_another_while_it_was_down_are_delivered_once(
+        tmp_path, daemon_factory, kafka):
+    """The first process stores 40 messages (its file output cannot write yet) and is killed after telling the group
+    of the first 20 only; it stays down past its session, so the second process takes the partition and reads
+    20..39 again from the group's offset. When the first one comes back (its output repaired) it delivers 0..19
+    from its buffer and leaves 20..39 to the second: together the two file outputs hold each message once."""
+    first_layout, second_layout = Layout(tmp_path / "a"), Layout(tmp_path / "b")
+    topic, group = f"takeover-{uuid.uuid4().hex[:8]}", f"indexers-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic)
+    values = [orjson.dumps({"request_id": f"m{n}", "pad": "x" * 100}) for n in range(40)]
+    delivered = first_layout.root / "delivered"
+    delivered.write_text("a file where the output wants its directory: nothing is delivered")
+    buffer = {"flush_interval": 0.05, "retry_wait": 0.1, "retry_max_interval": 0.5, "retry_limit": 10_000}
+    first_layout.config.write_text(render_toml({
+        "state_dir": first_layout.state, "shutdown_timeout": 10.0, "health": {"listen": "127.0.0.1:0"},
+        "sources": {"bus": {"type": "kafka", "brokers": [kafka.bootstrap], "topics": [topic], "group_id": group,
+                            "tag": "ai.interactions", "instance_id": "", "session_timeout": 6.0}},
+        "outputs": {"out": {"type": "file", "path": str(delivered / "%Y%m%d-%H.jsonl"), "buffer": buffer}},
+    }))
+    first = new_daemon(first_layout, daemon_factory).start()
+    produce(kafka, topic, values[:20])
+    wait_for(lambda: group_offsets(kafka, topic, group, 1) == [20], what="the first 20 stored and told to the group")
+    produce(kafka, topic, values[20:])
+    wait_for(lambda: group_offsets(kafka, topic, group, 1) == [40], what="the other 20 stored and told to the group")
+    first.kill()
+    wait_for(partial(commit_as_if_the_last_commit_was_lost, kafka, topic, group, 20), timeout=30,
+             what="the first process's session over, its last commit undone")
+    write_source_config(second_layout, kafka, topic, group, instance_id="")
+    with new_daemon(second_layout, daemon_factory) as second:
+        wait_for(lambda: group_offsets(kafka, topic, group, 1) == [40] and len(second_layout.records()) == 20,
+                 what="20..39 read again and delivered by the second process")
+        assert second.stop() == 0
+    delivered.unlink()
+    delivered.mkdir()
+    with new_daemon(first_layout, daemon_factory) as first:
+        wait_for(lambda: not first_layout.buffered_chunks("out") and delivered_ids(delivered), timeout=30,
+                 what="the first process's buffer delivered")
+        assert first.stop() == 0
+    second_ids = [record["request_id"] for record in second_layout.records()]
+    assert second_ids == [f"m{n}" for n in range(20, 40)]
+    assert delivered_ids(delivered) == [f"m{n}" for n in range(20)], "what the second process read again, left out"
+    assert "offsets 20 to 39, stored here before the restart, are delivered by the partition's next owner" in (
+        first.log())

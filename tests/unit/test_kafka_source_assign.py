@@ -6,6 +6,7 @@ tests/integration/test_kafka_source.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -13,11 +14,13 @@ from typing import cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.buffer.drops import DropRule, RecordDrops
 from pipeline.clock import FakeClock
 from pipeline.deadletter import DeadLetterStore
 from pipeline.sources.base import SourceContext
 from pipeline.sources.kafka import source as source_module
 from pipeline.sources.kafka.config import KafkaSourceConfig
+from pipeline.sources.kafka.ownership import GroupOffset, decode_metadata, encode_metadata
 from pipeline.sources.kafka.source import KafkaSource, partition_key, partition_path
 from pipeline.sources.tail.checkpoint import FilePosition, PositionStore
 
@@ -146,3 +149,110 @@ def test_a_partition_given_back_after_a_stuck_commit_never_steps_over_a_marker_b
     stored()
     source._commit_durable(cast(Consumer, consumer), asynchronous=True)
     assert consumer.commits == [[("t", 0, 6)]], "stored: the group is told, past the marker"
+
+
+class ChainConsumer(StandInConsumer):
+    """A group whose offset carries metadata (the owners' chain our commits write); ``commit`` keeps it too."""
+
+    def __init__(self, group_offset: int, metadata: str = "") -> None:
+        super().__init__(group_offset)
+        self.metadata = metadata
+        self.sent: list[str] = []
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        offset = -1 if self.group_offset is None else self.group_offset
+        return [TopicPartition(tp.topic, tp.partition, offset, metadata=self.metadata) for tp in partitions]
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        super().commit(offsets, asynchronous)
+        self.sent += [tp.metadata or "" for tp in offsets]
+
+
+def store(source: KafkaSource, end: int) -> FilePosition:
+    """A batch of the assigned partition up to ``end`` stored by the committer: its position saved, on_commit."""
+    state = source.partitions[PARTITION]
+    key = partition_key(*PARTITION)
+    position = FilePosition("bus", key, partition_path(*PARTITION), end, state.topic_id, 0, owner=state.token,
+                            owner_start=state.owners[-1][1])
+    source.positions.save_now({("bus", key): position})
+    source._in_flight[PARTITION] += 1
+    assert source._claim_callback(PARTITION, state, end)()
+    source._committed_callback(PARTITION, end)()
+    return position
+
+
+def test_each_assignment_tells_the_group_the_owners_before_it_and_itself_from_the_groups_offset(tmp_path: Path) -> None:
+    source = source_with_saved_position(tmp_path, 0)
+    earlier = encode_metadata("", [("a1", 0), ("b2", 20)])
+    consumer = ChainConsumer(group_offset=30, metadata=earlier)
+    assign(source, consumer)
+    token = source.partitions[PARTITION].token
+    position = store(source, 45)
+    source._commit_durable(cast(Consumer, consumer), asynchronous=True)
+    assert consumer.commits == [[("t", 0, 45)]]
+    assert decode_metadata(45, consumer.sent[0]).owners == [("a1", 0), ("b2", 20), (token, 30)]
+    assert (position.owner, position.owner_start) == (token, 30)
+    assign(source, consumer)  # given back: a new assignment, a new token
+    assert source.partitions[PARTITION].token not in ("", token)
+
+
+def source_that_stored(tmp_path: Path, chunks: frozenset[str], owner: str, start: int, end: int) -> KafkaSource:
+    """A source whose saved position says the assignment ``owner`` (begun at ``start``) stored up to ``end``,
+    with the buffers holding ``chunks`` at start."""
+    positions = PositionStore(tmp_path / "positions.json")
+    key = partition_key(*PARTITION)
+    positions.save_now({("bus", key): FilePosition("bus", key, partition_path(*PARTITION), end, "id1", 0,
+                                                   owner=owner, owner_start=start)})
+    context = SourceContext(positions, DeadLetterStore(tmp_path / "dead"), FakeClock(0.0), tmp_path,
+                            drops=RecordDrops(tmp_path), buffered_chunks=chunks)
+    config = KafkaSourceConfig(type="kafka", brokers=["127.0.0.1:9"], topics=["t"], group_id="g", tag="ai")
+    return KafkaSource("bus", config, context)
+
+
+def prepared(source: KafkaSource, group: GroupOffset | None, monkeypatch: pytest.MonkeyPatch) -> list[DropRule]:
+    """``prepare`` with the group's answer ``group`` (None: the brokers cannot be reached); the rules it made."""
+    def group_offsets(saved: list[FilePosition]) -> dict[tuple[str, int], GroupOffset]:
+        if group is None:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return {PARTITION: group}
+    monkeypatch.setattr(source, "_group_offsets", group_offsets)
+    asyncio.run(source.prepare())
+    assert source.context.drops is not None
+    return source.context.drops.rules
+
+
+def test_what_a_member_that_took_over_read_again_is_left_out_and_the_partition_starts_at_the_group_offset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # We stored 0..39; the group heard of 20; "b2" took the partition at 20 and read on to 50.
+    source = source_that_stored(tmp_path, frozenset({"c1", "c2"}), "a1", 0, 40)
+    rules = prepared(source, GroupOffset(50, "id1", [("a1", 0), ("b2", 20)]), monkeypatch)
+    assert rules == [DropRule("bus", "t:0", 20, source.positions.commit_seq, ("c1", "c2"))]
+    consumer = ChainConsumer(group_offset=50, metadata=encode_metadata("id1", [("a1", 0), ("b2", 20)]))
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 50}
+
+
+def test_when_nobody_came_after_us_the_records_past_the_groups_offset_are_read_again_not_delivered_from_the_buffer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # We stored 0..39, the group heard of 20, nobody else committed: whoever reads next (us) starts at 20.
+    source = source_that_stored(tmp_path, frozenset({"c1"}), "a1", 0, 40)
+    assert [r.offset for r in prepared(source, GroupOffset(20, "id1", [("a1", 0)]), monkeypatch)] == [20]
+    consumer = ChainConsumer(group_offset=20, metadata=encode_metadata("id1", [("a1", 0)]))
+    assign(source, consumer)
+    assert consumer.started == {PARTITION: 20}, "not at our saved 40: 20..39 are left out of the buffers"
+    assert source._durable == {}, "and the group is not told 40"
+
+
+@pytest.mark.parametrize("group", [
+    GroupOffset(40, "id1", [("a1", 0)]),  # the group heard of everything we stored
+    GroupOffset(40, "id1", None),  # the group's offset carries no chain (another tool, an older logferry)
+    GroupOffset(40, "id1", [("", 30), ("b2", 35)]),  # our token is before the part of the chain that is known
+    GroupOffset(-1, "", None),  # the group holds no offset (they expire): nothing is known
+    GroupOffset(50, "id2", [("a1", 0), ("b2", 20)]),  # the offset of a topic of that name created anew
+    None,  # the brokers cannot be reached
+])
+def test_a_group_offset_that_does_not_say_another_member_read_our_records_leaves_them_all_to_us(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: GroupOffset | None) -> None:
+    source = source_that_stored(tmp_path, frozenset({"c1"}), "a1", 0, 40)
+    assert prepared(source, group, monkeypatch) == []
+    assert source._decided == {}

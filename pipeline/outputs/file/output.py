@@ -87,13 +87,13 @@ class FileOutput:
 
     def _append(self, chunk: Chunk, fd: int, end: int) -> None:
         """Append the chunk's records at ``end``, frame by frame: never the whole chunk in memory."""
-        if self.config.compress == "none":
+        if self.config.compress == "none" and not chunk.leaves_out_records():
             with chunk.path.open("rb") as src:
                 for offset, length in frame.payload_spans(src):
                     copy_range(src.fileno(), fd, offset, length, end)
                     end += length
             return
-        for data in self._encoded(chunk):
+        for data in self._encoded(chunk) if self.config.compress != "none" else chunk.payloads():
             end = pwrite_all(fd, data, end)
 
     def _claim(self, chunk: Chunk, path: Path, fd: int) -> int:

@@ -75,7 +75,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,19 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from pipeline.buffer.drops import DropRule
 from pipeline.deadletter import line_fields
 from pipeline.outputs.kafka.client import ClientErrors, client_settings
 from pipeline.sources.base import Emit, LineBatch, SourceContext
 from pipeline.sources.kafka.config import KafkaSourceConfig
+from pipeline.sources.kafka.ownership import (
+    GroupOffset,
+    chain_for,
+    decode_metadata,
+    drop_from,
+    encode_metadata,
+    new_token,
+)
 from pipeline.sources.tail.checkpoint import FilePosition
 
 log = logging.getLogger("logferry.source.kafka")
@@ -106,6 +115,7 @@ COMMITTING_WAIT_SECONDS = 10.0
 # shorter waits are the pipeline's ordinary back-pressure, where a pause would only drop what was fetched.
 PAUSE_AFTER_SECONDS = 1.0
 STOP_WAIT_SECONDS = 5.0
+PREPARE_TIMEOUT_SECONDS = 15.0  # reading the group's offsets at start, before the outputs deliver anything
 STOP_COMMITTING_WAIT_SECONDS = 2.0  # at a stop the committer may be gone (stopped by the shutdown deadline)
 # librdkafka's fetch and queue bounds. Each fetched byte is held twice or more at a step's peak (the
 # queue, the messages taken, the batches built from them): 8 MiB of each held 200 MB resident in
@@ -157,6 +167,16 @@ def partition_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def partition_of(key: str) -> Partition:
+    """The partition of a position key (a topic name holds no ``:``).
+
+    >>> partition_of("agents:3")
+    ('agents', 3)
+    """
+    topic, part = key.rsplit(":", 1)
+    return topic, int(part)
+
+
 def partition_path(topic: str, partition: int) -> str:
     """The path shown in status and dead letters for a partition.
 
@@ -194,6 +214,9 @@ class PartitionState:
     # The topic's id (Kafka's UUID), saved with each position as its fingerprint: a topic deleted and created again
     # under its name has another, and our old positions mean nothing in it. "" when it could not be read.
     topic_id: str = ""
+    # This assignment's token, and the owners' chain its offsets carry to the group (see ownership.py).
+    token: str = ""
+    owners: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.read_to < 0:
@@ -223,6 +246,7 @@ class KafkaSource:
         self.name = name
         self.config = config
         self.positions = context.positions
+        self.context = context
         self.dead_letters = context.dead_letters
         self.clock = context.clock
         self.errors = ClientErrors()
@@ -240,6 +264,9 @@ class KafkaSource:
         self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
         self._consume_error: str | None = None  # the last error the consumer reported, logged once
         self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
+        # Partitions whose saved position ``prepare`` cut back (another member delivers past it): the token
+        # of the saved position and where our records are dropped from.
+        self._decided: dict[Partition, tuple[str, int]] = {}
 
     def stop(self) -> None:
         """Finish the current step and return from ``run``."""
@@ -441,9 +468,10 @@ class KafkaSource:
                 if p in ready or self._held(p) is None:
                     del self._durable[p]  # sent now, or of a partition no longer ours: never sent
             # Each offset names its topic's id (the commit's metadata): a topic deleted and created again under
-            # its name while we held it may get an offset of the old one, which ``_on_assign`` then ignores.
-            ids = {p: state.topic_id for p in ready if (state := self._held(p))}
-        offsets = [TopicPartition(t, p, o, metadata=ids.get((t, p), "")) for (t, p), o in ready.items()]
+            # its name while we held it may get an offset of the old one, which ``_on_assign`` then ignores. And
+            # the partition's owners, us last (see ownership.py).
+            meta = {p: encode_metadata(state.topic_id, state.owners) for p in ready if (state := self._held(p))}
+        offsets = [TopicPartition(t, p, o, metadata=meta.get((t, p), "")) for (t, p), o in ready.items()]
         if not offsets:
             return
         try:
@@ -491,10 +519,15 @@ class KafkaSource:
             partition = (tp.topic, tp.partition)
             saved = self.positions.get(self.name, partition_key(tp.topic, tp.partition))
             topic_id = ids.get(tp.topic) or (saved.fingerprint if saved is not None else "")
-            if tp.offset >= 0 and tp.metadata and topic_id and tp.metadata != topic_id:
+            group = decode_metadata(tp.offset, tp.metadata) if known else GroupOffset(-1, "", None)
+            if group.offset >= 0 and group.topic_id and topic_id and group.topic_id != topic_id:
                 log.warning("source %s: the group's offset %d of %s/%d is of an earlier topic of that name (id %s, "
-                            "now %s): not used", self.name, tp.offset, tp.topic, tp.partition, tp.metadata, topic_id)
+                            "now %s): not used", self.name, tp.offset, tp.topic, tp.partition, group.topic_id, topic_id)
                 tp.offset = OFFSET_BEGINNING
+                group = GroupOffset(-1, "", None)
+            decided = self._decided.get(partition)
+            if saved is not None and decided is not None and saved.owner == decided[0] and saved.offset > decided[1]:
+                saved = replace(saved, offset=decided[1])  # ``prepare`` left the rest to whoever reads it next
             if saved is not None and saved.fingerprint and topic_id != saved.fingerprint:
                 # Starting the new topic at the old one's offset would skip its first messages.
                 log.warning("source %s: topic %s was deleted and created again (its id was %s, it is %s): partition "
@@ -508,9 +541,14 @@ class KafkaSource:
                 ours.append(f"{tp.topic}/{tp.partition} {tp.offset}->{saved.offset}")
                 tp.offset = saved.offset
             start = tp.offset if tp.offset >= 0 else 0
+            # From the group's offset on we deliver this partition (what we stored past it and kept included).
+            token = new_token()
+            owners = chain_for(group if known else GroupOffset(start, "", None), token,
+                               group.offset if group.offset >= 0 else start)
             with self._lock:
                 self._durable.pop(partition, None)  # left by an earlier assignment: the group may be past it now
-                self.partitions[partition] = state = PartitionState(start, topic_id=topic_id)
+                self.partitions[partition] = state = PartitionState(start, topic_id=topic_id, token=token,
+                                                                    owners=owners)
                 if ahead and known:
                     # Durable in our buffers but never committed to the group (we were killed before
                     # that step): tell the group at the next step, or it stays behind until new messages.
@@ -526,6 +564,50 @@ class KafkaSource:
         consumer.assign(committed)
         ahead_note = f" (starting past the group's offset: {', '.join(ours)})" if ours else ""
         log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
+
+    async def prepare(self) -> None:
+        """Before any output delivers: leave out of the buffers what another member delivers (ownership.py).
+
+        For each partition we saved a position of, the group's offset and owners' chain say from where
+        on our stored records were read again by the member that took the partition while we were down
+        (or will be by whoever reads it next); a :class:`DropRule` leaves them out of every chunk the
+        buffers hold, and the saved position is cut back to there for our next assignment of it.
+        """
+        saved = [p for p in self.positions.for_source(self.name) if p.owner]
+        if not saved or self.context.drops is None or not self.context.buffered_chunks:
+            return
+        try:
+            group = await asyncio.get_running_loop().run_in_executor(None, self._group_offsets, saved)
+        except KafkaException as exc:
+            log.warning("source %s: cannot read the group's offsets at start (%s): records stored before a restart "
+                        "that another member read again meanwhile may be delivered twice", self.name, exc)
+            return
+        rules = []
+        for position in saved:
+            topic, part = partition = partition_of(position.key)
+            cut = drop_from(group[partition], position.fingerprint, position.owner, position.owner_start)
+            if cut is None or cut >= position.offset:
+                continue
+            rules.append(DropRule(self.name, position.key, cut, self.positions.commit_seq,
+                                  tuple(sorted(self.context.buffered_chunks))))
+            self._decided[partition] = (position.owner, cut)
+            log.warning("source %s: %s/%d offsets %d to %d, stored here before the restart, are delivered by the "
+                        "partition's next owner (another member took it, or whoever reads it next): left out here",
+                        self.name, topic, part, cut, position.offset - 1)
+        if rules:
+            await asyncio.to_thread(self.context.drops.add, rules)
+
+    def _group_offsets(self, saved: list[FilePosition]) -> dict[Partition, GroupOffset]:
+        """The group's offsets of the partitions of ``saved``, asked without joining the group (blocking)."""
+        settings = client_settings(self.config, f"logferry-{self.name}-start", self.errors)
+        settings.update({"group.id": self.config.group_id, "enable.auto.commit": False})
+        consumer = Consumer(settings)
+        try:
+            asked = [TopicPartition(*partition_of(position.key)) for position in saved]
+            answer = consumer.committed(asked, timeout=PREPARE_TIMEOUT_SECONDS)
+        finally:
+            consumer.close()
+        return {(tp.topic, tp.partition): decode_metadata(tp.offset, tp.metadata) for tp in answer}
 
     def _describe(self, topics: set[str]) -> dict[str, Future[Any]]:
         """Ask the brokers for ``topics``' descriptions (their ids), answered within 10 s (see ``_topic_ids``)."""
@@ -673,7 +755,8 @@ class KafkaSource:
             lines.append(line)
             offsets.append(offset)
         end = int(msgs[-1].offset() or 0) + 1
-        position = FilePosition(self.name, key, path, end, fetched_in.topic_id, 0)
+        position = FilePosition(self.name, key, path, end, fetched_in.topic_id, 0, owner=fetched_in.token,
+                                owner_start=fetched_in.owners[-1][1] if fetched_in.owners else fetched_in.started)
         if lines:
             lines.append(b"")  # the last line's newline, without copying the joined block again
         batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,

@@ -46,6 +46,10 @@ class FilePosition:
     copy_fp: str = ""
     copy_fp_len: int = 0
     copy_offset: int = 0
+    # A Kafka partition's: the token of the assignment that stored up to here, and where it began
+    # (see pipeline.sources.kafka.ownership). "" for a file, and for positions saved before it existed.
+    owner: str = ""
+    owner_start: int = 0
 
 
 class PositionStore:
@@ -140,6 +144,8 @@ def _as_dict(pos: FilePosition) -> dict[str, Any]:
     }
     if pos.copy_fp_len:  # only for a file truncated in place: the store of every other file is as it was
         item.update(copy_fp=pos.copy_fp, copy_fp_len=pos.copy_fp_len, copy_offset=pos.copy_offset)
+    if pos.owner:
+        item.update(owner=pos.owner, owner_start=pos.owner_start)
     return item
 
 

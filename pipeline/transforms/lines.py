@@ -85,7 +85,7 @@ def serialise_records(records: list[dict[Any, Any]], added: dict[str, Any], time
     """Records a source decoded (forward's maps): enrich (``added`` wins) and serialise each once.
 
     Offsets are the records' indices; a record that cannot be stored as JSON is bad at its index
-    (shown by its repr). ``kept``, when given, receives each stored record for the transforms.
+    (see :func:`shown`). ``kept``, when given, receives each stored record for the transforms.
     """
     dumps, option = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     out: list[bytes] = []
@@ -102,7 +102,7 @@ def serialise_records(records: list[dict[Any, Any]], added: dict[str, Any], time
             try:
                 line = dumps(record, default=_lenient, option=option | orjson.OPT_NON_STR_KEYS)
             except (TypeError, orjson.JSONEncodeError) as exc:
-                bad.append((index, repr(record).encode("utf-8", "replace"), f"record cannot be stored as JSON: {exc}"))
+                bad.append((index, shown(record), f"record cannot be stored as JSON: {exc}"))
                 continue
         out.append(bytes(memoryview(line)))  # copied out: orjson's result holds at least 4 KiB
         offsets.append(index)
@@ -111,6 +111,44 @@ def serialise_records(records: list[dict[Any, Any]], added: dict[str, Any], time
         stamp = record.get(time_key)
         times.append(stamp if type(stamp) is float and 0.0 <= stamp <= MAX_EPOCH else event_time(stamp, now))
     return ParsedLines(out, offsets, times, bad)
+
+
+def shown(value: object) -> bytes:
+    """A bad entry or record as the dead-letter store shows it: JSON where it can be, else its repr; a value
+    nested too deep for either (msgpack allows 1,024 levels, orjson 255, repr about 1,000) by its type alone.
+
+    >>> shown({1: {2}})
+    b'{"1":"{2}"}'
+    >>> deep: list[object] = []
+    >>> for _ in range(5000):
+    ...     deep = [deep]
+    >>> shown(deep)
+    b'<a list nested too deep to show>'
+    """
+    try:
+        return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    try:
+        return repr(value).encode("utf-8", "replace")
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deep to show>".encode()
+
+
+def shape(value: object) -> str:
+    """``value``'s type and size for an error message: never its content (a log line must not carry a record's
+    values, and a reason cut short would escape redaction).
+
+    >>> shape({"prompt": "x", "b": 1}), shape("secret"), shape([1, 2]), shape(7)
+    ('a map of 2 keys', 'a str of 6 chars', 'a list of 2 items', 'an int')
+    """
+    names: dict[type, str] = {dict: "map", str: "str", bytes: "bin", list: "list", tuple: "list"}
+    name = names.get(type(value))
+    if name is None:
+        kind = type(value).__name__
+        return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+    unit = {"map": "keys", "str": "chars", "bin": "bytes"}.get(name, "items")
+    return f"a {name} of {len(value)} {unit}"  # type: ignore[arg-type]
 
 
 def _lenient(value: object) -> object:

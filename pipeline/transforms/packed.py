@@ -27,10 +27,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgpack
-import orjson
 import ormsgpack
 
-from pipeline.transforms.lines import ParsedLines, serialise_records
+from pipeline.transforms.lines import ParsedLines, serialise_records, shape, shown
 
 
 class BadEntry(ValueError):
@@ -162,11 +161,11 @@ def stamped(entries: list[Any], time_key: str, bad: list[tuple[int, bytes, str]]
     for index, entry in enumerate(entries):  # per record: no calls in the common case
         if type(entry) not in _PAIRS or len(entry) != 2:
             if entry is not _UNDECODED:
-                bad.append((index, _shown(entry), f"an entry must be [time, record], got {shape(entry)}"))
+                bad.append((index, shown(entry), f"an entry must be [time, record], got {shape(entry)}"))
             continue
         when, record = entry
         if type(record) is not dict:
-            bad.append((index, _shown(record), "record is not a map"))
+            bad.append((index, shown(record), "record is not a map"))
             continue
         if time_key not in record:  # the decoded dict is ours: no copy
             if type(when) is float:  # EventTime, decoded by ext_hook
@@ -207,17 +206,3 @@ def _msgpack_entries(raw: bytes, ends: list[int], bad: list[tuple[int, bytes, st
             bad.append((index, piece, f"entry cannot be decoded: {exc}"))
             entries.append(_UNDECODED)
     return entries
-
-
-def _shown(value: object) -> bytes:
-    """A bad entry or record as the dead-letter store shows it: JSON where it can be, else its repr."""
-    try:
-        return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS)
-    except (TypeError, orjson.JSONEncodeError):
-        return repr(value).encode("utf-8", "replace")
-
-
-def shape(value: object) -> str:
-    """``value``'s type and the start of its repr, for an error message."""
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"

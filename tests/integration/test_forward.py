@@ -229,7 +229,7 @@ def test_packed_chunks_are_stored_once_across_kill_9_and_bad_entries_dead_letter
     assert [(e["offset"], e["id"], e["peer"].split(":")[0]) for e in letters] == [
         *((i, f"fluent:packed-2:{i}", peer[0]) for _, i in sorted(bad)), (per_chunk, "fluent:packed-6:300", peer[0])]
     size = len(chunk(6)[1])
-    reasons = ["record is not a map", "entry cannot be decoded: ", "an entry must be [time, record], got list",
+    reasons = ["record is not a map", "entry cannot be decoded: ", "an entry must be [time, record], got a list",
                f"bad PackedForward entries: cut short or not msgpack after {size - len(TAIL)} of {size} bytes"]
     assert all(e["reason"].startswith(r) for e, r in zip(letters, reasons, strict=True)), letters
     assert base64.b64decode(letters[-1]["line_base64"]) == TAIL
@@ -467,3 +467,42 @@ def test_a_port_in_use_stops_the_start_with_an_error_naming_the_key(layout):
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "sources.fluent.port: cannot listen on 127.0.0.1:" in result.stderr + result.stdout
+
+
+def nested(depth: int) -> Any:
+    value: Any = {"leaf": "x"}
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("parse_workers", [0, 1])
+def test_records_no_json_can_hold_are_dead_lettered_and_their_neighbours_stored_in_every_mode(
+        layout, daemon_factory, connect, parse_workers):
+    """A value nested 1,000 deep (msgpack allows 1,024; JSON here 255), a msgpack extension other than EventTime
+    (Go's fluent-logger sends a time.Time as type 5), an entry that is not a [time, record] pair: each is one dead
+    letter, the chunk is acked and its other records stored; the daemon (and its tail source) carries on."""
+    port = free_port()
+    forward_config(layout, port, parse_workers=parse_workers)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        client = connect(port)
+        client.send(["app.message", T0, {"request_id": "deep-m", "v": nested(1000)}, {"chunk": "c-message"}])
+        assert client.receive() == {"ack": "c-message"}
+        client.send(["app.forward", [[T0, {"request_id": "f0"}], [T0, {"request_id": "deep-f", "v": nested(1000)}],
+                                     [T0, {"request_id": "ext-f", "at": msgpack.ExtType(5, b"\x01" * 15)}],
+                                     [T0, {"request_id": "pair"}, "extra"], [T0, {"request_id": "f4"}]],
+                     {"chunk": "c-forward"}])
+        assert client.receive() == {"ack": "c-forward"}
+        entries = [(T0, {"request_id": "p0"}), (T0, {"request_id": "deep-p", "v": nested(1000)}),
+                   (T0, {"request_id": "p2"})]
+        client.send(["app.packed", packed(entries), {"chunk": "c-packed"}])
+        assert client.receive() == {"ack": "c-packed"}
+        wait_for(lambda: len(layout.records()) == 4 and len(layout.dead_letters()) == 5, what="4 records, 5 dead")
+        assert daemon.stop() == 0
+    assert sorted(by_id(layout)) == ["f0", "f4", "p0", "p2"]
+    reasons = sorted((e["id"].split(":")[1], e["offset"], e["reason"]) for e in layout.dead_letters())
+    assert [(chunk, offset) for chunk, offset, _ in reasons] == [
+        ("c-forward", 1), ("c-forward", 2), ("c-forward", 3), ("c-message", 0), ("c-packed", 1)]
+    assert "ExtType" in reasons[1][2]
+    assert reasons[2][2] == "an entry must be [time, record], got a list of 3 items"

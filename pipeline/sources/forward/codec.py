@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 
 from pipeline.transforms import packed
-from pipeline.transforms.packed import shape as _shape
+from pipeline.transforms.lines import shape as _shape
 
 
 class ProtocolError(Exception):
@@ -39,15 +39,16 @@ class TooLarge(ProtocolError):
 
 def ext_hook(code: int, data: bytes) -> object:
     """msgpack extension decoder: type 0 (EventTime) becomes epoch seconds (see :func:`packed.ext_hook`);
-    any other type is a ``ProtocolError``.
+    any other type stays a ``msgpack.ExtType``, which no record can be stored with: its record goes to the
+    dead-letter store (Go's fluent-logger sends a ``time.Time`` as type 5), not its connection down.
 
-    >>> ext_hook(0, bytes.fromhex("6553f10017d78400"))
-    1700000000.4
+    >>> ext_hook(0, bytes.fromhex("6553f10017d78400")), ext_hook(5, b"x")
+    (1700000000.4, ExtType(code=5, data=b'x'))
     """
     try:
         return packed.ext_hook(code, data)
-    except packed.BadEntry as exc:
-        raise ProtocolError(str(exc)) from exc
+    except packed.BadEntry:
+        return msgpack.ExtType(code, data)
 
 
 def pack(obj: object) -> bytes:
@@ -71,7 +72,7 @@ class Message:
     """
 
     tag: str
-    entries: list[tuple[object, object]]
+    entries: list[Any]  # [time, record] pairs, as the client sent them (see packed.stamped)
     chunk: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     packed: bytes | None = None
@@ -84,7 +85,7 @@ def decode(obj: object, chunk_limit: int) -> Message:
     tag, second = obj[0], obj[1]
     if isinstance(second, list):  # Forward
         options = _options(obj, 2)
-        entries = [_entry(e) for e in second]
+        entries = second  # one that is not a [time, record] pair is dead-lettered where the records are taken
     elif isinstance(second, bytes | str):  # PackedForward, maybe compressed
         options = _options(obj, 2)
         raw = second.encode("utf-8", "surrogateescape") if isinstance(second, str) else second
@@ -101,7 +102,7 @@ def decode(obj: object, chunk_limit: int) -> Message:
     return _message(tag, entries, options)
 
 
-def _message(tag: str, entries: list[tuple[object, object]], options: dict[str, Any],
+def _message(tag: str, entries: list[Any], options: dict[str, Any],
              raw: bytes | None = None) -> Message:
     chunk = options.get("chunk")
     if chunk is not None and not isinstance(chunk, str):
@@ -128,12 +129,6 @@ def _options(obj: list[Any] | tuple[Any, ...], index: int) -> dict[str, Any]:
         raise ProtocolError(f"option must be a map, got {_shape(obj[index])}")
     options: dict[str, Any] = obj[index]
     return options
-
-
-def _entry(entry: object) -> tuple[object, object]:
-    if not isinstance(entry, list | tuple) or len(entry) != 2:
-        raise ProtocolError(f"an entry must be [time, record], got {_shape(entry)}")
-    return entry[0], entry[1]
 
 
 def gunzip(raw: bytes, limit: int) -> bytes:

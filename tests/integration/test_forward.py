@@ -494,7 +494,8 @@ def test_records_no_json_can_hold_are_dead_lettered_and_their_neighbours_stored_
                                      [T0, {"request_id": "pair"}, "extra"], [T0, {"request_id": "f4"}]],
                      {"chunk": "c-forward"}])
         assert client.receive() == {"ack": "c-forward"}
-        entries = [(T0, {"request_id": "p0"}), (T0, {"request_id": "deep-p", "v": nested(1000)}),
+        entries: list[tuple[object, dict[str, Any]]] = [(T0, {"request_id": "p0"}),
+                   (T0, {"request_id": "deep-p", "v": nested(1000)}),
                    (T0, {"request_id": "p2"})]
         client.send(["app.packed", packed(entries), {"chunk": "c-packed"}])
         assert client.receive() == {"ack": "c-packed"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -123,3 +124,24 @@ def test_deleted_while_open_and_a_new_file_on_the_old_inode(state_elsewhere, dae
     expected = [generator.request_id(1, n) for n in range(total)]
     Ledger.compare(expected, layout.records()).assert_exact()
     assert len(set(inodes)) < len(inodes), f"no inode was reused in {len(inodes)} rounds: {inodes}"
+
+
+def test_a_file_quiet_before_it_was_deleted_is_still_read_for_rotate_wait_after(layout, daemon_factory):
+    """logrotate's ``rotate 0`` (or a cleanup job) deletes a log its writer still holds open, and the writer
+    writes a few more lines before it reopens: they are read, however long the file was quiet before."""
+    layout.write_config()  # rotate_wait = 1.0
+    path = layout.logs / "agent.log"
+    lines = list(generator.lines(8, max_chars=300))
+    with new_daemon(layout, daemon_factory) as daemon, path.open("ab") as writer:
+        writer.write(b"".join(lines[:5]))
+        writer.flush()
+        wait_for(lambda: len(layout.records()) == 5, what="the first 5 records")
+        time.sleep(1.5)  # the scenario itself: the file quiet for longer than rotate_wait
+        path.unlink()
+        wait_for(lambda: "file rotated away or deleted" in daemon.log(), what="the deletion noticed")
+        writer.write(b"".join(lines[5:]))  # within rotate_wait of the deletion, after it was noticed
+        writer.flush()
+        wait_for(lambda: len(layout.records()) == 8, what="the lines written after the deletion")
+        wait_for(lambda: "finished rotated file" in daemon.log(), what="the file finished")
+        assert daemon.stop() == 0
+    Ledger.compare([generator.request_id(1, n) for n in range(8)], layout.records()).assert_exact()

@@ -380,7 +380,10 @@ class TailSource:
         if path is None:
             if not tf.rotated:
                 log.info("file rotated away or deleted source=%s path=%s", self.name, tf.path)
-                self._dirty.add(tf.key)  # one more read starts its rotate_wait
+                # One more read starts its rotate_wait: from now, not from when it was last written (a quiet
+                # file would be closed at once, and its writer's last lines before it reopens lost).
+                tf.idle_since = None
+                self._dirty.add(tf.key)
             tf.rotated = True
             size = os.fstat(tf.fd).st_size
         else:

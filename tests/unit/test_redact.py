@@ -51,6 +51,26 @@ def test_a_record_without_findings_keeps_its_bytes_and_gets_no_summary() -> None
     assert out[0] is line
 
 
+@pytest.mark.parametrize("visible", ["hi", f"and {CARD}"])
+def test_a_key_written_twice_keeps_no_unchecked_value_in_the_stored_line(visible: str) -> None:
+    """The parse keeps a key's last value; the line held the first one too, which nothing checked."""
+    line = f'{{"input": "mail {EMAIL} key {KEY}", "n": 1, "input": "{visible}"}}\n'.encode()
+    t = transform()
+    for batch in range(3):  # the line filter, then (most lines flagged) the field-level check of every record
+        (out,), _ = t.apply([line], [orjson.loads(line)])
+        assert EMAIL.encode() not in out and KEY.encode() not in out, batch
+        assert orjson.loads(out)["input"] in (visible, "and [REDACTED:payment_card]")
+    assert t.duplicate_keys == (3 if visible == "hi" else 0)
+
+
+def test_a_value_a_forward_client_sent_as_msgpack_bin_is_checked_as_the_text_it_is_stored_as() -> None:
+    records = [{"input": f"mail {EMAIL}".encode(), "output": [b"key " + KEY.encode()], "n": 1}]
+    lines = [orjson.dumps(r, default=lambda v: v.decode()) + b"\n" for r in records]  # as serialise_records does
+    (out,), _ = transform().apply(lines, records)
+    assert orjson.loads(out)["input"] == "mail [REDACTED:email]"
+    assert orjson.loads(out)["output"] == ["key [REDACTED:openai_key]"]
+
+
 def test_only_the_configured_fields_are_scanned() -> None:
     (out,) = run(transform(fields=["input"]), {"input": EMAIL, "output": EMAIL, "user": EMAIL})
     assert (out["input"], out["output"], out["user"]) == ("[REDACTED:email]", EMAIL, EMAIL)

@@ -313,6 +313,13 @@ class Redactor:
         return f"[REDACTED:{name}]"
 
 
+def _as_text(value: object) -> str:
+    """orjson's fallback for what a forward record may hold besides JSON: bin as the text it is stored as."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot show a {type(value).__name__}")
+
+
 def _strings(value: Any, out: list[str], depth: int) -> None:
     """Append the strings in ``value`` (numbers as their digits; deep containers as their JSON text)."""
     kind = type(value)
@@ -320,9 +327,11 @@ def _strings(value: Any, out: list[str], depth: int) -> None:
         out.append(value)
     elif kind is int:
         out.append(str(value))
+    elif kind is bytes:  # msgpack bin (a forward client's): stored as text, lossy where not UTF-8
+        out.append(value.decode("utf-8", "replace"))
     elif kind is list or kind is dict:
         if depth >= MAX_DEPTH:
-            out.append(orjson.dumps(value).decode())
+            out.append(orjson.dumps(value, default=_as_text).decode())
             return
         for item in value.values() if kind is dict else value:
             _strings(item, out, depth + 1)

@@ -12,6 +12,7 @@ where the first stage would only add its scan, until a later batch is tried agai
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -65,6 +66,23 @@ def _key(name: str, config: RedactTransformConfig) -> bytes | None:
     return None
 
 
+def has_duplicate_keys(line: bytes) -> bool:
+    """Whether an object in the JSON ``line`` has a key twice (slow: for the rare line an anchor flagged).
+
+    >>> has_duplicate_keys(b'{"a":1,"b":{"c":2,"c":3}}'), has_duplicate_keys(b'{"a":1,"b":{"a":2}}')
+    (True, False)
+    """
+    found = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal found
+        found = found or len({key for key, _ in items}) < len(items)
+        return {}
+
+    json.loads(line, object_pairs_hook=pairs)
+    return found
+
+
 class RedactTransform:
     """``type = "redact"``: mask, hash or drop personal data and secrets in the scanned fields."""
 
@@ -99,41 +117,52 @@ class RedactTransform:
         self.summary_key = spec.summary_key
         self.counts: Counter[str] = Counter()
         self.records_redacted = 0
+        self.duplicate_keys = 0  # lines written back without their duplicate keys (see ``apply``)
 
     def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
         """The batch with every candidate record redacted; the others' lines are kept as they are (and their
         records are not read: they may be parsed only when read)."""
         out_lines: list[bytes] | None = None
         changed: dict[int, dict[str, Any]] = {}
-        for i, hits in sorted(self.candidates(lines, records).items()):
+        candidates, flagged = self.candidates(lines, records)
+        for i, hits in sorted(candidates.items()):
             record = orjson.loads(lines[i])  # the whole line (with the enrichment): it is written back
             counts = self.redactor.redact(record, hits)
             if not counts:
                 continue
             self._summarise(record, counts)
-            if out_lines is None:
-                out_lines = list(lines)
+            changed[i] = record
+        for i in flagged:
+            if i not in changed and has_duplicate_keys(lines[i]):
+                # A key written twice: the parse (and so the check) kept the last value, while the line holds the
+                # first too, unchecked. Written back as parsed, the line holds only what was checked.
+                changed[i] = orjson.loads(lines[i])
+                self.duplicate_keys += 1
+        if not changed:
+            return lines, records
+        out_lines = list(lines)
+        for i, record in changed.items():
             # Copied out of orjson's buffer, which holds at least 4 KiB (see pipeline.transforms.records).
             out_lines[i] = bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)))
-            changed[i] = record
-        if out_lines is None:
-            return lines, records
         return out_lines, Replaced(records, changed)
 
-    def candidates(self, lines: list[bytes], records: Records) -> dict[int, frozenset[int]]:
-        """Record index → indexes of the detectors to run on it, for the records an anchor matched in."""
+    def candidates(self, lines: list[bytes], records: Records) -> tuple[dict[int, frozenset[int]], list[int]]:
+        """Record index → indexes of the detectors to run on it, for the records an anchor matched in; and the
+        lines the line filter flagged (an anchor in their bytes, maybe outside what the parse kept)."""
         line_filter = self.line_filter
-        if line_filter is None or self.skip_line_filter:
-            self.skip_line_filter = max(0, self.skip_line_filter - 1)
-            return self.prefilter.scan(*self.redactor.texts(records), len(records))
-        flagged = line_filter.flagged(lines)
+        if line_filter is None:
+            return self.prefilter.scan(*self.redactor.texts(records), len(records)), []
+        flagged = line_filter.flagged(lines)  # one Hyperscan pass, also where the field-level check takes all
+        if self.skip_line_filter:
+            self.skip_line_filter -= 1
+            return self.prefilter.scan(*self.redactor.texts(records), len(records)), flagged
         if not flagged:
-            return {}
+            return {}, flagged
         if 2 * len(flagged) > len(lines):
             self.skip_line_filter = RETRY_LINE_FILTER
         subset = [records[i] for i in flagged]
         found = self.prefilter.scan(*self.redactor.texts(subset), len(subset))
-        return {flagged[j]: hits for j, hits in found.items()}
+        return {flagged[j]: hits for j, hits in found.items()}, flagged
 
     def _summarise(self, record: dict[str, Any], counts: Counter[str]) -> None:
         self.counts.update(counts)

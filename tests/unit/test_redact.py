@@ -155,6 +155,18 @@ def test_dead_letter_lines_are_redacted_and_stats_hold_no_text() -> None:
     assert EMAIL not in repr(t.stats())
 
 
+def test_the_copy_of_an_oversized_line_is_redacted_in_place(tmp_path: Path) -> None:
+    blob = tmp_path / "agent-1-0.line"
+    blob.write_bytes(f'{{"input": "mail {EMAIL}, card {CARD}, then {KEY} cut in the midd'.encode() + "é".encode()[:1])
+    entry = transform().dead_letter({"reason": "line longer than max_line_bytes (9000 bytes)", "offset": 0,
+                                     "length": 9000, "blob": str(blob), "blob_bytes": 4096, "truncated": True})
+    text = blob.read_text()
+    assert text == ('{"input": "mail [REDACTED:email], card [REDACTED:payment_card], then [REDACTED:openai_key] '
+                    'cut in the midd\ufffd')
+    assert entry["blob_bytes"] == len(text.encode()) and entry["redactions"] == {"email": 1, "payment_card": 1,
+                                                                                  "openai_key": 1}
+
+
 def base_config(transform_table: dict[str, Any]) -> dict[str, Any]:
     return {"sources": {"agent": {"type": "tail", "paths": ["/x/*.log"], "tag": "ai"}},
             "outputs": {"search": {"type": "file", "path": "/y", "transforms": ["pii"]}},

@@ -16,10 +16,12 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pipeline.durability import write_atomic
 from pipeline.errors import ConfigError
 from pipeline.transforms.base import Records, Replaced
 from pipeline.transforms.redact.detectors import BUILTIN, Detector
@@ -186,10 +188,27 @@ class RedactTransform:
             text = entry.get(key)
             if isinstance(text, str):
                 entry[key] = self.redactor.redact_text(text, counts)
+        if isinstance(blob := entry.get("blob"), str):
+            entry["blob_bytes"] = self._redact_blob(Path(blob), counts)
         self.counts.update(counts)
         if counts:
             entry[self.summary_key] = dict(counts)
         return entry
+
+    def _redact_blob(self, blob: Path, counts: Counter[str]) -> int:
+        """Redact the copy of an oversized line (its first ``max_line_bytes``) in place; its size after.
+
+        Rare and up to ``max_line_bytes`` (16 MiB by default) of text: a cut UTF-8 character at its end, or
+        a line that is not UTF-8, is written back with replacement characters.
+        """
+        raw = blob.read_bytes()
+        text = raw.decode("utf-8", "replace")
+        redacted = self.redactor.redact_text(text, counts)
+        if redacted == text:
+            return len(raw)
+        data = redacted.encode("utf-8", "surrogatepass")
+        write_atomic(blob, data)
+        return len(data)
 
     def stats(self) -> dict[str, Any]:
         """Redactions per detector (every enabled one, zeros included) and records changed."""

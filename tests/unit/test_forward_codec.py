@@ -517,3 +517,16 @@ def test_a_chunk_id_that_is_not_utf8_is_a_protocol_error() -> None:
     stream.feed(raw)
     with pytest.raises(ProtocolError, match="option chunk is not valid UTF-8"):
         decode(next(stream), 1 << 20)
+
+
+def test_the_chunk_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        journal = ChunkJournal(tmp_path / "forward" / "fluent", 600.0, lambda: 1000.0)
+        journal.load(0)
+        journal.write(1, ["c1"])
+    finally:
+        os.umask(old)
+    made = [tmp_path / "forward", tmp_path / "forward" / "fluent", *(tmp_path / "forward" / "fluent").iterdir()]
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in made} == {
+        "forward": "0o750", "fluent": "0o750", "chunks-1000.jsonl": "0o640"}

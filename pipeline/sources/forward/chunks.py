@@ -43,7 +43,7 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.durability import append_whole, sync_dir, write_atomic
+from pipeline.durability import append_whole, make_dirs, open_file, sync_dir, write_atomic
 
 log = logging.getLogger("logferry.forward")
 
@@ -61,7 +61,7 @@ class ChunkJournal:
 
     def load(self, committed_seq: int) -> list[tuple[float, str]]:
         """Every (time, chunk id) of completed commits, oldest segment first; void lines are cut out."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)  # 0750 and files 0640 whatever the umask: chunk ids are the daemon's own
         found: list[tuple[float, str]] = []
         for path in self._segments():
             found += self._load_segment(path, committed_seq)
@@ -100,7 +100,7 @@ class ChunkJournal:
             data = orjson.dumps([seq, now, items], option=orjson.OPT_APPEND_NEWLINE)
         else:
             data = b"".join(orjson.dumps([seq, now, chunk], option=orjson.OPT_APPEND_NEWLINE) for chunk in items)
-        fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = open_file(self._current, os.O_WRONLY | os.O_APPEND)
         try:
             # A failed write is cut back: the commit is undone and retried, and a commit point line left
             # here (its fsync failed, yet it may be on disk) would make a restart take its chunks for
@@ -125,7 +125,7 @@ class ChunkJournal:
                 break  # it and every newer segment stay (see the module doc)
             if now - _start_of(newer) >= self.window:
                 older.unlink(missing_ok=True)
-        self._current.touch()
+        os.close(open_file(self._current, os.O_WRONLY))
         sync_dir(self.directory)
 
     def _segments(self) -> list[Path]:

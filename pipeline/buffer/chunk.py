@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -44,6 +44,9 @@ class Chunk:
     records: int = 0
     created_mono: float = 0.0
     drops: RecordDrops | None = field(default=None, repr=False)  # records a source decided not to deliver
+    # Batches in it whose source has not yet confirmed them (a Kafka partition's offset not yet in its group):
+    # the chunk is not queued for delivery until none is left (see LineBatch.confirm). In memory only.
+    holds: int = 0
     _fd: int | None = field(default=None, repr=False)
 
     @property
@@ -127,6 +130,35 @@ class Chunk:
         """Yield the records of each frame as one JSON Lines blob."""
         for item in self.frames():
             yield item.payload
+
+
+@dataclass(eq=False)
+class Hold:
+    """One batch's hold on the chunks its frames went to (each one's ``holds``), made by the committer.
+
+    Its source calls :meth:`release` on the event loop once it confirms the batch; ``seq`` (the commit that
+    stored it) and ``chunk_ids`` let the source name those frames in a :class:`~pipeline.buffer.drops.DropRule`
+    first, when it finds another owner delivers them.
+    """
+
+    chunks: list[Chunk]
+    seq: int
+    wake: Callable[[], None]  # the committer's: held chunks that are due go out at its next step
+    released: bool = False
+
+    @property
+    def chunk_ids(self) -> tuple[str, ...]:
+        """The ids of the chunks held."""
+        return tuple(chunk.chunk_id for chunk in self.chunks)
+
+    def release(self) -> None:
+        """The source confirmed the batch (or decided what of it to leave out): its chunks may go."""
+        if self.released:
+            return
+        self.released = True
+        for chunk in self.chunks:
+            chunk.holds -= 1
+        self.wake()
 
 
 def header_frame(chunk: Chunk, seq: int, output: str) -> bytes:

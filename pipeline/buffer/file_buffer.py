@@ -99,6 +99,7 @@ class FileBuffer:
         self.total_bytes = 0
         self.dropped_chunks = 0
         self._sealed: list[Chunk] = []
+        self._held: list[Chunk] = []  # due, or full, but holding batches not yet confirmed (Chunk.holds)
         self._queued_event = asyncio.Event()
         self._settled_event = asyncio.Event()
         self._space_event = asyncio.Event()
@@ -158,12 +159,14 @@ class FileBuffer:
         files, syncs and requests per record). ``on_flusher_idle`` fires when a flusher
         asks for a chunk and finds none, so a held chunk goes out then.
         """
-        due = self._sealed
+        due = [*self._held, *self._sealed]
         self._sealed = []
         hold = self._flushers_busy() and not force
         for timekey, chunk in list(self.staged.items()):
             if force or self._is_full(chunk) or (not hold and self._is_due(chunk)):
                 due.append(self.staged.pop(timekey))
+        self._held = [chunk for chunk in due if chunk.holds]  # not even a forced flush delivers those
+        due = [chunk for chunk in due if not chunk.holds]
         for chunk in due:
             chunk.enqueue()
             self.queue.append(chunk)
@@ -185,9 +188,10 @@ class FileBuffer:
     def seconds_until_due(self) -> float | None:
         """How long until the next staged chunk is due; None when nothing is staged, or
         while due chunks are held back for busy flushers (``on_flusher_idle`` wakes then)."""
-        if self._sealed:
+        if any(not chunk.holds for chunk in self._sealed):
             return 0.0
-        waits = [self._wait_for(chunk) for chunk in self.staged.values()]
+        # A chunk holding unconfirmed batches is not waited for: their confirmation wakes the committer.
+        waits = [self._wait_for(chunk) for chunk in self.staged.values() if not chunk.holds]
         if not waits or (min(waits) <= 0 and self._flushers_busy()):
             return None
         return max(0.0, min(waits))
@@ -279,13 +283,17 @@ class FileBuffer:
 
     async def wait_drained(self) -> None:
         """Wait until no chunk is staged, queued or in flight (shutdown flush)."""
-        while self.pending_chunks():
+        while self.pending_chunks() > self.held_chunks():  # a held chunk waits for the next start
             self._settled_event.clear()
             await self._settled_event.wait()
 
+    def held_chunks(self) -> int:
+        """Chunks not delivered until their source confirms batches in them (see ``Chunk.holds``)."""
+        return sum(1 for chunk in (*self.staged.values(), *self._sealed, *self._held) if chunk.holds)
+
     def pending_chunks(self) -> int:
         """Chunks staged, queued or in flight."""
-        return len(self.staged) + len(self._sealed) + len(self.queue) + len(self.in_flight)
+        return len(self.staged) + len(self._sealed) + len(self._held) + len(self.queue) + len(self.in_flight)
 
     # -- start-up ----------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ retried with backoff; meanwhile the queues fill and the sources pause.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from pipeline.buffer import frame
+from pipeline.buffer.chunk import Chunk, Hold
 from pipeline.buffer.file_buffer import CommitPlan, FileBuffer
 from pipeline.clock import Clock
 from pipeline.deadletter import DeadLetterStore
@@ -147,8 +147,9 @@ class Committer:
         seq = self.positions.commit_seq + 1
         plan = CommitPlan()
         updates: dict[tuple[str, str], FilePosition | None] = {}
+        staged_in: list[list[Chunk]] = []
         for item in batches:
-            self._stage(plan, seq, item)
+            staged_in.append(self._stage(plan, seq, item))
             self.stats.records_by_source[item.batch.source] += item.records
             self.stats.dead_by_source[item.batch.source] += len(item.dead)
             for entry in item.dead:
@@ -164,15 +165,21 @@ class Committer:
         writes: JournalWrites = [partial(journal.write, seq, entries, point) for journal, entries in journals]
         await self._apply(plan, dead, encoded, writes)
         self.positions.applied(seq, updates)
-        for item in batches:
+        for item, chunks in zip(batches, staged_in, strict=True):
+            if item.batch.confirm is not None and chunks:
+                for chunk in chunks:
+                    chunk.holds += 1
+                item.batch.confirm(Hold(chunks, seq, self._wake.set))
             if item.batch.on_commit is not None:
                 item.batch.on_commit()
         self.stats.commits += 1
         self.stats.records += sum(b.records for b in batches)
         self.stats.dead_lines += len(dead)
 
-    def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch) -> None:
+    def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch) -> list[Chunk]:
+        """Plan the batch's frames in every routed buffer; the chunks they go to."""
         batch = item.batch
+        chunks: list[Chunk] = []
         for buffer in self._routed(batch):
             for timekey, group in item.groups_for(buffer.output, buffer.config.timekey).items():
                 meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
@@ -187,6 +194,8 @@ class Committer:
                 count = len(group.offsets)  # a parse worker's group holds its records as one payload
                 pieces = frame.encode_parts(frame.KIND_DATA, seq, count, meta, [payload], group.crc)
                 buffer.plan(plan, timekey, seq, pieces, count)
+                chunks.append(buffer.staged[timekey])  # where ``plan`` put them
+        return list(dict.fromkeys(chunks))
 
     def _routed(self, batch: LineBatch) -> list[FileBuffer]:
         """The buffers ``batch`` goes to: its source's, or by its own tag (see :class:`TagRoutes`)."""
@@ -213,8 +222,15 @@ class Committer:
             while not full.has_space():
                 self._enqueue_due()
                 waits = [w for b in self.buffers if (w := b.seconds_until_due()) is not None]
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(full.wait_for_space(), min(waits, default=None))
+                # Woken too when a source releases held chunks (Hold.release): they may be what fills the buffer.
+                space, woken = asyncio.ensure_future(full.wait_for_space()), asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({space, woken}, timeout=min(waits, default=None),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    space.cancel()
+                    woken.cancel()
+                self._wake.clear()
         finally:
             self.paused.clear()
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from pipeline.buffer.chunk import Hold
 from pipeline.buffer.drops import RecordDrops
 from pipeline.clock import Clock
 from pipeline.deadletter import DeadLetterStore
@@ -32,6 +33,11 @@ class LineBatch:
     Kafka partition revoked since its messages were read: its next owner reads them again).
     True promises the source that the commit under way stores it.
 
+    ``confirm``, when set, is called on the event loop once the batch is stored, before ``on_commit``,
+    with a :class:`~pipeline.buffer.chunk.Hold` on the chunks it went to: they are not delivered until
+    the source calls ``hold.release()`` (a Kafka source: once the group has the batch's offset, so a
+    member that takes the partition over never reads again what was already delivered here).
+
     ``offsets``, when set, gives each line's offset in its source (one per line, e.g. a
     Kafka message offset): records' ids and dead letters then use it instead of
     ``start`` + the line's byte position in ``data``.
@@ -49,6 +55,7 @@ class LineBatch:
     dead: list[dict[str, Any]] = field(default_factory=list)
     on_commit: Callable[[], None] | None = None
     claim: Callable[[], bool] | None = None
+    confirm: Callable[[Hold], None] | None = None
     offsets: list[int] | None = None
     journal: tuple[CommitJournal, object] | None = None
     # A source that decodes records itself (forward: msgpack) hands them over as dicts instead of

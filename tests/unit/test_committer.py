@@ -379,3 +379,31 @@ def test_a_dead_letter_write_failing_partway_leaves_no_partial_entry_behind(tmp_
     store.write([b'{"id":"one"}\n', b'{"id":"two"}\n'])  # the retry
     [letters] = (tmp_path / "dead").glob("records-*.jsonl")
     assert [orjson.loads(line)["id"] for line in letters.read_bytes().splitlines()] == ["before", "one", "two"]
+
+
+def queued(env: Env) -> list[int]:
+    return [len(buffer.queue) for buffer in env.buffers]
+
+
+def test_a_batch_its_source_has_not_confirmed_holds_its_chunks_back_until_released(tmp_path: Path) -> None:
+    """A Kafka batch is delivered only once the group has its offset (LineBatch.confirm): not even a forced
+    flush, nor a full chunk, sends its chunks before ``release``; a stop does not wait for them."""
+    env = Env(tmp_path, chunk_limit_records=2)
+    holds: list[Any] = []
+    first, second = env.batch(b'{"n":1}'), env.batch(b'{"n":2}', b'{"n":3}')  # the second fills a chunk
+    for item in (first, second):
+        item.batch.confirm = holds.append
+    asyncio.run(env.committer.commit([first]))
+    asyncio.run(env.committer.commit([second]))
+    assert [len(hold.chunks) for hold in holds] == [2, 2], "each batch holds its chunk in both outputs"
+    assert [chunk.holds for chunk in env.buffers[0].staged.values()] == [2]
+    assert env.buffers[0].enqueue_due(force=True) == 0 and queued(env) == [0, 0]
+    assert env.buffers[0].seconds_until_due() is None, "nothing to wait for but the release"
+    assert env.buffers[0].held_chunks() == 1
+    asyncio.run(asyncio.wait_for(env.buffers[0].wait_drained(), 1))  # a stop leaves held chunks to the next start
+    holds[0].release()
+    assert env.buffers[0].enqueue_due(force=True) == 0, "the other batch still holds it"
+    holds[1].release()
+    holds[1].release()  # twice (a sync commit's answer and its callback): counted once
+    assert env.buffers[0].enqueue_due() == 1 and env.buffers[1].enqueue_due() == 1 and queued(env) == [1, 1]
+    assert env.committer._wake.is_set(), "a release wakes the committer, which enqueues what became free"

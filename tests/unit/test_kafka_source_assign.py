@@ -14,6 +14,7 @@ from typing import cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.buffer.chunk import Hold
 from pipeline.buffer.drops import DropRule, RecordDrops
 from pipeline.clock import FakeClock
 from pipeline.deadletter import DeadLetterStore
@@ -52,7 +53,8 @@ def source_with_saved_position(tmp_path: Path, saved: int) -> KafkaSource:
     positions = PositionStore(tmp_path / "positions.json")
     key = partition_key(*PARTITION)
     positions.save_now({("bus", key): FilePosition("bus", key, partition_path(*PARTITION), saved, "", 0)})
-    context = SourceContext(positions, DeadLetterStore(tmp_path / "dead"), FakeClock(0.0), tmp_path)
+    context = SourceContext(positions, DeadLetterStore(tmp_path / "dead"), FakeClock(0.0), tmp_path,
+                            drops=RecordDrops(tmp_path))
     config = KafkaSourceConfig(type="kafka", brokers=["127.0.0.1:9"], topics=["t"], group_id="g", tag="ai")
     return KafkaSource("bus", config, context)
 
@@ -256,3 +258,73 @@ def test_a_group_offset_that_does_not_say_another_member_read_our_records_leaves
     source = source_that_stored(tmp_path, frozenset({"c1"}), "a1", 0, 40)
     assert prepared(source, group, monkeypatch) == []
     assert source._decided == {}
+
+
+class Held:
+    """A stand-in for the committer's Hold: records its release."""
+
+    def __init__(self, seq: int, chunk: str) -> None:
+        self.seq, self.chunk_ids, self.released = seq, (chunk,), False
+
+    def release(self) -> None:
+        self.released = True
+
+
+def stored_unconfirmed(source: KafkaSource, end: int, seq: int, chunk: str) -> Held:
+    """A batch of the assigned partition up to ``end``, stored by commit ``seq`` in ``chunk``, its chunk held."""
+    state = source.partitions[PARTITION]
+    hold = Held(seq, chunk)
+    source._confirm_callback(PARTITION, state, end)(cast(Hold, hold))
+    return hold
+
+
+def run_released(source: KafkaSource, loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_until_complete(asyncio.sleep(0))  # the releases the consumer thread posted to the event loop
+
+
+def test_held_chunks_are_released_once_the_group_takes_their_offsets_and_only_those(tmp_path: Path) -> None:
+    loop = asyncio.new_event_loop()
+    source, consumer = source_with_saved_position(tmp_path, 0), ChainConsumer(group_offset=0)
+    source._loop = loop
+    assign(source, consumer)
+    holds = [stored_unconfirmed(source, end, seq, f"c{seq}") for seq, end in ((1, 10), (2, 20), (3, 30))]
+    source._on_group_commit(None, [TopicPartition("t", 0, 20)])
+    run_released(source, loop)
+    assert [h.released for h in holds] == [True, True, False]
+    source._on_group_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [TopicPartition("t", 0, 30)])
+    run_released(source, loop)
+    assert not holds[2].released, "a refused commit confirms nothing"
+    loop.close()
+
+
+@pytest.mark.parametrize("group", [
+    "ours-last",  # the group took 30 after all (our commit's answer was lost): all ours
+    "taken-at-20",  # another member started at 20: ours up to 20, left out past it
+    "unknown",  # the group's offset says nothing of ours: delivered, maybe twice
+])
+def test_batches_of_a_partition_lost_before_the_group_took_them_are_delivered_up_to_the_next_owners_start(
+        tmp_path: Path, group: str) -> None:
+    loop = asyncio.new_event_loop()
+    source = source_with_saved_position(tmp_path, 0)
+    source._loop = loop
+    consumer = ChainConsumer(group_offset=0)
+    assign(source, consumer)
+    token = source.partitions[PARTITION].token
+    holds = [stored_unconfirmed(source, end, seq, f"c{seq}") for seq, end in ((1, 10), (2, 20), (3, 30))]
+    source._on_lost(cast(Consumer, consumer), [TopicPartition(*PARTITION)])
+    assert not any(h.released for h in holds) and len(source._ended) == 1
+    consumer.group_offset, consumer.metadata = {
+        "ours-last": (30, encode_metadata("", [(token, 0)])),
+        "taken-at-20": (45, encode_metadata("", [(token, 0), ("other", 20)])),
+        "unknown": (45, ""),
+    }[group]
+    source._decide_ended(cast(Consumer, consumer))
+    run_released(source, loop)
+    assert all(h.released for h in holds) and source._ended == [], "released once the group said who delivers"
+    assert source.context.drops is not None
+    rules = source.context.drops.rules
+    if group == "taken-at-20":
+        assert rules == [DropRule("bus", "t:0", 20, 3, ("c3",))], "what the other member read again: left out"
+    else:
+        assert rules == []
+    loop.close()

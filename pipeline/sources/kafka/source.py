@@ -91,6 +91,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from pipeline.buffer.chunk import Hold
 from pipeline.buffer.drops import DropRule
 from pipeline.deadletter import line_fields
 from pipeline.outputs.kafka.client import ClientErrors, client_settings
@@ -116,6 +117,7 @@ COMMITTING_WAIT_SECONDS = 10.0
 PAUSE_AFTER_SECONDS = 1.0
 STOP_WAIT_SECONDS = 5.0
 PREPARE_TIMEOUT_SECONDS = 15.0  # reading the group's offsets at start, before the outputs deliver anything
+DECIDE_SECONDS = 5.0  # between asks of the group about batches of assignments that ended unconfirmed
 STOP_COMMITTING_WAIT_SECONDS = 2.0  # at a stop the committer may be gone (stopped by the shutdown deadline)
 # librdkafka's fetch and queue bounds. Each fetched byte is held twice or more at a step's peak (the
 # queue, the messages taken, the batches built from them): 8 MiB of each held 200 MB resident in
@@ -267,6 +269,14 @@ class KafkaSource:
         # Partitions whose saved position ``prepare`` cut back (another member delivers past it): the token
         # of the saved position and where our records are dropped from.
         self._decided: dict[Partition, tuple[str, int]] = {}
+        # Stored batches whose offsets the group has not yet confirmed: their chunks are held (LineBatch.confirm),
+        # by partition, with the assignment they were read in and their end.
+        self._unconfirmed: dict[Partition, list[tuple[PartitionState, int, Hold]]] = {}
+        # Those of assignments that ended first (a revoke whose commit failed, lost partitions): ``_decide_ended``
+        # asks the group who delivers them.
+        self._ended: list[tuple[Partition, PartitionState, list[tuple[int, Hold]]]] = []
+        self._next_decision = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def stop(self) -> None:
         """Finish the current step and return from ``run``."""
@@ -312,7 +322,7 @@ class KafkaSource:
         # One thread of its own for the consumer: librdkafka's callbacks run there, and the messages'
         # memory comes from one malloc arena instead of one per worker thread of the default pool.
         thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{self.name}")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             consumer = await loop.run_in_executor(thread, self._open)
             try:
@@ -424,6 +434,7 @@ class KafkaSource:
         """Commit what became durable, then take the next messages, with the consumer's position in each assigned
         partition after them (and refresh the watermarks)."""
         self._commit_durable(consumer, asynchronous=True)
+        self._decide_ended(consumer)
         # consume(n, timeout) waits out its timeout unless n messages come, and librdkafka's bounded queue
         # may hold fewer: take what is there at once, and wait only for a first message when nothing is.
         limit = self.config.max_batch_messages
@@ -443,6 +454,7 @@ class KafkaSource:
     def _keep_alive(self, consumer: Consumer) -> None:
         """Downstream is full: poll the group with every assigned partition paused (see ``_hand_on``)."""
         self._commit_durable(consumer, asynchronous=True)
+        self._decide_ended(consumer)
         consumer.pause(consumer.assignment())  # again: a rebalance may have assigned partitions since
         fetched: dict[Partition, int] = {}  # the first offset of each partition fetched before the pause took effect
         for msg in consumer.consume(100, 0):  # rebalance callbacks run in here; messages are not expected
@@ -478,7 +490,8 @@ class KafkaSource:
             if asynchronous:
                 consumer.commit(offsets=offsets, asynchronous=True)
             else:
-                consumer.commit(offsets=offsets, asynchronous=False)
+                answered = consumer.commit(offsets=offsets, asynchronous=False)
+                self._confirmed([tp for tp in answered or [] if tp.error is None])
         except KafkaException as exc:
             # The saved positions still hold these offsets; the group's only lags until the next commit.
             log.warning("source %s: committing offsets to the group failed: %s", self.name, exc)
@@ -491,6 +504,8 @@ class KafkaSource:
         behind until new messages arrive, which at the end of a topic is never.
         """
         failed = [tp for tp in partitions if error is not None or tp.error is not None]
+        if error is None:
+            self._confirmed([tp for tp in partitions if tp.error is None])
         if not failed:
             return
         with self._lock:
@@ -500,6 +515,64 @@ class KafkaSource:
                     self._durable[key] = tp.offset
         log.info("source %s: the group refused an offset commit (%s): it is tried again", self.name,
                  error or failed[0].error)
+
+    def _confirmed(self, offsets: list[TopicPartition]) -> None:
+        """The group took these offsets of ours: the chunks of the batches they cover may be delivered."""
+        released = []
+        with self._lock:
+            for tp in offsets:
+                partition = (tp.topic, tp.partition)
+                state = self._held(partition)
+                waiting = self._unconfirmed.get(partition, [])
+                done = [hold for owner, end, hold in waiting if owner is state and end <= tp.offset]
+                if done:
+                    self._unconfirmed[partition] = [w for w in waiting if w[2] not in done]
+                    released += done
+        self._release(released)
+
+    def _release(self, holds: list[Hold], rules: list[DropRule] | None = None) -> None:
+        """Release ``holds`` on the event loop, once ``rules`` (if any) are saved and in force."""
+        if not holds or self._loop is None:
+            return
+        drops = self.context.drops
+
+        def release() -> None:
+            if rules and drops is not None:
+                drops.add(rules)
+            for hold in holds:
+                hold.release()
+        self._loop.call_soon_threadsafe(release)
+
+    def _decide_ended(self, consumer: Consumer) -> None:
+        """Who delivers the unconfirmed batches of assignments that ended (see ownership.py): ours up to where the
+        next owner started, left out past it; asked again every ``DECIDE_SECONDS`` while the group cannot say."""
+        with self._lock:
+            ended = list(self._ended)
+        if not ended or time.monotonic() < self._next_decision:
+            return
+        self._next_decision = time.monotonic() + DECIDE_SECONDS
+        try:
+            answer = consumer.committed([TopicPartition(*partition) for partition, _, _ in ended], timeout=10)
+        except KafkaException as exc:
+            log.warning("source %s: cannot read the group's offsets (%s): batches of partitions no longer ours are "
+                        "held until it can", self.name, exc)
+            return
+        groups = {(tp.topic, tp.partition): decode_metadata(tp.offset, tp.metadata) for tp in answer}
+        with self._lock:
+            self._ended = [entry for entry in self._ended if entry not in ended]
+        for partition, state, waiting in ended:
+            cut = drop_from(groups[partition], state.topic_id, state.token, state.owners[-1][1])
+            past = [hold for end, hold in waiting if cut is not None and end > cut]
+            rules = []
+            if past and cut is not None:
+                chunks = tuple(sorted({chunk for hold in past for chunk in hold.chunk_ids}))
+                rules.append(DropRule(self.name, partition_key(*partition), cut, max(h.seq for h in past), chunks))
+                log.warning("source %s: %s/%d from offset %d on is delivered by its next owner: left out of %d chunks "
+                            "here", self.name, *partition, cut, len(chunks))
+            elif cut is None:
+                log.warning("source %s: the group cannot tell who delivers %s/%d past our last confirmed offset: the "
+                            "batches stored here are delivered (some may be twice)", self.name, *partition)
+            self._release([hold for _, hold in waiting], rules)
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         """Start each partition at the further of the group's offset and our saved position, or after the
@@ -665,6 +738,9 @@ class KafkaSource:
                 self._durable.pop(p, None)
                 self.partitions.pop(p, None)
                 self._revoking.pop(p, None)
+                waiting = self._unconfirmed.pop(p, [])
+                for state in {id(owner): owner for owner, _, _ in waiting}.values():
+                    self._ended.append((p, state, [(end, hold) for owner, end, hold in waiting if owner is state]))
 
     def _held(self, partition: Partition) -> PartitionState | None:
         """The state of ``partition`` while it is ours: assigned, or being revoked (its commits still awaited)."""
@@ -763,6 +839,7 @@ class KafkaSource:
                           b"\n".join(lines), position, dead=dead, offsets=offsets)
         batch.on_commit = self._committed_callback((topic, part), end)
         batch.claim = self._claim_callback((topic, part), fetched_in, end)
+        batch.confirm = self._confirm_callback((topic, part), fetched_in, end)
         return batch
 
     def _claim_callback(self, partition: Partition, fetched_in: PartitionState, end: int) -> Any:
@@ -778,6 +855,13 @@ class KafkaSource:
             self._settled.set()
             return False
         return claim
+
+    def _confirm_callback(self, partition: Partition, fetched_in: PartitionState, end: int) -> Any:
+        def confirm(hold: Hold) -> None:
+            """Hold the batch's chunks until the group has its offset (``_confirmed``)."""
+            with self._lock:
+                self._unconfirmed.setdefault(partition, []).append((fetched_in, end, hold))
+        return confirm
 
     def _committed_callback(self, partition: Partition, end: int) -> Any:
         def committed() -> None:

@@ -3,11 +3,12 @@
 Where a partition starts, and why nothing already in the buffers is taken twice:
 
 * Each batch carries a position ``kafka://topic/partition`` at its next offset, saved by
-  the committer in ``positions.json`` atomically with the batch's frames. That saved
-  position is authoritative for this process: after a kill -9 the group's committed
+  the committer in ``positions.json`` atomically with the batch's frames, with the token of
+  the assignment that read it (see :mod:`ownership`). After a kill -9 the group's committed
   offset may lag behind it, and on assignment the consumer seeks to whichever of the two
   is further (another member may have moved the group past our saved position while it
-  held the partition).
+  held the partition), unless ``prepare`` found that what we stored past the group's offset
+  is another owner's to deliver: then from the group's offset.
 * A saved position carries its topic's id (Kafka's UUID, as its fingerprint), and so does each
   offset committed to the group (its metadata): a topic deleted and created again under the
   same name starts from its beginning (Kafka drops the group's offsets with the old topic), not
@@ -30,18 +31,20 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
   While a batch waits downstream (a full buffer), the partitions are paused and the group
   still polled (``_hand_on``): a rebalance is not held up for librdkafka's
   ``max.poll.interval.ms``, nor do we drop out of the group.
-  After a kill -9 the next owner starts at the group's offset and may take again what the
-  dead process had buffered but not yet committed to the group (the offsets go to the
-  group within a step of the commit). The records' ids come from (topic, partition,
-  offset), so Elasticsearch absorbs that; a file or S3 output would hold those records
-  twice (in chunks of two hosts).
-* Static group membership (KIP-345, ``group.instance.id``, see :func:`instance_id`) closes
-  that window for the usual crash: a member killed and restarted (systemd
-  ``Restart=on-failure``) within ``session_timeout`` gets its own partitions back without a
-  rebalance, nobody else reads them meanwhile, and ``_on_assign`` starts them at our saved
-  positions: nothing is taken twice, whatever the output. A member that stays down longer
-  loses its partitions to the others once its session times out, and the window above
-  applies again (up to one step of records per partition).
+* After a kill -9 the next owner starts at the group's offset and reads again what the dead
+  process had stored but not yet committed to the group (the offsets go to the group within
+  a step of the commit). Neither copy is delivered twice (:mod:`ownership`): a chunk holding
+  a batch is not delivered until the group has the batch's offset (``LineBatch.confirm``,
+  ``_confirmed``), and at the next start ``prepare`` reads from the owners' chain in the
+  group's offset metadata where the member that took over started, and leaves our stored
+  records past it out of the buffers (a ``DropRule``). The records' ids come from (topic,
+  partition, offset) too, so Elasticsearch would absorb a repeat anyway.
+* Static group membership (KIP-345, ``group.instance.id``, see :func:`instance_id`) makes the
+  usual crash a pause: a member killed and restarted (systemd ``Restart=on-failure``) within
+  ``session_timeout`` gets its own partitions back without a rebalance, nobody else reads
+  them meanwhile, and ``_on_assign`` starts them at the group's offset or our saved
+  position. A member that stays down longer loses its partitions to the others once its
+  session times out, and the previous point settles what it had stored.
 
 Static membership changes a clean stop too: librdkafka does not send LeaveGroup for a static
 member when it closes (KIP-345: only the session timeout ends a static membership), so a

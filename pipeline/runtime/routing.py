@@ -12,27 +12,76 @@ if TYPE_CHECKING:
 
 @lru_cache(maxsize=256)
 def _compile(pattern: str) -> re.Pattern[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            # "a.**" also matches "a" (fluentd): swallow the dot before "**"
-            if out and out[-1] == r"\.":
-                out[-1] = r"(?:\..*)?"
+    """Fluentd's ``MatchPattern`` (lib/fluent/match.rb), translated: ``*`` one tag part, ``**`` any number of
+    parts (none included: ``a.**`` matches ``a``, ``**.a`` matches ``a``), ``{x,y}`` either whole pattern (each
+    may hold ``*`` and ``**``, and braces), a backslash escapes, and ``/regex/`` is a regular expression."""
+    if len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/"):
+        return re.compile(r"\A(?:" + pattern[1:-1] + r")\Z")
+    return re.compile(r"\A" + _Translation(pattern).regex() + r"\Z")
+
+
+class _Translation:
+    """One glob pattern read into a regular expression, character by character, as fluentd reads it."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.stack: list[list[str]] = []  # the alternatives of each open brace
+        self.parts = [""]  # the expression being built, one per open brace (the last is the innermost)
+        self.dot = False  # a "." read, not yet written: "a.**" writes it otherwise
+
+    def regex(self) -> str:
+        pattern, i = self.pattern, 0
+        while i < len(pattern):
+            if pattern[i] == "\\" and i + 1 < len(pattern):
+                self._flush_dot()
+                self.parts[-1] += re.escape(pattern[i + 1])
+                i += 2
+            elif pattern.startswith("**", i):
+                i = self._any_parts(i)
             else:
-                out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append(r"[^.]*")
-            i += 1
-        elif pattern[i] == "{":
-            end = pattern.index("}", i)
-            out.append("(?:" + "|".join(re.escape(p) for p in pattern[i + 1 : end].split(",")) + ")")
-            i = end + 1
+                self._one(pattern[i])
+                i += 1
+        self._flush_dot()
+        while self.stack:  # an unclosed brace: what follows it is its last alternative, as in fluentd
+            self._close()
+        return self.parts[-1]
+
+    def _any_parts(self, i: int) -> int:
+        if self.dot:
+            self.parts[-1] += r"(?![^.])"  # "a.**": "a", then a dot or the end
+            self.dot = False
+        if self.pattern.startswith(".", i + 2):
+            self.parts[-1] += r"(?:.*\.|\A)"  # "**.a": "a", or anything then ".a"
+            return i + 3
+        self.parts[-1] += ".*"
+        return i + 2
+
+    def _one(self, c: str) -> None:
+        self._flush_dot()
+        if c == ".":
+            self.dot = True
+        elif c == "*":
+            self.parts[-1] += r"[^.]*"
+        elif c == "{":
+            self.stack.append([])
+            self.parts.append("")
+        elif c == "}" and self.stack:
+            self._close()
+        elif c == "," and self.stack:
+            self.stack[-1].append(self.parts.pop())
+            self.parts.append("")
         else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
+            self.parts[-1] += re.escape(c)
+
+    def _flush_dot(self) -> None:
+        if self.dot:
+            self.parts[-1] += r"\."
+            self.dot = False
+
+    def _close(self) -> None:
+        self._flush_dot()
+        self.stack[-1].append(self.parts.pop())
+        self.parts[-1] += "(?:" + "|".join(f"(?:{alternative})" for alternative in self.stack.pop()) + ")"
 
 
 def tag_matches(patterns: list[str], tag: str) -> bool:
@@ -42,8 +91,12 @@ def tag_matches(patterns: list[str], tag: str) -> bool:
     (True, False)
     >>> tag_matches(["**"], "anything.at.all"), tag_matches(["ai.**"], "ai")
     (True, True)
-    >>> tag_matches(["{ai,ml}.interactions"], "ml.interactions")
-    True
+    >>> tag_matches(["{ai,ml}.interactions"], "ml.interactions"), tag_matches(["ai.**"], "aix")
+    (True, False)
+    >>> pairs = [("{ai.*,ml}", "ai.chat"), ("a.{b,c.**}", "a.c.d"), ("**.chat", "chat"), ("**.chat", "x.y.chat"),
+    ...          ("a.**.b", "a.b"), ("/ai[.](chat|tools)/", "ai.tools")]
+    >>> [tag_matches([p], t) for p, t in pairs]
+    [True, True, True, True, True, True]
     """
     return any(_compile(p).match(tag) for p in patterns)
 

@@ -104,6 +104,16 @@ def test_an_unknown_parameter_is_reported_with_its_line_and_the_value_of_a_secre
     assert "t.conf:7  secret_token (value hidden)" in report and "xyz" not in report
 
 
+def test_a_brace_of_whole_patterns_routes_as_fluentd_routes_it() -> None:
+    """``{ai.*,ml.*}`` holds two patterns (fluentd's MatchPattern), not two literal strings: the tail source's
+    ai.chat goes to the first match, not to the catch-all after it."""
+    root = parse_text("<source>\n@type tail\npath /a/*.log\ntag ai.chat\nformat json\n</source>\n"
+                      "<match {ai.*,ml.*}>\n@type file\npath /o/ai\n</match>\n"
+                      "<match **>\n@type file\npath /o/rest\n</match>\n", "t.conf")
+    outputs = translate(root).document["outputs"]
+    assert {name: output["match"] for name, output in outputs.items()} == {"file": ["ai.chat"], "file_2": []}
+
+
 def test_include_follows_globs_in_name_order_with_their_own_file_names(tmp_path: Path) -> None:
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "main.conf").write_text("@include conf.d/*.conf\n<match **>\n@type null\n</match>\n")

@@ -51,6 +51,15 @@ class SourceSpec:
 SourceHandler = Callable[[Directive, Context], SourceSpec | None]
 
 
+def _strftime_as_glob(path: str) -> str:
+    """An in_tail path with strftime placeholders as the glob of every file they may name.
+
+    >>> _strftime_as_glob("/logs/%Y-%m-%d/agent.%H.log"), _strftime_as_glob("/logs/100%%/a.log")
+    ('/logs/*-*-*/agent.*.log', '/logs/100%/a.log')
+    """
+    return re.sub(r"%(.)", lambda m: "%" if m.group(1) == "%" else "*", path)
+
+
 def tail(directive: Directive, ctx: Context) -> SourceSpec | None:
     """in_tail: JSON lines only, followed by glob, with rotation."""
     reader = Reader(directive, ctx, TAIL_IGNORED)
@@ -61,6 +70,13 @@ def tail(directive: Directive, ctx: Context) -> SourceSpec | None:
         if parsed is not None:
             ctx.add("refused", directive.where, "<source> @type tail", "needs path and tag; left out")
         return None
+    if any("%" in path for path in paths):
+        # in_tail expands strftime placeholders at each refresh (today's file); a glob follows every day's.
+        globbed = [_strftime_as_glob(path) for path in paths]
+        ctx.add("approximated", directive.where, f"path {','.join(paths)}",
+                f"strftime placeholders become *: {','.join(globbed)} follows every file they may name, not only "
+                "the current one")
+        paths = globbed
     table: dict[str, Any] = {"type": "tail", "paths": paths}
     reader.put(table, "exclude", values.string_list, "exclude_path")
     table["tag"] = _fixed_tag(tag, directive, ctx)

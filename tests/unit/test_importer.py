@@ -114,6 +114,14 @@ def test_a_brace_of_whole_patterns_routes_as_fluentd_routes_it() -> None:
     assert {name: output["match"] for name, output in outputs.items()} == {"file": ["ai.chat"], "file_2": []}
 
 
+def test_a_tail_path_with_strftime_placeholders_becomes_a_glob_and_is_reported() -> None:
+    root = parse_text("<source>\n@type tail\npath /logs/%Y-%m-%d/agent.log\ntag ai\nformat json\n</source>\n"
+                      "<match **>\n@type file\npath /o/a\n</match>\n", "t.conf")
+    done = translate(root)
+    assert done.document["sources"]["tail"]["paths"] == ["/logs/*-*-*/agent.log"]
+    assert "strftime placeholders become *" in done.report.render()
+
+
 def test_include_follows_globs_in_name_order_with_their_own_file_names(tmp_path: Path) -> None:
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "main.conf").write_text("@include conf.d/*.conf\n<match **>\n@type null\n</match>\n")

@@ -345,11 +345,16 @@ def test_wrong_shared_key_is_refused_with_a_clear_log_line_and_the_right_one_acc
         assert pong[:4] == ["PONG", True, "", "aggregator"]
         right.send(["app.auth", T0, {"request_id": "authed"}, {"chunk": "a1"}])
         assert right.receive() == {"ack": "a1"}
+        eager = connect(port)  # sends its first message with the PING, without waiting for the PONG
+        eager.send_bytes(client_ping(eager.receive(), "eager", "s3cret")
+                         + msgpack.packb(["app.auth", T0, {"request_id": "eager"}, {"chunk": "e1"}]))
+        assert eager.receive()[:2] == ["PONG", True]
+        assert eager.receive() == {"ack": "e1"}
         metrics = layout.http("/metrics")[1].decode()
         assert 'logferry_source_network_refused_handshakes_total{source="fluent"} 1.0' in metrics
-        wait_for(lambda: len(layout.records()) >= 1, what="the authenticated record in the file output")
+        wait_for(lambda: len(layout.records()) >= 2, what="the authenticated records in the file output")
         assert daemon.stop() == 0
-    assert [r["request_id"] for r in layout.records()] == ["authed"]
+    assert sorted(r["request_id"] for r in layout.records()) == ["authed", "eager"]
 
 
 def test_udp_heartbeat_is_answered_and_status_shows_the_listener(layout, daemon_factory, connect):

@@ -182,11 +182,14 @@ class Connection:
         try:
             if self.source.shared_key and not await self._handshake():
                 return
-            while (data := await self._read()) is not None:
-                self._feed(data)
+            while True:
+                # What came with the handshake's PING first (a client that does not wait for the PONG).
                 for obj in self._messages():
                     self.consumed = self.unpacker.tell()
                     await self._message(obj)
+                if (data := await self._read()) is None:
+                    break
+                self._feed(data)
             if leftover := self.fed - self.consumed:
                 self._bad(f"connection closed in the middle of a message ({leftover} bytes discarded)")
         except BAD_STREAM as exc:

@@ -56,6 +56,7 @@ class CommitterStats:
     failed_commits: int = 0
     records_by_source: Counter[str] = field(default_factory=Counter)
     dead_by_source: Counter[str] = field(default_factory=Counter)
+    unrouted_by_source: Counter[str] = field(default_factory=Counter)  # records whose tag matches no output
     failing: str | None = None  # the error of a commit being retried right now
 
 
@@ -81,6 +82,7 @@ class Committer:
         self.clock = clock
         self.stats = CommitterStats()
         self._flush_requested = False
+        self._unrouted_seen: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self.paused = asyncio.Event()  # set while a full buffer holds the sources back
         for buffer in self.buffers:
@@ -152,6 +154,8 @@ class Committer:
             staged_in.append(self._stage(plan, seq, item))
             self.stats.records_by_source[item.batch.source] += item.records
             self.stats.dead_by_source[item.batch.source] += len(item.dead)
+            if item.records and not self._routed(item.batch):
+                self._unrouted(item.batch, item.records)
             for entry in item.dead:
                 self.dead_letters.add(entry)
             batch = item.batch
@@ -196,6 +200,15 @@ class Committer:
                 buffer.plan(plan, timekey, seq, pieces, count)
                 chunks.append(buffer.staged[timekey])  # where ``plan`` put them
         return list(dict.fromkeys(chunks))
+
+    def _unrouted(self, batch: LineBatch, records: int) -> None:
+        """Records no output takes (a forward client's tag that no ``match`` pattern covers): counted, and said
+        once per source and tag, as fluentd warns "no patterns matched"."""
+        if (batch.source, batch.tag) not in self._unrouted_seen:
+            self._unrouted_seen.add((batch.source, batch.tag))
+            log.warning("source %s: records tagged %r match no output's match patterns: they are dropped (counted "
+                        "in status as unrouted_records)", batch.source, batch.tag)
+        self.stats.unrouted_by_source[batch.source] += records
 
     def _routed(self, batch: LineBatch) -> list[FileBuffer]:
         """The buffers ``batch`` goes to: its source's, or by its own tag (see :class:`TagRoutes`)."""

@@ -77,7 +77,8 @@ class Observer:
         stats = self.committer.stats
         entry: dict[str, Any] = {"tag": self.topology.settings.sources[name].tag,
                                  "records": stats.records_by_source[name],
-                                 "dead_lines": stats.dead_by_source[name], "files": []}
+                                 "dead_lines": stats.dead_by_source[name],
+                                 "unrouted_records": stats.unrouted_by_source[name], "files": []}
         if isinstance(source, TailSource):
             entry["files"] = self._files(source)
             entry["unreadable"] = sorted(source.unreadable)

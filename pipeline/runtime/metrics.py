@@ -58,6 +58,8 @@ def _source_metrics(sources: dict[str, Any]) -> Iterator[Metric]:
                             labels=["source", "path"])
     stalled = GaugeMetricFamily("logferry_file_stalled", "1 when a file grows but its position is stuck",
                                 labels=["source", "path"])
+    unrouted = CounterMetricFamily("logferry_source_unrouted_records",
+                                   "Records dropped because their tag matches no output", labels=["source"])
     unreadable = GaugeMetricFamily("logferry_unreadable_files", "Matched files the daemon cannot read",
                                    labels=["source"])
     consumer_lag = GaugeMetricFamily("logferry_kafka_consumer_lag", "Messages on the broker not yet in the buffers",
@@ -65,6 +67,7 @@ def _source_metrics(sources: dict[str, Any]) -> Iterator[Metric]:
     for name, src in sources.items():
         records.add_metric([name], src["records"])
         dead.add_metric([name], src["dead_lines"])
+        unrouted.add_metric([name], src.get("unrouted_records", 0))
         unreadable.add_metric([name], len(src.get("unreadable", [])))
         for p in src.get("partitions", []):
             if p["lag"] is not None:
@@ -72,7 +75,7 @@ def _source_metrics(sources: dict[str, Any]) -> Iterator[Metric]:
         for f in src["files"]:
             lag.add_metric([name, f["path"]], f["lag_bytes"])
             stalled.add_metric([name, f["path"]], 1.0 if f["stalled"] else 0.0)
-    yield from (records, dead, lag, stalled, unreadable, consumer_lag)
+    yield from (records, dead, unrouted, lag, stalled, unreadable, consumer_lag)
     yield from _network_metrics(sources)
 
 

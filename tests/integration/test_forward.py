@@ -512,3 +512,25 @@ def test_records_no_json_can_hold_are_dead_lettered_and_their_neighbours_stored_
         ("c-forward", 1), ("c-forward", 2), ("c-forward", 3), ("c-message", 0), ("c-packed", 1)]
     assert "ExtType" in reasons[1][2]
     assert reasons[2][2] == "an entry must be [time, record], got a list of 3 items"
+
+
+def test_records_whose_tag_no_output_matches_are_counted_and_named_in_the_log(layout, daemon_factory, connect):
+    """A mistyped tag is acked (no client may resend it for ever) but never silently: the log names the tag once,
+    status and /metrics count the records."""
+    port = free_port()
+    forward_config(layout, port, outputs={"debug": {"type": "file", "path": str(layout.out / "%Y%m%d-%H.jsonl"),
+                                                    "match": ["app.**"], "buffer": {"flush_interval": 0.2}}})
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        client = connect(port)
+        for n in range(2):
+            client.send(["ap.typo", [[T0, {"request_id": f"lost-{n}"}], [T0, {"request_id": f"lost-{n}b"}]],
+                         {"chunk": f"typo-{n}"}])
+            assert client.receive() == {"ack": f"typo-{n}"}
+        client.send(["app.ok", T0, {"request_id": "kept"}, {"chunk": "ok"}])
+        assert client.receive() == {"ack": "ok"}
+        wait_for(lambda: len(layout.records()) == 1, what="the routed record")
+        assert status(layout)["sources"]["fluent"]["unrouted_records"] == 4
+        assert 'logferry_source_unrouted_records_total{source="fluent"} 4.0' in layout.http("/metrics")[1].decode()
+        assert daemon.stop() == 0
+    assert daemon.log().count("records tagged 'ap.typo' match no output's match patterns") == 1

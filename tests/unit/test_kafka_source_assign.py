@@ -328,3 +328,27 @@ def test_batches_of_a_partition_lost_before_the_group_took_them_are_delivered_up
     else:
         assert rules == []
     loop.close()
+
+
+def test_a_batch_stored_after_its_partition_was_revoked_is_settled_by_the_group_not_held_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The revoke ran out of time while a commit of the batch was stuck (a failing disk); the commit then goes
+    through: the group is asked who delivers it, and since another member started at 0, it is left out."""
+    loop = asyncio.new_event_loop()
+    try:
+        source, consumer = source_with_saved_position(tmp_path, 0), ChainConsumer(group_offset=0)
+        source._loop = loop
+        assign(source, consumer)
+        token, state = source.partitions[PARTITION].token, source.partitions[PARTITION]
+        stored = revoke_with_a_commit_stuck(source, consumer, 10, monkeypatch)
+        hold = Held(4, "c4")
+        source._confirm_callback(PARTITION, state, 10)(cast(Hold, hold))  # the committer, once the commit is through
+        stored()
+        consumer.group_offset, consumer.metadata = 0, encode_metadata("", [("", 0), (token, 0), ("other", 0)])
+        source._decide_ended(cast(Consumer, consumer))
+        run_released(source, loop)
+        assert hold.released
+        assert source.context.drops is not None
+        assert source.context.drops.rules == [DropRule("bus", "t:0", 0, 4, ("c4",))]
+    finally:
+        loop.close()

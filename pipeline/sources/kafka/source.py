@@ -861,9 +861,14 @@ class KafkaSource:
 
     def _confirm_callback(self, partition: Partition, fetched_in: PartitionState, end: int) -> Any:
         def confirm(hold: Hold) -> None:
-            """Hold the batch's chunks until the group has its offset (``_confirmed``)."""
+            """Hold the batch's chunks until the group has its offset (``_confirmed``), or, its assignment ended
+            meanwhile (a revoke that ran out of time while the commit was stuck), until the group says who
+            delivers it (``_decide_ended``)."""
             with self._lock:
-                self._unconfirmed.setdefault(partition, []).append((fetched_in, end, hold))
+                if self._held(partition) is fetched_in:
+                    self._unconfirmed.setdefault(partition, []).append((fetched_in, end, hold))
+                else:
+                    self._ended.append((partition, fetched_in, [(end, hold)]))
         return confirm
 
     def _committed_callback(self, partition: Partition, end: int) -> Any:

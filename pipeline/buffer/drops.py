@@ -67,11 +67,12 @@ class RecordDrops:
         return self._by_chunk.get(chunk_id)
 
     def _set(self, rules: list[DropRule]) -> None:
-        self.rules = rules
-        self._by_chunk = {}
+        # Built aside and put in place at once: outputs read it from their worker threads meanwhile.
+        by_chunk: dict[str, dict[tuple[str, str], list[DropRule]]] = {}
         for rule in sorted(rules, key=lambda r: r.seq):  # the first that covers a frame decides it
             for chunk_id in rule.chunks:
-                self._by_chunk.setdefault(chunk_id, {}).setdefault((rule.source, rule.file), []).append(rule)
+                by_chunk.setdefault(chunk_id, {}).setdefault((rule.source, rule.file), []).append(rule)
+        self.rules, self._by_chunk = rules, by_chunk
 
     def _save(self) -> None:
         write_atomic(self.path, orjson.dumps([asdict(rule) for rule in self.rules]))

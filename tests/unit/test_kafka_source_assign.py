@@ -74,7 +74,7 @@ def revoke_with_a_commit_stuck(source: KafkaSource, consumer: StandInConsumer, e
     assert source._claim_callback(PARTITION, state, end)()
     source._on_revoke(cast(Consumer, consumer), [TopicPartition(*PARTITION)])
     assert PARTITION not in source.partitions
-    return cast(Callable[[], None], source._committed_callback(PARTITION, end))
+    return cast(Callable[[], None], source._committed_callback(PARTITION, state, end))
 
 
 def test_our_saved_position_ahead_of_the_group_is_where_we_start_and_what_we_tell_the_group(tmp_path: Path) -> None:
@@ -93,30 +93,19 @@ def test_when_the_group_offset_cannot_be_read_we_start_from_ours_but_tell_the_gr
     assert source._durable == {}
 
 
-def test_a_partition_given_back_while_a_commit_of_it_is_under_way_resumes_after_what_that_commit_stores(
-        tmp_path: Path) -> None:
+def test_a_partition_given_back_while_a_commit_of_it_is_under_way_is_read_again_and_that_commit_moves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stuck batch (7..11) is settled with the group once stored (_decide_ended: left out, the new assignment
+    reads it again); skipping past it instead lost it when the group gave it to the new assignment's read."""
     source, consumer = source_with_saved_position(tmp_path, 7), StandInConsumer(group_offset=5)
-    source._in_flight[PARTITION] = 3  # emitted up to 15, not yet in the buffers: up to 12 in a commit under way
-    source._committing[PARTITION] = 2
-    source._committing_end[PARTITION] = 12
     assign(source, consumer)
-    assert consumer.started == {PARTITION: 12}, "the batch not claimed by a commit is dropped and read again"
-    assert source._durable == {PARTITION: 7}, "only what the buffers hold goes to the group"
-    assert source.partitions[PARTITION].committed == 7
-    source._in_flight[PARTITION] = source._committing[PARTITION] = 0  # stored: the saved position covers them
-    key = partition_key(*PARTITION)
-    source.positions.save_now({("bus", key): FilePosition("bus", key, partition_path(*PARTITION), 12, "", 0)})
-    assign(source, consumer)
-    assert consumer.started == {PARTITION: 12}
-
-
-def test_a_partition_given_back_with_batches_in_flight_but_none_being_committed_starts_at_the_saved_position(
-        tmp_path: Path) -> None:
-    source, consumer = source_with_saved_position(tmp_path, 7), StandInConsumer(group_offset=5)
-    source._in_flight[PARTITION] = 2  # still waiting for room: the committer drops them (their assignment ended)
-    source._committing_end[PARTITION] = 4  # an old commit's end, before the saved position
+    stored = revoke_with_a_commit_stuck(source, consumer, 12, monkeypatch)
     assign(source, consumer)
     assert consumer.started == {PARTITION: 7}
+    stored()
+    source._commit_durable(cast(Consumer, consumer), asynchronous=True)
+    assert {c for commit in consumer.commits for c in commit} == {("t", 0, 7)}, "never the stuck batch's 12"
+    assert source.partitions[PARTITION].committed == 7
 
 
 def test_a_stuck_commit_ending_after_the_group_moved_on_never_moves_the_group_back(
@@ -135,22 +124,19 @@ def test_a_stuck_commit_ending_after_the_group_moved_on_never_moves_the_group_ba
     assert consumer.started == {PARTITION: 500} and consumer.commits == []
 
 
-def test_a_partition_given_back_after_a_stuck_commit_never_steps_over_a_marker_before_that_commit_is_through(
+def test_a_partition_given_back_after_a_stuck_commit_never_steps_over_a_marker_before_it_is_read_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The stuck batch ends at 5, where a transaction's commit marker is: started at 5, the consumer returns no
-    # message and stands at 6. Telling the group 6 before 0..4 are stored would lose them if the commit never
-    # went through (a restart starts at the further of the group's offset and ours).
+    # The stuck batch ends at 5, where a transaction's commit marker is. The partition given back starts at the
+    # group's 0; the stuck batch, stored at last, tells the group nothing: only what the new assignment reads does.
     source, consumer = source_with_saved_position(tmp_path, 0), StandInConsumer(group_offset=0)
     assign(source, consumer)
     stored = revoke_with_a_commit_stuck(source, consumer, 5, monkeypatch)
     assign(source, consumer)
-    assert consumer.started == {PARTITION: 5}
-    source._note_positions({PARTITION: 6})
+    assert consumer.started == {PARTITION: 0}
+    stored()
+    source._note_positions({PARTITION: 0})
     source._commit_durable(cast(Consumer, consumer), asynchronous=True)
     assert consumer.commits == [] and source.lag()[0]["committed"] == 0
-    stored()
-    source._commit_durable(cast(Consumer, consumer), asynchronous=True)
-    assert consumer.commits == [[("t", 0, 6)]], "stored: the group is told, past the marker"
 
 
 class ChainConsumer(StandInConsumer):
@@ -179,7 +165,7 @@ def store(source: KafkaSource, end: int) -> FilePosition:
     source.positions.save_now({("bus", key): position})
     source._in_flight[PARTITION] += 1
     assert source._claim_callback(PARTITION, state, end)()
-    source._committed_callback(PARTITION, end)()
+    source._committed_callback(PARTITION, state, end)()
     return position
 
 
@@ -257,7 +243,7 @@ def test_a_group_offset_that_does_not_say_another_member_read_our_records_leaves
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: GroupOffset | None) -> None:
     source = source_that_stored(tmp_path, frozenset({"c1"}), "a1", 0, 40)
     assert prepared(source, group, monkeypatch) == []
-    assert source._decided == {}
+    assert source.positions.get("bus", "t:0").offset == 40  # type: ignore[union-attr]
 
 
 class Held:
@@ -352,3 +338,44 @@ def test_a_batch_stored_after_its_partition_was_revoked_is_settled_by_the_group_
         assert source.context.drops.rules == [DropRule("bus", "t:0", 0, 4, ("c4",))]
     finally:
         loop.close()
+
+
+def test_a_partition_lost_and_given_back_is_read_again_from_where_the_group_stood(tmp_path: Path) -> None:
+    """0..9 confirmed by the group, 10..19 stored but not yet confirmed when the session expired (a GC pause);
+    the partition comes straight back: read again from 10, and the stored copy of 10..19 is left out."""
+    loop = asyncio.new_event_loop()
+    try:
+        source, consumer = source_with_saved_position(tmp_path, 0), ChainConsumer(group_offset=0)
+        source._loop = loop
+        assign(source, consumer)
+        token = source.partitions[PARTITION].token
+        first, second = stored_unconfirmed(source, 10, 1, "c1"), stored_unconfirmed(source, 20, 2, "c1")
+        store(source, 20)  # the saved position: 20, by this assignment
+        source._on_group_commit(None, [TopicPartition("t", 0, 10)])
+        source._on_lost(cast(Consumer, consumer), [TopicPartition(*PARTITION)])
+        consumer.group_offset, consumer.metadata = 10, encode_metadata("", [(token, 0)])
+        assign(source, consumer)
+        assert consumer.started == {PARTITION: 10}, "not at the saved 20: 10..19 would be delivered by nobody"
+        source._decide_ended(cast(Consumer, consumer))
+        run_released(source, loop)
+        assert first.released and second.released
+        assert source.context.drops is not None
+        assert source.context.drops.rules == [DropRule("bus", "t:0", 10, 2, ("c1",))]
+    finally:
+        loop.close()
+
+
+def test_a_cut_made_at_one_start_holds_at_the_next_even_without_the_brokers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = source_that_stored(tmp_path, frozenset({"c1"}), "a1", 0, 40)
+    assert [r.offset for r in prepared(source, GroupOffset(50, "id1", [("a1", 0), ("b2", 20)]), monkeypatch)] == [20]
+    positions, drops = PositionStore(tmp_path / "positions.json"), RecordDrops(tmp_path)  # the next start
+    positions.load()
+    drops.load({"c1"})
+    context = SourceContext(positions, DeadLetterStore(tmp_path / "dead"), FakeClock(0.0), tmp_path, drops=drops,
+                            buffered_chunks=frozenset({"c1"}))
+    again = KafkaSource("bus", source.config, context)
+    assert prepared(again, None, monkeypatch) == [DropRule("bus", "t:0", 20, 0, ("c1",))], "the saved rule holds"
+    consumer = StandInConsumer(group_offset=None)  # nor can the group's offsets be read at assignment
+    assign(again, consumer)
+    assert consumer.started == {PARTITION: 20}, "40 would skip 20..39, which the saved rule leaves out"

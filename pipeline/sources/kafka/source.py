@@ -263,15 +263,11 @@ class KafkaSource:
         self._lock = threading.Condition()  # guards the six below and ``partitions``, shared with the consume thread
         self._in_flight: Counter[Partition] = Counter()  # batches emitted, not yet committed (or dropped)
         self._committing: Counter[Partition] = Counter()  # of those, the ones claimed by a commit under way
-        self._committing_end: dict[Partition, int] = {}  # the next offset after the last batch claimed
         self._revoking: dict[Partition, PartitionState] = {}  # no longer claimable, their commits still awaited
         self._admin: AdminClient | None = None  # made with the consumer
         self._durable: dict[Partition, int] = {}  # next offsets committed to the buffers, not yet to the group
         self._consume_error: str | None = None  # the last error the consumer reported, logged once
         self._settled = asyncio.Event()  # set on the event loop whenever a batch is committed
-        # Partitions whose saved position ``prepare`` cut back (another member delivers past it): the token
-        # of the saved position and where our records are dropped from.
-        self._decided: dict[Partition, tuple[str, int]] = {}
         # Stored batches whose offsets the group has not yet confirmed: their chunks are held (LineBatch.confirm),
         # by partition, with the assignment they were read in and their end.
         self._unconfirmed: dict[Partition, list[tuple[PartitionState, int, Hold]]] = {}
@@ -514,7 +510,10 @@ class KafkaSource:
         with self._lock:
             for tp in failed:
                 key = (tp.topic, tp.partition)
-                if self._holding(key, tp.offset) is not None and tp.offset > self._durable.get(key, -1):
+                state = self._held(key)
+                # Only an offset the assignment holding the partition now has stored itself (not one an earlier
+                # assignment sent, whose batches _decide_ended may leave out).
+                if state is not None and tp.offset <= state.caught_up_to() and tp.offset > self._durable.get(key, -1):
                     self._durable[key] = tp.offset
         log.info("source %s: the group refused an offset commit (%s): it is tried again", self.name,
                  error or failed[0].error)
@@ -560,7 +559,9 @@ class KafkaSource:
             log.warning("source %s: cannot read the group's offsets (%s): batches of partitions no longer ours are "
                         "held until it can", self.name, exc)
             return
-        groups = {(tp.topic, tp.partition): decode_metadata(tp.offset, tp.metadata) for tp in answer}
+        groups = {(tp.topic, tp.partition): decode_metadata(tp.offset, tp.metadata) for tp in answer
+                  if tp.error is None}
+        ended = [entry for entry in ended if entry[0] in groups]  # the others are asked again
         with self._lock:
             self._ended = [entry for entry in self._ended if entry not in ended]
         for partition, state, waiting in ended:
@@ -601,9 +602,11 @@ class KafkaSource:
                             "now %s): not used", self.name, tp.offset, tp.topic, tp.partition, group.topic_id, topic_id)
                 tp.offset = OFFSET_BEGINNING
                 group = GroupOffset(-1, "", None)
-            decided = self._decided.get(partition)
-            if saved is not None and decided is not None and saved.owner == decided[0] and saved.offset > decided[1]:
-                saved = replace(saved, offset=decided[1])  # ``prepare`` left the rest to whoever reads it next
+            if saved is not None and (cut := drop_from(group, saved.fingerprint, saved.owner, saved.owner_start)
+                                      ) is not None and cut < saved.offset:
+                # What we stored past ``cut`` is another owner's to deliver, or whoever reads it next: us, from there
+                # (``prepare``, or _decide_ended for an assignment of ours that ended, leaves our copy out).
+                saved = replace(saved, offset=cut)
             if saved is not None and saved.fingerprint and topic_id != saved.fingerprint:
                 # Starting the new topic at the old one's offset would skip its first messages.
                 log.warning("source %s: topic %s was deleted and created again (its id was %s, it is %s): partition "
@@ -623,20 +626,13 @@ class KafkaSource:
                                group.offset if group.offset >= 0 else start)
             with self._lock:
                 self._durable.pop(partition, None)  # left by an earlier assignment: the group may be past it now
-                self.partitions[partition] = state = PartitionState(start, topic_id=topic_id, token=token,
+                self.partitions[partition] = PartitionState(start, topic_id=topic_id, token=token,
                                                                     owners=owners)
                 if ahead and known:
                     # Durable in our buffers but never committed to the group (we were killed before
                     # that step): tell the group at the next step, or it stays behind until new messages.
                     # Not when the group's offset is unknown: ours may be behind another member's.
                     self._durable[partition] = start
-                if self._committing[partition] and self._committing_end[partition] > start:
-                    # Revoked or lost while a commit holding batches of it was under way and outlasted the
-                    # revoke's wait, and given back: those batches are still stored, so reading them again
-                    # would store them twice. (Batches not yet claimed by a commit are dropped: read again.)
-                    ours.append(f"{tp.topic}/{tp.partition} after its batches being committed {start}->"
-                                f"{self._committing_end[partition]}")
-                    tp.offset = state.read_to = self._committing_end[partition]
         consumer.assign(committed)
         ahead_note = f" (starting past the group's offset: {', '.join(ours)})" if ours else ""
         log.info("source %s: assigned %s%s", self.name, _names(committed), ahead_note)
@@ -650,7 +646,7 @@ class KafkaSource:
         buffers hold, and the saved position is cut back to there for our next assignment of it.
         """
         saved = [p for p in self.positions.for_source(self.name) if p.owner]
-        if not saved or self.context.drops is None or not self.context.buffered_chunks:
+        if not saved or self.context.drops is None:
             return
         try:
             group = await asyncio.get_running_loop().run_in_executor(None, self._group_offsets, saved)
@@ -658,20 +654,25 @@ class KafkaSource:
             log.warning("source %s: cannot read the group's offsets at start (%s): records stored before a restart "
                         "that another member read again meanwhile may be delivered twice", self.name, exc)
             return
-        rules = []
+        rules: list[DropRule] = []
+        cut_back: dict[tuple[str, str], FilePosition | None] = {}
         for position in saved:
             topic, part = partition = partition_of(position.key)
             cut = drop_from(group[partition], position.fingerprint, position.owner, position.owner_start)
             if cut is None or cut >= position.offset:
                 continue
-            rules.append(DropRule(self.name, position.key, cut, self.positions.commit_seq,
-                                  tuple(sorted(self.context.buffered_chunks))))
-            self._decided[partition] = (position.owner, cut)
+            if self.context.buffered_chunks:
+                rules.append(DropRule(self.name, position.key, cut, self.positions.commit_seq,
+                                      tuple(sorted(self.context.buffered_chunks))))
+            # Saved too (the committer does not run yet): a start without the brokers must not start past it.
+            cut_back[(self.name, position.key)] = replace(position, offset=cut)
             log.warning("source %s: %s/%d offsets %d to %d, stored here before the restart, are delivered by the "
                         "partition's next owner (another member took it, or whoever reads it next): left out here",
                         self.name, topic, part, cut, position.offset - 1)
-        if rules:
+        if rules:  # saved and in force before the positions say they were cut back
             await asyncio.to_thread(self.context.drops.add, rules)
+        if cut_back:
+            await asyncio.to_thread(self.positions.save_now, cut_back)
 
     def _group_offsets(self, saved: list[FilePosition]) -> dict[Partition, GroupOffset]:
         """The group's offsets of the partitions of ``saved``, asked without joining the group (blocking)."""
@@ -748,12 +749,6 @@ class KafkaSource:
     def _held(self, partition: Partition) -> PartitionState | None:
         """The state of ``partition`` while it is ours: assigned, or being revoked (its commits still awaited)."""
         return self.partitions.get(partition) or self._revoking.get(partition)
-
-    def _holding(self, partition: Partition, offset: int) -> PartitionState | None:
-        """The state of ``partition`` if ``offset`` may go to the group: held (or being revoked), and not behind
-        where this assignment started (another member may have moved the group past an older batch of ours)."""
-        state = self._held(partition)
-        return state if state is not None and offset >= state.started else None
 
     def _close(self, consumer: Consumer) -> None:
         self._admin = None  # no close() of its own: dropped, or every reload would keep one (threads, connections)
@@ -840,7 +835,7 @@ class KafkaSource:
             lines.append(b"")  # the last line's newline, without copying the joined block again
         batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,
                           b"\n".join(lines), position, dead=dead, offsets=offsets)
-        batch.on_commit = self._committed_callback((topic, part), end)
+        batch.on_commit = self._committed_callback((topic, part), fetched_in, end)
         batch.claim = self._claim_callback((topic, part), fetched_in, end)
         batch.confirm = self._confirm_callback((topic, part), fetched_in, end)
         return batch
@@ -851,7 +846,6 @@ class KafkaSource:
             with self._lock:
                 if self.partitions.get(partition) is fetched_in:
                     self._committing[partition] += 1
-                    self._committing_end[partition] = max(end, self._committing_end.get(partition, 0))
                     return True
                 self._in_flight[partition] -= 1  # dropped: its partition's owner reads it again
                 self._lock.notify_all()
@@ -871,12 +865,14 @@ class KafkaSource:
                     self._ended.append((partition, fetched_in, [(end, hold)]))
         return confirm
 
-    def _committed_callback(self, partition: Partition, end: int) -> Any:
+    def _committed_callback(self, partition: Partition, fetched_in: PartitionState, end: int) -> Any:
         def committed() -> None:
             with self._lock:
                 self._in_flight[partition] -= 1
                 self._committing[partition] -= 1
-                if (state := self._holding(partition, end)) is not None:
+                # Only for the assignment that read it: one given back since reads the partition again from where
+                # the group stood, and this batch is settled with the group (_decide_ended), not sent to it.
+                if (state := self._held(partition)) is fetched_in:
                     state.committed = max(state.committed, end)
                     durable = max(end, state.caught_up_to())  # the last batch before a commit marker: past it
                     self._durable[partition] = max(durable, self._durable.get(partition, 0))

@@ -163,6 +163,8 @@ class FileBuffer:
         self._sealed = []
         hold = self._flushers_busy() and not force
         for timekey, chunk in list(self.staged.items()):
+            if chunk.holds and not self._is_full(chunk):
+                continue  # it keeps filling until its batches are confirmed (cut now, chunks would be small)
             if force or self._is_full(chunk) or (not hold and self._is_due(chunk)):
                 due.append(self.staged.pop(timekey))
         self._held = [chunk for chunk in due if chunk.holds]  # not even a forced flush delivers those

@@ -112,6 +112,7 @@ from pipeline.sources.tail.checkpoint import FilePosition
 
 log = logging.getLogger("logferry.source.kafka")
 POLL_SECONDS = 0.2
+CONFIRM_POLL_SECONDS = 0.01  # the wait for messages while batches are on their way to the group (``_confirming``)
 REVOKE_WAIT_SECONDS = 10.0  # how long a revoke waits for batches in flight to be committed
 # ... and then for the batches already inside a commit (milliseconds, unless the disk fails) to finish.
 COMMITTING_WAIT_SECONDS = 10.0
@@ -439,7 +440,7 @@ class KafkaSource:
         limit = self.config.max_batch_messages
         messages = consumer.consume(limit, 0)
         if not messages:
-            messages = consumer.consume(1, POLL_SECONDS)
+            messages = consumer.consume(1, CONFIRM_POLL_SECONDS if self._confirming() else POLL_SECONDS)
             if messages:
                 messages += consumer.consume(limit - 1, 0) if limit > 1 else []
         assigned = [TopicPartition(topic, part) for topic, part in list(self.partitions)]
@@ -449,6 +450,12 @@ class KafkaSource:
             if high >= 0:
                 state.high = high
         return messages, positions
+
+    def _confirming(self) -> bool:
+        """Whether batches are on their way to the group: handed on, stored but not yet committed to the group, or
+        committed but not yet confirmed. Their chunks wait for that (``LineBatch.confirm``), and the offsets go to
+        the group only at the next step: so it comes soon, not after a whole idle poll."""
+        return bool(self._durable or any(self._unconfirmed.values()) or sum(self._in_flight.values()))
 
     def _keep_alive(self, consumer: Consumer) -> None:
         """Downstream is full: poll the group with every assigned partition paused (see ``_hand_on``)."""

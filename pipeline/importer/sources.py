@@ -77,6 +77,10 @@ def tail(directive: Directive, ctx: Context) -> SourceSpec | None:
                 f"strftime placeholders become *: {','.join(globbed)} follows every file they may name, not only "
                 "the current one")
         paths = globbed
+    if broad := [path for path in paths if path.rsplit("/", 1)[-1].endswith("*")]:
+        ctx.add("note", directive.where, f"path {','.join(broad)}",
+                "the glob also matches rotated files (NAME.1): with copytruncate rotation each copy is followed as "
+                "a new file and read from its head (its lines twice); narrow it (*.log) or add exclude_path")
     table: dict[str, Any] = {"type": "tail", "paths": paths}
     reader.put(table, "exclude", values.string_list, "exclude_path")
     table["tag"] = _fixed_tag(tag, directive, ctx)

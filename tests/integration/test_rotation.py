@@ -146,33 +146,3 @@ def test_a_file_quiet_before_it_was_deleted_is_still_read_for_rotate_wait_after(
         assert daemon.stop() == 0
     Ledger.compare([generator.request_id(1, n) for n in range(8)], layout.records()).assert_exact()
 
-
-def test_copytruncate_with_a_glob_that_matches_the_copy_reads_the_copy_from_where_the_original_was_read_to(
-        layout, daemon_factory):
-    """``paths = ["/var/log/app/*"]`` (a common td-agent glob) matches logrotate's copy ``agent.log.1`` too: it
-    is a new file to follow, yet it holds what was read of the original before the truncate. Rotated twice, with
-    lines written between the copy and the next look, then a restart that finds the second copy."""
-    layout.write_config(source={"paths": [str(layout.logs / "*")]})
-    path = layout.logs / "agent.log"
-    lines = list(generator.lines(40, max_chars=300))
-    with new_daemon(layout, daemon_factory) as daemon:
-        path.write_bytes(b"".join(lines[:10]))
-        wait_for(lambda: len(layout.records()) == 10, what="the first 10 records")
-        logrotate(layout, "copytruncate")
-        with path.open("ab") as writer:
-            writer.write(b"".join(lines[10:15]))
-        wait_for(lambda: len(layout.records()) >= 15 and "copytruncate's copy" in daemon.log(),
-                 what="the copy followed, and the lines after the truncate")
-        with path.open("ab") as writer:
-            writer.write(b"".join(lines[15:25]))
-        wait_for(lambda: len(layout.records()) >= 25, what="25 records")
-        assert daemon.stop() == 0
-    with path.open("ab") as writer:
-        writer.write(b"".join(lines[25:30]))
-    logrotate(layout, "copytruncate")  # while stopped: the next start finds agent.log.1 (and .2) unread
-    with path.open("ab") as writer:
-        writer.write(b"".join(lines[30:]))
-    with new_daemon(layout, daemon_factory) as daemon:
-        wait_for(lambda: len(layout.records()) >= 40, what="every record after the restart")
-        assert daemon.stop() == 0
-    Ledger.compare([generator.request_id(1, n) for n in range(40)], layout.records()).assert_exact()

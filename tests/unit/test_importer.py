@@ -120,6 +120,9 @@ def test_a_tail_path_with_strftime_placeholders_becomes_a_glob_and_is_reported()
     done = translate(root)
     assert done.document["sources"]["tail"]["paths"] == ["/logs/*-*-*/agent.log"]
     assert "strftime placeholders become *" in done.report.render()
+    broad = parse_text("<source>\n@type tail\npath /logs/app/*\ntag ai\nformat json\n</source>\n"
+                       "<match **>\n@type file\npath /o/a\n</match>\n", "t.conf")
+    assert "the glob also matches rotated files" in translate(broad).report.render()
 
 
 def test_include_follows_globs_in_name_order_with_their_own_file_names(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ from pipeline.sources.tail.generations import (
     same_start,
 )
 from pipeline.sources.tail.guard import CopyGuard
-from pipeline.sources.tail.heads import FP_BYTES, fingerprint, head_digest
+from pipeline.sources.tail.heads import FP_BYTES, fingerprint
 from pipeline.sources.tail.pacing import HeldLines, ReadPacer
 from pipeline.sources.tail.reader import CachedReader, NotCached, ReadResult, TailedFile, file_key, read_step
 from pipeline.sources.tail.watcher import Changes, DirectoryWatcher
@@ -103,7 +103,6 @@ class TailSource:
         self._forgotten: set[str] = set()
         self._retired: dict[str, FilePosition] = {}  # finished here; their last commit may be pending
         self._copied: dict[tuple[str, int], int] = {}
-        self._copy_suspects: dict[str, float] = {}  # file key → when first seen (see _copy_in_progress)
         self._parked: dict[str, FilePosition] = {}  # closed to stay under max_open_files; read position kept
         self._waiting: set[str] = set()
         self._cached = CachedReader(min(config.read_bytes, config.max_line_bytes))
@@ -332,69 +331,21 @@ class TailSource:
         matched = matched_files(self.config)
         for key, tf in self.files.items():
             self._update_tracked(tf, matched.get(key))
+        for key, path in matched.items():
+            if key not in self.files and not self._parked_unchanged(key, path):
+                self._open(key, path)
         saved = self._known_positions()
         before = dict(saved)
         directories = {os.path.dirname(p) for p in matched.values()} | {os.path.dirname(p.path) for p in saved.values()}
         listing = list_directories(with_olddirs(directories, self.config.olddir))
+        self._finish_saved(saved, listing, matched)
         names = {os.path.basename(p) for p in matched.values()} | {os.path.basename(p.path) for p in saved.values()}
         patterns = sibling_patterns(names, self.config.rotated_names)
-        # At the first look a sibling the globs match too (``*`` matching ``app.log.1``) may be copytruncate's
-        # copy made while we were stopped: _recover_generations says where it starts, not its head.
-        siblings = {} if since is not None else {
-            key: path for key, path in matched.items() if key not in saved and is_sibling(path, patterns)}
-        for key, path in matched.items():
-            if key in self.files or key in siblings or self._parked_unchanged(key, path):
-                continue
-            if not self._copy_in_progress(key, path):
-                self._open(key, path)
-        self._finish_saved(saved, listing, matched)
         if since is None:
-            considered = self._recover_generations(listing, saved, before, patterns)
-            for key, path in siblings.items():
-                if key not in self.files:
-                    # Left by _recover_generations: a copy of a file that goes on holds nothing new (from its end).
-                    self._open(key, path, offset=os.stat(path).st_size if key in considered else None)
+            self._recover_generations(listing, saved, before, patterns)
         else:
             self._catch_unseen(listing, saved, patterns, since)
         return directories_to_watch(self.config, matched.values())
-
-    def _copy_in_progress(self, key: str, path: str) -> bool:
-        """A new file the globs match (``*`` matching ``app.log.1``) that holds what a followed file starts with
-        and is no longer: copytruncate's copy, maybe, whose original is not truncated yet (or that is still
-        being written: empty at first). Opened now it would be read from its head, every line again; after the
-        truncate it is found in ``_copied`` and read from where the original was read to. So it waits, up to
-        ``rotate_wait``, for that truncate (a file that only shares its first bytes with another is then read
-        from its head).
-        """
-        if self.positions.get(self.name, key) is not None:
-            return False
-        try:
-            with open(path, "rb") as found:
-                head = found.read(FP_BYTES)
-                size = os.fstat(found.fileno()).st_size
-        except OSError:
-            return False
-        # Each followed file's size, and a truncate since _update_tracked looked (it puts the copy in _copied):
-        # taken after the copy's head, compared with the fingerprint of what we read, not with the bytes there now.
-        originals = [(tf, self._check_replaced(tf)) for tf in self.files.values() if not tf.rotated]
-        if any(n and head_digest(head[:n]) == fp for fp, n in self._copied):
-            return False  # the copy of a truncate seen: _start_offset reads it from where the original was read to
-        if not any(size <= original and self._starts_alike(tf, head) for tf, original in originals):
-            self._copy_suspects.pop(key, None)
-            return False
-        first = self._copy_suspects.setdefault(key, self.clock.monotonic())
-        if self.clock.monotonic() - first >= self.config.rotate_wait:
-            del self._copy_suspects[key]
-            return False
-        self._rescan_requested = True
-        return True
-
-    @staticmethod
-    def _starts_alike(tf: TailedFile, head: bytes) -> bool:
-        """Whether ``head`` (a file's first bytes) begins as the followed content of ``tf`` does."""
-        if tf.fp_len and len(head) >= tf.fp_len:
-            return head_digest(head[: tf.fp_len]) == tf.fp
-        return os.pread(tf.fd, len(head), 0) == head  # a copy shorter than a fingerprint: still being written
 
     def _known_positions(self) -> dict[str, FilePosition]:
         """Committed positions, and where files retired since were read to (not committed yet, maybe).
@@ -506,9 +457,8 @@ class TailSource:
     def _recover_generations(
         self, listing: dict[str, FoundFile], saved: dict[str, FilePosition], before: dict[str, FilePosition],
         patterns: list[str],
-    ) -> set[str]:
-        """At the first look: siblings created, copied or written since the last save before this start; the
-        keys of those it looked at.
+    ) -> None:
+        """At the first look: siblings created, copied or written since the last save before this start.
 
         A sibling with no saved position whose last write comes after that save was written
         while the daemon was stopped: a generation created and rotated away meanwhile (read
@@ -519,7 +469,7 @@ class TailSource:
         """
         stopped_at = self._last_save()
         if stopped_at is None:
-            return set()
+            return
         truncated = {key: pos for key, pos in before.items() if replaced(pos, listing.get(key))}
         unseen = [
             (key, found) for key, found in listing.items()
@@ -533,7 +483,6 @@ class TailSource:
             offset = copy_offset(found, before, truncated)
             if offset is not None:
                 self._open(key, found.path, rotated=True, offset=offset)
-        return {key for key, _ in unseen}
 
     def _last_save(self) -> float | None:
         """When the position store was last written (before this start, at the first look)."""
@@ -631,15 +580,6 @@ class TailSource:
                 return saved.offset
             log.warning("file changed since its saved position (inode reused?) path=%s: reading from 0", tf.path)
             return 0
-        # copytruncate's copy, under a name the globs match: read from where the original was read to (noticed
-        # here, or before a restart: then its original's saved position says so).
-        copies = [*self._copied.items(), *(((p.copy_fp, p.copy_fp_len), p.copy_offset)
-                                           for p in self.positions.for_source(self.name) if p.copy_fp_len)]
-        for (fp, fp_len), offset in copies:
-            if fp_len and offset <= size and tf.matches(fp, fp_len):
-                self._copied.pop((fp, fp_len), None)
-                log.info("copytruncate's copy source=%s path=%s: read from offset %d", self.name, tf.path, offset)
-                return offset
         return 0
 
     def _park_idlest(self) -> bool:

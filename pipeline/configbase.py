@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.runtime.routing import check_pattern
 
 MiB = 1024 * 1024
 
@@ -63,3 +65,8 @@ class OutputBase(Component):
     transforms: list[str] = Field(
         default_factory=list, description="Names of [transforms.NAME] applied, in order, to this output's records."
     )
+
+    @field_validator("match")
+    @classmethod
+    def _patterns_are_well_formed(cls, value: list[str]) -> list[str]:
+        return [check_pattern(pattern) for pattern in value]

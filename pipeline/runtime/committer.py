@@ -36,6 +36,7 @@ from pipeline.transforms.records import ProcessedBatch
 log = logging.getLogger("logferry.committer")
 MAX_BATCHES_PER_COMMIT = 8
 COMMIT_RETRY_MAX = 30.0
+UNROUTED_TAGS_NAMED = 100  # tags matching no output that the log names, each once
 
 
 class EndOfInput:
@@ -204,10 +205,14 @@ class Committer:
     def _unrouted(self, batch: LineBatch, records: int) -> None:
         """Records no output takes (a forward client's tag that no ``match`` pattern covers): counted, and said
         once per source and tag, as fluentd warns "no patterns matched"."""
-        if (batch.source, batch.tag) not in self._unrouted_seen:
-            self._unrouted_seen.add((batch.source, batch.tag))
-            log.warning("source %s: records tagged %r match no output's match patterns: they are dropped (counted "
-                        "in status as unrouted_records)", batch.source, batch.tag)
+        seen = self._unrouted_seen
+        if (batch.source, batch.tag) not in seen and len(seen) <= UNROUTED_TAGS_NAMED:
+            seen.add((batch.source, batch.tag))  # bounded: clients choose their tags, maybe one per request
+            if len(seen) > UNROUTED_TAGS_NAMED:
+                log.warning("more tags match no output: not named any more (unrouted_records counts them)")
+            else:
+                log.warning("source %s: records tagged %r match no output's match patterns: they are dropped "
+                            "(counted in status as unrouted_records)", batch.source, batch.tag)
         self.stats.unrouted_by_source[batch.source] += records
 
     def _routed(self, batch: LineBatch) -> list[FileBuffer]:

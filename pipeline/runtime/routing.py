@@ -42,7 +42,7 @@ class _Translation:
                 self._one(pattern[i])
                 i += 1
         self._flush_dot()
-        while self.stack:  # an unclosed brace: what follows it is its last alternative, as in fluentd
+        while self.stack:  # an unclosed brace (refused in a config: check_pattern): what follows is its last one
             self._close()
         return self.parts[-1]
 
@@ -82,6 +82,42 @@ class _Translation:
         self._flush_dot()
         self.stack[-1].append(self.parts.pop())
         self.parts[-1] += "(?:" + "|".join(f"(?:{alternative})" for alternative in self.stack.pop()) + ")"
+
+
+def check_pattern(pattern: str) -> str:
+    """``pattern`` if it is well formed, else ValueError saying why (fluentd reads the malformed ones each its own
+    way: an unclosed brace as literal text, a trailing dot dropped, an unclosed /regex/ refused).
+
+    >>> check_pattern("{ai.*,ml}.**")
+    '{ai.*,ml}.**'
+    >>> check_pattern("{ai.*")
+    Traceback (most recent call last):
+    ValueError: tag pattern '{ai.*': a brace is not closed
+    """
+    problem = None
+    if pattern.startswith("/") and (len(pattern) < 2 or not pattern.endswith("/")):
+        problem = "a regular expression must end with /"
+    elif pattern.startswith("/"):
+        try:
+            re.compile(pattern[1:-1])
+        except re.error as exc:
+            problem = f"not a regular expression: {exc}"
+    elif pattern.endswith("\\") and not pattern.endswith("\\\\"):
+        problem = "it ends with a lone backslash"
+    elif pattern.endswith(".") or ".." in pattern or pattern.startswith("."):
+        problem = "an empty tag part"
+    else:
+        depth = 0
+        for c in re.sub(r"\\.", "", pattern):
+            depth += (c == "{") - (c == "}")
+            if depth < 0:
+                problem = "a brace is closed that was not opened"
+                break
+        if depth > 0:
+            problem = "a brace is not closed"
+    if problem:
+        raise ValueError(f"tag pattern {pattern!r}: {problem}")
+    return pattern
 
 
 def tag_matches(patterns: list[str], tag: str) -> bool:

@@ -97,6 +97,12 @@ def test_out_of_range_value_names_its_path(tmp_path: Path) -> None:
         load(tmp_path, text)
 
 
+def test_a_malformed_tag_pattern_names_its_key_and_what_is_wrong(tmp_path: Path) -> None:
+    text = BASE.replace("[outputs.debug]", '[outputs.debug]\nmatch = ["ai.**", "{ai.*,ml"]')
+    with pytest.raises(ConfigError, match=r"outputs\.debug\.match: .*tag pattern '\{ai\.\*,ml': a brace is not closed"):
+        load(tmp_path, text)
+
+
 def test_every_problem_is_listed(tmp_path: Path) -> None:
     text = BASE.replace("timekey = 60", "timekeyy = 60\nworkers = 0")
     with pytest.raises(ConfigError) as info:

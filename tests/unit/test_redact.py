@@ -63,6 +63,27 @@ def test_a_key_written_twice_keeps_no_unchecked_value_in_the_stored_line(visible
     assert t.duplicate_keys == (3 if visible == "hi" else 0)
 
 
+def test_a_key_written_twice_is_caught_without_the_line_filter_too() -> None:
+    """A user pattern turns the line filter off: a scanned key written twice at the top level is still seen."""
+    t = transform(patterns={"employee": {"regex": "EMP-[0-9]{6}", "anchor": "EMP-[0-9]{6}"}})
+    assert t.line_filter is None
+    line = f'{{"input": "mail {EMAIL} EMP-123456", "input": "hi"}}\n'.encode()
+    (out,), _ = t.apply([line], [orjson.loads(line)])
+    assert out == b'{"input":"hi"}\n'
+
+
+def test_lines_nested_deeper_than_json_writes_neither_stop_redaction_nor_keep_a_secret() -> None:
+    """orjson reads 1,024 levels and writes 255; Python's json goes to about 1,000."""
+    deep = "[" * 1000 + "]" * 1000
+    lines = [f'{{"input": "a\\/b", "x": {deep}}}\n'.encode(),  # flagged (an escape), nothing to redact
+             f'{{"input": "mail {EMAIL}", "x": {"[" * 300 + "]" * 300}}}\n'.encode(),  # to redact, too deep to write
+             f'{{"input": "key {KEY}", "x": {"[" * 300 + "]" * 300}, "input": "hi"}}\n'.encode()]
+    out, _ = transform().apply(lines, [orjson.loads(line) for line in lines])
+    assert out[0] == lines[0]
+    assert EMAIL.encode() not in out[1] and b"[REDACTED:email]" in out[1]
+    assert KEY.encode() not in out[2] and orjson.loads(out[2])["input"] == "hi"
+
+
 def test_a_value_a_forward_client_sent_as_msgpack_bin_is_checked_as_the_text_it_is_stored_as() -> None:
     records = [{"input": f"mail {EMAIL}".encode(), "output": [b"key " + KEY.encode()], "n": 1}]
     lines = [orjson.dumps(r, default=lambda v: v.decode()) + b"\n" for r in records]  # as serialise_records does

@@ -81,7 +81,10 @@ def has_duplicate_keys(line: bytes) -> bool:
         found = found or len({key for key, _ in items}) < len(items)
         return {}
 
-    json.loads(line, object_pairs_hook=pairs)
+    try:
+        json.loads(line, object_pairs_hook=pairs)
+    except (RecursionError, ValueError):
+        return True  # cannot tell (nested deeper than Python's parser goes): written back, to be sure
     return found
 
 
@@ -120,6 +123,7 @@ class RedactTransform:
         self.counts: Counter[str] = Counter()
         self.records_redacted = 0
         self.duplicate_keys = 0  # lines written back without their duplicate keys (see ``apply``)
+        self._field_keys = [orjson.dumps(name) for name in spec.fields]  # each scanned key as a line holds it
 
     def apply(self, lines: list[bytes], records: Records) -> tuple[list[bytes], Records]:
         """The batch with every candidate record redacted; the others' lines are kept as they are (and their
@@ -134,7 +138,10 @@ class RedactTransform:
                 continue
             self._summarise(record, counts)
             changed[i] = record
-        for i in flagged:
+        # Without the line filter, lines where a scanned key is written twice at the top level (a cheap look).
+        maybe = flagged if self.line_filter is not None else [
+            i for i, line in enumerate(lines) if any(line.count(key) > 1 for key in self._field_keys)]
+        for i in maybe:
             if i not in changed and has_duplicate_keys(lines[i]):
                 # A key written twice: the parse (and so the check) kept the last value, while the line holds the
                 # first too, unchecked. Written back as parsed, the line holds only what was checked.
@@ -144,9 +151,20 @@ class RedactTransform:
             return lines, records
         out_lines = list(lines)
         for i, record in changed.items():
-            # Copied out of orjson's buffer, which holds at least 4 KiB (see pipeline.transforms.records).
-            out_lines[i] = bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)))
+            out_lines[i] = self._written_back(lines[i], record)
         return out_lines, Replaced(records, changed)
+
+    def _written_back(self, line: bytes, record: dict[str, Any]) -> bytes:
+        """The record as its new line; one too deep for orjson to write (over 255 levels) is its old line with
+        every detector's finds masked in its text instead."""
+        try:
+            # Copied out of orjson's buffer, which holds at least 4 KiB (see pipeline.transforms.records).
+            return bytes(memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)))
+        except (TypeError, orjson.JSONEncodeError):
+            counts: Counter[str] = Counter()
+            text = self.redactor.redact_text(line.decode("utf-8", "replace"), counts)
+            self.counts.update(counts)
+            return text.encode("utf-8", "surrogatepass")
 
     def candidates(self, lines: list[bytes], records: Records) -> tuple[dict[int, frozenset[int]], list[int]]:
         """Record index → indexes of the detectors to run on it, for the records an anchor matched in; and the

@@ -534,3 +534,19 @@ def test_records_whose_tag_no_output_matches_are_counted_and_named_in_the_log(la
         assert 'logferry_source_unrouted_records_total{source="fluent"} 4.0' in layout.http("/metrics")[1].decode()
         assert daemon.stop() == 0
     assert daemon.log().count("records tagged 'ap.typo' match no output's match patterns") == 1
+
+
+def test_a_client_that_closes_its_side_after_sending_still_gets_its_ack(layout, daemon_factory, connect):
+    """Fluentd acks before it handles the end of stream: a client sending a chunk, then shutdown(SHUT_WR), reads
+    its ack (it never came: the connection was closed before the commit)."""
+    port = free_port()
+    forward_config(layout, port)
+    with new_daemon(layout, daemon_factory) as daemon:
+        wait_listening(daemon)
+        client = connect(port)
+        client.send(["app.half", T0, {"request_id": "half"}, {"chunk": "h1"}])
+        client.sock.shutdown(socket.SHUT_WR)
+        assert client.receive() == {"ack": "h1"}
+        assert client.receive() is None, "then the server closes"
+        wait_for(lambda: len(layout.records()) == 1, what="the record")
+        assert daemon.stop() == 0

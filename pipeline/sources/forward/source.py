@@ -42,6 +42,7 @@ from pipeline.transforms.packed import stamped
 
 log = logging.getLogger("logferry.forward")
 READ_BYTES = 256 * 1024
+ACK_WAIT_SECONDS = 10.0  # how long a client that closed its side may wait for the acks still due
 BAD_STREAM = (ProtocolError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
               msgpack.BufferFull)
 
@@ -176,6 +177,8 @@ class Connection:
         self.unpacker = unpacker(self.config.message_limit_bytes)
         self.fed = 0  # bytes given to the unpacker
         self.consumed = 0  # bytes of the whole messages it returned
+        self.unacked: set[str] = set()  # chunk ids received here and not yet acknowledged
+        self._acked = asyncio.Event()
 
     async def serve(self) -> None:
         """Run the connection; bad input is logged and ends it."""
@@ -192,6 +195,7 @@ class Connection:
                 self._feed(data)
             if leftover := self.fed - self.consumed:
                 self._bad(f"connection closed in the middle of a message ({leftover} bytes discarded)")
+            await self._wait_for_acks()
         except BAD_STREAM as exc:
             self._bad(_reason(exc, self.config.message_limit_bytes))
         except (ConnectionError, ssl.SSLError) as exc:
@@ -211,6 +215,19 @@ class Connection:
             return None
         self.source.stats.bytes += len(data)
         return data or None
+
+    async def _wait_for_acks(self) -> None:
+        """A client that closes its side after sending (shutdown(SHUT_WR)) still waits for its acks: they go out
+        once their chunks are committed (within ``ACK_WAIT_SECONDS``), then the connection is closed. Not at a
+        stop, which aborts the connection (the client resends)."""
+        deadline = asyncio.get_running_loop().time() + ACK_WAIT_SECONDS
+        while self.unacked and not self.writer.is_closing():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            self._acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), min(left, 0.2))  # 0.2: a stop's abort is seen soon
 
     def _messages(self) -> Iterator[object]:
         """The whole objects fed so far. A map keyed by an array or a map cannot be decoded (msgpack raises
@@ -265,15 +282,18 @@ class Connection:
             return
         if chunk is not None and window.wait_for(chunk, lambda: self._ack(chunk)):
             self.source.stats.resent_chunks += 1
+            self.unacked.add(chunk)
             return
         batch = self._batch(message)
         if chunk is not None:
             window.begin(chunk)
+            self.unacked.add(chunk)
         try:
             await self.emit(batch)
         except BaseException:
             if chunk is not None:
                 window.abandon(chunk)
+                self.unacked.discard(chunk)
             raise
 
     def _batch(self, message: Message) -> LineBatch:
@@ -322,6 +342,8 @@ class Connection:
         source.window.expire(now)
 
     def _ack(self, chunk: str) -> None:
+        self.unacked.discard(chunk)
+        self._acked.set()
         if self.writer.is_closing():
             return  # the client resends on a new connection and is acknowledged there
         self.writer.write(pack({"ack": chunk}))

@@ -25,9 +25,9 @@ Where a partition starts, and why nothing already in the buffers is taken twice:
   (``LineBatch.claim``) just before it stores a batch, and one whose assignment has ended
   is dropped there, unstored, to be read again by whoever holds the partition now, us
   included if it is given back. Only batches already inside a commit when the partition
-  goes are waited for to the end (a commit takes milliseconds; a failing disk longer, and
-  after another bounded wait such a batch may be stored by us and read again by the next
-  owner: the log says so). Lost partitions (our session expired) are dropped the same way.
+  goes are waited for to the end (a commit takes milliseconds; a failing disk longer: after
+  another bounded wait such a batch, once stored, is held back and settled with the group,
+  ``_decide_ended``). Lost partitions (our session expired) are dropped the same way.
   While a batch waits downstream (a full buffer), the partitions are paused and the group
   still polled (``_hand_on``): a rebalance is not held up for librdkafka's
   ``max.poll.interval.ms``, nor do we drop out of the group.
@@ -735,7 +735,7 @@ class KafkaSource:
                      "read again by the partitions' next owner", self.name, left)
         if stuck:
             log.warning("source %s: %d batches of the revoked partitions were still being committed after %.0f s "
-                        "(a failing disk?): once stored, the partitions' next owner may read them again",
+                        "(a failing disk?): once stored, they are held back until the group says who delivers them",
                         self.name, stuck, committing)
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:

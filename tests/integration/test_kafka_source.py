@@ -556,6 +556,7 @@ def test_a_partition_given_back_after_a_revoke_ran_out_of_time_is_not_read_twice
             wait_for(lambda: group_offsets(kafka, topic, group, 1) == [40], timeout=60,
                      what="every offset committed to the group")
             wait_for(lambda: partition().get("batches_in_flight") == 0, what="nothing left in flight")
+            wait_for(lambda: len(delivered_ids(delivered)) >= 40, what="every message in the file output")
             assert daemon.stop() == 0
         finally:
             stop_other.set()
@@ -594,6 +595,8 @@ def test_a_partition_taken_by_another_member_after_a_revoke_ran_out_of_time_is_s
             wait_for(lambda: group_offsets(kafka, topic, group, 2) == [30, 30], timeout=60,
                      what="every offset committed to the group")
             wait_for(lambda: sum(in_flight().values()) == 0, what="nothing left in flight")
+            wait_for(lambda: len(delivered_ids(delivered)) + len(second_layout.records()) >= 60,
+                     what="every message in one of the file outputs")
             assert first.stop() == 0 and second.stop() == 0
     second_ids = [record["request_id"] for record in second_layout.records()]
     assert sorted([*delivered_ids(delivered), *second_ids], key=lambda r: int(r[1:])) == [f"m{n}" for n in range(60)]
@@ -630,6 +633,9 @@ def test_a_member_held_by_a_full_buffer_still_takes_part_in_a_rebalance_and_stor
             wait_for(lambda: group_offsets(kafka, topic, group, 1) == [300], timeout=120,
                      what="every offset committed to the group")
             wait_for(lambda: in_flight() == 0, what="nothing left in flight")
+            # Chunks go out once the group has confirmed their batches (LineBatch.confirm): wait for that, not just
+            # for the offsets to reach the group.
+            wait_for(lambda: len(delivered_ids(delivered)) >= 300, what="every message in the file output")
             assert daemon.stop() == 0
         finally:
             consumer.close()

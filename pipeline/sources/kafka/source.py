@@ -727,6 +727,7 @@ class KafkaSource:
             committing = STOP_COMMITTING_WAIT_SECONDS if self._stop.is_set() else COMMITTING_WAIT_SECONDS
             self._lock.wait_for(lambda: not any(self._committing[p] for p in gone), committing)
             stuck = sum(self._committing[p] for p in gone)
+        self._unconfirmed_again(gone)
         self._commit_durable(consumer, asynchronous=False, only=gone)
         self._forget(gone)
         log.info("source %s: revoked %s", self.name, _names(revoked))
@@ -752,14 +753,27 @@ class KafkaSource:
                 waiting = self._unconfirmed.pop(p, [])
                 for state in {id(owner): owner for owner, _, _ in waiting}.values():
                     self._ended.append((p, state, [(end, hold) for owner, end, hold in waiting if owner is state]))
+                    self._next_decision = 0.0  # asked at the next step; only a retry waits DECIDE_SECONDS
 
     def _held(self, partition: Partition) -> PartitionState | None:
         """The state of ``partition`` while it is ours: assigned, or being revoked (its commits still awaited)."""
         return self.partitions.get(partition) or self._revoking.get(partition)
 
+    def _unconfirmed_again(self, partitions: set[Partition]) -> None:
+        """Have the next (synchronous) commit send again what these partitions stored and the group has not yet
+        confirmed: an asynchronous commit's answer may still be on its way, and a revoke or a close would not wait
+        for it (the chunks would stay held: settled with the group later, or at the next start)."""
+        with self._lock:
+            for p in partitions:
+                if self._unconfirmed.get(p) and (state := self._held(p)) is not None:
+                    self._durable[p] = max(self._durable.get(p, -1), state.caught_up_to())
+
     def _close(self, consumer: Consumer) -> None:
         self._admin = None  # no close() of its own: dropped, or every reload would keep one (threads, connections)
+        self._unconfirmed_again(set(self.partitions))
         self._commit_durable(consumer, asynchronous=False)
+        self._next_decision = 0.0
+        self._decide_ended(consumer)  # before the flush at a stop: what it settles goes out now, not at the next start
         # A dynamic member leaves the group at once: the others take over without waiting for a timeout.
         # A static one does not (KIP-345): its partitions wait for our restart, or session_timeout.
         try:
@@ -870,6 +884,7 @@ class KafkaSource:
                     self._unconfirmed.setdefault(partition, []).append((fetched_in, end, hold))
                 else:
                     self._ended.append((partition, fetched_in, [(end, hold)]))
+                    self._next_decision = 0.0
         return confirm
 
     def _committed_callback(self, partition: Partition, fetched_in: PartitionState, end: int) -> Any:

@@ -119,8 +119,9 @@ class FileBuffer:
 
     # -- staging (committer) -----------------------------------------------------------
 
-    def plan(self, plan: CommitPlan, timekey: int, seq: int, pieces: list[bytes], count: int) -> None:
-        """Schedule a data frame (``frame.encode_parts``) for the staged chunk of ``timekey`` in this commit."""
+    def plan(self, plan: CommitPlan, timekey: int, seq: int, pieces: list[bytes], count: int) -> Chunk:
+        """Schedule a data frame (``frame.encode_parts``) for the staged chunk of ``timekey`` in this commit; the
+        chunk it goes to."""
         chunk = self.staged.get(timekey)
         created = False
         if chunk is not None and self._is_full(chunk):
@@ -134,6 +135,7 @@ class FileBuffer:
             created = True
         plan.add(chunk, pieces, chunk.size, created)
         self._grow(chunk, sum(map(len, pieces)), count)
+        return chunk
 
     def _new_chunk(self, timekey: int) -> Chunk:
         chunk = Chunk(self.directory, timekey, new_chunk_id(), ChunkState.STAGED, drops=self.drops)

@@ -152,10 +152,11 @@ class Committer:
         updates: dict[tuple[str, str], FilePosition | None] = {}
         staged_in: list[list[Chunk]] = []
         for item in batches:
-            staged_in.append(self._stage(plan, seq, item))
+            routed = self._routed(item.batch)
+            staged_in.append(self._stage(plan, seq, item, routed))
             self.stats.records_by_source[item.batch.source] += item.records
             self.stats.dead_by_source[item.batch.source] += len(item.dead)
-            if item.records and not self._routed(item.batch):
+            if item.records and not routed:
                 self._unrouted(item.batch, item.records)
             for entry in item.dead:
                 self.dead_letters.add(entry)
@@ -181,11 +182,11 @@ class Committer:
         self.stats.records += sum(b.records for b in batches)
         self.stats.dead_lines += len(dead)
 
-    def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch) -> list[Chunk]:
-        """Plan the batch's frames in every routed buffer; the chunks they go to."""
+    def _stage(self, plan: CommitPlan, seq: int, item: ProcessedBatch, routed: list[FileBuffer]) -> list[Chunk]:
+        """Plan the batch's frames in every ``routed`` buffer; the chunks they go to."""
         batch = item.batch
         chunks: list[Chunk] = []
-        for buffer in self._routed(batch):
+        for buffer in routed:
             for timekey, group in item.groups_for(buffer.output, buffer.config.timekey).items():
                 meta = {"src": batch.source, "file": batch.key, "path": batch.path, "end": batch.end,
                         "offs": group.offsets}
@@ -198,8 +199,7 @@ class Committer:
                 payload = b"".join(group.lines)
                 count = len(group.offsets)  # a parse worker's group holds its records as one payload
                 pieces = frame.encode_parts(frame.KIND_DATA, seq, count, meta, [payload], group.crc)
-                buffer.plan(plan, timekey, seq, pieces, count)
-                chunks.append(buffer.staged[timekey])  # where ``plan`` put them
+                chunks.append(buffer.plan(plan, timekey, seq, pieces, count))
         return list(dict.fromkeys(chunks))
 
     def _unrouted(self, batch: LineBatch, records: int) -> None:

@@ -203,7 +203,7 @@ def prepared(source: KafkaSource, group: GroupOffset | None, monkeypatch: pytest
         if group is None:
             raise KafkaException(KafkaError(KafkaError._TRANSPORT))
         return {PARTITION: group}
-    monkeypatch.setattr(source, "_group_offsets", group_offsets)
+    monkeypatch.setattr(source, "_ask_group", group_offsets)
     asyncio.run(source.prepare())
     assert source.context.drops is not None
     return source.context.drops.rules

@@ -230,6 +230,11 @@ class PartitionState:
         if self.started < 0:
             self.started = self.committed
 
+    @property
+    def origin(self) -> int:
+        """Where this assignment took over the partition (its entry in the owners' chain: see ownership.py)."""
+        return self.owners[-1][1] if self.owners else self.started
+
     def caught_up_to(self) -> int:
         """``committed``, or the position past the markers once every message before them is committed.
 
@@ -566,13 +571,12 @@ class KafkaSource:
             log.warning("source %s: cannot read the group's offsets (%s): batches of partitions no longer ours are "
                         "held until it can", self.name, exc)
             return
-        groups = {(tp.topic, tp.partition): decode_metadata(tp.offset, tp.metadata) for tp in answer
-                  if tp.error is None}
+        groups = _group_offsets(answer)
         ended = [entry for entry in ended if entry[0] in groups]  # the others are asked again
         with self._lock:
             self._ended = [entry for entry in self._ended if entry not in ended]
         for partition, state, waiting in ended:
-            cut = drop_from(groups[partition], state.topic_id, state.token, state.owners[-1][1])
+            cut = drop_from(groups[partition], state.topic_id, state.token, state.origin)
             past = [hold for end, hold in waiting if cut is not None and end > cut]
             rules = []
             if past and cut is not None:
@@ -656,7 +660,7 @@ class KafkaSource:
         if not saved or self.context.drops is None:
             return
         try:
-            group = await asyncio.get_running_loop().run_in_executor(None, self._group_offsets, saved)
+            group = await asyncio.get_running_loop().run_in_executor(None, self._ask_group, saved)
         except KafkaException as exc:
             log.warning("source %s: cannot read the group's offsets at start (%s): records stored before a restart "
                         "that another member read again meanwhile may be delivered twice", self.name, exc)
@@ -665,7 +669,9 @@ class KafkaSource:
         cut_back: dict[tuple[str, str], FilePosition | None] = {}
         for position in saved:
             topic, part = partition = partition_of(position.key)
-            cut = drop_from(group[partition], position.fingerprint, position.owner, position.owner_start)
+            answered = group.get(partition)  # not answered: nothing is concluded
+            cut = None if answered is None else drop_from(answered, position.fingerprint, position.owner,
+                                                          position.owner_start)
             if cut is None or cut >= position.offset:
                 continue
             if self.context.buffered_chunks:
@@ -681,7 +687,7 @@ class KafkaSource:
         if cut_back:
             await asyncio.to_thread(self.positions.save_now, cut_back)
 
-    def _group_offsets(self, saved: list[FilePosition]) -> dict[Partition, GroupOffset]:
+    def _ask_group(self, saved: list[FilePosition]) -> dict[Partition, GroupOffset]:
         """The group's offsets of the partitions of ``saved``, asked without joining the group (blocking)."""
         settings = client_settings(self.config, f"logferry-{self.name}-start", self.errors)
         settings.update({"group.id": self.config.group_id, "enable.auto.commit": False})
@@ -691,7 +697,7 @@ class KafkaSource:
             answer = consumer.committed(asked, timeout=PREPARE_TIMEOUT_SECONDS)
         finally:
             consumer.close()
-        return {(tp.topic, tp.partition): decode_metadata(tp.offset, tp.metadata) for tp in answer}
+        return _group_offsets(answer)
 
     def _describe(self, topics: set[str]) -> dict[str, Future[Any]]:
         """Ask the brokers for ``topics``' descriptions (their ids), answered within 10 s (see ``_topic_ids``)."""
@@ -851,7 +857,7 @@ class KafkaSource:
             offsets.append(offset)
         end = int(msgs[-1].offset() or 0) + 1
         position = FilePosition(self.name, key, path, end, fetched_in.topic_id, 0, owner=fetched_in.token,
-                                owner_start=fetched_in.owners[-1][1] if fetched_in.owners else fetched_in.started)
+                                owner_start=fetched_in.origin)
         if lines:
             lines.append(b"")  # the last line's newline, without copying the joined block again
         batch = LineBatch(self.name, self.config.tag, key, path, int(msgs[0].offset() or 0), end,
@@ -914,6 +920,12 @@ class KafkaSource:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), left)
+
+
+def _group_offsets(answer: list[TopicPartition]) -> dict[Partition, GroupOffset]:
+    """The group's offsets ``committed()`` answered, as ownership.py reads them; a partition answered with an
+    error is left out (it is asked again, or decides nothing)."""
+    return {(tp.topic, tp.partition): decode_metadata(tp.offset, tp.metadata) for tp in answer if tp.error is None}
 
 
 def _names(partitions: list[TopicPartition]) -> str:
